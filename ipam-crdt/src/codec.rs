@@ -1,0 +1,532 @@
+//! Wire and disk forms: versioned serde types encoded with postcard.
+//!
+//! Every encoding starts with a version tag (the postcard enum variant). A
+//! newer router keeps decoding the old variants; an older router refuses a
+//! newer one with [`DecodeError::UnsupportedVersion`] instead of guessing.
+//! Decoding checks the length against a limit before postcard runs, so
+//! nothing is allocated for an oversized input, and then validates every
+//! structural invariant before a [`Ring`] or [`Replica`] exists.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
+
+use crate::peer::PeerName;
+use crate::pool::Pool;
+use crate::replica::{AllocKey, Replica, add_owned};
+use crate::ring::{Entry, Removal, Ring, Vote};
+use crate::space::Space;
+
+/// Largest encoded ring or replica accepted, in bytes (16 MiB). A ring of
+/// 1,000 owners is about 30 KiB; this leaves room for heavy fragmentation.
+pub const MAX_ENCODED_LEN: usize = 16 << 20;
+
+/// Most members a ring may name.
+pub const MAX_MEMBERS: usize = 1 << 16;
+
+impl Ring {
+    /// The wire form of the ring (what routers gossip).
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(&RingWire::V1(RingV1::from(self))).expect("encoding to a Vec cannot fail")
+    }
+
+    /// Decodes and validates a ring received from the network or disk.
+    ///
+    /// # Errors
+    /// [`DecodeError`]: too large, a newer version, malformed, or structurally invalid.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let RingWire::V1(v1) = decode_bounded::<RingWire>(bytes, RingWire::VERSIONS)?;
+        v1.into_ring()
+    }
+}
+
+impl Replica {
+    /// The disk form of the replica: ring and allocations.
+    pub fn encode(&self) -> Vec<u8> {
+        let v1 = ReplicaV1 {
+            me: self.me,
+            ring: self.ring.as_ref().map(RingV1::from),
+            allocations: self
+                .space
+                .allocations()
+                .map(|(k, off)| AllocV1 {
+                    container: k.container().to_owned(),
+                    iface: k.iface().to_owned(),
+                    offset: off,
+                })
+                .collect(),
+        };
+        postcard::to_allocvec(&ReplicaDisk::V1(v1)).expect("encoding to a Vec cannot fail")
+    }
+
+    /// Decodes and validates a replica from disk. A corrupt file is an error,
+    /// never an empty replica.
+    ///
+    /// # Errors
+    /// [`DecodeError`], as for [`Ring::decode`], plus allocations that do not
+    /// fit the ring.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let ReplicaDisk::V1(v1) = decode_bounded::<ReplicaDisk>(bytes, ReplicaDisk::VERSIONS)?;
+        let me = v1.me;
+        let Some(ring) = v1.ring else {
+            if !v1.allocations.is_empty() {
+                return Err(invalid("allocations without a ring"));
+            }
+            return Ok(Self::new(me));
+        };
+        let ring = ring.into_ring()?;
+        let pool = ring.pool;
+        let mut space = Space::default();
+        for (s, e, entry) in ring.spans() {
+            if entry.owner == me {
+                add_owned(&mut space, pool, s, e);
+            }
+        }
+        for a in v1.allocations {
+            let key = AllocKey::new(a.container, a.iface).map_err(|e| invalid(e.to_string()))?;
+            if a.offset >= pool.size() || !space.is_free(a.offset) || space.offset_of(&key).is_some() {
+                return Err(invalid(format!("allocation {key} does not fit this router's space")));
+            }
+            space.allocate(key, a.offset);
+        }
+        let replica = Self {
+            me,
+            ring: Some(ring),
+            space,
+        };
+        replica.verify().map_err(|v| invalid(v.to_string()))?;
+        Ok(replica)
+    }
+}
+
+/// Why bytes could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Longer than [`MAX_ENCODED_LEN`]; nothing was decoded.
+    #[error("encoded IPAM state is {len} bytes, more than the {max} accepted")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Written by a newer Weft.
+    #[error("IPAM state format version {0} is newer than this Weft understands; upgrade Weft")]
+    UnsupportedVersion(u64),
+    /// Not a valid encoding.
+    #[error("IPAM state is malformed: {0}")]
+    Malformed(String),
+    /// Decoded, but breaks an invariant.
+    #[error("IPAM state is invalid: {0}")]
+    Invalid(String),
+}
+
+fn invalid(s: impl Into<String>) -> DecodeError {
+    DecodeError::Invalid(s.into())
+}
+
+/// Checks size and version tag, decodes, and refuses trailing bytes.
+fn decode_bounded<'de, T: Deserialize<'de>>(bytes: &'de [u8], versions: u64) -> Result<T, DecodeError> {
+    if bytes.len() > MAX_ENCODED_LEN {
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            max: MAX_ENCODED_LEN,
+        });
+    }
+    let tag = read_varint(bytes).ok_or_else(|| DecodeError::Malformed("missing version tag".into()))?;
+    if tag >= versions {
+        return Err(DecodeError::UnsupportedVersion(tag + 1));
+    }
+    let (value, rest) = postcard::take_from_bytes(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(DecodeError::Malformed(format!("{} trailing bytes", rest.len())));
+    }
+    Ok(value)
+}
+
+/// The leading postcard varint (the enum tag), if well formed.
+fn read_varint(bytes: &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for (i, b) in bytes.iter().take(10).enumerate() {
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+// ---- wire types; V1 is frozen: add V2 beside it, never change it ----
+
+#[derive(Serialize, Deserialize)]
+enum RingWire {
+    V1(RingV1),
+}
+
+impl RingWire {
+    const VERSIONS: u64 = 1;
+}
+
+#[derive(Serialize, Deserialize)]
+enum ReplicaDisk {
+    V1(ReplicaV1),
+}
+
+impl ReplicaDisk {
+    const VERSIONS: u64 = 1;
+}
+
+#[derive(Serialize, Deserialize)]
+struct ReplicaV1 {
+    me: PeerName,
+    ring: Option<RingV1>,
+    allocations: Vec<AllocV1>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AllocV1 {
+    container: String,
+    iface: String,
+    offset: u128,
+}
+
+/// The ring on the wire. Peer names appear once, in `members` (sorted);
+/// everything else refers to them by index, a varint of one or two bytes.
+/// Tokens are stored as gaps from the previous token.
+#[derive(Serialize, Deserialize)]
+struct RingV1 {
+    pool: PoolV1,
+    members: Names,
+    seeds: Vec<u32>,
+    entries: Vec<EntryV1>,
+    removals: Vec<RemovalV1>,
+}
+
+#[derive(Serialize, Deserialize)]
+enum PoolV1 {
+    V4 { addr: [u8; 4], prefix: u8 },
+    V6 { addr: [u8; 16], prefix: u8 },
+}
+
+#[derive(Serialize, Deserialize)]
+struct EntryV1 {
+    gap: u128,
+    owner: u32,
+    version: u64,
+    free: u128,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RemovalV1 {
+    dead: u32,
+    state: RemovalStateV1,
+}
+
+#[derive(Serialize, Deserialize)]
+enum RemovalStateV1 {
+    Pending { proposals: Vec<u32>, votes: Vec<VoteV1> },
+    Done { heir: u32 },
+}
+
+#[derive(Serialize, Deserialize)]
+struct VoteV1 {
+    voter: u32,
+    seq: u64,
+    heir: u32,
+}
+
+/// Peer names as one byte string of 8-byte names: one length and one copy
+/// instead of a serde call per byte.
+struct Names(Vec<PeerName>);
+
+impl Serialize for Names {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let bytes: Vec<u8> = self.0.iter().flat_map(|p| p.to_u64().to_be_bytes()).collect();
+        s.serialize_bytes(&bytes)
+    }
+}
+
+impl<'de> Deserialize<'de> for Names {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Names;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string of 8-byte peer names")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, b: &[u8]) -> Result<Names, E> {
+                if !b.len().is_multiple_of(8) {
+                    return Err(E::invalid_length(b.len(), &self));
+                }
+                let names = b
+                    .chunks_exact(8)
+                    .map(|c| PeerName::from_u64(u64::from_be_bytes(c.try_into().expect("chunks of 8"))));
+                Ok(Names(names.collect()))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+impl From<&Ring> for RingV1 {
+    fn from(r: &Ring) -> Self {
+        let pool = match r.pool.net() {
+            IpNet::V4(n) => PoolV1::V4 {
+                addr: n.network().octets(),
+                prefix: n.prefix_len(),
+            },
+            IpNet::V6(n) => PoolV1::V6 {
+                addr: n.network().octets(),
+                prefix: n.prefix_len(),
+            },
+        };
+        let members: Vec<PeerName> = r.members.iter().copied().collect();
+        let ix = |p: &PeerName| members.binary_search(p).expect("every named peer is a member") as u32;
+        let mut prev = 0;
+        let entries = r
+            .entries
+            .iter()
+            .map(|(t, e)| {
+                let gap = t - prev;
+                prev = *t;
+                EntryV1 {
+                    gap,
+                    owner: ix(&e.owner),
+                    version: e.version,
+                    free: e.free,
+                }
+            })
+            .collect();
+        let removals = r
+            .removals
+            .iter()
+            .map(|(d, rm)| RemovalV1 {
+                dead: ix(d),
+                state: match rm {
+                    Removal::Done { heir } => RemovalStateV1::Done { heir: ix(heir) },
+                    Removal::Pending { proposals, votes } => RemovalStateV1::Pending {
+                        proposals: proposals.iter().map(ix).collect(),
+                        votes: votes
+                            .iter()
+                            .map(|(v, x)| VoteV1 {
+                                voter: ix(v),
+                                seq: x.seq,
+                                heir: ix(&x.heir),
+                            })
+                            .collect(),
+                    },
+                },
+            })
+            .collect();
+        Self {
+            pool,
+            seeds: r.seeds.iter().map(ix).collect(),
+            members: Names(members),
+            entries,
+            removals,
+        }
+    }
+}
+
+impl RingV1 {
+    fn into_ring(self) -> Result<Ring, DecodeError> {
+        let net = match self.pool {
+            PoolV1::V4 { addr, prefix } => {
+                IpNet::V4(Ipv4Net::new(Ipv4Addr::from(addr), prefix).map_err(|e| invalid(e.to_string()))?)
+            }
+            PoolV1::V6 { addr, prefix } => {
+                IpNet::V6(Ipv6Net::new(Ipv6Addr::from(addr), prefix).map_err(|e| invalid(e.to_string()))?)
+            }
+        };
+        let pool = Pool::new(net).map_err(|e| invalid(e.to_string()))?;
+        let members = self.members.0;
+        if self.seeds.is_empty() || members.len() > MAX_MEMBERS {
+            return Err(invalid("seed or member count out of bounds"));
+        }
+        if members.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(invalid("members must ascend strictly"));
+        }
+        let name = |i: u32| {
+            members
+                .get(i as usize)
+                .copied()
+                .ok_or_else(|| invalid(format!("member index {i} out of range")))
+        };
+        let seeds = self.seeds.iter().map(|&i| name(i)).collect::<Result<Vec<_>, _>>()?;
+        let mut seen = BTreeSet::new();
+        if !seeds.iter().all(|s| seen.insert(*s)) {
+            return Err(invalid("seeds repeat"));
+        }
+        let size = pool.size();
+        let mut entries = Vec::with_capacity(self.entries.len());
+        let mut token = 0u128;
+        for (i, e) in self.entries.iter().enumerate() {
+            token = token.checked_add(e.gap).ok_or_else(|| invalid("token overflows"))?;
+            let next = match self.entries.get(i + 1) {
+                Some(n) => token.checked_add(n.gap).ok_or_else(|| invalid("token overflows"))?,
+                None => size,
+            };
+            if (i == 0 && e.gap != 0) || (i > 0 && e.gap == 0) || next > size || token >= next {
+                return Err(invalid(
+                    "entry tokens must start at 0, ascend strictly and lie in the pool",
+                ));
+            }
+            if e.version == 0 || e.free > next - token - pool.reserved_in(token, next) {
+                return Err(invalid(format!(
+                    "entry at {} has an impossible version or free count",
+                    pool.addr_at(token)
+                )));
+            }
+            entries.push((
+                token,
+                Entry {
+                    owner: name(e.owner)?,
+                    version: e.version,
+                    free: e.free,
+                },
+            ));
+        }
+        if entries.is_empty() {
+            return Err(invalid("a ring has at least one entry"));
+        }
+        let mut removals = Vec::with_capacity(self.removals.len());
+        for r in self.removals {
+            let dead = name(r.dead)?;
+            if removals.last().is_some_and(|(l, _)| *l >= dead) {
+                return Err(invalid("removals must ascend strictly"));
+            }
+            let rm = match r.state {
+                RemovalStateV1::Done { heir } => Removal::Done { heir: name(heir)? },
+                RemovalStateV1::Pending { proposals, votes } => {
+                    let proposals = proposals.into_iter().map(name).collect::<Result<Vec<_>, _>>()?;
+                    if proposals.is_empty() || proposals.windows(2).any(|w| w[0] >= w[1]) {
+                        return Err(invalid("proposals must be present and ascend strictly"));
+                    }
+                    let mut vs = Vec::with_capacity(votes.len());
+                    for v in votes {
+                        let voter = name(v.voter)?;
+                        if vs.last().is_some_and(|(l, _)| *l >= voter) {
+                            return Err(invalid("votes must ascend strictly by voter"));
+                        }
+                        vs.push((
+                            voter,
+                            Vote {
+                                seq: v.seq,
+                                heir: name(v.heir)?,
+                            },
+                        ));
+                    }
+                    Removal::Pending {
+                        proposals: proposals.into_iter().collect(),
+                        votes: vs.into_iter().collect(),
+                    }
+                }
+            };
+            removals.push((dead, rm));
+        }
+        // Inputs are validated as sorted, so these collects bulk-build in linear time.
+        Ok(Ring {
+            pool,
+            seeds,
+            entries: entries.into_iter().collect(),
+            members: members.into_iter().collect(),
+            removals: removals.into_iter().collect::<BTreeMap<_, _>>(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::Request;
+
+    fn p(n: u64) -> PeerName {
+        PeerName::from_u64(n)
+    }
+
+    fn small_ring() -> Ring {
+        Ring::new(Pool::new("10.32.0.0/22".parse().unwrap()).unwrap(), &[p(1), p(2)]).unwrap()
+    }
+
+    /// The exact bytes of a V1 ring: the format is frozen, so this must never change.
+    #[test]
+    fn ring_v1_bytes_are_stable() {
+        let bytes = small_ring().encode();
+        #[rustfmt::skip]
+        let expected: Vec<u8> = vec![
+            0,                                  // RingWire::V1
+            0, 10, 32, 0, 0, 22,                // PoolV1::V4 10.32.0.0/22
+            16, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2,  // members p1, p2: 16 bytes
+            2, 0, 1,                            // seeds: members 0, 1
+            2,                                  // two entries
+            0, 0, 1, 0xff, 0x03,                // gap 0, member 0, v1, free 511
+            0x80, 0x04, 1, 1, 0xff, 0x03,       // gap 512, member 1, v1, free 511
+            0,                                  // no removals
+        ];
+        assert_eq!(bytes, expected);
+        assert_eq!(Ring::decode(&expected).unwrap(), small_ring());
+    }
+
+    #[test]
+    fn replica_round_trips() {
+        let mut r = Replica::create(p(1), small_ring().pool(), &[p(1), p(2)]).unwrap();
+        r.allocate(AllocKey::new("c1", "eth0").unwrap(), Request::Any).unwrap();
+        r.allocate(
+            AllocKey::new("c2", "eth0").unwrap(),
+            Request::Addr("10.32.1.9".parse().unwrap()),
+        )
+        .unwrap();
+        r.begin_reclaim(p(2)).unwrap();
+        let back = Replica::decode(&r.encode()).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(
+            Replica::decode(&Replica::new(p(9)).encode()).unwrap(),
+            Replica::new(p(9))
+        );
+    }
+
+    #[test]
+    fn refuses_newer_versions_oversize_and_trailing_bytes() {
+        let mut bytes = small_ring().encode();
+        bytes[0] = 1;
+        assert_eq!(Ring::decode(&bytes), Err(DecodeError::UnsupportedVersion(2)));
+        let big = vec![0u8; MAX_ENCODED_LEN + 1];
+        assert!(matches!(Ring::decode(&big), Err(DecodeError::TooLarge { .. })));
+        let mut trailing = small_ring().encode();
+        trailing.push(0);
+        assert!(matches!(Ring::decode(&trailing), Err(DecodeError::Malformed(_))));
+        assert!(matches!(Ring::decode(&[]), Err(DecodeError::Malformed(_))));
+    }
+
+    #[test]
+    fn refuses_structurally_invalid_rings() {
+        let good = small_ring().encode();
+        // Owner of the second entry is not a member (index 1 -> 2).
+        let mut bad = good.clone();
+        let pos = good.len() - 5;
+        assert_eq!(bad[pos], 1);
+        bad[pos] = 2;
+        assert!(matches!(Ring::decode(&bad), Err(DecodeError::Invalid(_))));
+        // The last range holds 511 usable addresses (the broadcast address is
+        // reserved); advertising 512 free (varint 0x80 0x04) is impossible.
+        let mut bad = good;
+        let n = bad.len();
+        assert_eq!(bad[n - 3..n - 1], [0xff, 0x03]);
+        bad[n - 3] = 0x80;
+        bad[n - 2] = 0x04;
+        assert!(matches!(Ring::decode(&bad), Err(DecodeError::Invalid(_))));
+    }
+
+    #[test]
+    fn corrupt_replica_is_an_error_not_an_empty_state() {
+        let mut r = Replica::create(p(1), small_ring().pool(), &[p(1), p(2)]).unwrap();
+        r.allocate(AllocKey::new("c1", "eth0").unwrap(), Request::Any).unwrap();
+        let bytes = r.encode();
+        for cut in [1, bytes.len() / 2, bytes.len() - 1] {
+            assert!(Replica::decode(&bytes[..cut]).is_err(), "truncated at {cut}");
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! # ipam-crdt: Weft's address-space ring
+//!
+//! Routers split the pod range (default `10.32.0.0/12`) between them with no
+//! coordinator, and never hand one address to two pods. This crate is the
+//! whole of that logic as plain data: **no I/O, no clock, no randomness**.
+//! Everything is deterministic; the router shell feeds it messages and
+//! carries out what it returns, and the simulator (`examples/ringsim.rs`)
+//! runs hundreds of replicas in one process from a seed.
+//!
+//! ## The ring
+//! [`Ring`] cuts the pool at *tokens*. The entry at token `t` covers
+//! `[t, next token)` and records its owner, a version, and the free count the
+//! owner advertises. Token 0 always exists and tokens are never deleted, so
+//! ownership is disjoint and covers the pool in every state, by construction.
+//!
+//! The ring is a state-based CRDT. Merge takes, token by token, the entry with
+//! the higher version; the member set only grows; reclaim records only move
+//! forward. Merge is therefore idempotent, commutative and associative (the
+//! property tests check all three). Two entries with the same version and
+//! different contents cannot arise from a valid history and are refused.
+//!
+//! *Only the owner writes its entries.* A router allocates only inside the
+//! ranges it owns in its own view, and ownership leaves a router only by that
+//! router's own write (a donation), after which its view no longer claims the
+//! range. A replica refuses any merge that would change or split its own
+//! entries ([`MergeError::OwnEntryChanged`], [`MergeError::OwnRangeSplit`]),
+//! so no merge can take space from under a live router. Hence at any moment
+//! every address is claimed by at most one live router: no duplicates.
+//!
+//! ## Creation and identity
+//! A ring is created once, from an explicit list of initial owners that
+//! split the pool evenly in list order ([`Ring::new`]). Creation is
+//! deterministic, so routers that agreed on the list may each create it and
+//! obtain the same ring. The pool and the seed list are the ring's identity;
+//! rings created apart from different pools or lists never merge
+//! ([`MergeError::DifferentRing`]).
+//!
+//! ## Allocation, donation, claims
+//! A [`Replica`] is one router's view: the ring plus its allocations, keyed by
+//! (container id, interface), so a repeated ADD gets the same address. Free
+//! space is kept as intervals; allocation takes the lowest free address in
+//! O(log n). The network and broadcast addresses of the pool are never free.
+//!
+//! A router out of space gets [`AllocError::AskPeer`] naming the router that
+//! advertises the most free space; that router [`donates`](Replica::donate)
+//! about half of its largest free range (only free addresses move, with a
+//! version bump) and sends its ring; the requester merges it. A specific
+//! address (`ip:`) or subnet (`net:`) owned elsewhere is *claimed* the same
+//! way: its owner donates the free range holding it, or refuses with the
+//! reason (for example [`DonateError::InUse`]).
+//!
+//! ## Reclaiming a dead router's ranges
+//! A router that is gone for good (its disk lost, its host destroyed) holds
+//! ranges nobody may use. [`Replica::begin_reclaim`] starts the explicit,
+//! operator-driven reclaim (`weft rmpeer`). It must never give the same range
+//! to two routers, even if started concurrently on both sides of a
+//! partition. The mechanism:
+//!
+//! 1. **Record.** Reclaiming `D` adds a removal record for `D` to the ring,
+//!    proposing an heir (the router that started it). Concurrent starts just
+//!    add proposals to the same record. From then on `D` is *removed*.
+//! 2. **Vote.** *Members* are every router that ever owned space (a grow-only
+//!    set: a router that gave all its space away stays a member). *Voters*
+//!    are members not removed. Every voter that sees the record votes for the
+//!    *candidate*: the lowest-named proposal that is not itself removed. A
+//!    voter's vote is a register only it writes (sequence-numbered). If every
+//!    proposed heir has itself been removed, a voter that sees this proposes
+//!    itself, so a reclaim never stalls on a dead heir.
+//! 3. **Act.** Only the candidate acts, and only once its own view shows
+//!    every voter voting for it. It then writes every entry of `D` as its own,
+//!    wholly free (the dead router's containers died with it), and marks the
+//!    record done. Done is final and dominates on merge.
+//!
+//! **Why two routers can never both take `D`'s ranges.** Suppose live heirs
+//! `H1 != H2` both act, `H1` first. When `H1` acts, its record becomes done,
+//! so its vote is frozen on `H1` forever. `H2` acts only when its view shows
+//! every voter voting `H2`. `H1` is a member in `H2`'s view (below), and is
+//! live, so it was never removed: it is a voter there, and its vote in that
+//! view must be `H2`. A vote for `H2` by `H1` was made before `H1` acted
+//! (after that it is frozen on `H1`), and `H1` later voted for itself, which it
+//! does only when `H2` is no longer a valid proposal, i.e. `H2` was removed;
+//! but a removed router is dead and does not act. Contradiction.
+//!
+//! `H1` is a member in `H2`'s view because views are joins of states that
+//! descend from the genesis state, membership only grows, and every voter's
+//! vote carries the voter's state at the time it voted: `H2` collected a vote
+//! from every voter it knows, and unless the two sides of the partition share
+//! no live member at all, one of those votes came from a router that knew
+//! `H1`. (Two groups that have never shared a live router cannot coordinate
+//! by any protocol; that case needs an operator, not an algorithm.)
+//!
+//! The same unanimity is what makes reclaim safe against a dead router's last
+//! donations: a donation moved ownership to a live recipient, which is a
+//! voter, and its vote carries the donation into the heir's view, so the heir
+//! never takes a range `D` had given away.
+//!
+//! The price is liveness, not safety: a reclaim completes only when every
+//! live member has voted, so during a partition it waits for the heal. A
+//! router that finds itself removed while alive (an operator mistake) stops
+//! allocating ([`AllocError::Removed`]) and must be reset.
+//!
+//! Assumptions, stated once: a router is removed only when it is dead for
+//! good and never returns with the same name; its messages still in flight
+//! when it died are lost; replicas persist their state after every change
+//! and before sending it.
+//!
+//! ## Wire and disk form
+//! [`Ring::encode`] / [`Ring::decode`] and [`Replica::encode`] /
+//! [`Replica::decode`]: postcard, a version tag first, length checked before
+//! decoding, every invariant validated after. See [`codec`].
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod codec;
+mod peer;
+mod pool;
+mod replica;
+mod ring;
+mod space;
+
+pub use codec::{DecodeError, MAX_ENCODED_LEN};
+pub use peer::{ParsePeerNameError, PeerName};
+pub use pool::{AddrRange, Pool, PoolError};
+pub use replica::{
+    AllocError, AllocKey, Allocation, DonateError, Donation, KeyError, MergeOutcome, ReclaimError, Replica, Request,
+    Violation, Want,
+};
+pub use ring::{CreateError, MergeError, OwnerStats, RangeInfo, ReclaimStatus, Ring, RingOrigin};

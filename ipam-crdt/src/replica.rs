@@ -1,0 +1,1187 @@
+//! One router's IPAM state: the ring plus its own allocations.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::peer::PeerName;
+use crate::pool::{AddrRange, Pool};
+use crate::ring::{CreateError, MergeError, ReclaimStatus, Removal, Ring, Vote};
+use crate::space::Space;
+
+/// One router's view of the ring and its own allocations. Pure state: no I/O,
+/// no clock, no randomness.
+///
+/// # Driving it
+/// - Create the ring with [`Replica::create`] (the genesis routers) or adopt
+///   one through [`Replica::merge`] (everyone else).
+/// - [`Replica::allocate`] / [`Replica::release`] for containers. When it
+///   answers [`AllocError::AskPeer`], send that peer a space request; the peer
+///   answers with [`Replica::donate`] and sends its ring, which the requester
+///   [`merge`](Replica::merge)s, and then allocates again.
+/// - Gossip [`Replica::ring`] to neighbours whenever a call reports a change,
+///   and merge whatever arrives.
+/// - [`Replica::begin_reclaim`] for a router that is dead for good.
+///
+/// **Persist** the replica ([`Replica::encode`]) after every mutating call and
+/// before sending its ring anywhere or answering the caller: an answered
+/// allocation, or a ring version seen by others, must survive a crash.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Replica {
+    pub(crate) me: PeerName,
+    pub(crate) ring: Option<Ring>,
+    pub(crate) space: Space,
+}
+
+/// What an allocation is keyed by: a container and one of its interfaces.
+/// The same key gets the same address again.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AllocKey {
+    container: String,
+    iface: String,
+}
+
+impl AllocKey {
+    /// Longest container id accepted, in bytes.
+    pub const MAX_CONTAINER_LEN: usize = 256;
+    /// Longest interface name accepted, in bytes.
+    pub const MAX_IFACE_LEN: usize = 64;
+
+    /// A key; both parts must be non-empty, within the length limits and free of control characters.
+    ///
+    /// # Errors
+    /// [`KeyError`] saying which part is wrong.
+    pub fn new(container: impl Into<String>, iface: impl Into<String>) -> Result<Self, KeyError> {
+        let (container, iface) = (container.into(), iface.into());
+        check_part("container id", &container, Self::MAX_CONTAINER_LEN)?;
+        check_part("interface", &iface, Self::MAX_IFACE_LEN)?;
+        Ok(Self { container, iface })
+    }
+
+    /// The container id.
+    pub fn container(&self) -> &str {
+        &self.container
+    }
+
+    /// The interface name.
+    pub fn iface(&self) -> &str {
+        &self.iface
+    }
+}
+
+impl fmt::Display for AllocKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.container, self.iface)
+    }
+}
+
+impl fmt::Debug for AllocKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AllocKey({self})")
+    }
+}
+
+fn check_part(what: &'static str, s: &str, max: usize) -> Result<(), KeyError> {
+    if s.is_empty() {
+        return Err(KeyError {
+            what,
+            reason: "is empty",
+        });
+    }
+    if s.len() > max {
+        return Err(KeyError {
+            what,
+            reason: "is too long",
+        });
+    }
+    if s.chars().any(char::is_control) {
+        return Err(KeyError {
+            what,
+            reason: "contains control characters",
+        });
+    }
+    Ok(())
+}
+
+/// An allocation key part was unacceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("allocation key {what} {reason}")]
+pub struct KeyError {
+    what: &'static str,
+    reason: &'static str,
+}
+
+/// What address a container asks for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Request {
+    /// Any free address (Weave's default).
+    Any,
+    /// This address (`ip:ADDR`).
+    Addr(IpAddr),
+    /// Any address in this subnet (`net:CIDR`).
+    Within(IpNet),
+}
+
+/// What space a router asks another to donate. Mirrors [`Request`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Want {
+    /// Any free range: the donor gives about half of its largest free range.
+    Any,
+    /// The one address.
+    Addr(IpAddr),
+    /// A free range inside this subnet.
+    Within(IpNet),
+}
+
+impl From<Request> for Want {
+    fn from(r: Request) -> Self {
+        match r {
+            Request::Any => Self::Any,
+            Request::Addr(a) => Self::Addr(a),
+            Request::Within(n) => Self::Within(n),
+        }
+    }
+}
+
+/// An address handed out.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Allocation {
+    /// The address.
+    pub addr: IpAddr,
+    /// The pool's prefix length, for the CIDR form (`10.32.0.1/12`).
+    pub prefix_len: u8,
+    /// True when the key already had this address (a repeated ADD).
+    pub existing: bool,
+}
+
+/// A range given to another router.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Donation {
+    /// The recipient.
+    pub to: PeerName,
+    /// What it got.
+    pub range: AddrRange,
+}
+
+/// What a merge did.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+#[must_use]
+pub struct MergeOutcome {
+    /// The ring changed (merged data, or this replica voted): gossip it.
+    pub changed: bool,
+    /// Ranges this router received.
+    pub gained: Vec<AddrRange>,
+    /// Removed routers whose ranges this router took as heir.
+    pub reclaimed: Vec<PeerName>,
+}
+
+impl Replica {
+    /// A replica with no ring yet; it adopts the first ring it merges.
+    pub fn new(me: PeerName) -> Self {
+        Self {
+            me,
+            ring: None,
+            space: Space::default(),
+        }
+    }
+
+    /// A replica that creates the ring over `pool` split between `seeds`
+    /// ([`Ring::new`]). `me` need not be a seed.
+    ///
+    /// # Errors
+    /// As [`Ring::new`].
+    pub fn create(me: PeerName, pool: Pool, seeds: &[PeerName]) -> Result<Self, CreateError> {
+        let mut r = Self::new(me);
+        let _ = r
+            .merge(&Ring::new(pool, seeds)?)
+            .expect("a replica with no ring adopts any ring");
+        Ok(r)
+    }
+
+    /// This router's name.
+    pub fn name(&self) -> PeerName {
+        self.me
+    }
+
+    /// The ring, once created or adopted.
+    pub fn ring(&self) -> Option<&Ring> {
+        self.ring.as_ref()
+    }
+
+    /// Whether the ring says this router was removed (`rmpeer` ran against it,
+    /// or it left). A removed router allocates nothing more; it must be reset.
+    pub fn is_removed(&self) -> bool {
+        self.ring.as_ref().is_some_and(|r| r.is_removed(self.me))
+    }
+
+    /// The address of `key`, if allocated here.
+    pub fn lookup(&self, key: &AllocKey) -> Option<IpAddr> {
+        let pool = self.ring.as_ref()?.pool;
+        self.space.offset_of(key).map(|o| pool.addr_at(o))
+    }
+
+    /// Every allocation of this router.
+    pub fn allocations(&self) -> impl Iterator<Item = (&AllocKey, IpAddr)> + '_ {
+        let pool = self.ring.as_ref().map(Ring::pool);
+        self.space
+            .allocations()
+            .map(move |(k, o)| (k, pool.expect("allocations imply a ring").addr_at(o)))
+    }
+
+    /// Number of addresses allocated here.
+    pub fn allocated(&self) -> usize {
+        self.space.allocated()
+    }
+
+    /// Number of free addresses in this router's ranges.
+    pub fn free(&self) -> u128 {
+        self.space.free_total()
+    }
+
+    /// Allocates an address for `key`.
+    ///
+    /// Repeating a request for the same key returns the same address. O(log n)
+    /// in ring entries and allocations, except when the answer is `AskPeer`
+    /// with [`Request::Any`], which scans the ring to choose a donor.
+    ///
+    /// # Errors
+    /// [`AllocError`]; [`AllocError::AskPeer`] is not a failure but the next
+    /// protocol step: the space belongs to another router.
+    pub fn allocate(&mut self, key: AllocKey, req: Request) -> Result<Allocation, AllocError> {
+        let me = self.me;
+        let ring = self.ring.as_ref().ok_or(AllocError::NoRing)?;
+        if ring.is_removed(me) {
+            return Err(AllocError::Removed);
+        }
+        let pool = ring.pool;
+        let prefix_len = pool.net().prefix_len();
+        if let Some(off) = self.space.offset_of(&key) {
+            let addr = pool.addr_at(off);
+            let fits = match req {
+                Request::Any => true,
+                Request::Addr(a) => a == addr,
+                Request::Within(net) => net.contains(&addr),
+            };
+            return if fits {
+                Ok(Allocation {
+                    addr,
+                    prefix_len,
+                    existing: true,
+                })
+            } else {
+                Err(AllocError::KeyBound {
+                    key: Box::new(key),
+                    addr,
+                })
+            };
+        }
+        let off = match req {
+            Request::Any => match self.space.lowest_free() {
+                Some(off) => off,
+                None => return Err(self.no_space(Want::Any, 0, pool.size())),
+            },
+            Request::Addr(addr) => {
+                let off = pool.offset_of(addr).ok_or(AllocError::OutsidePool {
+                    requested: IpNet::from(addr),
+                    pool,
+                })?;
+                if pool.is_reserved(off) {
+                    return Err(AllocError::Reserved { addr, pool });
+                }
+                let owner = ring.entry_containing(off).1.owner;
+                if owner != me {
+                    return Err(AllocError::AskPeer {
+                        peer: owner,
+                        want: Want::Addr(addr),
+                    });
+                }
+                if let Some(holder) = self.space.holder_of(off) {
+                    return Err(AllocError::InUse {
+                        addr,
+                        by: Box::new(holder.clone()),
+                    });
+                }
+                off
+            }
+            Request::Within(net) => {
+                let (s, e) = pool
+                    .span_of(net)
+                    .ok_or(AllocError::OutsidePool { requested: net, pool })?;
+                match self.space.lowest_free_in(s, e) {
+                    Some(off) => off,
+                    None => return Err(self.no_space(Want::Within(net), s, e)),
+                }
+            }
+        };
+        self.space.allocate(key, off);
+        self.ring.as_mut().expect("checked above").adjust_free(off, false);
+        Ok(Allocation {
+            addr: pool.addr_at(off),
+            prefix_len,
+            existing: false,
+        })
+    }
+
+    /// Releases `key`'s address. Idempotent: an unknown key returns `None`.
+    pub fn release(&mut self, key: &AllocKey) -> Option<IpAddr> {
+        let ring = self.ring.as_mut()?;
+        let off = self.space.release(key)?;
+        ring.adjust_free(off, true);
+        Some(ring.pool.addr_at(off))
+    }
+
+    /// The router to ask for space: the one advertising the most free
+    /// addresses (lowest name on ties), never this one or a removed one.
+    pub fn choose_donor(&self) -> Option<PeerName> {
+        let ring = self.ring.as_ref()?;
+        ring.owners()
+            .into_iter()
+            .filter(|(p, s)| *p != self.me && s.free > 0 && !ring.is_removed(*p))
+            .max_by(|(pa, a), (pb, b)| a.free.cmp(&b.free).then(pb.cmp(pa)))
+            .map(|(p, _)| p)
+    }
+
+    /// Gives `to` a free range of this router's space, as asked. Allocated
+    /// addresses never move. Send the ring to `to` afterwards.
+    ///
+    /// # Errors
+    /// [`DonateError`] saying why nothing was given.
+    pub fn donate(&mut self, to: PeerName, want: Want) -> Result<Donation, DonateError> {
+        let me = self.me;
+        let ring = self.ring.as_ref().ok_or(DonateError::NoRing)?;
+        if ring.is_removed(me) {
+            return Err(DonateError::Removed);
+        }
+        if to == me {
+            return Err(DonateError::ToSelf);
+        }
+        if ring.is_removed(to) {
+            return Err(DonateError::RecipientRemoved(to));
+        }
+        let pool = ring.pool;
+        let (s, e) = match want {
+            Want::Any => {
+                let (s, e) = self.space.largest_free().ok_or(DonateError::NothingFree)?;
+                (split_point(s, e), e)
+            }
+            Want::Addr(addr) => {
+                let off = pool
+                    .offset_of(addr)
+                    .ok_or(DonateError::OutsidePool(IpNet::from(addr)))?;
+                let owner = ring.entry_containing(off).1.owner;
+                if owner != me {
+                    return Err(DonateError::NotOwner { owner });
+                }
+                if let Some(holder) = self.space.holder_of(off) {
+                    return Err(DonateError::InUse {
+                        addr,
+                        by: Box::new(holder.clone()),
+                    });
+                }
+                if !self.space.is_free(off) {
+                    return Err(DonateError::Reserved(addr));
+                }
+                (off, off + 1)
+            }
+            Want::Within(net) => {
+                let (s, e) = pool.span_of(net).ok_or(DonateError::OutsidePool(net))?;
+                self.space
+                    .first_free_span_in(s, e)
+                    .ok_or(DonateError::NothingFreeIn(net))?
+            }
+        };
+        self.hand_over(s, e, to);
+        Ok(Donation {
+            to,
+            range: pool.range(s, e),
+        })
+    }
+
+    /// Merges a ring received from another router.
+    ///
+    /// With no ring yet, adopts it. Afterwards this replica votes on pending
+    /// reclaims and, if it is the agreed heir with every vote in, takes the
+    /// removed router's ranges.
+    ///
+    /// # Errors
+    /// [`MergeError`]; the replica is then unchanged. Besides the ring-level
+    /// errors, refuses a ring that changes or splits this router's own
+    /// entries: only this router writes those.
+    pub fn merge(&mut self, other: &Ring) -> Result<MergeOutcome, MergeError> {
+        let me = self.me;
+        let (changed, gained_tokens) = match &mut self.ring {
+            None => {
+                let tokens = other
+                    .entries
+                    .iter()
+                    .filter(|(_, e)| e.owner == me)
+                    .map(|(t, _)| *t)
+                    .collect();
+                self.ring = Some(other.clone());
+                (true, tokens)
+            }
+            Some(ring) => {
+                let plan = ring.plan_merge(other)?;
+                let mut tokens = Vec::new();
+                for (t, theirs) in &plan.entries {
+                    match ring.entries.get(t) {
+                        Some(mine) if mine.owner == me => {
+                            return Err(MergeError::OwnEntryChanged {
+                                at: ring.pool.addr_at(*t),
+                            });
+                        }
+                        None if ring.entry_containing(*t).1.owner == me => {
+                            return Err(MergeError::OwnRangeSplit {
+                                at: ring.pool.addr_at(*t),
+                            });
+                        }
+                        _ if theirs.owner == me => tokens.push(*t),
+                        _ => {}
+                    }
+                }
+                (ring.apply_merge(plan), tokens)
+            }
+        };
+        let ring = self.ring.as_ref().expect("set above");
+        let mut gained = Vec::with_capacity(gained_tokens.len());
+        for t in gained_tokens {
+            let end = ring.end_of(t);
+            add_owned(&mut self.space, ring.pool, t, end);
+            gained.push(ring.pool.range(t, end));
+        }
+        let (voted, reclaimed) = self.settle_reclaims();
+        Ok(MergeOutcome {
+            changed: changed || voted,
+            gained,
+            reclaimed,
+        })
+    }
+
+    /// Starts (or joins) the reclaim of `dead`, a router that is gone for good.
+    ///
+    /// This replica proposes itself as heir (or, if it owns nothing and so
+    /// cannot vote, the lowest-named voter). The ranges move only once every
+    /// live member has voted for the same heir; see the [crate docs](crate).
+    /// Calling it again, here or on any other router, is harmless.
+    ///
+    /// # Errors
+    /// [`ReclaimError`] when there is no ring, `dead` is this router or unknown.
+    pub fn begin_reclaim(&mut self, dead: PeerName) -> Result<ReclaimStatus, ReclaimError> {
+        let me = self.me;
+        let ring = self.ring.as_mut().ok_or(ReclaimError::NoRing)?;
+        if dead == me {
+            return Err(ReclaimError::IsSelf);
+        }
+        if ring.is_removed(me) {
+            return Err(ReclaimError::Removed);
+        }
+        if !ring.members.contains(&dead) {
+            return Err(ReclaimError::UnknownPeer(dead));
+        }
+        let done = matches!(ring.removals.get(&dead), Some(Removal::Done { .. }));
+        if !done && ring.candidate(dead).is_none() {
+            // Propose ourselves; a router that owns nothing cannot vote, so it
+            // proposes the lowest-named voter instead.
+            let heir = if ring.members.contains(&me) {
+                me
+            } else {
+                ring.voters().find(|v| *v != dead).ok_or(ReclaimError::NoVoters)?
+            };
+            let record = ring.removals.entry(dead).or_insert_with(|| Removal::Pending {
+                proposals: Default::default(),
+                votes: Default::default(),
+            });
+            if let Removal::Pending { proposals, .. } = record {
+                proposals.insert(heir);
+            }
+        }
+        let _ = self.settle_reclaims();
+        Ok(self
+            .ring
+            .as_ref()
+            .expect("checked above")
+            .reclaim_status(dead)
+            .expect("record exists"))
+    }
+
+    /// Checks every invariant of this replica: its entries' free counts match
+    /// its space, its free space and allocations lie in its own unreserved
+    /// addresses, and every such address is either free or allocated.
+    ///
+    /// # Errors
+    /// [`Violation`] describing the first broken invariant.
+    pub fn verify(&self) -> Result<(), Violation> {
+        let Some(ring) = &self.ring else {
+            return if self.space == Space::default() {
+                Ok(())
+            } else {
+                Err(violation("space without a ring"))
+            };
+        };
+        let pool = ring.pool;
+        let mut usable_owned = 0u128;
+        for (s, e, entry) in ring.spans() {
+            if entry.free > e - s - pool.reserved_in(s, e) {
+                return Err(violation(format!(
+                    "entry at {} advertises more free than it holds",
+                    pool.addr_at(s)
+                )));
+            }
+            if entry.owner == self.me {
+                usable_owned += e - s - pool.reserved_in(s, e);
+                if entry.free != self.space.count_free(s, e) {
+                    return Err(violation(format!(
+                        "own entry at {} advertises {} free, space has {}",
+                        pool.addr_at(s),
+                        entry.free,
+                        self.space.count_free(s, e)
+                    )));
+                }
+            }
+            if !ring.members.contains(&entry.owner) {
+                return Err(violation(format!("owner {} is not a member", entry.owner)));
+            }
+        }
+        for (s, e) in self.space.free_spans() {
+            if pool.is_reserved(s) || pool.is_reserved(e - 1) {
+                return Err(violation("a reserved address is free"));
+            }
+            let (t, _) = ring.entry_containing(s);
+            let mut t = t;
+            while t < e {
+                if ring.entries[&t].owner != self.me {
+                    return Err(violation(format!(
+                        "free space at {} lies outside own ranges",
+                        pool.addr_at(t.max(s))
+                    )));
+                }
+                t = ring.end_of(t);
+            }
+        }
+        for (key, off) in self.space.allocations() {
+            if pool.is_reserved(off) || self.space.is_free(off) || ring.entry_containing(off).1.owner != self.me {
+                return Err(violation(format!(
+                    "allocation {key} at {} is misplaced",
+                    pool.addr_at(off)
+                )));
+            }
+        }
+        if usable_owned != self.space.free_total() + self.space.allocated() as u128 {
+            return Err(violation(format!(
+                "own ranges hold {usable_owned} usable addresses but {} free + {} allocated",
+                self.space.free_total(),
+                self.space.allocated()
+            )));
+        }
+        Ok(())
+    }
+
+    // ---- helpers ----
+
+    /// The answer when this router has no space for `want` in `[s, e)`: the peer to ask, or exhaustion.
+    fn no_space(&self, want: Want, s: u128, e: u128) -> AllocError {
+        let ring = self.ring.as_ref().expect("callers checked");
+        let peer = match want {
+            Want::Any => self.choose_donor(),
+            _ => ring
+                .spans()
+                .filter(|(a, b, en)| *a < e && s < *b && en.owner != self.me && en.free > 0)
+                .map(|(_, _, en)| en.owner)
+                .find(|p| !ring.is_removed(*p)),
+        };
+        match peer {
+            Some(peer) => AllocError::AskPeer { peer, want },
+            None => AllocError::Exhausted,
+        }
+    }
+
+    /// Moves free `[s, e)` of this router's space to `to` in the ring.
+    fn hand_over(&mut self, s: u128, e: u128, to: PeerName) {
+        let me = self.me;
+        self.space.remove_free(s, e);
+        let ring = self.ring.as_mut().expect("callers checked");
+        let pool = ring.pool;
+        let split_start = ring.split_at(s, 0);
+        let split_end = e < pool.size() && ring.split_at(e, 0);
+        let tokens: Vec<u128> = ring.entries.range(s..e).map(|(t, _)| *t).collect();
+        for t in tokens {
+            let end = ring.end_of(t);
+            ring.write(t, to, end - t - pool.reserved_in(t, end));
+        }
+        // The remainders on either side are still ours; recount their free space.
+        let mut mine = Vec::with_capacity(2);
+        if split_start && s > 0 {
+            mine.push(ring.entry_containing(s - 1).0);
+        }
+        if split_end {
+            mine.push(e);
+        }
+        for t in mine {
+            let end = ring.end_of(t);
+            ring.write(t, me, self.space.count_free(t, end));
+        }
+        ring.members.insert(to);
+    }
+
+    /// Votes on every pending reclaim and completes those where this router
+    /// is the agreed heir. Returns (whether the ring changed, reclaimed routers).
+    fn settle_reclaims(&mut self) -> (bool, Vec<PeerName>) {
+        let me = self.me;
+        let Some(ring) = self.ring.as_mut() else {
+            return (false, Vec::new());
+        };
+        let pending: Vec<PeerName> = ring
+            .removals
+            .iter()
+            .filter(|(_, r)| matches!(r, Removal::Pending { .. }))
+            .map(|(d, _)| *d)
+            .collect();
+        if pending.is_empty() || !ring.members.contains(&me) || ring.is_removed(me) {
+            return (false, Vec::new());
+        }
+        let mut changed = false;
+        let mut reclaimed = Vec::new();
+        for dead in pending {
+            // Every proposed heir was itself removed: the operator's intent
+            // stands, so propose ourselves (the lowest live proposal wins).
+            let candidate = match ring.candidate(dead) {
+                Some(c) => c,
+                None => {
+                    if let Some(Removal::Pending { proposals, .. }) = ring.removals.get_mut(&dead) {
+                        proposals.insert(me);
+                    }
+                    changed = true;
+                    me
+                }
+            };
+            let Some(Removal::Pending { votes, .. }) = ring.removals.get_mut(&dead) else {
+                continue;
+            };
+            match votes.get(&me) {
+                Some(v) if v.heir == candidate => {}
+                other => {
+                    let seq = other.map_or(1, |v| v.seq + 1);
+                    votes.insert(me, Vote { seq, heir: candidate });
+                    changed = true;
+                }
+            }
+            if candidate != me {
+                continue;
+            }
+            let Some(Removal::Pending { votes, .. }) = ring.removals.get(&dead) else {
+                continue;
+            };
+            if ring.voters().all(|v| votes.get(&v).is_some_and(|x| x.heir == me)) {
+                take_over(ring, &mut self.space, me, dead);
+                reclaimed.push(dead);
+                changed = true;
+            }
+        }
+        (changed, reclaimed)
+    }
+}
+
+impl fmt::Debug for Replica {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Replica")
+            .field("me", &self.me)
+            .field("ring", &self.ring)
+            .field("allocated", &self.space.allocated())
+            .field("free", &self.space.free_total())
+            .finish()
+    }
+}
+
+/// The heir's act: every entry of `dead` becomes `heir`'s, wholly free
+/// (the dead router's containers died with it), and the record is final.
+fn take_over(ring: &mut Ring, space: &mut Space, heir: PeerName, dead: PeerName) {
+    let pool = ring.pool;
+    let tokens: Vec<u128> = ring
+        .entries
+        .iter()
+        .filter(|(_, e)| e.owner == dead)
+        .map(|(t, _)| *t)
+        .collect();
+    for t in tokens {
+        let end = ring.end_of(t);
+        ring.write(t, heir, end - t - pool.reserved_in(t, end));
+        add_owned(space, pool, t, end);
+    }
+    ring.removals.insert(dead, Removal::Done { heir });
+}
+
+/// Adds newly owned `[s, e)` to `space` as free, minus the reserved addresses.
+pub(crate) fn add_owned(space: &mut Space, pool: Pool, s: u128, e: u128) {
+    let s = if s == 0 { 1 } else { s };
+    let e = if e == pool.size() { e - 1 } else { e };
+    space.add_free(s, e);
+}
+
+/// Where to cut a free range `[s, e)`: the donor keeps the part below and
+/// gives the part above, at least half, cut on the most aligned boundary
+/// that leaves the donor something (so ranges stay CIDR-like).
+fn split_point(s: u128, e: u128) -> u128 {
+    let len = e - s;
+    if len <= 1 {
+        return s;
+    }
+    let mid = e - len / 2;
+    let mut align = 1u128 << (127 - (len / 2).leading_zeros());
+    while align > 1 {
+        let m = mid / align * align;
+        if m > s {
+            return m;
+        }
+        align >>= 1;
+    }
+    mid
+}
+
+fn violation(s: impl Into<String>) -> Violation {
+    Violation(s.into())
+}
+
+/// A broken replica invariant, found by [`Replica::verify`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("IPAM invariant broken: {0}")]
+pub struct Violation(String);
+
+/// Why an allocation was not made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AllocError {
+    /// No ring yet: this router has not created or joined one.
+    #[error("the address ring does not exist yet: the router has not agreed on one with its peers")]
+    NoRing,
+    /// This router was removed from the ring and may not allocate.
+    #[error("this router was removed from the address ring (rmpeer); reset it before use")]
+    Removed,
+    /// The request lies outside the pool.
+    #[error("{requested} is outside the pod range {pool}")]
+    OutsidePool {
+        /// What was asked for.
+        requested: IpNet,
+        /// The pool.
+        pool: Pool,
+    },
+    /// The network or broadcast address of the pool.
+    #[error("{addr} is the network or broadcast address of {pool}")]
+    Reserved {
+        /// The address.
+        addr: IpAddr,
+        /// The pool.
+        pool: Pool,
+    },
+    /// The address is allocated to another key.
+    #[error("{addr} is in use by {by}")]
+    InUse {
+        /// The address.
+        addr: IpAddr,
+        /// Who holds it.
+        by: Box<AllocKey>,
+    },
+    /// The key already holds a different address.
+    #[error("{key} already has {addr}; release it first")]
+    KeyBound {
+        /// The key.
+        key: Box<AllocKey>,
+        /// Its address.
+        addr: IpAddr,
+    },
+    /// The space is another router's: ask it to donate `want`, merge its
+    /// ring, and allocate again.
+    #[error("the space is owned by router {peer}; it must be asked to donate")]
+    AskPeer {
+        /// Whom to ask.
+        peer: PeerName,
+        /// What to ask for.
+        want: Want,
+    },
+    /// No router known has free space for the request.
+    #[error("no free addresses left for this request in the pod range")]
+    Exhausted,
+}
+
+/// Why a donation was not made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DonateError {
+    /// No ring yet.
+    #[error("the address ring does not exist yet")]
+    NoRing,
+    /// This router was removed from the ring.
+    #[error("this router was removed from the address ring")]
+    Removed,
+    /// A router asked itself.
+    #[error("a router cannot donate to itself")]
+    ToSelf,
+    /// The recipient was removed from the ring.
+    #[error("router {0} was removed from the address ring")]
+    RecipientRemoved(PeerName),
+    /// This router has no free space.
+    #[error("this router has no free addresses to give")]
+    NothingFree,
+    /// No free space in the requested subnet.
+    #[error("this router has no free addresses in {0}")]
+    NothingFreeIn(IpNet),
+    /// The request lies outside the pool.
+    #[error("{0} is outside the pod range")]
+    OutsidePool(IpNet),
+    /// The requested address belongs to someone else.
+    #[error("the address belongs to router {owner}")]
+    NotOwner {
+        /// Its owner.
+        owner: PeerName,
+    },
+    /// The requested address is allocated.
+    #[error("{addr} is in use by {by}")]
+    InUse {
+        /// The address.
+        addr: IpAddr,
+        /// Who holds it.
+        by: Box<AllocKey>,
+    },
+    /// The requested address is the network or broadcast address.
+    #[error("{0} is the network or broadcast address of the pod range")]
+    Reserved(IpAddr),
+}
+
+/// Why a reclaim could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReclaimError {
+    /// No ring yet.
+    #[error("the address ring does not exist yet")]
+    NoRing,
+    /// A router cannot remove itself this way (use a graceful leave).
+    #[error("a router cannot reclaim its own ranges")]
+    IsSelf,
+    /// This router was itself removed.
+    #[error("this router was removed from the address ring")]
+    Removed,
+    /// The name never owned space in this ring.
+    #[error("router {0} never owned space in this ring")]
+    UnknownPeer(PeerName),
+    /// Every member is removed: nobody can inherit.
+    #[error("no live member is left to inherit the ranges")]
+    NoVoters,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(n: u64) -> PeerName {
+        PeerName::from_u64(n)
+    }
+
+    fn pool(s: &str) -> Pool {
+        Pool::new(s.parse().unwrap()).unwrap()
+    }
+
+    fn key(c: &str) -> AllocKey {
+        AllocKey::new(c, "eth0").unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// Two replicas of one fresh ring over a /22, split between p(1) and p(2).
+    fn pair() -> (Replica, Replica) {
+        let a = Replica::create(p(1), pool("10.32.0.0/22"), &[p(1), p(2)]).unwrap();
+        let mut b = Replica::new(p(2));
+        let _ = b.merge(a.ring().unwrap()).unwrap();
+        (a, b)
+    }
+
+    fn sync(a: &mut Replica, b: &mut Replica) {
+        let _ = b.merge(a.ring().unwrap()).unwrap();
+        let _ = a.merge(b.ring().unwrap()).unwrap();
+        a.verify().unwrap();
+        b.verify().unwrap();
+    }
+
+    #[test]
+    fn allocation_is_idempotent_per_key_and_skips_network_address() {
+        let (mut a, _) = pair();
+        let first = a.allocate(key("c1"), Request::Any).unwrap();
+        assert_eq!(first.addr, ip("10.32.0.1"), "10.32.0.0 is the network address");
+        assert_eq!(first.prefix_len, 22);
+        assert!(!first.existing);
+        let again = a.allocate(key("c1"), Request::Any).unwrap();
+        assert_eq!(again.addr, first.addr);
+        assert!(again.existing);
+        let other = a.allocate(AllocKey::new("c1", "eth1").unwrap(), Request::Any).unwrap();
+        assert_eq!(other.addr, ip("10.32.0.2"));
+        a.verify().unwrap();
+    }
+
+    #[test]
+    fn specific_address_honoured_or_refused_with_reason() {
+        let (mut a, _) = pair();
+        assert_eq!(
+            a.allocate(key("c1"), Request::Addr(ip("10.32.1.7"))).unwrap().addr,
+            ip("10.32.1.7")
+        );
+        assert!(matches!(
+            a.allocate(key("c2"), Request::Addr(ip("10.32.1.7"))),
+            Err(AllocError::InUse { by, .. }) if *by == key("c1")
+        ));
+        assert!(matches!(
+            a.allocate(key("c2"), Request::Addr(ip("10.32.0.0"))),
+            Err(AllocError::Reserved { .. })
+        ));
+        assert!(matches!(
+            a.allocate(key("c2"), Request::Addr(ip("10.40.0.1"))),
+            Err(AllocError::OutsidePool { .. })
+        ));
+        assert_eq!(
+            a.allocate(key("c2"), Request::Addr(ip("10.32.2.9"))),
+            Err(AllocError::AskPeer {
+                peer: p(2),
+                want: Want::Addr(ip("10.32.2.9"))
+            })
+        );
+        assert!(matches!(
+            a.allocate(key("c1"), Request::Addr(ip("10.32.1.8"))),
+            Err(AllocError::KeyBound { .. })
+        ));
+        a.verify().unwrap();
+    }
+
+    #[test]
+    fn broadcast_address_is_never_handed_out() {
+        let (_, mut b) = pair();
+        assert!(matches!(
+            b.allocate(key("x"), Request::Addr(ip("10.32.3.255"))),
+            Err(AllocError::Reserved { .. })
+        ));
+        let mut last = None;
+        for i in 0..511 {
+            last = Some(b.allocate(key(&format!("c{i}")), Request::Any).unwrap().addr);
+        }
+        assert_eq!(last, Some(ip("10.32.3.254")));
+        assert_eq!(b.free(), 0);
+        // p(1) has the most free space, so b is told to ask it.
+        assert_eq!(
+            b.allocate(key("more"), Request::Any),
+            Err(AllocError::AskPeer {
+                peer: p(1),
+                want: Want::Any
+            })
+        );
+        b.verify().unwrap();
+    }
+
+    #[test]
+    fn release_frees_and_is_idempotent() {
+        let (mut a, _) = pair();
+        let addr = a.allocate(key("c1"), Request::Any).unwrap().addr;
+        let free = a.free();
+        assert_eq!(a.release(&key("c1")), Some(addr));
+        assert_eq!(a.free(), free + 1);
+        assert_eq!(a.release(&key("c1")), None);
+        assert_eq!(a.allocate(key("c2"), Request::Any).unwrap().addr, addr);
+        a.verify().unwrap();
+    }
+
+    #[test]
+    fn donation_moves_free_space_only() {
+        let (mut a, mut b) = pair();
+        for i in 0..10 {
+            a.allocate(key(&format!("a{i}")), Request::Any).unwrap();
+        }
+        let d = a.donate(p(2), Want::Any).unwrap();
+        assert_eq!(
+            d.range.to_string(),
+            "10.32.1.0-10.32.1.255",
+            "upper half of a's largest free range, aligned"
+        );
+        a.verify().unwrap();
+        let out = b.merge(a.ring().unwrap()).unwrap();
+        assert_eq!(out.gained, vec![d.range]);
+        b.verify().unwrap();
+        assert_eq!(b.ring().unwrap().owner_of(ip("10.32.1.9")), Some(p(2)));
+        assert_eq!(
+            b.allocate(key("b"), Request::Addr(ip("10.32.1.9"))).unwrap().addr,
+            ip("10.32.1.9")
+        );
+        for (k, addr) in a.allocations() {
+            assert_eq!(
+                a.ring().unwrap().owner_of(addr),
+                Some(p(1)),
+                "{k} stayed with its owner"
+            );
+        }
+        sync(&mut a, &mut b);
+    }
+
+    #[test]
+    fn claim_specific_address_from_its_owner() {
+        let (mut a, mut b) = pair();
+        let want = match a.allocate(key("c"), Request::Addr(ip("10.32.2.9"))) {
+            Err(AllocError::AskPeer { peer, want }) => {
+                assert_eq!(peer, p(2));
+                want
+            }
+            other => panic!("expected AskPeer, got {other:?}"),
+        };
+        let d = b.donate(p(1), want).unwrap();
+        assert_eq!(d.range.to_string(), "10.32.2.9-10.32.2.9");
+        let out = a.merge(b.ring().unwrap()).unwrap();
+        assert_eq!(out.gained.len(), 1);
+        assert_eq!(
+            a.allocate(key("c"), Request::Addr(ip("10.32.2.9"))).unwrap().addr,
+            ip("10.32.2.9")
+        );
+        sync(&mut a, &mut b);
+        // A held address is refused with the reason.
+        b.allocate(key("held"), Request::Addr(ip("10.32.2.10"))).unwrap();
+        assert!(matches!(
+            b.donate(p(1), Want::Addr(ip("10.32.2.10"))),
+            Err(DonateError::InUse { by, .. }) if *by == key("held")
+        ));
+    }
+
+    #[test]
+    fn claim_subnet_from_its_owner() {
+        let (mut a, mut b) = pair();
+        let net: IpNet = "10.32.3.0/28".parse().unwrap();
+        let Err(AllocError::AskPeer { peer, want }) = a.allocate(key("c"), Request::Within(net)) else {
+            panic!("expected AskPeer")
+        };
+        assert_eq!(peer, p(2));
+        let d = b.donate(p(1), want).unwrap();
+        assert_eq!(d.range.to_string(), "10.32.3.0-10.32.3.15");
+        let _ = a.merge(b.ring().unwrap()).unwrap();
+        let got = a.allocate(key("c"), Request::Within(net)).unwrap();
+        assert!(net.contains(&got.addr));
+        sync(&mut a, &mut b);
+    }
+
+    #[test]
+    fn merge_refuses_changes_to_own_entries() {
+        let (mut a, b) = pair();
+        let mut forged = b.ring().unwrap().clone();
+        forged.write(0, p(2), 5);
+        let before = a.clone();
+        assert!(matches!(a.merge(&forged), Err(MergeError::OwnEntryChanged { .. })));
+        assert_eq!(a, before);
+        let mut split = b.ring().unwrap().clone();
+        split.split_at(100, 0);
+        split.write(100, p(2), 0);
+        assert!(matches!(a.merge(&split), Err(MergeError::OwnRangeSplit { .. })));
+        assert_eq!(a, before);
+    }
+
+    #[test]
+    fn reclaim_needs_every_live_vote_then_heir_takes_over() {
+        let pl = pool("10.32.0.0/22");
+        let seeds = [p(1), p(2), p(3)];
+        let mut a = Replica::create(p(1), pl, &seeds).unwrap();
+        let mut b = Replica::create(p(2), pl, &seeds).unwrap();
+        // p(3) is dead. a starts the reclaim; it cannot finish without b's vote.
+        let st = a.begin_reclaim(p(3)).unwrap();
+        assert_eq!(
+            st,
+            ReclaimStatus::Pending {
+                candidate: Some(p(1)),
+                waiting_for: vec![p(2)]
+            }
+        );
+        assert_eq!(a.ring().unwrap().owners()[&p(3)].ranges, 1);
+        // b sees it and votes.
+        let out = b.merge(a.ring().unwrap()).unwrap();
+        assert!(out.changed && out.reclaimed.is_empty());
+        let out = a.merge(b.ring().unwrap()).unwrap();
+        assert_eq!(out.reclaimed, vec![p(3)]);
+        assert!(!a.ring().unwrap().owners().contains_key(&p(3)));
+        a.verify().unwrap();
+        assert_eq!(
+            a.ring().unwrap().reclaim_status(p(3)),
+            Some(ReclaimStatus::Done { heir: p(1) })
+        );
+        let _ = b.merge(a.ring().unwrap()).unwrap();
+        assert_eq!(a.ring(), b.ring());
+        // the heir allocates from the reclaimed range
+        assert_eq!(
+            a.allocate(key("x"), Request::Addr(ip("10.32.3.1"))).unwrap().addr,
+            ip("10.32.3.1")
+        );
+    }
+
+    #[test]
+    fn concurrent_reclaims_agree_on_one_heir() {
+        let pl = pool("10.32.0.0/22");
+        let seeds = [p(1), p(2), p(3), p(4)];
+        let mut reps: Vec<_> = (1..=3).map(|i| Replica::create(p(i), pl, &seeds).unwrap()).collect();
+        // p(4) died; p(3) and p(2) start reclaims on opposite sides of a partition.
+        reps[2].begin_reclaim(p(4)).unwrap();
+        reps[1].begin_reclaim(p(4)).unwrap();
+        // Full exchange until quiet.
+        for _ in 0..4 {
+            for i in 0..3 {
+                for j in 0..3 {
+                    if i != j {
+                        let r = reps[i].ring().unwrap().clone();
+                        let _ = reps[j].merge(&r).unwrap();
+                    }
+                }
+            }
+        }
+        for r in &reps {
+            r.verify().unwrap();
+            assert_eq!(
+                r.ring().unwrap().reclaim_status(p(4)),
+                Some(ReclaimStatus::Done { heir: p(2) })
+            );
+            assert_eq!(r.ring(), reps[0].ring());
+        }
+    }
+
+    #[test]
+    fn removed_router_stops_allocating_and_refuses_the_takeover() {
+        let pl = pool("10.32.0.0/22");
+        let seeds = [p(1), p(2), p(3)];
+        let mut a = Replica::create(p(1), pl, &seeds).unwrap();
+        let mut b = Replica::create(p(2), pl, &seeds).unwrap();
+        let mut c = Replica::create(p(3), pl, &seeds).unwrap();
+        // An operator wrongly removes the live router a.
+        b.begin_reclaim(p(1)).unwrap();
+        let _ = a.merge(b.ring().unwrap()).unwrap();
+        assert!(a.is_removed());
+        assert_eq!(a.allocate(key("c"), Request::Any), Err(AllocError::Removed));
+        // Once c votes, b takes a's ranges; a refuses that ring rather than lose space silently.
+        let _ = c.merge(b.ring().unwrap()).unwrap();
+        let out = b.merge(c.ring().unwrap()).unwrap();
+        assert_eq!(out.reclaimed, vec![p(1)]);
+        assert!(matches!(
+            a.merge(b.ring().unwrap()),
+            Err(MergeError::OwnEntryChanged { .. })
+        ));
+    }
+
+    #[test]
+    fn split_point_prefers_aligned_halves() {
+        assert_eq!(split_point(1, 1023), 512);
+        assert_eq!(split_point(0, 1 << 20), 1 << 19);
+        assert_eq!(split_point(5, 6), 5);
+        assert_eq!(split_point(5, 8), 7);
+        assert_eq!(split_point(11, 512), 256);
+        for (s, e) in [(1, 3), (7, 100), (1000, 1001), (3, 1 << 19)] {
+            let m = split_point(s, e);
+            assert!(s <= m && m < e, "{s}..{e} -> {m}");
+        }
+    }
+
+    #[test]
+    fn key_validation() {
+        assert!(AllocKey::new("", "eth0").is_err());
+        assert!(AllocKey::new("c", "").is_err());
+        assert!(AllocKey::new("c".repeat(257), "eth0").is_err());
+        assert!(AllocKey::new("c\n", "eth0").is_err());
+        assert!(AllocKey::new("c".repeat(256), "eth0").is_ok());
+    }
+}

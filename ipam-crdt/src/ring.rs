@@ -1,0 +1,665 @@
+//! The ring: the gossiped state, a state-based CRDT.
+//!
+//! The pool is cut at *tokens* (offsets); the entry at token `t` covers
+//! `[t, next token)`, and token 0 always exists, so every address has exactly
+//! one entry and ownership is disjoint and complete by construction. An entry
+//! carries its owner, a version and the owner's advertised free count. Only
+//! the owner of an entry writes it (donation hands it over with a version
+//! bump); the one exception is the heir of a completed reclaim, see
+//! [`crate`] docs. Tokens are never deleted.
+//!
+//! [`Ring::merge`] is a join: per token the higher version wins, members and
+//! reclaim records are grow-only or monotone. Equal versions with different
+//! contents can only come from a broken invariant, and are refused.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::peer::PeerName;
+use crate::pool::{AddrRange, Pool};
+
+/// The replicated address-space ring. See the [crate docs](crate) for the design.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Ring {
+    pub(crate) pool: Pool,
+    /// The genesis owners, in the order that split the pool. With `pool`, the ring's identity.
+    pub(crate) seeds: Vec<PeerName>,
+    pub(crate) entries: BTreeMap<u128, Entry>,
+    /// Every router that ever owned space: a grow-only set.
+    pub(crate) members: BTreeSet<PeerName>,
+    pub(crate) removals: BTreeMap<PeerName, Removal>,
+}
+
+/// One token's entry: the range from this token to the next.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Entry {
+    pub(crate) owner: PeerName,
+    pub(crate) version: u64,
+    /// Free addresses in the range, as last advertised by the owner.
+    pub(crate) free: u128,
+}
+
+/// The reclaim record of one removed router.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub(crate) enum Removal {
+    /// Proposed, collecting votes.
+    Pending {
+        /// Proposed heirs (grow-only). The smallest one whose own name is not removed is the candidate.
+        proposals: BTreeSet<PeerName>,
+        /// Each voter's current vote; written only by that voter, higher `seq` wins.
+        votes: BTreeMap<PeerName, Vote>,
+    },
+    /// The heir took the removed router's ranges. Final.
+    Done { heir: PeerName },
+}
+
+/// A voter's vote on a removal: which heir it accepts.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Vote {
+    pub(crate) seq: u64,
+    pub(crate) heir: PeerName,
+}
+
+/// Where a ring came from: its pool and genesis owners. Rings of different
+/// origins never merge.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct RingOrigin {
+    /// The pool the ring divides.
+    pub pool: Pool,
+    /// The genesis owners, in split order.
+    pub seeds: Vec<PeerName>,
+}
+
+impl fmt::Display for RingOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ring over {} seeded by [", self.pool)?;
+        for (i, s) in self.seeds.iter().take(4).enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{s}")?;
+        }
+        if self.seeds.len() > 4 {
+            write!(f, ", ... {} in all", self.seeds.len())?;
+        }
+        f.write_str("]")
+    }
+}
+
+/// One range of the ring, for display and routing.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct RangeInfo {
+    /// The addresses.
+    pub range: AddrRange,
+    /// Who owns them.
+    pub owner: PeerName,
+    /// Free addresses, as the owner last advertised.
+    pub free: u128,
+    /// The entry's version.
+    pub version: u64,
+}
+
+/// What one owner holds, summed over its ranges.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct OwnerStats {
+    /// Addresses owned (reserved network/broadcast addresses included where owned).
+    pub owned: u128,
+    /// Free addresses, as advertised.
+    pub free: u128,
+    /// Number of ranges.
+    pub ranges: usize,
+}
+
+/// Progress of the reclaim of one removed router.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum ReclaimStatus {
+    /// Waiting for every live member to vote for the same heir.
+    Pending {
+        /// The heir that will act, if any proposal is still valid.
+        candidate: Option<PeerName>,
+        /// Live members whose vote for `candidate` is still missing.
+        waiting_for: Vec<PeerName>,
+    },
+    /// The heir has taken the ranges.
+    Done {
+        /// Who took them.
+        heir: PeerName,
+    },
+}
+
+impl Ring {
+    /// Creates a ring over `pool`, split evenly between `seeds` in their order
+    /// (`seed=a,b` over `10.32.0.0/22` gives `a` `10.32.0.0-10.32.1.255`).
+    ///
+    /// Creation is deterministic: routers that agree on the pool and the seed
+    /// list create the same ring, which is what lets the initial routers each
+    /// create it once they agree.
+    ///
+    /// # Errors
+    /// [`CreateError`] when `seeds` is empty, repeats a name, or has more names than addresses.
+    pub fn new(pool: Pool, seeds: &[PeerName]) -> Result<Self, CreateError> {
+        if seeds.is_empty() {
+            return Err(CreateError::NoSeeds);
+        }
+        let mut members = BTreeSet::new();
+        for s in seeds {
+            if !members.insert(*s) {
+                return Err(CreateError::DuplicateSeed(*s));
+            }
+        }
+        let n = seeds.len() as u128;
+        if n > pool.usable() {
+            return Err(CreateError::TooManySeeds {
+                seeds: seeds.len(),
+                pool,
+            });
+        }
+        let size = pool.size();
+        let mut entries = BTreeMap::new();
+        for (i, s) in seeds.iter().enumerate() {
+            let start = size * i as u128 / n;
+            let end = size * (i as u128 + 1) / n;
+            let free = end - start - pool.reserved_in(start, end);
+            entries.insert(
+                start,
+                Entry {
+                    owner: *s,
+                    version: 1,
+                    free,
+                },
+            );
+        }
+        Ok(Self {
+            pool,
+            seeds: seeds.to_vec(),
+            entries,
+            members,
+            removals: BTreeMap::new(),
+        })
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> Pool {
+        self.pool
+    }
+
+    /// Pool and genesis owners: the ring's identity.
+    pub fn origin(&self) -> RingOrigin {
+        RingOrigin {
+            pool: self.pool,
+            seeds: self.seeds.clone(),
+        }
+    }
+
+    /// The router that owns `addr`, or `None` outside the pool. The data plane
+    /// routes by this.
+    ///
+    /// O(log n) in entries.
+    pub fn owner_of(&self, addr: IpAddr) -> Option<PeerName> {
+        let off = self.pool.offset_of(addr)?;
+        Some(self.entry_containing(off).1.owner)
+    }
+
+    /// Every range, in address order.
+    pub fn ranges(&self) -> impl Iterator<Item = RangeInfo> + '_ {
+        self.spans().map(|(start, end, e)| RangeInfo {
+            range: self.pool.range(start, end),
+            owner: e.owner,
+            free: e.free,
+            version: e.version,
+        })
+    }
+
+    /// Number of entries (ranges).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Never true: a ring covers its pool with at least one range.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Owned, free and range count per owner.
+    pub fn owners(&self) -> BTreeMap<PeerName, OwnerStats> {
+        let mut out: BTreeMap<PeerName, OwnerStats> = BTreeMap::new();
+        for (start, end, e) in self.spans() {
+            let s = out.entry(e.owner).or_default();
+            s.owned += end - start;
+            s.free += e.free;
+            s.ranges += 1;
+        }
+        out
+    }
+
+    /// Every router that ever owned space, removed ones included.
+    pub fn members(&self) -> impl Iterator<Item = PeerName> + '_ {
+        self.members.iter().copied()
+    }
+
+    /// Whether `peer` has been removed (reclaim started or done, or it left).
+    pub fn is_removed(&self, peer: PeerName) -> bool {
+        self.removals.contains_key(&peer)
+    }
+
+    /// Members that are not removed: the routers whose vote a reclaim needs.
+    pub fn voters(&self) -> impl Iterator<Item = PeerName> + '_ {
+        self.members.iter().copied().filter(|m| !self.removals.contains_key(m))
+    }
+
+    /// The reclaim of each removed router.
+    pub fn reclaims(&self) -> BTreeMap<PeerName, ReclaimStatus> {
+        self.removals
+            .keys()
+            .map(|d| (*d, self.reclaim_status(*d).expect("key exists")))
+            .collect()
+    }
+
+    /// The reclaim of `dead`, if one was started.
+    pub fn reclaim_status(&self, dead: PeerName) -> Option<ReclaimStatus> {
+        Some(match self.removals.get(&dead)? {
+            Removal::Done { heir } => ReclaimStatus::Done { heir: *heir },
+            Removal::Pending { votes, .. } => {
+                let candidate = self.candidate(dead);
+                let waiting_for = self
+                    .voters()
+                    .filter(|v| candidate.is_none() || votes.get(v).map(|x| x.heir) != candidate)
+                    .collect();
+                ReclaimStatus::Pending { candidate, waiting_for }
+            }
+        })
+    }
+
+    /// Merges `other` into `self`. Returns whether anything changed.
+    ///
+    /// Idempotent, commutative and associative on rings of one origin. The
+    /// merge is atomic: on error `self` is unchanged.
+    ///
+    /// # Errors
+    /// [`MergeError::DifferentRing`] for a ring of another origin;
+    /// [`MergeError::ConflictingEntry`] / [`MergeError::ConflictingReclaim`]
+    /// when the two rings disagree at equal versions (a broken invariant:
+    /// reused identity or a bug).
+    pub fn merge(&mut self, other: &Self) -> Result<bool, MergeError> {
+        let plan = self.plan_merge(other)?;
+        Ok(self.apply_merge(plan))
+    }
+
+    /// Checks `other` against `self` and lists what a merge would change.
+    pub(crate) fn plan_merge<'a>(&self, other: &'a Self) -> Result<MergePlan<'a>, MergeError> {
+        if self.pool != other.pool || self.seeds != other.seeds {
+            return Err(MergeError::DifferentRing {
+                ours: Box::new(self.origin()),
+                theirs: Box::new(other.origin()),
+            });
+        }
+        // Both maps are sorted: walk them in lockstep, O(n + m).
+        let mut entries = Vec::new();
+        let mut mine = self.entries.iter().peekable();
+        for (&t, theirs) in &other.entries {
+            while mine.next_if(|(mt, _)| **mt < t).is_some() {}
+            match mine.peek() {
+                Some(&(&mt, m)) if mt == t => {
+                    if m.version == theirs.version && m != theirs {
+                        return Err(MergeError::ConflictingEntry {
+                            at: self.pool.addr_at(t),
+                            version: m.version,
+                        });
+                    }
+                    if m.version < theirs.version {
+                        entries.push((t, theirs));
+                    }
+                }
+                _ => entries.push((t, theirs)),
+            }
+        }
+        let mut removals = Vec::new();
+        for (d, theirs) in &other.removals {
+            match self.removals.get(d) {
+                Some(mine) if mine == theirs => {}
+                Some(mine) => {
+                    if mine
+                        .check_join(theirs)
+                        .map_err(|heirs| MergeError::ConflictingReclaim { dead: *d, heirs })?
+                    {
+                        removals.push((*d, theirs));
+                    }
+                }
+                None => removals.push((*d, theirs)),
+            }
+        }
+        let members = other.members.difference(&self.members).copied().collect();
+        Ok(MergePlan {
+            entries,
+            removals,
+            members,
+        })
+    }
+
+    pub(crate) fn apply_merge(&mut self, plan: MergePlan<'_>) -> bool {
+        let changed = !plan.entries.is_empty() || !plan.removals.is_empty() || !plan.members.is_empty();
+        for (t, e) in plan.entries {
+            self.entries.insert(t, *e);
+        }
+        for (d, theirs) in plan.removals {
+            match self.removals.get_mut(&d) {
+                Some(mine) => mine.join(theirs),
+                None => {
+                    self.removals.insert(d, theirs.clone());
+                }
+            }
+        }
+        self.members.extend(plan.members);
+        changed
+    }
+
+    // ---- crate-internal helpers used by the replica ----
+
+    /// `(token, entry)` of the entry covering `off`. Token 0 always exists, so this never fails for offsets in the pool.
+    pub(crate) fn entry_containing(&self, off: u128) -> (u128, &Entry) {
+        let (t, e) = self.entries.range(..=off).next_back().expect("token 0 always exists");
+        (*t, e)
+    }
+
+    /// End (exclusive) of the entry starting at `token`.
+    pub(crate) fn end_of(&self, token: u128) -> u128 {
+        self.entries
+            .range(token + 1..)
+            .next()
+            .map_or(self.pool.size(), |(t, _)| *t)
+    }
+
+    /// `(start, end, entry)` for every entry in order.
+    pub(crate) fn spans(&self) -> impl Iterator<Item = (u128, u128, &Entry)> + '_ {
+        let size = self.pool.size();
+        let mut it = self.entries.iter().peekable();
+        std::iter::from_fn(move || {
+            let (t, e) = it.next()?;
+            let end = it.peek().map_or(size, |(n, _)| **n);
+            Some((*t, end, e))
+        })
+    }
+
+    /// Makes `at` a token, splitting the entry that covers it. The new entry
+    /// copies the owner, starts at version 1 (tokens are never deleted, so it
+    /// is new everywhere) and gets the free count the caller gives; the
+    /// caller fixes the old entry's count. Returns false if `at` was a token.
+    pub(crate) fn split_at(&mut self, at: u128, free_new: u128) -> bool {
+        if self.entries.contains_key(&at) {
+            return false;
+        }
+        let owner = self.entry_containing(at).1.owner;
+        self.entries.insert(
+            at,
+            Entry {
+                owner,
+                version: 1,
+                free: free_new,
+            },
+        );
+        true
+    }
+
+    /// Rewrites the entry at `token` (which must exist) with a version bump.
+    pub(crate) fn write(&mut self, token: u128, owner: PeerName, free: u128) {
+        let e = self.entries.get_mut(&token).expect("caller passes an existing token");
+        e.owner = owner;
+        e.free = free;
+        e.version += 1;
+    }
+
+    /// Adjusts the advertised free count of the entry covering `off` by `delta` (+1 / -1), with a version bump.
+    pub(crate) fn adjust_free(&mut self, off: u128, release: bool) {
+        let (t, _) = self.entry_containing(off);
+        let e = self.entries.get_mut(&t).expect("token just found");
+        e.free = if release { e.free + 1 } else { e.free - 1 };
+        e.version += 1;
+    }
+
+    /// The heir a reclaim of `dead` would give the ranges to: the smallest
+    /// proposal that is not itself removed.
+    pub(crate) fn candidate(&self, dead: PeerName) -> Option<PeerName> {
+        match self.removals.get(&dead)? {
+            Removal::Pending { proposals, .. } => proposals.iter().copied().find(|p| !self.removals.contains_key(p)),
+            Removal::Done { heir } => Some(*heir),
+        }
+    }
+}
+
+impl fmt::Debug for Ring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ring")
+            .field("pool", &self.pool)
+            .field("seeds", &self.seeds.len())
+            .field("entries", &self.entries.len())
+            .field("members", &self.members.len())
+            .field("removals", &self.removals)
+            .finish()
+    }
+}
+
+impl Removal {
+    /// Checks that `other` can be joined into `self`, without allocating.
+    /// Returns whether the join would change `self`; errs with the two heirs
+    /// where they disagree as they cannot (two completions, or one voter's two
+    /// different votes under one sequence number).
+    fn check_join(&self, other: &Self) -> Result<bool, Vec<PeerName>> {
+        match (self, other) {
+            (Self::Done { heir: a }, Self::Done { heir: b }) if a != b => Err(vec![*a, *b]),
+            (Self::Done { .. }, _) => Ok(false),
+            (_, Self::Done { .. }) => Ok(true),
+            (
+                Self::Pending {
+                    proposals: pa,
+                    votes: va,
+                },
+                Self::Pending {
+                    proposals: pb,
+                    votes: vb,
+                },
+            ) => {
+                let mut changes = !pb.is_subset(pa);
+                // Both vote maps are sorted by voter: walk them in lockstep.
+                let mut mine = va.iter().peekable();
+                for (voter, theirs) in vb {
+                    while mine.next_if(|(v, _)| *v < voter).is_some() {}
+                    match mine.peek() {
+                        Some(&(v, m)) if v == voter => {
+                            if m.seq == theirs.seq && m.heir != theirs.heir {
+                                return Err(vec![m.heir, theirs.heir]);
+                            }
+                            changes |= m.seq < theirs.seq;
+                        }
+                        _ => changes = true,
+                    }
+                }
+                Ok(changes)
+            }
+        }
+    }
+
+    /// Joins `other` into `self`; [`Removal::check_join`] has passed.
+    fn join(&mut self, other: &Self) {
+        match (&mut *self, other) {
+            (Self::Done { .. }, _) => {}
+            (_, Self::Done { .. }) => *self = other.clone(),
+            (
+                Self::Pending {
+                    proposals: pa,
+                    votes: va,
+                },
+                Self::Pending {
+                    proposals: pb,
+                    votes: vb,
+                },
+            ) => {
+                pa.extend(pb.iter().copied());
+                for (voter, theirs) in vb {
+                    let mine = va.entry(*voter).or_insert(*theirs);
+                    if mine.seq < theirs.seq {
+                        *mine = *theirs;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What a merge would change; built by [`Ring::plan_merge`].
+#[derive(Debug)]
+pub(crate) struct MergePlan<'a> {
+    pub(crate) entries: Vec<(u128, &'a Entry)>,
+    pub(crate) removals: Vec<(PeerName, &'a Removal)>,
+    pub(crate) members: Vec<PeerName>,
+}
+
+/// Why a ring cannot be created.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CreateError {
+    /// The seed list is empty.
+    #[error("a ring needs at least one initial owner")]
+    NoSeeds,
+    /// A name appears twice in the seed list.
+    #[error("initial owner {0} is listed twice")]
+    DuplicateSeed(PeerName),
+    /// More seeds than usable addresses.
+    #[error("{seeds} initial owners cannot split {pool}: it has fewer usable addresses")]
+    TooManySeeds {
+        /// How many seeds were given.
+        seeds: usize,
+        /// The pool.
+        pool: Pool,
+    },
+}
+
+/// Why a merge was refused. The ring is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MergeError {
+    /// The other ring was created separately (another pool or other genesis
+    /// owners). Merging would hand the same addresses out twice.
+    #[error("refusing to merge rings created separately: ours is the {ours}, theirs is the {theirs}")]
+    DifferentRing {
+        /// Our ring's origin.
+        ours: Box<RingOrigin>,
+        /// The other ring's origin.
+        theirs: Box<RingOrigin>,
+    },
+    /// The rings hold different contents for one entry at the same version.
+    #[error("ring entry at {at} differs at the same version {version}: a router identity was reused or state was lost")]
+    ConflictingEntry {
+        /// Start of the entry.
+        at: IpAddr,
+        /// The version both claim.
+        version: u64,
+    },
+    /// Two different outcomes for one reclaim.
+    #[error("conflicting reclaim records for removed router {dead}: heirs {heirs:?}")]
+    ConflictingReclaim {
+        /// The removed router.
+        dead: PeerName,
+        /// The heirs in conflict.
+        heirs: Vec<PeerName>,
+    },
+    /// The other ring changed one of our own entries: only we write those.
+    #[error(
+        "the other ring changed our entry at {at}: another router is using our identity, or we were removed while alive"
+    )]
+    OwnEntryChanged {
+        /// Start of the entry.
+        at: IpAddr,
+    },
+    /// The other ring splits one of our ranges: only we split those.
+    #[error("the other ring splits our range at {at}: another router is using our identity")]
+    OwnRangeSplit {
+        /// Where the split is.
+        at: IpAddr,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn p(n: u64) -> PeerName {
+        PeerName::from_u64(n)
+    }
+
+    fn pool(s: &str) -> Pool {
+        Pool::new(s.parse().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn genesis_splits_evenly_in_seed_order() {
+        let r = Ring::new(pool("10.32.0.0/22"), &[p(2), p(1)]).unwrap();
+        let ranges: Vec<_> = r.ranges().map(|x| (x.range.to_string(), x.owner, x.free)).collect();
+        assert_eq!(
+            ranges,
+            vec![
+                ("10.32.0.0-10.32.1.255".to_owned(), p(2), 511),
+                ("10.32.2.0-10.32.3.255".to_owned(), p(1), 511)
+            ]
+        );
+        assert_eq!(r.owner_of("10.32.1.255".parse().unwrap()), Some(p(2)));
+        assert_eq!(r.owner_of("10.32.2.0".parse().unwrap()), Some(p(1)));
+        assert_eq!(r.owner_of("10.33.0.0".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn uneven_split_covers_the_pool() {
+        let r = Ring::new(pool("10.32.0.0/24"), &[p(1), p(2), p(3)]).unwrap();
+        let owned: u128 = r.owners().values().map(|s| s.owned).sum();
+        assert_eq!(owned, 256);
+        let free: u128 = r.owners().values().map(|s| s.free).sum();
+        assert_eq!(free, 254);
+    }
+
+    #[test]
+    fn creation_errors() {
+        assert_eq!(Ring::new(pool("10.32.0.0/24"), &[]), Err(CreateError::NoSeeds));
+        assert_eq!(
+            Ring::new(pool("10.32.0.0/24"), &[p(1), p(1)]),
+            Err(CreateError::DuplicateSeed(p(1)))
+        );
+        let many: Vec<_> = (0..3).map(p).collect();
+        assert!(matches!(
+            Ring::new(pool("10.32.0.0/30"), &many),
+            Err(CreateError::TooManySeeds { .. })
+        ));
+    }
+
+    #[test]
+    fn same_genesis_merges_different_genesis_refused() {
+        let mut a = Ring::new(pool("10.32.0.0/22"), &[p(1), p(2)]).unwrap();
+        let b = Ring::new(pool("10.32.0.0/22"), &[p(1), p(2)]).unwrap();
+        assert_eq!(a.merge(&b), Ok(false));
+        let c = Ring::new(pool("10.32.0.0/22"), &[p(2), p(1)]).unwrap();
+        let d = Ring::new(pool("10.32.0.0/21"), &[p(1), p(2)]).unwrap();
+        for other in [c, d] {
+            let before = a.clone();
+            let err = a.merge(&other).unwrap_err();
+            assert!(matches!(err, MergeError::DifferentRing { .. }), "{err}");
+            assert_eq!(a, before, "a refused merge changes nothing");
+        }
+    }
+
+    #[test]
+    fn newer_version_wins_and_equal_version_must_agree() {
+        let mut a = Ring::new(pool("10.32.0.0/22"), &[p(1), p(2)]).unwrap();
+        let mut b = a.clone();
+        b.write(0, p(1), 100);
+        assert_eq!(a.merge(&b), Ok(true));
+        assert_eq!(a.entries[&0].free, 100);
+        let mut c = Ring::new(pool("10.32.0.0/22"), &[p(1), p(2)]).unwrap();
+        c.write(0, p(1), 99);
+        let before = a.clone();
+        assert!(matches!(
+            a.merge(&c),
+            Err(MergeError::ConflictingEntry { version: 2, .. })
+        ));
+        assert_eq!(a, before);
+    }
+}
