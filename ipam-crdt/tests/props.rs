@@ -1,0 +1,314 @@
+//! Property tests: the CRDT laws of `Ring::merge`, and the allocator's
+//! invariants after every operation of random multi-replica histories.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipam_crdt::{AllocError, AllocKey, DecodeError, PeerName, Pool, Replica, Request, Ring, Want};
+use ipnet::IpNet;
+use proptest::prelude::*;
+
+const REPLICAS: usize = 4;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Alloc { r: usize, req: Req },
+    Release { r: usize, nth: usize },
+    Sync { from: usize, to: usize },
+    Donate { from: usize, to: usize },
+    Crash { r: usize },
+    Kill { r: usize },
+    Reclaim { r: usize, dead: usize },
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Req {
+    Any,
+    Addr(u32),
+    Within(u32),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let r = 0..REPLICAS;
+    prop_oneof![
+        6 => (r.clone(), prop_oneof![
+            3 => Just(Req::Any),
+            1 => (0u32..256).prop_map(Req::Addr),
+            1 => (0u32..16).prop_map(Req::Within),
+        ]).prop_map(|(r, req)| Op::Alloc { r, req }),
+        3 => (r.clone(), 0usize..64).prop_map(|(r, nth)| Op::Release { r, nth }),
+        5 => (r.clone(), r.clone()).prop_map(|(from, to)| Op::Sync { from, to }),
+        1 => (r.clone(), r.clone()).prop_map(|(from, to)| Op::Donate { from, to }),
+        1 => r.clone().prop_map(|r| Op::Crash { r }),
+        1 => r.clone().prop_map(|r| Op::Kill { r }),
+        1 => (r.clone(), r).prop_map(|(r, dead)| Op::Reclaim { r, dead }),
+    ]
+}
+
+fn name(i: usize) -> PeerName {
+    // Names out of index order, so "lowest name" is not "lowest index".
+    PeerName::from_u64([40, 10, 30, 20][i])
+}
+
+fn pool() -> Pool {
+    Pool::new("10.32.0.0/24".parse().unwrap()).unwrap()
+}
+
+struct World {
+    reps: Vec<Replica>,
+    dead: Vec<bool>,
+    /// Acknowledged allocations not released: (replica, key) -> address.
+    acked: BTreeMap<(usize, AllocKey), IpAddr>,
+    /// Ring states seen over the run, by replica.
+    snapshots: Vec<(usize, Ring)>,
+    next: u64,
+}
+
+impl World {
+    fn new() -> Self {
+        let seeds: Vec<_> = (0..REPLICAS).map(name).collect();
+        let genesis = Replica::create(name(0), pool(), &seeds).unwrap();
+        let reps = (0..REPLICAS)
+            .map(|i| {
+                let mut r = Replica::new(name(i));
+                let _ = r.merge(genesis.ring().unwrap()).unwrap();
+                r
+            })
+            .collect();
+        Self {
+            reps,
+            dead: vec![false; REPLICAS],
+            acked: BTreeMap::new(),
+            snapshots: Vec::new(),
+            next: 0,
+        }
+    }
+
+    fn live(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..REPLICAS).filter(|&i| !self.dead[i])
+    }
+
+    fn apply(&mut self, op: &Op) -> Result<(), TestCaseError> {
+        match *op {
+            Op::Alloc { r, req } if !self.dead[r] => {
+                self.next += 1;
+                let key = AllocKey::new(format!("c{}", self.next), "eth0").unwrap();
+                let req = match req {
+                    Req::Any => Request::Any,
+                    Req::Addr(o) => Request::Addr(IpAddr::from([10, 32, 0, o as u8])),
+                    Req::Within(n) => {
+                        Request::Within(IpNet::new(IpAddr::from([10, 32, 0, (n * 16) as u8]), 28).unwrap())
+                    }
+                };
+                let mut res = self.reps[r].allocate(key.clone(), req);
+                // The request/donate/merge round trip, done at once.
+                if let Err(AllocError::AskPeer { peer, want }) = res {
+                    let d = (0..REPLICAS).find(|&i| name(i) == peer).unwrap();
+                    if !self.dead[d] && self.reps[d].donate(name(r), want).is_ok() {
+                        let ring = self.reps[d].ring().unwrap().clone();
+                        let _ = self.reps[r]
+                            .merge(&ring)
+                            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                        res = self.reps[r].allocate(key.clone(), req);
+                    }
+                }
+                if let Ok(a) = res {
+                    self.acked.insert((r, key), a.addr);
+                }
+            }
+            Op::Release { r, nth } if !self.dead[r] => {
+                let n = self.reps[r].allocated();
+                if n > 0 {
+                    let key = self.reps[r].allocations().nth(nth % n).unwrap().0.clone();
+                    let addr = self.reps[r].release(&key);
+                    prop_assert_eq!(addr, self.acked.remove(&(r, key)));
+                }
+            }
+            Op::Sync { from, to } if from != to && !self.dead[from] && !self.dead[to] => {
+                let ring = self.reps[from].ring().unwrap().clone();
+                let _ = self.reps[to]
+                    .merge(&ring)
+                    .map_err(|e| TestCaseError::fail(format!("merge refused: {e}")))?;
+            }
+            Op::Donate { from, to } if from != to && !self.dead[from] && !self.dead[to] => {
+                let donated = self.reps[from].donate(name(to), Want::Any).is_ok();
+                if donated {
+                    let ring = self.reps[from].ring().unwrap().clone();
+                    let _ = self.reps[to]
+                        .merge(&ring)
+                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                }
+            }
+            Op::Crash { r } if !self.dead[r] => {
+                self.reps[r] =
+                    Replica::decode(&self.reps[r].encode()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            }
+            Op::Kill { r } if !self.dead[r] && self.live().count() > 2 => {
+                self.dead[r] = true;
+                self.acked.retain(|(i, _), _| *i != r);
+            }
+            Op::Reclaim { r, dead } if !self.dead[r] && self.dead[dead] => {
+                let _ = self.reps[r].begin_reclaim(name(dead));
+            }
+            _ => {}
+        }
+        for i in self.live().collect::<Vec<_>>() {
+            self.snapshots.push((i, self.reps[i].ring().unwrap().clone()));
+        }
+        self.check()
+    }
+
+    /// The invariants that must hold after every operation.
+    fn check(&self) -> Result<(), TestCaseError> {
+        let pool = pool();
+        let mut owned_by_self: Vec<(u32, u32, usize)> = Vec::new();
+        let mut addrs = BTreeSet::new();
+        for i in self.live() {
+            let rep = &self.reps[i];
+            rep.verify()
+                .map_err(|v| TestCaseError::fail(format!("replica {i}: {v}")))?;
+            let ring = rep.ring().unwrap();
+            // In every view the ranges tile the pool exactly.
+            let mut next = u32::from(std::net::Ipv4Addr::new(10, 32, 0, 0));
+            for r in ring.ranges() {
+                let (IpAddr::V4(first), IpAddr::V4(last)) = (r.range.first, r.range.last) else {
+                    unreachable!()
+                };
+                prop_assert_eq!(u32::from(first), next, "ranges leave a gap or overlap");
+                next = u32::from(last) + 1;
+                if r.owner == name(i) {
+                    owned_by_self.push((u32::from(first), u32::from(last), i));
+                }
+            }
+            prop_assert_eq!(
+                next,
+                u32::from(std::net::Ipv4Addr::new(10, 32, 1, 0)),
+                "ranges do not end at the pool's end"
+            );
+            prop_assert_eq!(ring.owners().values().map(|s| s.owned).sum::<u128>(), pool.size());
+            for (_, addr) in rep.allocations() {
+                prop_assert!(addrs.insert(addr), "{} allocated twice", addr);
+            }
+        }
+        // What each live router believes it owns is disjoint from what every other believes.
+        owned_by_self.sort_unstable();
+        for w in owned_by_self.windows(2) {
+            let (x, y) = (w[0], w[1]);
+            prop_assert!(
+                x.1 < y.0,
+                "replicas {} and {} both own addresses in {:?}",
+                x.2,
+                y.2,
+                (y.0, x.1)
+            );
+        }
+        // No acknowledged allocation of a live replica is lost.
+        for ((i, key), addr) in &self.acked {
+            prop_assert_eq!(self.reps[*i].lookup(key), Some(*addr), "lost allocation {}", key);
+        }
+        Ok(())
+    }
+
+    /// Reclaims every dead replica and exchanges state until nothing changes.
+    fn heal(&mut self) -> Result<(), TestCaseError> {
+        let first = self.live().next().unwrap();
+        for d in (0..REPLICAS).filter(|&d| self.dead[d]) {
+            let _ = self.reps[first].begin_reclaim(name(d));
+        }
+        for _ in 0..20 {
+            let mut changed = false;
+            for from in self.live().collect::<Vec<_>>() {
+                for to in self.live().collect::<Vec<_>>() {
+                    if from != to {
+                        let ring = self.reps[from].ring().unwrap().clone();
+                        let out = self.reps[to]
+                            .merge(&ring)
+                            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                        changed |= out.changed;
+                    }
+                }
+            }
+            self.check()?;
+            if !changed {
+                return Ok(());
+            }
+        }
+        Err(TestCaseError::fail("replicas did not stop changing"))
+    }
+}
+
+/// 300 cases by default; `PROPTEST_CASES=N` runs more (or fewer).
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300)
+}
+
+fn merged(a: &Ring, b: &Ring) -> Ring {
+    let mut m = a.clone();
+    m.merge(b).expect("rings of one valid history always merge");
+    m
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    /// Invariants after every operation, convergence after healing, and the
+    /// merge laws on every state the run produced.
+    #[test]
+    fn histories_keep_invariants_and_converge(ops in proptest::collection::vec(op(), 1..120), picks in proptest::collection::vec(any::<prop::sample::Index>(), 9)) {
+        let mut w = World::new();
+        for op in &ops {
+            w.apply(op)?;
+        }
+        w.heal()?;
+        let live: Vec<usize> = w.live().collect();
+        for &i in &live {
+            prop_assert_eq!(w.reps[i].ring(), w.reps[live[0]].ring(), "live replicas did not converge");
+            let reclaims = w.reps[i].ring().unwrap().reclaims();
+            let all_done = reclaims.values().all(|s| matches!(s, ipam_crdt::ReclaimStatus::Done { .. }));
+            prop_assert!(all_done, "a reclaim is still pending after healing");
+        }
+        for d in (0..REPLICAS).filter(|&d| w.dead[d]) {
+            prop_assert!(!w.reps[live[0]].ring().unwrap().owners().contains_key(&name(d)), "a dead router still owns space");
+        }
+
+        // CRDT laws on states of replicas that stayed alive (a dead replica's
+        // last state may hold changes nobody saw, which died with it).
+        let states: Vec<&Ring> = w.snapshots.iter().filter(|(i, _)| !w.dead[*i]).map(|(_, r)| r).collect();
+        for t in picks.chunks(3) {
+            let (a, b, c) = (t[0].get(&states), t[1].get(&states), t[2].get(&states));
+            prop_assert_eq!(&merged(a, a), *a, "merge is not idempotent");
+            prop_assert_eq!(merged(a, b), merged(b, a), "merge is not commutative");
+            prop_assert_eq!(merged(&merged(a, b), c), merged(a, &merged(b, c)), "merge is not associative");
+            prop_assert_eq!(&Ring::decode(&a.encode()).unwrap(), *a, "wire form does not round-trip");
+        }
+    }
+
+    /// Arbitrary bytes never panic the decoders; they are refused or decode to a valid state.
+    #[test]
+    fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        if let Ok(r) = Ring::decode(&bytes) {
+            prop_assert_eq!(Ring::decode(&r.encode()).unwrap(), r);
+        }
+        if let Ok(r) = Replica::decode(&bytes) {
+            r.verify().unwrap();
+        }
+    }
+
+    /// Flipping any byte of a valid encoding is caught or yields a valid state.
+    #[test]
+    fn corrupted_encodings_are_refused_or_valid(flip in any::<prop::sample::Index>(), to in any::<u8>()) {
+        let mut r = Replica::create(name(0), pool(), &[name(0), name(1)]).unwrap();
+        r.allocate(AllocKey::new("c", "eth0").unwrap(), Request::Any).unwrap();
+        let mut bytes = r.encode();
+        let i = flip.index(bytes.len());
+        bytes[i] = to;
+        match Replica::decode(&bytes) {
+            Ok(back) => back.verify().unwrap(),
+            Err(DecodeError::Malformed(_) | DecodeError::Invalid(_) | DecodeError::UnsupportedVersion(_)) => {}
+            Err(e) => prop_assert!(false, "unexpected error {e}"),
+        }
+    }
+}
