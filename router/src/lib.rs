@@ -14,3 +14,8 @@
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod config;
+pub mod identity;
+pub mod secret;
+pub mod store;

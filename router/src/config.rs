@@ -1,0 +1,1208 @@
+//! The `weft` command line, and its conversion into a typed [`LaunchConfig`].
+//!
+//! clap turns `argv` into [`Cli`]. For `weft launch`, the raw [`LaunchArgs`]
+//! are then parsed once, by [`LaunchArgs::into_config`], into a
+//! [`LaunchConfig`] whose fields cannot be wrong: a [`Pool`] rather than a
+//! string, a [`SocketAddr`], [`PeerAddr`]s, non-zero counts. Every rejected
+//! flag gets a [`ConfigError`] that names the flag and says what to write
+//! instead. Nothing past this module reads flags, files or the environment,
+//! except [`ClusterSecret::load`](crate::secret::ClusterSecret::load), which
+//! reads the secret from where [`LaunchConfig::secret`] says.
+//!
+//! The flag and command names are an interface: scripts depend on them.
+
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::num::{NonZeroU16, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use clap::{Args, Parser, Subcommand};
+use ipam_crdt::{PeerName, Pool, PoolError};
+use ipnet::IpNet;
+
+use crate::secret::SecretSource;
+
+/// The whole command line.
+#[derive(Debug, Parser)]
+#[command(name = "weft", version, about = "Weft: an encrypted mesh network for containers")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The `weft` subcommands.
+#[derive(Debug, Subcommand)]
+#[non_exhaustive]
+pub enum Command {
+    /// Start the router on this host and join the mesh through the given peers.
+    Launch(Box<LaunchArgs>),
+    /// Show the local router's status.
+    Status(ShowArgs),
+    /// List the routers in the mesh and the connections to them.
+    Peers(ShowArgs),
+    /// Add a peer address for the local router to connect to.
+    Connect(PeerArgs),
+    /// Stop connecting to a peer address added by `launch` or `connect`.
+    Forget(PeerArgs),
+    /// Remove a dead router from the mesh for good and reclaim its addresses.
+    Rmpeer(RmpeerArgs),
+    /// Show the address allocator's state, or allocate and release addresses.
+    Ipam(IpamArgs),
+    /// Stop the local router and delete its persisted state.
+    Reset(ApiArgs),
+    /// Print a new random cluster secret, e.g. `weft secret > /etc/weft/secret`.
+    Secret,
+}
+
+impl Command {
+    /// The local API socket for commands that talk to a running router;
+    /// `None` for `launch` and `secret`.
+    pub fn api_socket(&self) -> Option<&Path> {
+        let api = match self {
+            Self::Launch(_) | Self::Secret => return None,
+            Self::Status(a) | Self::Peers(a) => &a.api,
+            Self::Connect(a) | Self::Forget(a) => &a.api,
+            Self::Rmpeer(a) => &a.api,
+            Self::Ipam(a) => match &a.command {
+                None => &a.api,
+                Some(IpamCommand::Allocate { api, .. } | IpamCommand::Release { api, .. }) => api,
+            },
+            Self::Reset(a) => a,
+        };
+        Some(&api.api_socket)
+    }
+}
+
+/// Where to find the local router.
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// The local router's API socket.
+    #[arg(long, env = API_SOCKET_ENV, value_name = "PATH", default_value = DEFAULT_API_SOCKET)]
+    pub api_socket: PathBuf,
+}
+
+/// Arguments of commands that show state.
+#[derive(Debug, Clone, Args)]
+pub struct ShowArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// The router to ask.
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// Arguments of `connect` and `forget`.
+#[derive(Debug, Clone, Args)]
+pub struct PeerArgs {
+    /// The peer's address, `host[:port]`.
+    #[arg(
+        value_name = "PEER",
+        help = "The peer's address, host[:port] (port 6783 if omitted; IPv6 in brackets)"
+    )]
+    pub peer: PeerAddr,
+    /// The router to tell.
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// Arguments of `rmpeer`.
+#[derive(Debug, Clone, Args)]
+pub struct RmpeerArgs {
+    /// The dead router's nickname or peer name.
+    #[arg(value_name = "NAME")]
+    pub name: PeerRef,
+    /// The router to tell.
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// Arguments of `ipam`.
+#[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct IpamArgs {
+    /// Allocate or release; without one, show the allocator's state.
+    #[command(subcommand)]
+    pub command: Option<IpamCommand>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// The router to ask.
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// `weft ipam` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+#[non_exhaustive]
+pub enum IpamCommand {
+    /// Allocate an address for a container (idempotent for the same ID).
+    Allocate {
+        /// The container ID.
+        #[arg(value_name = "ID", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        id: String,
+        /// Ask for this address rather than any free one.
+        #[arg(long, value_name = "ADDR")]
+        ip: Option<IpAddr>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// The router to ask.
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Release a container's address.
+    Release {
+        /// The container ID.
+        #[arg(value_name = "ID", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        id: String,
+        /// The router to ask.
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+/// `weft launch` as typed on the command line, before parsing.
+///
+/// Values are kept as text so that [`LaunchArgs::into_config`] can explain
+/// every mistake in its own words; use that, not these fields.
+#[derive(Debug, Clone, Args)]
+pub struct LaunchArgs {
+    /// Routers to connect to, each `host[:port]`.
+    #[arg(
+        value_name = "PEER",
+        help = "Routers to connect to: host[:port] (port 6783 if omitted; IPv6 in brackets, hostnames allowed)"
+    )]
+    pub peers: Vec<String>,
+    /// This router's nickname, shown by `weft status` and usable in --ipalloc-init [default: the hostname].
+    #[arg(long, value_name = "NICKNAME")]
+    pub name: Option<String>,
+    /// Where the identity and IPAM state are kept.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// The address range that pods get their addresses from; the same on every router.
+    #[arg(long, value_name = "CIDR", default_value = Pool::DEFAULT_CIDR)]
+    pub ipalloc_range: String,
+    /// Split the range at once among the named routers (nicknames or peer names) instead of waiting
+    /// for --init-peer-count routers to meet.
+    #[arg(long, value_name = "seed=NAME,...")]
+    pub ipalloc_init: Option<String>,
+    /// How many routers, this one included, start the mesh; the range is split when they have all met
+    /// [default: number of PEERs + 1].
+    #[arg(long, value_name = "N")]
+    pub init_peer_count: Option<String>,
+    /// File holding the cluster secret [default: the WEFT_PASSWORD environment variable].
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Address for control connections from other routers.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
+    pub listen: String,
+    /// UDP port for encrypted pod traffic.
+    #[arg(long, value_name = "PORT", default_value = DEFAULT_DATAPLANE_PORT)]
+    pub dataplane_port: String,
+    /// The local API socket that `weft status` and friends talk to.
+    #[arg(long, env = API_SOCKET_ENV, value_name = "PATH", default_value = DEFAULT_API_SOCKET)]
+    pub api_socket: PathBuf,
+    /// Address to serve Prometheus metrics on.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_METRICS_ADDR)]
+    pub metrics_addr: String,
+    /// Most connections to other routers at once.
+    #[arg(long, value_name = "N", default_value = DEFAULT_CONN_LIMIT)]
+    pub conn_limit: String,
+    /// MTU of the pod network, in bytes [default: chosen from the underlay].
+    #[arg(long, value_name = "BYTES")]
+    pub mtu: Option<String>,
+    /// Do not masquerade traffic from pods to outside the pod range.
+    #[arg(long)]
+    pub no_masquerade: bool,
+}
+
+/// A finished `weft launch` configuration: every value parsed and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchConfig {
+    /// This router's nickname.
+    pub nickname: Nickname,
+    /// Addresses to connect to, in the order given.
+    pub peers: Vec<PeerAddr>,
+    /// Directory of the identity and state files.
+    pub data_dir: PathBuf,
+    /// The pod address range.
+    pub ipalloc_range: Pool,
+    /// How the range is first divided.
+    pub ipalloc_init: IpallocInit,
+    /// Where to read the cluster secret from; read by the caller, not here.
+    pub secret: SecretSource,
+    /// Control-plane listen address.
+    pub listen: SocketAddr,
+    /// Data-plane UDP port; never the same as the listen port.
+    pub dataplane_port: NonZeroU16,
+    /// The local API socket.
+    pub api_socket: PathBuf,
+    /// Metrics listen address (loopback by default).
+    pub metrics_addr: SocketAddr,
+    /// Most simultaneous connections to other routers.
+    pub conn_limit: NonZeroUsize,
+    /// Pod network MTU, if set by the operator.
+    pub mtu: Option<Mtu>,
+    /// Whether to masquerade pod traffic leaving the pod range (on unless `--no-masquerade`).
+    pub masquerade: bool,
+}
+
+impl LaunchArgs {
+    /// Parse every flag into a [`LaunchConfig`].
+    ///
+    /// Without `--name`, the nickname is this machine's hostname.
+    ///
+    /// # Errors
+    /// The first [`ConfigError`] found; its message names the flag and says how to fix it.
+    pub fn into_config(self) -> Result<LaunchConfig, ConfigError> {
+        self.into_config_with(system_hostname)
+    }
+
+    /// [`LaunchArgs::into_config`] with the hostname lookup passed in, for tests.
+    fn into_config_with(self, hostname: impl FnOnce() -> io::Result<String>) -> Result<LaunchConfig, ConfigError> {
+        let nickname = match self.name {
+            Some(given) => given.parse().map_err(|_| ConfigError::Name { given })?,
+            None => {
+                let host = hostname().map_err(|source| ConfigError::HostnameUnreadable { source })?;
+                host.parse()
+                    .map_err(|_| ConfigError::HostnameNotNickname { hostname: host })?
+            }
+        };
+
+        let peers = self
+            .peers
+            .iter()
+            .map(|given| {
+                given.parse().map_err(|source| ConfigError::Peer {
+                    given: given.clone(),
+                    source,
+                })
+            })
+            .collect::<Result<Vec<PeerAddr>, _>>()?;
+
+        let net: IpNet = self
+            .ipalloc_range
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::IpallocRangeSyntax {
+                given: self.ipalloc_range.clone(),
+            })?;
+        let ipalloc_range = Pool::new(net).map_err(ConfigError::IpallocRange)?;
+
+        let init_peer_count = self
+            .init_peer_count
+            .map(|given| {
+                given
+                    .trim()
+                    .parse::<NonZeroUsize>()
+                    .map_err(|_| ConfigError::InitPeerCount { given })
+            })
+            .transpose()?;
+        let ipalloc_init = match (self.ipalloc_init, init_peer_count) {
+            (Some(_), Some(_)) => return Err(ConfigError::InitPeerCountWithSeed),
+            (Some(given), None) => IpallocInit::parse_flag(&given)?,
+            (None, Some(peers)) => IpallocInit::Consensus { peers },
+            (None, None) => IpallocInit::Consensus {
+                peers: NonZeroUsize::MIN.saturating_add(peers.len()),
+            },
+        };
+
+        let listen: SocketAddr = self
+            .listen
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::Listen { given: self.listen })?;
+        let dataplane_port: NonZeroU16 =
+            self.dataplane_port
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError::DataplanePort {
+                    given: self.dataplane_port,
+                })?;
+        if listen.port() == dataplane_port.get() {
+            return Err(ConfigError::PortClash { port: listen.port() });
+        }
+        let metrics_addr: SocketAddr = self.metrics_addr.trim().parse().map_err(|_| ConfigError::MetricsAddr {
+            given: self.metrics_addr,
+        })?;
+        let conn_limit: NonZeroUsize = self
+            .conn_limit
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::ConnLimit { given: self.conn_limit })?;
+        let mtu = self
+            .mtu
+            .map(|given| {
+                given
+                    .trim()
+                    .parse()
+                    .ok()
+                    .and_then(Mtu::new)
+                    .ok_or(ConfigError::Mtu { given })
+            })
+            .transpose()?;
+
+        Ok(LaunchConfig {
+            nickname,
+            peers,
+            data_dir: self.data_dir,
+            ipalloc_range,
+            ipalloc_init,
+            secret: self.password_file.map_or(SecretSource::Env, SecretSource::File),
+            listen,
+            dataplane_port,
+            api_socket: self.api_socket,
+            metrics_addr,
+            conn_limit,
+            mtu,
+            masquerade: !self.no_masquerade,
+        })
+    }
+}
+
+/// A mistake on the `weft launch` command line. Each message names the flag
+/// and says what to write instead.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `--name` is not a valid nickname.
+    #[error("--name {given:?} is not a valid nickname: use {NICKNAME_RULE}")]
+    Name {
+        /// What was given.
+        given: String,
+    },
+    /// No `--name`, and the hostname could not be read.
+    #[error("cannot read this machine's hostname ({source}); pass --name NICKNAME")]
+    HostnameUnreadable {
+        /// The OS error.
+        source: io::Error,
+    },
+    /// No `--name`, and the hostname is not a valid nickname.
+    #[error("this machine's hostname {hostname:?} cannot be a nickname ({NICKNAME_RULE}); pass --name NICKNAME")]
+    HostnameNotNickname {
+        /// The hostname.
+        hostname: String,
+    },
+    /// A PEER argument is not `host[:port]`.
+    #[error("peer {given:?}: {source}")]
+    Peer {
+        /// What was given.
+        given: String,
+        /// What is wrong with it.
+        source: PeerAddrError,
+    },
+    /// `--ipalloc-range` is not CIDR notation.
+    #[error("--ipalloc-range {given:?} is not a CIDR; write it like {}", Pool::DEFAULT_CIDR)]
+    IpallocRangeSyntax {
+        /// What was given.
+        given: String,
+    },
+    /// `--ipalloc-range` is a CIDR but not a usable pod range.
+    #[error("--ipalloc-range {0}")]
+    IpallocRange(PoolError),
+    /// `--ipalloc-init` is not `seed=NAME[,NAME...]`.
+    #[error(
+        "--ipalloc-init {given:?} is not understood: --ipalloc-init takes seed=NAME[,NAME...], \
+         each NAME a nickname or a peer name"
+    )]
+    IpallocInitSyntax {
+        /// What was given.
+        given: String,
+    },
+    /// A NAME in `--ipalloc-init seed=` is neither a peer name nor a nickname.
+    #[error("--ipalloc-init: {0}")]
+    IpallocInitName(PeerRefError),
+    /// A NAME appears twice in `--ipalloc-init seed=`.
+    #[error("--ipalloc-init names {name} twice; list each router once")]
+    IpallocInitDuplicate {
+        /// The repeated NAME.
+        name: String,
+    },
+    /// `--init-peer-count` is not a whole number of at least 1.
+    #[error(
+        "--init-peer-count {given:?} is not a whole number of at least 1; it counts the routers that start \
+         the mesh, this one included"
+    )]
+    InitPeerCount {
+        /// What was given.
+        given: String,
+    },
+    /// Both `--init-peer-count` and `--ipalloc-init seed=` were given.
+    #[error(
+        "--init-peer-count has no effect with --ipalloc-init seed=...: the seed list already says which \
+         routers start the mesh; drop one of the two"
+    )]
+    InitPeerCountWithSeed,
+    /// `--listen` is not an address and port.
+    #[error("--listen {given:?} is not an IP address and port like {DEFAULT_LISTEN} or [::]:6783")]
+    Listen {
+        /// What was given.
+        given: String,
+    },
+    /// `--dataplane-port` is not a port number.
+    #[error("--dataplane-port {given:?} is not a port number from 1 to 65535")]
+    DataplanePort {
+        /// What was given.
+        given: String,
+    },
+    /// `--dataplane-port` equals the `--listen` port; both are UDP.
+    #[error(
+        "--dataplane-port {port} is also the --listen port; they must differ (the defaults are \
+         {DEFAULT_DATAPLANE_PORT} and 6783)"
+    )]
+    PortClash {
+        /// The shared port.
+        port: u16,
+    },
+    /// `--metrics-addr` is not an address and port.
+    #[error("--metrics-addr {given:?} is not an IP address and port like {DEFAULT_METRICS_ADDR}")]
+    MetricsAddr {
+        /// What was given.
+        given: String,
+    },
+    /// `--conn-limit` is not a whole number of at least 1.
+    #[error("--conn-limit {given:?} is not a whole number of at least 1 (the default is {DEFAULT_CONN_LIMIT})")]
+    ConnLimit {
+        /// What was given.
+        given: String,
+    },
+    /// `--mtu` is not a number in range.
+    #[error(
+        "--mtu {given:?} is not a number from {} to {}; leave it out to use the default",
+        Mtu::MIN,
+        Mtu::MAX
+    )]
+    Mtu {
+        /// What was given.
+        given: String,
+    },
+}
+
+/// How the pod range is first divided between routers (`--ipalloc-init`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IpallocInit {
+    /// Wait until this many routers, this one included, have met; then they
+    /// agree on a split. The default, with `peers` from `--init-peer-count`.
+    Consensus {
+        /// How many routers start the mesh.
+        peers: NonZeroUsize,
+    },
+    /// Split the range at once between these routers (`seed=NAME,...`);
+    /// non-empty, no router twice.
+    Seed(Vec<PeerRef>),
+}
+
+impl IpallocInit {
+    fn parse_flag(given: &str) -> Result<Self, ConfigError> {
+        let syntax = || ConfigError::IpallocInitSyntax {
+            given: given.to_owned(),
+        };
+        let list = given.trim().strip_prefix("seed=").ok_or_else(syntax)?;
+        let mut seeds: Vec<PeerRef> = Vec::new();
+        for name in list.split(',') {
+            let name = name.trim();
+            if name.is_empty() {
+                return Err(syntax());
+            }
+            let peer: PeerRef = name.parse().map_err(ConfigError::IpallocInitName)?;
+            if seeds.contains(&peer) {
+                return Err(ConfigError::IpallocInitDuplicate { name: name.to_owned() });
+            }
+            seeds.push(peer);
+        }
+        Ok(Self::Seed(seeds))
+    }
+}
+
+/// A router as an operator names it: by peer name if it looks like one, else by nickname.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PeerRef {
+    /// A peer name (`3f:2a:9c:1e:0b:7d:44:e1`).
+    Name(PeerName),
+    /// A nickname.
+    Nickname(Nickname),
+}
+
+impl FromStr for PeerRef {
+    type Err = PeerRefError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(name) = s.parse::<PeerName>() {
+            return Ok(Self::Name(name));
+        }
+        s.parse()
+            .map(Self::Nickname)
+            .map_err(|_| PeerRefError { given: s.to_owned() })
+    }
+}
+
+impl fmt::Display for PeerRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Name(n) => n.fmt(f),
+            Self::Nickname(n) => n.fmt(f),
+        }
+    }
+}
+
+/// A router's human-friendly name: 1 to 64 ASCII letters, digits, `.`, `-`
+/// or `_` (any hostname fits). It cannot be mistaken for a [`PeerName`],
+/// which contains colons.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Nickname(String);
+
+impl Nickname {
+    /// The longest nickname, in bytes (the Linux hostname limit).
+    pub const MAX_LEN: usize = 64;
+
+    /// The nickname.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Nickname {
+    type Err = NicknameError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ok = !s.is_empty()
+            && s.len() <= Self::MAX_LEN
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(NicknameError { given: s.to_owned() })
+        }
+    }
+}
+
+impl fmt::Display for Nickname {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The text is not a valid [`Nickname`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{given:?} is not a valid nickname: use {NICKNAME_RULE}")]
+pub struct NicknameError {
+    /// What was given.
+    pub given: String,
+}
+
+/// The text is neither a [`PeerName`] nor a [`Nickname`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{given:?} is neither a peer name (like 3f:2a:9c:1e:0b:7d:44:e1) nor a nickname ({NICKNAME_RULE})")]
+pub struct PeerRefError {
+    /// What was given.
+    pub given: String,
+}
+
+/// Where to reach a router: `host[:port]`.
+///
+/// The host is an IP address or a syntactically valid hostname (resolved
+/// later, when connecting); the port is never 0. IPv6 addresses must be in
+/// brackets (`[fd00::1]:6783`), since `fd00::1:6783` is itself an address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PeerAddr {
+    host: Host,
+    port: NonZeroU16,
+}
+
+/// The host part of a [`PeerAddr`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Host {
+    /// A literal IP address.
+    Ip(IpAddr),
+    /// A hostname, to be resolved when connecting.
+    Name(String),
+}
+
+impl PeerAddr {
+    /// The port used when a PEER has none.
+    pub const DEFAULT_PORT: u16 = 6783;
+
+    /// The host.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port.get()
+    }
+
+    /// The socket address, if the host is an IP literal.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        match self.host {
+            Host::Ip(ip) => Some(SocketAddr::new(ip, self.port.get())),
+            Host::Name(_) => None,
+        }
+    }
+}
+
+impl FromStr for PeerAddr {
+    type Err = PeerAddrError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(PeerAddrError::Empty);
+        }
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (inside, after) = rest.split_once(']').ok_or(PeerAddrError::UnclosedBracket)?;
+            let ip: Ipv6Addr = inside.parse().map_err(|_| PeerAddrError::BadIpv6 {
+                given: inside.to_owned(),
+            })?;
+            let port = match after {
+                "" => None,
+                _ => Some(after.strip_prefix(':').ok_or_else(|| PeerAddrError::BadPort {
+                    given: after.to_owned(),
+                })?),
+            };
+            (Host::Ip(IpAddr::V6(ip)), port)
+        } else if s.matches(':').count() > 1 {
+            return Err(PeerAddrError::BareIpv6 { given: s.to_owned() });
+        } else {
+            let (host, port) = match s.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (s, None),
+            };
+            let host = match host.parse::<IpAddr>() {
+                Ok(ip) => Host::Ip(ip),
+                Err(_) if is_hostname(host) => Host::Name(host.to_owned()),
+                Err(_) => return Err(PeerAddrError::BadHost { given: host.to_owned() }),
+            };
+            (host, port)
+        };
+        let port = match port {
+            None => DEFAULT_PEER_PORT,
+            Some(p) => p.parse().map_err(|_| PeerAddrError::BadPort { given: p.to_owned() })?,
+        };
+        Ok(Self { host, port })
+    }
+}
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port),
+            Host::Ip(IpAddr::V4(ip)) => write!(f, "{ip}:{}", self.port),
+            Host::Name(name) => write!(f, "{name}:{}", self.port),
+        }
+    }
+}
+
+/// Why a PEER is not `host[:port]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerAddrError {
+    /// Nothing was given.
+    #[error("empty address; write host[:port], like 192.0.2.7 or node-2:6783")]
+    Empty,
+    /// An IPv6 address (or something with several colons) without brackets.
+    #[error("{given:?} has several colons; put IPv6 addresses in brackets, like [fd00::1]:6783")]
+    BareIpv6 {
+        /// What was given.
+        given: String,
+    },
+    /// `[` without a matching `]`.
+    #[error("missing ']' after the IPv6 address; write it like [fd00::1]:6783")]
+    UnclosedBracket,
+    /// The text in brackets is not an IPv6 address.
+    #[error("{given:?} in brackets is not an IPv6 address")]
+    BadIpv6 {
+        /// The text in brackets.
+        given: String,
+    },
+    /// The port is not a number from 1 to 65535.
+    #[error("port {given:?} is not a number from 1 to 65535")]
+    BadPort {
+        /// The port text.
+        given: String,
+    },
+    /// The host is neither an IP address nor a valid hostname.
+    #[error("{given:?} is neither an IP address nor a valid hostname")]
+    BadHost {
+        /// The host text.
+        given: String,
+    },
+}
+
+/// The pod network's MTU in bytes, from [`Mtu::MIN`] to [`Mtu::MAX`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mtu(u16);
+
+impl Mtu {
+    /// The smallest MTU: the datagram size every IPv4 host must accept (RFC 791).
+    pub const MIN: u16 = 576;
+    /// The largest MTU: leaves room for the IP, UDP and encryption overhead
+    /// inside one 65,535-byte encapsulating datagram.
+    pub const MAX: u16 = 65_000;
+
+    /// `bytes` as an MTU, if it is in range.
+    pub fn new(bytes: u16) -> Option<Self> {
+        (Self::MIN..=Self::MAX).contains(&bytes).then_some(Self(bytes))
+    }
+
+    /// The MTU in bytes.
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
+
+impl fmt::Display for Mtu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Whether `s` is a syntactically valid hostname: dot-separated labels of
+/// 1 to 63 letters, digits, `-` or `_`, not starting or ending with `-`, at
+/// most 253 bytes, an optional trailing dot, and a last label that is not all
+/// digits (so a mistyped IPv4 address such as `10.0.0.256` is not taken for a name).
+fn is_hostname(s: &str) -> bool {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    if s.is_empty() || s.len() > 253 {
+        return false;
+    }
+    let labels_ok = s.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    let last_not_numeric = s
+        .rsplit('.')
+        .next()
+        .is_some_and(|l| !l.bytes().all(|b| b.is_ascii_digit()));
+    labels_ok && last_not_numeric
+}
+
+/// This machine's hostname, from the kernel, else from `/etc/hostname`.
+fn system_hostname() -> io::Result<String> {
+    let mut last_err = io::Error::new(io::ErrorKind::NotFound, "no hostname is set");
+    for path in ["/proc/sys/kernel/hostname", "/etc/hostname"] {
+        match std::fs::read_to_string(path) {
+            Ok(name) if !name.trim().is_empty() => return Ok(name.trim().to_owned()),
+            Ok(_) => {}
+            Err(e) => last_err = e,
+        }
+    }
+    Err(last_err)
+}
+
+/// The environment variable that may set `--api-socket`.
+pub const API_SOCKET_ENV: &str = "WEFT_API_SOCKET";
+/// Default `--api-socket`: root-only by directory permissions.
+pub const DEFAULT_API_SOCKET: &str = "/run/weft/weft.sock";
+/// Default `--data-dir`.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/weft";
+/// Default `--listen`: all interfaces, Weave's control port.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:6783";
+/// Default `--dataplane-port`: Weave's data port.
+pub const DEFAULT_DATAPLANE_PORT: &str = "6784";
+/// Default `--metrics-addr`: loopback only, so metrics are not exposed by accident.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:6782";
+/// Default `--conn-limit`: as Weave's; raise it for meshes of more than 64 routers.
+pub const DEFAULT_CONN_LIMIT: &str = "64";
+
+/// [`PeerAddr::DEFAULT_PORT`], checked non-zero at compile time.
+const DEFAULT_PEER_PORT: NonZeroU16 = NonZeroU16::new(PeerAddr::DEFAULT_PORT).expect("6783 is not 0");
+
+const NICKNAME_RULE: &str = "1 to 64 letters, digits, '.', '-' or '_'";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("weft").chain(args.iter().copied())).unwrap()
+    }
+
+    fn launch_args(args: &[&str]) -> LaunchArgs {
+        let argv = ["weft", "launch"].into_iter().chain(args.iter().copied());
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Launch(a) => *a,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    fn config(args: &[&str]) -> Result<LaunchConfig, ConfigError> {
+        launch_args(args).into_config_with(|| Ok("node-1".to_owned()))
+    }
+
+    fn error(args: &[&str]) -> String {
+        config(args).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn launch_defaults() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.nickname.as_str(), "node-1");
+        assert!(c.peers.is_empty());
+        assert_eq!(c.data_dir, Path::new("/var/lib/weft"));
+        assert_eq!(c.ipalloc_range, Pool::default_v4());
+        assert_eq!(
+            c.ipalloc_init,
+            IpallocInit::Consensus {
+                peers: NonZeroUsize::MIN
+            }
+        );
+        assert_eq!(c.secret, SecretSource::Env);
+        assert_eq!(c.listen, "0.0.0.0:6783".parse().unwrap());
+        assert_eq!(c.dataplane_port.get(), 6784);
+        assert_eq!(c.metrics_addr, "127.0.0.1:6782".parse().unwrap());
+        assert_eq!(c.conn_limit.get(), 64);
+        assert_eq!(c.mtu, None);
+        assert!(c.masquerade);
+        if std::env::var_os(API_SOCKET_ENV).is_none() {
+            assert_eq!(c.api_socket, Path::new("/run/weft/weft.sock"));
+        }
+    }
+
+    #[test]
+    fn launch_every_flag() {
+        let c = config(&[
+            "--name",
+            "edge.example",
+            "--data-dir",
+            "/tmp/w",
+            "--ipalloc-range",
+            "10.40.0.0/16",
+            "--init-peer-count",
+            "5",
+            "--password-file",
+            "/etc/weft/secret",
+            "--listen",
+            "[::]:7000",
+            "--dataplane-port",
+            "7001",
+            "--api-socket",
+            "/tmp/w.sock",
+            "--metrics-addr",
+            "0.0.0.0:9100",
+            "--conn-limit",
+            "10",
+            "--mtu",
+            "1400",
+            "--no-masquerade",
+            "192.0.2.1",
+            "node-2:7000",
+            "[fd00::2]",
+        ])
+        .unwrap();
+        assert_eq!(c.nickname.as_str(), "edge.example");
+        assert_eq!(c.data_dir, Path::new("/tmp/w"));
+        assert_eq!(c.ipalloc_range.to_string(), "10.40.0.0/16");
+        assert_eq!(
+            c.ipalloc_init,
+            IpallocInit::Consensus {
+                peers: NonZeroUsize::new(5).unwrap()
+            }
+        );
+        assert_eq!(c.secret, SecretSource::File("/etc/weft/secret".into()));
+        assert_eq!(c.listen, "[::]:7000".parse().unwrap());
+        assert_eq!(c.dataplane_port.get(), 7001);
+        assert_eq!(c.api_socket, Path::new("/tmp/w.sock"));
+        assert_eq!(c.metrics_addr, "0.0.0.0:9100".parse().unwrap());
+        assert_eq!(c.conn_limit.get(), 10);
+        assert_eq!(c.mtu.map(Mtu::get), Some(1400));
+        assert!(!c.masquerade);
+        let peers: Vec<String> = c.peers.iter().map(ToString::to_string).collect();
+        assert_eq!(peers, ["192.0.2.1:6783", "node-2:7000", "[fd00::2]:6783"]);
+    }
+
+    #[test]
+    fn init_peer_count_defaults_to_peers_plus_one() {
+        let c = config(&["a", "b", "c"]).unwrap();
+        assert_eq!(
+            c.ipalloc_init,
+            IpallocInit::Consensus {
+                peers: NonZeroUsize::new(4).unwrap()
+            }
+        );
+    }
+
+    #[test]
+    fn ipalloc_init_seed() {
+        let c = config(&["--ipalloc-init", "seed=node-1,3f:2a:9c:1e:0b:7d:44:e1, node-3"]).unwrap();
+        assert_eq!(
+            c.ipalloc_init,
+            IpallocInit::Seed(vec![
+                PeerRef::Nickname("node-1".parse().unwrap()),
+                PeerRef::Name(PeerName::from_u64(0x3f2a_9c1e_0b7d_44e1)),
+                PeerRef::Nickname("node-3".parse().unwrap()),
+            ])
+        );
+    }
+
+    #[test]
+    fn ipalloc_init_errors() {
+        let want = "--ipalloc-init takes seed=NAME[,NAME...]";
+        for bad in ["consensus", "seed=", "seed=a,,b", "seeds=a", "a,b"] {
+            let msg = error(&["--ipalloc-init", bad]);
+            assert!(msg.contains(want), "{bad}: {msg}");
+        }
+        assert_eq!(
+            error(&["--ipalloc-init", "seed=a,b,a"]),
+            "--ipalloc-init names a twice; list each router once"
+        );
+        assert!(error(&["--ipalloc-init", "seed=a b"]).starts_with("--ipalloc-init: \"a b\" is neither a peer name"));
+        assert_eq!(
+            error(&["--ipalloc-init", "seed=a", "--init-peer-count", "2"]),
+            ConfigError::InitPeerCountWithSeed.to_string()
+        );
+    }
+
+    #[test]
+    fn ipalloc_range_errors() {
+        assert_eq!(
+            error(&["--ipalloc-range", "10.32.0.1/12"]),
+            "--ipalloc-range 10.32.0.1/12 has host bits set; did you mean 10.32.0.0/12?"
+        );
+        assert_eq!(
+            error(&["--ipalloc-range", "10.32.0.0"]),
+            "--ipalloc-range \"10.32.0.0\" is not a CIDR; write it like 10.32.0.0/12"
+        );
+        assert_eq!(
+            error(&["--ipalloc-range", "10.0.0.0/31"]),
+            "--ipalloc-range 10.0.0.0/31 is too small for a pod range: use a prefix of /30 or shorter"
+        );
+        assert!(error(&["--ipalloc-range", "fd00::/64"]).contains("IPv6 pod ranges are not supported yet"));
+    }
+
+    #[test]
+    fn number_and_address_errors() {
+        assert_eq!(
+            error(&["--init-peer-count", "0"]),
+            "--init-peer-count \"0\" is not a whole number of at least 1; it counts the routers that start \
+             the mesh, this one included"
+        );
+        assert!(error(&["--init-peer-count=-1"]).starts_with("--init-peer-count \"-1\""));
+        assert_eq!(
+            error(&["--listen", "6783"]),
+            "--listen \"6783\" is not an IP address and port like 0.0.0.0:6783 or [::]:6783"
+        );
+        assert_eq!(
+            error(&["--dataplane-port", "0"]),
+            "--dataplane-port \"0\" is not a port number from 1 to 65535"
+        );
+        assert!(error(&["--dataplane-port", "70000"]).starts_with("--dataplane-port \"70000\""));
+        assert_eq!(
+            error(&["--dataplane-port", "6783"]),
+            "--dataplane-port 6783 is also the --listen port; they must differ (the defaults are 6784 and 6783)"
+        );
+        assert_eq!(
+            error(&["--metrics-addr", "localhost:6782"]),
+            "--metrics-addr \"localhost:6782\" is not an IP address and port like 127.0.0.1:6782"
+        );
+        assert_eq!(
+            error(&["--conn-limit", "0"]),
+            "--conn-limit \"0\" is not a whole number of at least 1 (the default is 64)"
+        );
+        assert_eq!(
+            error(&["--mtu", "100"]),
+            "--mtu \"100\" is not a number from 576 to 65000; leave it out to use the default"
+        );
+        assert!(error(&["--mtu", "big"]).starts_with("--mtu \"big\""));
+        assert!(config(&["--mtu", "576"]).is_ok());
+        assert!(config(&["--mtu", "65000"]).is_ok());
+        assert!(config(&["--mtu", "65001"]).is_err());
+    }
+
+    #[test]
+    fn name_errors() {
+        assert_eq!(
+            error(&["--name", "my node"]),
+            "--name \"my node\" is not a valid nickname: use 1 to 64 letters, digits, '.', '-' or '_'"
+        );
+        assert!(config(&["--name", &"n".repeat(64)]).is_ok());
+        assert!(config(&["--name", &"n".repeat(65)]).is_err());
+        let err = launch_args(&[])
+            .into_config_with(|| Ok("bad host!".to_owned()))
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::HostnameNotNickname { .. }));
+        assert!(err.to_string().ends_with("pass --name NICKNAME"), "{err}");
+        let err = launch_args(&[])
+            .into_config_with(|| Err(io::Error::new(io::ErrorKind::NotFound, "gone")))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot read this machine's hostname (gone); pass --name NICKNAME"
+        );
+    }
+
+    #[test]
+    fn peer_errors() {
+        assert_eq!(
+            error(&["fd00::1"]),
+            "peer \"fd00::1\": \"fd00::1\" has several colons; put IPv6 addresses in brackets, like [fd00::1]:6783"
+        );
+        assert_eq!(
+            error(&["node:http"]),
+            "peer \"node:http\": port \"http\" is not a number from 1 to 65535"
+        );
+    }
+
+    #[test]
+    fn peer_addr_parse() {
+        let ok = |s: &str| s.parse::<PeerAddr>().unwrap();
+        assert_eq!(ok("192.0.2.1").socket_addr(), Some("192.0.2.1:6783".parse().unwrap()));
+        assert_eq!(ok("192.0.2.1:7000").port(), 7000);
+        assert_eq!(
+            ok("[fd00::1]:7000").socket_addr(),
+            Some("[fd00::1]:7000".parse().unwrap())
+        );
+        assert_eq!(ok("[fd00::1]").port(), 6783);
+        assert_eq!(ok("node-2").host(), &Host::Name("node-2".to_owned()));
+        assert_eq!(ok("node-2.example.com.:1").to_string(), "node-2.example.com.:1");
+        assert_eq!(ok(" node_3 ").socket_addr(), None);
+
+        let err = |s: &str| s.parse::<PeerAddr>().unwrap_err();
+        assert_eq!(err(""), PeerAddrError::Empty);
+        assert!(matches!(err("::1"), PeerAddrError::BareIpv6 { .. }));
+        assert!(matches!(err("fd00::1:6783"), PeerAddrError::BareIpv6 { .. }));
+        assert_eq!(err("[fd00::1"), PeerAddrError::UnclosedBracket);
+        assert!(matches!(err("[10.0.0.1]"), PeerAddrError::BadIpv6 { .. }));
+        assert!(matches!(err("[fd00::1]7000"), PeerAddrError::BadPort { .. }));
+        assert!(matches!(err("host:0"), PeerAddrError::BadPort { .. }));
+        assert!(matches!(err("host:"), PeerAddrError::BadPort { .. }));
+        assert!(matches!(err("host:65536"), PeerAddrError::BadPort { .. }));
+        assert!(matches!(err("10.0.0.256"), PeerAddrError::BadHost { .. }));
+        assert!(matches!(err("-bad.example"), PeerAddrError::BadHost { .. }));
+        assert!(matches!(err("a..b"), PeerAddrError::BadHost { .. }));
+        assert!(matches!(err("sp ace"), PeerAddrError::BadHost { .. }));
+        assert!(matches!(err(&"a".repeat(64)), PeerAddrError::BadHost { .. }));
+    }
+
+    #[test]
+    fn peer_addr_display_round_trips() {
+        for s in ["192.0.2.1:6783", "[fd00::1]:7000", "node-2:6784"] {
+            assert_eq!(s.parse::<PeerAddr>().unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn peer_ref_prefers_peer_names() {
+        assert_eq!(
+            "3f:2a:9c:1e:0b:7d:44:e1".parse::<PeerRef>(),
+            Ok(PeerRef::Name(PeerName::from_u64(0x3f2a_9c1e_0b7d_44e1)))
+        );
+        assert_eq!(
+            "node-1".parse::<PeerRef>(),
+            Ok(PeerRef::Nickname(Nickname("node-1".to_owned())))
+        );
+        assert_eq!(
+            "3f:2a".parse::<PeerRef>().unwrap_err().to_string(),
+            "\"3f:2a\" is neither a peer name (like 3f:2a:9c:1e:0b:7d:44:e1) nor a nickname \
+             (1 to 64 letters, digits, '.', '-' or '_')"
+        );
+    }
+
+    #[test]
+    fn client_commands() {
+        let c = cli(&["status", "--json", "--api-socket", "/tmp/s"]);
+        assert!(matches!(&c.command, Command::Status(ShowArgs { json: true, .. })));
+        assert_eq!(c.command.api_socket(), Some(Path::new("/tmp/s")));
+
+        let c = cli(&["connect", "[fd00::1]:7000"]);
+        let Command::Connect(args) = &c.command else {
+            panic!("{c:?}")
+        };
+        assert_eq!(args.peer.to_string(), "[fd00::1]:7000");
+        if std::env::var_os(API_SOCKET_ENV).is_none() {
+            assert_eq!(c.command.api_socket(), Some(Path::new(DEFAULT_API_SOCKET)));
+        }
+
+        assert!(matches!(cli(&["forget", "node-2"]).command, Command::Forget(_)));
+        assert!(matches!(
+            cli(&["rmpeer", "node-2"]).command,
+            Command::Rmpeer(RmpeerArgs {
+                name: PeerRef::Nickname(_),
+                ..
+            })
+        ));
+        assert!(matches!(
+            cli(&["peers"]).command,
+            Command::Peers(ShowArgs { json: false, .. })
+        ));
+        assert!(matches!(cli(&["reset"]).command, Command::Reset(_)));
+        assert!(matches!(cli(&["secret"]).command, Command::Secret));
+        assert_eq!(cli(&["secret"]).command.api_socket(), None);
+        assert_eq!(cli(&["launch"]).command.api_socket(), None);
+
+        assert!(Cli::try_parse_from(["weft", "connect", "fd00::1"]).is_err());
+        assert!(Cli::try_parse_from(["weft", "rmpeer", "no spaces"]).is_err());
+        assert!(Cli::try_parse_from(["weft", "connect"]).is_err());
+    }
+
+    #[test]
+    fn ipam_commands() {
+        let c = cli(&["ipam", "--json"]);
+        assert!(matches!(
+            &c.command,
+            Command::Ipam(IpamArgs {
+                command: None,
+                json: true,
+                ..
+            })
+        ));
+
+        let c = cli(&[
+            "ipam",
+            "allocate",
+            "abc123",
+            "--ip",
+            "10.32.0.5",
+            "--json",
+            "--api-socket",
+            "/tmp/s",
+        ]);
+        let Command::Ipam(IpamArgs {
+            command: Some(IpamCommand::Allocate { id, ip, json, .. }),
+            ..
+        }) = &c.command
+        else {
+            panic!("{c:?}")
+        };
+        assert_eq!(id, "abc123");
+        assert_eq!(*ip, Some("10.32.0.5".parse().unwrap()));
+        assert!(*json);
+        assert_eq!(c.command.api_socket(), Some(Path::new("/tmp/s")));
+
+        let c = cli(&["ipam", "release", "abc123"]);
+        assert!(matches!(
+            &c.command,
+            Command::Ipam(IpamArgs { command: Some(IpamCommand::Release { id, .. }), .. }) if id == "abc123"
+        ));
+
+        assert!(Cli::try_parse_from(["weft", "ipam", "allocate", ""]).is_err());
+        assert!(Cli::try_parse_from(["weft", "ipam", "allocate", "x", "--ip", "nope"]).is_err());
+        assert!(Cli::try_parse_from(["weft", "ipam", "--json", "release", "x"]).is_err());
+    }
+
+    #[test]
+    fn version_flag_exists() {
+        let err = Cli::try_parse_from(["weft", "--version"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::DisplayVersion);
+        assert!(err.to_string().contains(env!("CARGO_PKG_VERSION")));
+    }
+}

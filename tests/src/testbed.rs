@@ -1,0 +1,464 @@
+//! Hosts on an underlay bridge, and pods on hosts.
+
+use std::ffi::OsStr;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use ipnet::Ipv4Net;
+
+use crate::netns::{self, Netns};
+use crate::process::{Process, Shared};
+use crate::{Error, skip_or_fail};
+
+/// The underlay subnet. Host `i` is `10.99.0.i`. It exists only inside each testbed's namespaces, so testbeds
+/// running at the same time all use it without meeting.
+pub const UNDERLAY: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(10, 99, 0, 0), 24);
+
+/// A host's interface on the underlay (its "NIC").
+pub const UNDERLAY_DEV: &str = "eth0";
+
+/// The default gateway of every pod: a link-local address on the host side of each pod's veth, as Calico does.
+/// Pods need no address of the host's, and every pod on every host has the same default route.
+pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+/// The most hosts a testbed can have: one per address of [`UNDERLAY`].
+pub const MAX_HOSTS: usize = 254;
+
+/// A set of hosts, each a network namespace, joined by an underlay bridge in a namespace of its own, so that
+/// nothing is added to the root namespace.
+///
+/// ```text
+///  ns PREFIX-ul:          br0 ── h1 ── h2 ── … (bridge ports; `cut(i)` sets port hi down)
+///                               │     │
+///  ns PREFIX-hI:  eth0 10.99.0.I/24, lo, ip_forward=1
+///                   └ pod-S ── ns PREFIX-hI-S: eth0 ADDR, default via 169.254.1.1
+/// ```
+///
+/// `PREFIX` is `wt{pid % 10000}-{k}`, with `k` counting testbeds in this process, so tests running in
+/// parallel never share a name. Interface names are fixed and short because each lives in its own
+/// namespace.
+///
+/// Dropping the testbed stops every process spawned in it, then deletes every namespace it made (pods, hosts,
+/// the underlay), which takes their veths with them. This also happens when a test panics. Problems during
+/// cleanup are printed to stderr.
+#[derive(Debug)]
+pub struct Testbed {
+    prefix: String,
+    underlay: Netns,
+    hosts: Vec<Host>,
+    shared: Arc<Shared>,
+}
+
+impl Testbed {
+    /// Builds a testbed of `hosts` hosts, numbered from 1, after sweeping away anything an earlier crashed run
+    /// left under the same prefix.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] unless `1 <= hosts <= MAX_HOSTS`; otherwise the first `ip` command that
+    /// failed. What was built before the failure is removed again.
+    pub fn new(hosts: usize) -> Result<Self, Error> {
+        if !(1..=MAX_HOSTS).contains(&hosts) {
+            return Err(Error::InvalidArgument {
+                what: "host count",
+                value: hosts.to_string(),
+                reason: "a testbed has between 1 and 254 hosts",
+            });
+        }
+        let prefix = next_prefix();
+        netns::sweep(&prefix)?;
+        let shared = Arc::new(Shared::default());
+        let underlay = Netns::create(format!("{prefix}-ul"), &shared)?;
+        // From here on, an early return drops `testbed`, which removes what was built so far.
+        let mut testbed = Self {
+            prefix,
+            underlay,
+            hosts: Vec::with_capacity(hosts),
+            shared,
+        };
+        testbed.underlay.ip(&["link", "add", BRIDGE, "type", "bridge"])?;
+        testbed.underlay.ip(&["link", "set", BRIDGE, "up"])?;
+        for index in 1..=hosts {
+            let host = testbed.build_host(index)?;
+            testbed.hosts.push(host);
+        }
+        Ok(testbed)
+    }
+
+    /// [`Testbed::new`] for tests: `None`, after [`skip_or_fail`], when network namespaces are unavailable
+    /// (see [`netns_unavailable`](crate::netns_unavailable)). See also [`testbed_or_skip!`](crate::testbed_or_skip).
+    ///
+    /// # Panics
+    /// If the testbed cannot be built although namespaces are available, and under CI if they are not.
+    pub fn for_test(hosts: usize) -> Option<Self> {
+        if let Some(reason) = crate::netns_unavailable() {
+            skip_or_fail(&reason);
+            return None;
+        }
+        Some(Self::new(hosts).unwrap_or_else(|err| panic!("cannot build a testbed of {hosts} hosts: {err}")))
+    }
+
+    /// The prefix of every namespace name in this testbed.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Host `index`, counting from 1 (host `i` has underlay address `10.99.0.i`).
+    ///
+    /// # Panics
+    /// If there is no such host.
+    pub fn host(&self, index: usize) -> &Host {
+        match index.checked_sub(1).and_then(|i| self.hosts.get(i)) {
+            Some(host) => host,
+            None => panic!("no host {index}: this testbed has hosts 1 to {}", self.hosts.len()),
+        }
+    }
+
+    /// All hosts, host 1 first.
+    pub fn hosts(&self) -> impl ExactSizeIterator<Item = &Host> {
+        self.hosts.iter()
+    }
+
+    /// The namespace holding the underlay bridge `br0`, e.g. to capture traffic between hosts.
+    pub fn underlay(&self) -> &Netns {
+        &self.underlay
+    }
+
+    /// Unplugs host `index` from the underlay: its bridge port goes down, so it can reach no other host and no
+    /// host can reach it. The host's own interface, address and routes stay as they are, as when a cable is
+    /// pulled.
+    ///
+    /// # Errors
+    /// If `ip link set` fails.
+    ///
+    /// # Panics
+    /// If there is no such host.
+    pub fn cut(&self, index: usize) -> Result<(), Error> {
+        self.set_port(index, "down")
+    }
+
+    /// Plugs host `index` back in after [`cut`](Self::cut).
+    ///
+    /// # Errors
+    /// If `ip link set` fails.
+    ///
+    /// # Panics
+    /// If there is no such host.
+    pub fn restore(&self, index: usize) -> Result<(), Error> {
+        self.set_port(index, "up")
+    }
+
+    fn build_host(&self, index: usize) -> Result<Host, Error> {
+        let netns = Netns::create(format!("{}-h{index}", self.prefix), &self.shared)?;
+        let port = port_name(index);
+        self.underlay.ip(&[
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            UNDERLAY_DEV,
+            "netns",
+            netns.name(),
+        ])?;
+        self.underlay.ip(&["link", "set", &port, "master", BRIDGE, "up"])?;
+        let [a, b, c, _] = UNDERLAY.network().octets();
+        let underlay_ip = Ipv4Addr::new(a, b, c, u8::try_from(index).expect("at most MAX_HOSTS hosts"));
+        netns.ip(&[
+            "addr",
+            "add",
+            &format!("{underlay_ip}/{}", UNDERLAY.prefix_len()),
+            "dev",
+            UNDERLAY_DEV,
+        ])?;
+        netns.ip(&["link", "set", UNDERLAY_DEV, "up"])?;
+        // Hosts route for their pods. /proc/sys/net is per namespace: this writes the host's own setting.
+        netns.exec_ok(["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])?;
+        Ok(Host {
+            netns,
+            index,
+            underlay_ip,
+        })
+    }
+
+    fn set_port(&self, index: usize, state: &str) -> Result<(), Error> {
+        let host = self.host(index);
+        self.underlay
+            .ip(&["link", "set", &port_name(host.index), state])
+            .map(drop)
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        for err in self.shared.stop_all() {
+            eprintln!("weft-tests: cleaning up {}: {err}", self.prefix);
+        }
+        for name in self.shared.take_namespaces() {
+            // Stragglers (a process started without a guard, a grandchild that escaped its group) would keep
+            // the namespace, and its veths, alive after its name is gone.
+            if let Err(err) = netns::kill_inside(&name).and_then(|()| netns::delete(&name)) {
+                eprintln!("weft-tests: cleaning up {}: {err}", self.prefix);
+            }
+        }
+    }
+}
+
+/// One host: a network namespace on the underlay, where a router runs.
+#[derive(Debug)]
+pub struct Host {
+    netns: Netns,
+    index: usize,
+    underlay_ip: Ipv4Addr,
+}
+
+impl Host {
+    /// Its number in the testbed, from 1.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Its namespace's name.
+    pub fn name(&self) -> &str {
+        self.netns.name()
+    }
+
+    /// Its namespace's path, `/run/netns/NAME`.
+    pub fn netns_path(&self) -> PathBuf {
+        self.netns.path()
+    }
+
+    /// Its namespace.
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+
+    /// Its address on the underlay, `10.99.0.INDEX`, on [`UNDERLAY_DEV`].
+    pub fn underlay_ip(&self) -> Ipv4Addr {
+        self.underlay_ip
+    }
+
+    /// See [`Netns::cmd`].
+    pub fn cmd(&self, program: impl AsRef<OsStr>) -> Command {
+        self.netns.cmd(program)
+    }
+
+    /// See [`Netns::exec_ok`].
+    ///
+    /// # Errors
+    /// As [`Netns::exec_ok`].
+    pub fn exec_ok<I, S>(&self, args: I) -> Result<String, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.netns.exec_ok(args)
+    }
+
+    /// See [`Netns::spawn`].
+    ///
+    /// # Errors
+    /// As [`Netns::spawn`].
+    pub fn spawn(&self, cmd: &mut Command) -> Result<Process, Error> {
+        self.netns.spawn(cmd)
+    }
+
+    /// Adds a pod as a routed CNI plugin (ptp, Calico) would: namespace `HOST-SUFFIX` with `eth0` at `addr`
+    /// (without a subnet route: every destination goes through the gateway) and a default route via
+    /// [`POD_GATEWAY`]; on the host, the veth `pod-SUFFIX` carrying `POD_GATEWAY/32` and a `/32` route to the
+    /// pod. Pods on one host reach each other and the host; reaching other hosts' pods is the router's job.
+    /// The testbed deletes the pod with everything else.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] unless `name_suffix` is 1 to 11 characters of `a-z0-9`; the failing `ip`
+    /// command otherwise (e.g. a pod with that suffix exists already).
+    pub fn add_pod(&self, name_suffix: &str, addr: Ipv4Net) -> Result<Pod, Error> {
+        check_pod_suffix(name_suffix)?;
+        let pod = Netns::create(format!("{}-{name_suffix}", self.name()), self.netns.shared())?;
+        let host_veth = format!("pod-{name_suffix}");
+        let gateway = POD_GATEWAY.to_string();
+        let host_ip = |args: &[&str]| self.netns.ip(args).map(drop);
+        host_ip(&[
+            "link",
+            "add",
+            &host_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            pod.name(),
+        ])?;
+        pod.ip(&["addr", "add", &addr.to_string(), "dev", "eth0", "noprefixroute"])?;
+        pod.ip(&["link", "set", "eth0", "up"])?;
+        pod.ip(&["route", "add", &gateway, "dev", "eth0", "scope", "link"])?;
+        pod.ip(&["route", "add", "default", "via", &gateway, "dev", "eth0"])?;
+        host_ip(&[
+            "addr",
+            "add",
+            &format!("{gateway}/32"),
+            "dev",
+            &host_veth,
+            "scope",
+            "link",
+        ])?;
+        host_ip(&["link", "set", &host_veth, "up"])?;
+        host_ip(&[
+            "route",
+            "add",
+            &format!("{}/32", addr.addr()),
+            "dev",
+            &host_veth,
+            "scope",
+            "link",
+        ])?;
+        Ok(Pod {
+            netns: pod,
+            addr,
+            host_veth,
+        })
+    }
+}
+
+/// A pod: a network namespace behind a veth into its host. Deleted by the testbed, not when this is dropped.
+#[derive(Debug)]
+pub struct Pod {
+    netns: Netns,
+    addr: Ipv4Net,
+    host_veth: String,
+}
+
+impl Pod {
+    /// Its namespace's name, `HOST-SUFFIX`.
+    pub fn name(&self) -> &str {
+        self.netns.name()
+    }
+
+    /// Its namespace's path, `/run/netns/NAME`.
+    pub fn netns_path(&self) -> PathBuf {
+        self.netns.path()
+    }
+
+    /// Its namespace.
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+
+    /// The address on its `eth0`, with the prefix it was given.
+    pub fn addr(&self) -> Ipv4Net {
+        self.addr
+    }
+
+    /// Its IP address.
+    pub fn ip(&self) -> Ipv4Addr {
+        self.addr.addr()
+    }
+
+    /// The host side of its veth, `pod-SUFFIX`, in the host's namespace.
+    pub fn host_veth(&self) -> &str {
+        &self.host_veth
+    }
+
+    /// See [`Netns::cmd`].
+    pub fn cmd(&self, program: impl AsRef<OsStr>) -> Command {
+        self.netns.cmd(program)
+    }
+
+    /// See [`Netns::exec_ok`].
+    ///
+    /// # Errors
+    /// As [`Netns::exec_ok`].
+    pub fn exec_ok<I, S>(&self, args: I) -> Result<String, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.netns.exec_ok(args)
+    }
+
+    /// See [`Netns::spawn`].
+    ///
+    /// # Errors
+    /// As [`Netns::spawn`].
+    pub fn spawn(&self, cmd: &mut Command) -> Result<Process, Error> {
+        self.netns.spawn(cmd)
+    }
+}
+
+/// A fresh name prefix, `wt{pid % 10000}-{k}`: unique among this process's testbeds, short, and the same in a
+/// later process with the same pid, whose testbed then sweeps what this one left behind if it crashed.
+pub(crate) fn next_prefix() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "wt{}-{}",
+        std::process::id() % 10_000,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The bridge port, in the underlay namespace, of host `index`.
+fn port_name(index: usize) -> String {
+    format!("h{index}")
+}
+
+fn check_pod_suffix(suffix: &str) -> Result<(), Error> {
+    let reason = if suffix.is_empty() || suffix.len() > MAX_POD_SUFFIX {
+        "it must have 1 to 11 characters, so that `pod-SUFFIX` fits an interface name"
+    } else if !suffix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+        "it may hold only a-z and 0-9"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidArgument {
+        what: "pod name suffix",
+        value: suffix.to_owned(),
+        reason,
+    })
+}
+
+/// The bridge in the underlay namespace.
+const BRIDGE: &str = "br0";
+/// Interface names have at most 15 bytes, and the host side of a pod's veth is `pod-SUFFIX`.
+const MAX_POD_SUFFIX: usize = 15 - "pod-".len();
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_unique_and_short() {
+        let (a, b) = (next_prefix(), next_prefix());
+        assert_ne!(a, b);
+        assert!(a.starts_with("wt") && a.len() <= 12, "{a}");
+    }
+
+    #[test]
+    fn pod_suffixes_must_fit_an_interface_name() {
+        assert!(check_pod_suffix("a").is_ok());
+        assert!(check_pod_suffix("web0123456z").is_ok());
+        assert!(check_pod_suffix("").is_err());
+        assert!(
+            check_pod_suffix("web01234567z").is_err(),
+            "pod-web01234567z has 16 bytes"
+        );
+        assert!(check_pod_suffix("Web").is_err());
+        assert!(check_pod_suffix("a-b").is_err());
+    }
+
+    #[test]
+    fn host_count_is_checked_before_anything_is_built() {
+        assert!(matches!(
+            Testbed::new(0),
+            Err(Error::InvalidArgument { what: "host count", .. })
+        ));
+        assert!(matches!(
+            Testbed::new(MAX_HOSTS + 1),
+            Err(Error::InvalidArgument { .. })
+        ));
+    }
+}
