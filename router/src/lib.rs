@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod core;
 pub mod identity;
 pub mod secret;
 pub mod store;

@@ -1,0 +1,780 @@
+//! Mesh membership: which routers to hold control connections to, and the
+//! gossip that keeps every router's [`Topology`] in step.
+//!
+//! Driven like `quinn_proto::Connection`: feed events in with `handle_*`
+//! (connections up and down, dial failures, messages, timeouts) and commands
+//! (`connect`, `forget`); drain `poll_transmit`, `poll_dial` and
+//! `poll_event` after each call, and call [`Mesh::handle_timeout`] at
+//! [`Mesh::poll_timeout`].
+//!
+//! The mesh has bounded degree: a router dials the routers it was told about
+//! (`weft launch PEER...`, `weft connect`) always, and routers it learned
+//! by gossip only until it holds `target_degree` connections; it accepts
+//! up to `conn_limit`. Changes are batched (`flush_interval`) and announced
+//! as `(name, version)` pairs to `fanout` random neighbours, which request
+//! the entries they lack from one announcer, so each entry version reaches
+//! each router about once; every `gossip_interval` a
+//! router sends one random neighbour a summary hash, and only on mismatch do
+//! they exchange digests and then the missing entries. Steady-state cost is
+//! one small message per router per interval, whatever the mesh size.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ipam_crdt::PeerName;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::Time;
+use super::topology::{PeerEntry, Topology};
+
+/// Tuning of the mesh core.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Most control connections held at once (`--conn-limit`). Default 64.
+    pub conn_limit: usize,
+    /// Connections sought to routers learned by gossip. Default 8: with
+    /// random choices this keeps a mesh of thousands connected with a
+    /// diameter of a few hops, at a few connections per router.
+    pub target_degree: usize,
+    /// Period of the anti-entropy summary. Default 10 s.
+    pub gossip_interval: Duration,
+    /// Changes are batched and pushed this often. Default 200 ms: a join
+    /// storm costs one batch per window, not one message per change.
+    pub flush_interval: Duration,
+    /// Neighbours each batch of changes is announced to (epidemic fanout);
+    /// anti-entropy catches whoever the push missed. Default 4.
+    pub fanout: usize,
+    /// First retry delay after a failed dial; doubles up to `backoff_max`. Default 1 s.
+    pub backoff_min: Duration,
+    /// Longest retry delay. Default 60 s.
+    pub backoff_max: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            conn_limit: 64,
+            target_degree: 8,
+            gossip_interval: Duration::from_secs(10),
+            flush_interval: Duration::from_millis(200),
+            fanout: 4,
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A gossip message between neighbours.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Message {
+    /// Entries: merge them and announce what is new to you.
+    Update(Vec<PeerEntry>),
+    /// `(name, version)` of entries that are new to the sender: request those
+    /// that are new to you too.
+    Announce(Vec<(PeerName, u64)>),
+    /// The sender's summary hash: reply with a digest if yours differs.
+    Summary(u64),
+    /// The sender's `(name, version)` list: reply with what it lacks, ask for what you lack.
+    Digest(Vec<(PeerName, u64)>),
+    /// Entries the sender wants.
+    Request(Vec<PeerName>),
+}
+
+/// Why a dial or connection did not result in a neighbour. Shown in `weft status`.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Failure {
+    /// No answer, or the network refused.
+    Unreachable,
+    /// The other side does not share our cluster secret (or we not theirs).
+    AuthenticationFailed,
+    /// One side holds `conn_limit` connections already.
+    ConnectionLimit,
+    /// The connection was lost.
+    Lost(String),
+}
+
+/// Where we stand with a router, as `weft status` shows it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum PeerState {
+    /// An authenticated control connection is up.
+    Established,
+    /// Dialing now.
+    Dialing,
+    /// The last attempt failed; retrying at the given time.
+    Retrying {
+        /// Why the last attempt failed.
+        reason: Failure,
+        /// When the next attempt is due.
+        at: Time,
+    },
+    /// Known through gossip; no connection is needed (the mesh has enough).
+    NotNeighbour,
+}
+
+/// Something the shell may want to know.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// A neighbour's control connection is established.
+    Up(PeerName),
+    /// A neighbour's control connection is gone.
+    Down(PeerName),
+    /// The topology changed (entries merged or our own entry changed).
+    TopologyChanged,
+}
+
+/// The shell should close this connection: the core refused it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Refused(pub Failure);
+
+/// The shell's handle for one control connection.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct ConnId(pub u64);
+
+/// One router's mesh membership state.
+#[derive(Debug)]
+pub struct Mesh {
+    cfg: Config,
+    topo: Topology,
+    rng: ChaCha8Rng,
+    /// Established neighbours: the connection, and the address we dialed (if we dialed).
+    conns: BTreeMap<PeerName, (ConnId, Option<SocketAddr>)>,
+    /// Addresses the operator asked for: dialed until connected, whatever the degree.
+    persistent: BTreeSet<SocketAddr>,
+    /// Dial state per address.
+    dials: BTreeMap<SocketAddr, Dial>,
+    transmits: VecDeque<(PeerName, Message)>,
+    dial_queue: VecDeque<SocketAddr>,
+    events: VecDeque<Event>,
+    next_gossip: Time,
+    /// Entries changed since the last push, with the neighbour each came from.
+    pending: BTreeMap<PeerName, Option<PeerName>>,
+    /// Our own neighbour set changed since the last push.
+    own_dirty: bool,
+    /// When the pending changes are pushed, if any are pending.
+    next_flush: Option<Time>,
+    /// Entries requested after an announcement, with the version and when:
+    /// not requested again from other announcers until this one is stale.
+    requested: BTreeMap<PeerName, (u64, Time)>,
+}
+
+#[derive(Clone, Debug)]
+struct Dial {
+    /// Who we expect there, if learned from gossip.
+    expect: Option<PeerName>,
+    attempts: u32,
+    state: DialState,
+}
+
+#[derive(Clone, Debug)]
+enum DialState {
+    InFlight,
+    Waiting { until: Time, reason: Failure },
+    Connected,
+}
+
+impl Mesh {
+    /// A router's mesh core. `seed` seeds its random choices (the shell
+    /// passes OS randomness, the simulator a test seed).
+    pub fn new(cfg: Config, me: PeerName, nickname: String, endpoints: Vec<SocketAddr>, now: Time, seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let first = cfg.gossip_interval.mul_f64(rng.random_range(0.1..1.0));
+        Self {
+            cfg,
+            topo: Topology::new(me, nickname, endpoints),
+            rng,
+            conns: BTreeMap::new(),
+            persistent: BTreeSet::new(),
+            dials: BTreeMap::new(),
+            transmits: VecDeque::new(),
+            dial_queue: VecDeque::new(),
+            events: VecDeque::new(),
+            next_gossip: now + first,
+            pending: BTreeMap::new(),
+            own_dirty: false,
+            next_flush: None,
+            requested: BTreeMap::new(),
+        }
+    }
+
+    // ---- getters ----
+
+    /// The topology as this router knows it.
+    pub fn topology(&self) -> &Topology {
+        &self.topo
+    }
+
+    /// Established neighbours.
+    pub fn neighbours(&self) -> impl Iterator<Item = PeerName> + '_ {
+        self.conns.keys().copied()
+    }
+
+    /// Where we stand with every router we know or try to reach, by name
+    /// where known. Addresses dialed whose router is not yet known are
+    /// listed by address.
+    pub fn peer_states(&self) -> Vec<(Option<PeerName>, Option<SocketAddr>, PeerState)> {
+        let mut out = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (addr, d) in &self.dials {
+            let state = match &d.state {
+                DialState::InFlight => PeerState::Dialing,
+                DialState::Waiting { until, reason } => PeerState::Retrying {
+                    reason: reason.clone(),
+                    at: *until,
+                },
+                DialState::Connected => continue,
+            };
+            if let Some(n) = d.expect {
+                seen.insert(n);
+            }
+            out.push((d.expect, Some(*addr), state));
+        }
+        for (n, (_, addr)) in &self.conns {
+            seen.insert(*n);
+            out.push((Some(*n), *addr, PeerState::Established));
+        }
+        for e in self.topo.entries() {
+            if e.name != self.topo.me() && !seen.contains(&e.name) {
+                out.push((Some(e.name), e.endpoints.first().copied(), PeerState::NotNeighbour));
+            }
+        }
+        out
+    }
+
+    // ---- commands ----
+
+    /// Dial `addr` and keep dialing it until connected (`weft launch PEER`, `weft connect`).
+    pub fn connect(&mut self, now: Time, addr: SocketAddr) {
+        self.persistent.insert(addr);
+        // Due at once; the reason is only shown if the dial then fails.
+        self.dials.entry(addr).or_insert(Dial {
+            expect: None,
+            attempts: 0,
+            state: DialState::Waiting {
+                until: now,
+                reason: Failure::Unreachable,
+            },
+        });
+        self.handle_timeout(now);
+    }
+
+    /// Stop dialing `addr` (`weft forget`). An established connection stays.
+    pub fn forget(&mut self, addr: SocketAddr) {
+        self.persistent.remove(&addr);
+        if let Some(d) = self.dials.get(&addr)
+            && !matches!(d.state, DialState::Connected)
+        {
+            self.dials.remove(&addr);
+        }
+    }
+
+    // ---- network input ----
+
+    /// A dial to `addr` failed.
+    pub fn handle_dial_failed(&mut self, now: Time, addr: SocketAddr, reason: Failure) {
+        self.backoff(now, addr, reason);
+    }
+
+    /// An authenticated control connection `conn` to `peer` is up. `dialed`
+    /// is the address we dialed, or `None` for an inbound connection. Returns
+    /// an older connection to the same router that the shell must now close.
+    ///
+    /// # Errors
+    /// [`Refused`] when `conn` must be closed: over the limit, or a duplicate
+    /// that loses the tie-break (of two connections between two routers,
+    /// both sides keep the one dialed by the lower name).
+    pub fn handle_connected(
+        &mut self,
+        now: Time,
+        peer: PeerName,
+        conn: ConnId,
+        dialed: Option<SocketAddr>,
+    ) -> Result<Option<ConnId>, Refused> {
+        let me = self.topo.me();
+        let mut replaced = None;
+        if let Some(&(old, old_dialed)) = self.conns.get(&peer) {
+            let old_by_lower = old_dialed.is_some() == (me < peer);
+            let new_by_lower = dialed.is_some() == (me < peer);
+            if old_by_lower || !new_by_lower {
+                if let Some(addr) = dialed {
+                    self.mark_connected(addr, peer);
+                }
+                return Err(Refused(Failure::Lost("duplicate connection".into())));
+            }
+            replaced = Some(old);
+        } else if self.conns.len() >= self.cfg.conn_limit {
+            if let Some(addr) = dialed {
+                self.backoff(now, addr, Failure::ConnectionLimit);
+            }
+            return Err(Refused(Failure::ConnectionLimit));
+        }
+        self.conns.insert(peer, (conn, dialed));
+        if let Some(addr) = dialed {
+            self.mark_connected(addr, peer);
+        }
+        if replaced.is_none() {
+            self.events.push_back(Event::Up(peer));
+            self.neighbours_changed(now);
+        }
+        // Bring the neighbour up to date: it answers our digest with what we lack.
+        self.transmits.push_back((peer, Message::Digest(self.topo.digest())));
+        Ok(replaced)
+    }
+
+    /// Control connection `conn` to `peer` closed (a replaced duplicate is ignored).
+    pub fn handle_disconnected(&mut self, now: Time, peer: PeerName, conn: ConnId, reason: Failure) {
+        let Some(&(current, dialed)) = self.conns.get(&peer) else {
+            return;
+        };
+        if current != conn {
+            return;
+        }
+        self.conns.remove(&peer);
+        self.events.push_back(Event::Down(peer));
+        if let Some(addr) = dialed {
+            self.backoff(now, addr, reason);
+        }
+        self.neighbours_changed(now);
+        self.handle_timeout(now);
+    }
+
+    /// A gossip message from neighbour `from`.
+    pub fn handle_message(&mut self, now: Time, from: PeerName, msg: Message) {
+        if !self.conns.contains_key(&from) {
+            return;
+        }
+        match msg {
+            Message::Update(entries) => {
+                for e in &entries {
+                    if self.requested.get(&e.name).is_some_and(|(v, _)| *v <= e.version) {
+                        self.requested.remove(&e.name);
+                    }
+                }
+                let changed = self.topo.merge(entries);
+                if !changed.is_empty() {
+                    self.events.push_back(Event::TopologyChanged);
+                    for e in changed {
+                        self.pending.entry(e.name).or_insert(Some(from));
+                    }
+                    self.schedule_flush(now);
+                }
+            }
+            Message::Announce(versions) => {
+                let mut want = Vec::new();
+                for (n, v) in versions {
+                    let newer = n != self.topo.me() && self.topo.get(n).is_none_or(|e| e.version < v);
+                    let asked = self
+                        .requested
+                        .get(&n)
+                        .is_some_and(|(rv, at)| *rv >= v && now.since(*at) <= REQUEST_TIMEOUT);
+                    if newer && !asked {
+                        self.requested.insert(n, (v, now));
+                        want.push(n);
+                    }
+                }
+                if !want.is_empty() {
+                    self.transmits.push_back((from, Message::Request(want)));
+                }
+            }
+            Message::Summary(hash) => {
+                if hash != self.topo.summary() {
+                    self.transmits.push_back((from, Message::Digest(self.topo.digest())));
+                }
+            }
+            Message::Digest(theirs) => {
+                let (send, want) = self.topo.diff(&theirs);
+                if !send.is_empty() {
+                    self.transmits.push_back((from, Message::Update(send)));
+                }
+                if !want.is_empty() {
+                    self.transmits.push_back((from, Message::Request(want)));
+                }
+            }
+            Message::Request(names) => {
+                let entries: Vec<PeerEntry> = names.iter().filter_map(|n| self.topo.get(*n).cloned()).collect();
+                if !entries.is_empty() {
+                    self.transmits.push_back((from, Message::Update(entries)));
+                }
+            }
+        }
+    }
+
+    /// Timers: anti-entropy, retries, and dialing learned routers while the
+    /// mesh needs connections.
+    pub fn handle_timeout(&mut self, now: Time) {
+        if self.next_flush.is_some_and(|t| t <= now) {
+            self.flush();
+        }
+        if now >= self.next_gossip {
+            if !self.conns.is_empty() {
+                let k = self.rng.random_range(0..self.conns.len());
+                let to = *self.conns.keys().nth(k).expect("k < len");
+                self.transmits.push_back((to, Message::Summary(self.topo.summary())));
+            }
+            // Jitter keeps routers from gossiping in lockstep.
+            self.next_gossip = now + self.cfg.gossip_interval.mul_f64(self.rng.random_range(0.8..1.2));
+        }
+        let due: Vec<SocketAddr> = self
+            .dials
+            .iter()
+            .filter(|(_, d)| matches!(d.state, DialState::Waiting { until, .. } if until <= now))
+            .map(|(a, _)| *a)
+            .collect();
+        for addr in due {
+            let wanted = self.persistent.contains(&addr) || self.in_flight_and_established() < self.cfg.target_degree;
+            if wanted {
+                self.start_dial(addr);
+            } else if let Some(d) = self.dials.get(&addr)
+                && d.expect.is_some()
+            {
+                // A learned router we no longer need: forget the address; gossip will offer it again.
+                self.dials.remove(&addr);
+            }
+        }
+        self.dial_learned();
+    }
+
+    // ---- output ----
+
+    /// The next message to send, and to whom.
+    pub fn poll_transmit(&mut self) -> Option<(PeerName, Message)> {
+        self.transmits.pop_front()
+    }
+
+    /// The next address to dial.
+    pub fn poll_dial(&mut self) -> Option<SocketAddr> {
+        self.dial_queue.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Mesh::handle_timeout`] is next due.
+    pub fn poll_timeout(&self) -> Time {
+        let retry = self.dials.values().filter_map(|d| match d.state {
+            DialState::Waiting { until, .. } => Some(until),
+            _ => None,
+        });
+        let t = retry.fold(self.next_gossip, Time::min);
+        self.next_flush.map_or(t, |f| f.min(t))
+    }
+
+    // ---- helpers ----
+
+    fn in_flight_and_established(&self) -> usize {
+        self.conns.len()
+            + self
+                .dials
+                .values()
+                .filter(|d| matches!(d.state, DialState::InFlight))
+                .count()
+    }
+
+    /// Picks random learned routers to dial while below the target degree.
+    fn dial_learned(&mut self) {
+        let mut budget = self.cfg.target_degree.saturating_sub(self.in_flight_and_established());
+        if budget == 0 {
+            return;
+        }
+        let me = self.topo.me();
+        let busy: BTreeSet<PeerName> = self.dials.values().filter_map(|d| d.expect).collect();
+        let candidates: Vec<(PeerName, SocketAddr)> = self
+            .topo
+            .entries()
+            .filter(|e| e.name != me && !self.conns.contains_key(&e.name) && !busy.contains(&e.name))
+            .filter_map(|e| e.endpoints.first().map(|a| (e.name, *a)))
+            .filter(|(_, a)| !self.dials.contains_key(a))
+            .collect();
+        let mut candidates = candidates;
+        while budget > 0 && !candidates.is_empty() {
+            let k = self.rng.random_range(0..candidates.len());
+            let (name, addr) = candidates.swap_remove(k);
+            self.dials.insert(
+                addr,
+                Dial {
+                    expect: Some(name),
+                    attempts: 0,
+                    state: DialState::InFlight,
+                },
+            );
+            self.dial_queue.push_back(addr);
+            budget -= 1;
+        }
+    }
+
+    fn start_dial(&mut self, addr: SocketAddr) {
+        if let Some(d) = self.dials.get_mut(&addr) {
+            d.state = DialState::InFlight;
+            self.dial_queue.push_back(addr);
+        }
+    }
+
+    fn mark_connected(&mut self, addr: SocketAddr, peer: PeerName) {
+        let d = self.dials.entry(addr).or_insert(Dial {
+            expect: Some(peer),
+            attempts: 0,
+            state: DialState::Connected,
+        });
+        d.expect = Some(peer);
+        d.attempts = 0;
+        d.state = DialState::Connected;
+    }
+
+    fn backoff(&mut self, now: Time, addr: SocketAddr, reason: Failure) {
+        let Some(d) = self.dials.get_mut(&addr) else { return };
+        d.attempts = d.attempts.saturating_add(1);
+        let exp = self
+            .cfg
+            .backoff_min
+            .saturating_mul(1 << d.attempts.min(16).saturating_sub(1));
+        let delay = exp.min(self.cfg.backoff_max).mul_f64(self.rng.random_range(0.75..1.25));
+        d.state = DialState::Waiting {
+            until: now + delay,
+            reason,
+        };
+    }
+
+    fn neighbours_changed(&mut self, now: Time) {
+        self.own_dirty = true;
+        self.schedule_flush(now);
+    }
+
+    fn schedule_flush(&mut self, now: Time) {
+        if self.next_flush.is_none() {
+            self.next_flush = Some(now + self.cfg.flush_interval);
+        }
+    }
+
+    /// Announces the batch: our own entry (one version bump for all neighbour
+    /// changes in the window) and every entry learned in the window, to
+    /// `fanout` random neighbours, never back to where an entry came from.
+    fn flush(&mut self) {
+        self.next_flush = None;
+        if std::mem::take(&mut self.own_dirty) {
+            let me = self.topo.me();
+            if self.topo.set_neighbours(self.conns.keys().copied().collect()) {
+                self.events.push_back(Event::TopologyChanged);
+                self.pending.insert(me, None);
+            }
+        }
+        if self.pending.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let mut targets: Vec<PeerName> = self.conns.keys().copied().collect();
+        while targets.len() > self.cfg.fanout {
+            let k = self.rng.random_range(0..targets.len());
+            targets.swap_remove(k);
+        }
+        for n in targets {
+            let versions: Vec<(PeerName, u64)> = pending
+                .iter()
+                .filter(|(_, from)| **from != Some(n))
+                .filter_map(|(name, _)| self.topo.get(*name).map(|e| (e.name, e.version)))
+                .collect();
+            if !versions.is_empty() {
+                self.transmits.push_back((n, Message::Announce(versions)));
+            }
+        }
+    }
+}
+
+/// How long an entry requested from one announcer is not requested from others.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(n: u64) -> PeerName {
+        PeerName::from_u64(n)
+    }
+
+    fn addr(n: u64) -> SocketAddr {
+        format!("10.0.0.{n}:6783").parse().unwrap()
+    }
+
+    fn mesh(n: u64) -> Mesh {
+        Mesh::new(Config::default(), p(n), format!("h{n}"), vec![addr(n)], Time::ZERO, n)
+    }
+
+    /// Connects `a` (dialer) and `b` in memory, as the shell would.
+    fn link(now: Time, a: &mut Mesh, b: &mut Mesh, conn: u64) {
+        let (na, nb) = (a.topology().me(), b.topology().me());
+        b.handle_connected(now, na, ConnId(conn), None).unwrap();
+        a.handle_connected(now, nb, ConnId(conn), Some(addr(nb.to_u64())))
+            .unwrap();
+    }
+
+    /// Delivers every queued message between the cores until none is left.
+    fn pump(now: Time, meshes: &mut [Mesh]) {
+        loop {
+            let mut moved = false;
+            for i in 0..meshes.len() {
+                let from = meshes[i].topology().me();
+                while let Some((to, msg)) = meshes[i].poll_transmit() {
+                    moved = true;
+                    let j = meshes.iter().position(|m| m.topology().me() == to).unwrap();
+                    meshes[j].handle_message(now, from, msg);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Runs every core's timers up to `until` in 100 ms steps, pumping messages.
+    fn run(meshes: &mut [Mesh], until: Time) {
+        let mut t = Time::ZERO;
+        while t <= until {
+            for m in meshes.iter_mut() {
+                if m.poll_timeout() <= t {
+                    m.handle_timeout(t);
+                }
+            }
+            pump(t, meshes);
+            t = t + Duration::from_millis(100);
+        }
+    }
+
+    #[test]
+    fn operator_peers_are_dialed_at_once() {
+        let mut a = mesh(1);
+        a.connect(Time::ZERO, addr(2));
+        assert_eq!(a.poll_dial(), Some(addr(2)));
+        assert_eq!(a.poll_dial(), None);
+    }
+
+    #[test]
+    fn failed_dials_back_off_exponentially_and_show_the_reason() {
+        let mut a = mesh(1);
+        a.connect(Time::ZERO, addr(2));
+        assert_eq!(a.poll_dial(), Some(addr(2)));
+        let mut now = Time::ZERO;
+        let mut delays = Vec::new();
+        for _ in 0..4 {
+            a.handle_dial_failed(now, addr(2), Failure::AuthenticationFailed);
+            let at = a.poll_timeout().min(now + Duration::from_secs(120));
+            let retry = a.peer_states().into_iter().find_map(|(_, ad, s)| match s {
+                PeerState::Retrying { reason, at } if ad == Some(addr(2)) => Some((reason, at)),
+                _ => None,
+            });
+            let (reason, retry_at) = retry.expect("listed as retrying");
+            assert_eq!(reason, Failure::AuthenticationFailed);
+            assert!(at <= retry_at);
+            delays.push(retry_at.since(now));
+            now = retry_at;
+            a.handle_timeout(now);
+            assert_eq!(a.poll_dial(), Some(addr(2)), "retried when due");
+        }
+        for w in delays.windows(2) {
+            assert!(w[1] > w[0], "backoff grows: {delays:?}");
+        }
+    }
+
+    #[test]
+    fn two_routers_exchange_entries_on_connect() {
+        let mut ms = vec![mesh(1), mesh(2)];
+        let (a, b) = ms.split_at_mut(1);
+        link(Time::ZERO, &mut a[0], &mut b[0], 1);
+        run(&mut ms, Time::from_millis(1_000));
+        for m in &ms {
+            assert_eq!(m.topology().len(), 2);
+            assert!(m.topology().confirmed(p(1), p(2)), "both list the connection");
+        }
+        assert_eq!(ms[0].topology().summary(), ms[1].topology().summary());
+    }
+
+    #[test]
+    fn a_chain_converges_through_announcements_and_routes_over_it() {
+        // 1 - 2 - 3 - 4: router 1 learns 4 only through gossip.
+        let mut ms: Vec<Mesh> = (1..=4).map(mesh).collect();
+        for i in 0..3 {
+            let (l, r) = ms.split_at_mut(i + 1);
+            link(Time::ZERO, &mut l[i], &mut r[0], i as u64 + 1);
+        }
+        // Learned routers are dialed too; swallow those dials to keep the chain.
+        run(&mut ms, Time::from_millis(3_000));
+        for m in &mut ms {
+            while m.poll_dial().is_some() {}
+        }
+        let s = ms[0].topology().summary();
+        assert!(
+            ms.iter()
+                .all(|m| m.topology().len() == 4 && m.topology().summary() == s)
+        );
+        assert_eq!(ms[0].topology().next_hops().get(&p(4)), Some(&p(2)));
+    }
+
+    #[test]
+    fn anti_entropy_repairs_a_missed_update() {
+        let mut ms = vec![mesh(1), mesh(2)];
+        {
+            let (a, b) = ms.split_at_mut(1);
+            link(Time::ZERO, &mut a[0], &mut b[0], 1);
+        }
+        run(&mut ms, Time::from_millis(1_000));
+        // Router 2 learns of router 9 but its announcement to 1 is lost.
+        let nine = Topology::new(p(9), "h9".into(), vec![addr(9)]).own().clone();
+        ms[1].topo.merge([nine]);
+        while ms[1].poll_transmit().is_some() {}
+        assert_eq!(ms[0].topology().len(), 2);
+        // Within a gossip interval the summaries disagree and digests repair it.
+        run(&mut ms, Time::from_millis(1_000) + Duration::from_secs(13));
+        assert_eq!(ms[0].topology().len(), 3);
+    }
+
+    #[test]
+    fn simultaneous_connections_keep_the_one_dialed_by_the_lower_name() {
+        let (mut a, mut b) = (mesh(1), mesh(2));
+        // 1 dialed 2 (conn 10) and 2 dialed 1 (conn 20) at the same time.
+        b.handle_connected(Time::ZERO, p(1), ConnId(20), Some(addr(1))).unwrap();
+        a.handle_connected(Time::ZERO, p(2), ConnId(20), None).unwrap();
+        // Conn 10 arrives: dialed by the lower name (1), so both keep it and close 20.
+        assert_eq!(
+            b.handle_connected(Time::ZERO, p(1), ConnId(10), None),
+            Ok(Some(ConnId(20)))
+        );
+        assert_eq!(
+            a.handle_connected(Time::ZERO, p(2), ConnId(10), Some(addr(2))),
+            Ok(Some(ConnId(20)))
+        );
+        // Closing the replaced connection does not take the neighbour down.
+        a.handle_disconnected(Time::ZERO, p(2), ConnId(20), Failure::Lost("replaced".into()));
+        assert_eq!(a.neighbours().collect::<Vec<_>>(), vec![p(2)]);
+        // A third, dialed by the higher name, is refused by both.
+        assert!(a.handle_connected(Time::ZERO, p(2), ConnId(30), None).is_err());
+    }
+
+    #[test]
+    fn connection_limit_is_enforced() {
+        let cfg = Config {
+            conn_limit: 2,
+            ..Config::default()
+        };
+        let mut a = Mesh::new(cfg, p(1), "h1".into(), vec![addr(1)], Time::ZERO, 1);
+        a.handle_connected(Time::ZERO, p(2), ConnId(1), None).unwrap();
+        a.handle_connected(Time::ZERO, p(3), ConnId(2), None).unwrap();
+        assert_eq!(
+            a.handle_connected(Time::ZERO, p(4), ConnId(3), None),
+            Err(Refused(Failure::ConnectionLimit))
+        );
+        assert_eq!(a.neighbours().count(), 2);
+    }
+
+    #[test]
+    fn messages_from_strangers_are_ignored() {
+        let mut a = mesh(1);
+        let stranger = Topology::new(p(7), "h7".into(), vec![]).own().clone();
+        a.handle_message(Time::ZERO, p(7), Message::Update(vec![stranger]));
+        assert_eq!(a.topology().len(), 1);
+    }
+}

@@ -1,0 +1,15 @@
+//! Sans-IO cores: every protocol decision of the router, as plain data.
+//!
+//! Nothing in this module opens a socket, starts a thread, reads the clock
+//! or draws OS randomness. Each core takes events and the current [`Time`]
+//! through `handle_*` methods and hands back what to do through `poll_*`
+//! methods; randomness comes from a seed the caller passes in. The I/O
+//! shells feed real events in and carry actions out; the simulator
+//! (`examples/meshsim.rs`) runs a thousand routers in one process on virtual
+//! time, deterministically, and replays any run from its seed.
+
+pub mod mesh;
+pub mod time;
+pub mod topology;
+
+pub use time::Time;

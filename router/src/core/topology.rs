@@ -1,0 +1,291 @@
+//! The mesh's view of itself: one entry per router, merged by version.
+//!
+//! Each router publishes its own [`PeerEntry`] (name, nickname, version,
+//! endpoints, the routers it holds an authenticated control connection to)
+//! and only it bumps the version. Gossip carries entries, digests of
+//! `(name, version)` and a summary hash, never the whole view every time.
+//! An edge counts for routing only when both ends list it (a *confirmed*
+//! connection), so one router cannot invent links for others.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+
+use ipam_crdt::PeerName;
+use serde::{Deserialize, Serialize};
+
+/// What one router says about itself.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct PeerEntry {
+    /// Its name (derived from its public key).
+    pub name: PeerName,
+    /// Its nickname (hostname by default).
+    pub nickname: String,
+    /// Bumped by the router on every change of its entry.
+    pub version: u64,
+    /// Where its control endpoint can be reached.
+    pub endpoints: Vec<SocketAddr>,
+    /// Routers it holds an authenticated control connection to.
+    pub neighbours: BTreeSet<PeerName>,
+}
+
+/// Every router's latest entry, as this router knows it.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    me: PeerName,
+    entries: BTreeMap<PeerName, PeerEntry>,
+    /// XOR of `mix(name, version)` over all entries: an order-free summary
+    /// two routers compare before exchanging digests.
+    summary: u64,
+}
+
+impl Topology {
+    /// A view holding only this router's own entry (version 1).
+    pub fn new(me: PeerName, nickname: String, endpoints: Vec<SocketAddr>) -> Self {
+        let own = PeerEntry {
+            name: me,
+            nickname,
+            version: 1,
+            endpoints,
+            neighbours: BTreeSet::new(),
+        };
+        let mut t = Self {
+            me,
+            entries: BTreeMap::new(),
+            summary: 0,
+        };
+        t.put(own);
+        t
+    }
+
+    /// This router's name.
+    pub fn me(&self) -> PeerName {
+        self.me
+    }
+
+    /// This router's own entry.
+    pub fn own(&self) -> &PeerEntry {
+        &self.entries[&self.me]
+    }
+
+    /// The entry of `name`, if known.
+    pub fn get(&self, name: PeerName) -> Option<&PeerEntry> {
+        self.entries.get(&name)
+    }
+
+    /// Every known entry, by name.
+    pub fn entries(&self) -> impl Iterator<Item = &PeerEntry> + '_ {
+        self.entries.values()
+    }
+
+    /// Number of known routers, this one included.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Never true: the view holds at least this router.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The summary hash of the view (equal views have equal summaries).
+    pub fn summary(&self) -> u64 {
+        self.summary
+    }
+
+    /// Replaces this router's neighbour set; bumps its version if it changed.
+    /// Returns whether it changed.
+    pub fn set_neighbours(&mut self, neighbours: BTreeSet<PeerName>) -> bool {
+        if self.own().neighbours == neighbours {
+            return false;
+        }
+        let mut own = self.own().clone();
+        own.neighbours = neighbours;
+        own.version += 1;
+        self.put(own);
+        true
+    }
+
+    /// Merges entries received from a neighbour. Returns those that were new
+    /// or newer here (to pass on). An entry about this router that claims a
+    /// version at or above ours (we restarted and lost count) makes us jump
+    /// past it, and our own entry is returned to be re-announced.
+    pub fn merge(&mut self, incoming: impl IntoIterator<Item = PeerEntry>) -> Vec<PeerEntry> {
+        let mut changed = Vec::new();
+        for e in incoming {
+            if e.name == self.me {
+                // Our own entry echoed back is nothing new; a different one at
+                // our version or above is from a previous life (we restarted).
+                let own = self.own();
+                if e.version > own.version || (e.version == own.version && e != *own) {
+                    let mut own = self.own().clone();
+                    own.version = e.version + 1;
+                    self.put(own.clone());
+                    changed.push(own);
+                }
+                continue;
+            }
+            if self.entries.get(&e.name).is_none_or(|mine| mine.version < e.version) {
+                self.put(e.clone());
+                changed.push(e);
+            }
+        }
+        changed
+    }
+
+    /// `(name, version)` of every entry.
+    pub fn digest(&self) -> Vec<(PeerName, u64)> {
+        self.entries.values().map(|e| (e.name, e.version)).collect()
+    }
+
+    /// Given a peer's digest: the entries it lacks or has older, and the names
+    /// it has newer or that we lack.
+    pub fn diff(&self, theirs: &[(PeerName, u64)]) -> (Vec<PeerEntry>, Vec<PeerName>) {
+        let theirs: BTreeMap<PeerName, u64> = theirs.iter().copied().collect();
+        let send = self
+            .entries
+            .values()
+            .filter(|e| theirs.get(&e.name).is_none_or(|v| *v < e.version))
+            .cloned();
+        let want = theirs
+            .iter()
+            .filter(|(n, v)| self.entries.get(n).is_none_or(|e| e.version < **v))
+            .map(|(n, _)| *n);
+        (send.collect(), want.collect())
+    }
+
+    /// Whether `a` and `b` both list each other: a confirmed connection.
+    pub fn confirmed(&self, a: PeerName, b: PeerName) -> bool {
+        let lists = |x: PeerName, y: PeerName| self.entries.get(&x).is_some_and(|e| e.neighbours.contains(&y));
+        lists(a, b) && lists(b, a)
+    }
+
+    /// Next hop from this router to every reachable router over confirmed
+    /// connections (breadth-first, so shortest in hops; ties broken by name,
+    /// so every router computes the same paths from the same view).
+    pub fn next_hops(&self) -> BTreeMap<PeerName, PeerName> {
+        let mut hops = BTreeMap::new();
+        let mut queue = VecDeque::new();
+        for &n in &self.own().neighbours {
+            if self.confirmed(self.me, n) && hops.insert(n, n).is_none() {
+                queue.push_back(n);
+            }
+        }
+        while let Some(x) = queue.pop_front() {
+            let via = hops[&x];
+            let Some(e) = self.entries.get(&x) else { continue };
+            for &y in &e.neighbours {
+                if y != self.me && !hops.contains_key(&y) && self.confirmed(x, y) {
+                    hops.insert(y, via);
+                    queue.push_back(y);
+                }
+            }
+        }
+        hops
+    }
+
+    fn put(&mut self, e: PeerEntry) {
+        if let Some(old) = self.entries.get(&e.name) {
+            self.summary ^= mix(old.name, old.version);
+        }
+        self.summary ^= mix(e.name, e.version);
+        self.entries.insert(e.name, e);
+    }
+}
+
+/// A 64-bit mix of name and version (splitmix64 finaliser): summaries of
+/// different views collide only by chance.
+fn mix(name: PeerName, version: u64) -> u64 {
+    let mut z = name.to_u64() ^ version.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(n: u64) -> PeerName {
+        PeerName::from_u64(n)
+    }
+
+    fn topo(n: u64) -> Topology {
+        Topology::new(p(n), format!("h{n}"), vec![format!("10.0.0.{n}:6783").parse().unwrap()])
+    }
+
+    #[test]
+    fn newer_versions_win_and_are_passed_on() {
+        let mut a = topo(1);
+        let mut b = topo(2);
+        b.set_neighbours([p(1)].into());
+        let changed = a.merge([b.own().clone()]);
+        assert_eq!(changed.len(), 1);
+        assert_eq!(a.get(p(2)).unwrap().version, 2);
+        assert!(
+            a.merge([b.own().clone()]).is_empty(),
+            "same version again changes nothing"
+        );
+        let mut stale = b.own().clone();
+        stale.version = 1;
+        assert!(a.merge([stale]).is_empty(), "older version is ignored");
+    }
+
+    #[test]
+    fn own_entry_from_a_previous_life_makes_us_jump_past_it() {
+        let mut a = topo(1);
+        let mut ghost = a.own().clone();
+        ghost.version = 41;
+        let changed = a.merge([ghost]);
+        assert_eq!(a.own().version, 42);
+        assert_eq!(changed, vec![a.own().clone()]);
+    }
+
+    #[test]
+    fn own_entry_echoed_back_is_ignored() {
+        let mut a = topo(1);
+        let echo = a.own().clone();
+        assert!(a.merge([echo]).is_empty());
+        assert_eq!(a.own().version, 1);
+        let mut other_life = a.own().clone();
+        other_life.nickname = "previous".into();
+        assert_eq!(a.merge([other_life]).len(), 1);
+        assert_eq!(a.own().version, 2);
+    }
+
+    #[test]
+    fn summary_equal_iff_views_equal_and_diff_finds_the_gap() {
+        let mut a = topo(1);
+        let mut b = topo(2);
+        assert_ne!(a.summary(), b.summary());
+        a.merge([b.own().clone()]);
+        b.merge([a.own().clone()]);
+        assert_eq!(a.summary(), b.summary());
+        b.set_neighbours([p(1)].into());
+        assert_ne!(a.summary(), b.summary());
+        let (send, want) = b.diff(&a.digest());
+        assert_eq!(send, vec![b.own().clone()]);
+        assert!(want.is_empty());
+        let (send, want) = a.diff(&b.digest());
+        assert!(send.is_empty());
+        assert_eq!(want, vec![p(2)]);
+    }
+
+    #[test]
+    fn routes_use_only_confirmed_edges() {
+        // 1 - 2 - 3 confirmed; 3 claims 4, but 4 does not list 3.
+        let mut v = topo(1);
+        v.set_neighbours([p(2)].into());
+        let entry = |n: u64, nb: &[u64]| PeerEntry {
+            name: p(n),
+            nickname: String::new(),
+            version: 5,
+            endpoints: vec![],
+            neighbours: nb.iter().map(|&x| p(x)).collect(),
+        };
+        v.merge([entry(2, &[1, 3]), entry(3, &[2, 4]), entry(4, &[])]);
+        let hops = v.next_hops();
+        assert_eq!(hops.get(&p(2)), Some(&p(2)));
+        assert_eq!(hops.get(&p(3)), Some(&p(2)));
+        assert_eq!(hops.get(&p(4)), None, "unconfirmed edge is not used");
+    }
+}
