@@ -505,6 +505,47 @@ impl Replica {
             .expect("record exists"))
     }
 
+    /// Leaves the ring gracefully (`weft reset`): hands every range of this
+    /// router to `heir`, wholly free, and records this router as removed with
+    /// `heir` as its heir. Returns the ranges handed over; gossip the ring.
+    ///
+    /// Safe without votes: only this router writes its entries and its own
+    /// removal. Its allocations are dropped: leaving means its containers are
+    /// gone. Afterwards this replica allocates nothing.
+    ///
+    /// # Errors
+    /// [`ReclaimError`] when there is no ring, this router is already
+    /// removed (or being reclaimed), or `heir` is not a live member.
+    pub fn leave(&mut self, heir: PeerName) -> Result<Vec<AddrRange>, ReclaimError> {
+        let me = self.me;
+        let ring = self.ring.as_mut().ok_or(ReclaimError::NoRing)?;
+        if ring.is_removed(me) {
+            return Err(ReclaimError::Removed);
+        }
+        if heir == me {
+            return Err(ReclaimError::IsSelf);
+        }
+        if !ring.members.contains(&heir) || ring.is_removed(heir) {
+            return Err(ReclaimError::UnknownPeer(heir));
+        }
+        let pool = ring.pool;
+        let tokens: Vec<u128> = ring
+            .entries
+            .iter()
+            .filter(|(_, e)| e.owner == me)
+            .map(|(t, _)| *t)
+            .collect();
+        let mut given = Vec::with_capacity(tokens.len());
+        for t in tokens {
+            let end = ring.end_of(t);
+            ring.write(t, heir, end - t - pool.reserved_in(t, end));
+            given.push(pool.range(t, end));
+        }
+        ring.removals.insert(me, Removal::Done { heir });
+        self.space = Space::default();
+        Ok(given)
+    }
+
     /// Checks every invariant of this replica: its entries' free counts match
     /// its space, its free space and allocations lie in its own unreserved
     /// addresses, and every such address is either free or allocated.
@@ -1161,6 +1202,51 @@ mod tests {
             a.merge(b.ring().unwrap()),
             Err(MergeError::OwnEntryChanged { .. })
         ));
+    }
+
+    #[test]
+    fn leaving_hands_every_range_to_the_heir() {
+        let pl = pool("10.32.0.0/22");
+        let seeds = [p(1), p(2), p(3)];
+        let mut a = Replica::create(p(1), pl, &seeds).unwrap();
+        let mut b = Replica::create(p(2), pl, &seeds).unwrap();
+        let mut c = Replica::create(p(3), pl, &seeds).unwrap();
+        a.allocate(key("gone"), Request::Any).unwrap();
+        let d = a.donate(p(3), Want::Any).unwrap();
+        let _ = c.merge(a.ring().unwrap()).unwrap();
+        let given = a.leave(p(2)).unwrap();
+        assert_eq!(
+            given.len(),
+            1,
+            "a keeps the lower part of its range after donating the top"
+        );
+        assert!(a.is_removed());
+        assert_eq!(a.allocate(key("x"), Request::Any), Err(AllocError::Removed));
+        a.verify().unwrap();
+        // The heir gains the ranges at once; nobody needs to vote.
+        let out = b.merge(a.ring().unwrap()).unwrap();
+        assert_eq!(out.gained, given);
+        b.verify().unwrap();
+        assert!(!b.ring().unwrap().owners().contains_key(&p(1)));
+        assert_eq!(
+            b.ring().unwrap().owner_of(d.range.first),
+            Some(p(3)),
+            "what a gave away stays given"
+        );
+        // The heir can allocate the address a's departed container held.
+        assert_eq!(
+            b.allocate(key("new"), Request::Addr(ip("10.32.0.1"))).unwrap().addr,
+            ip("10.32.0.1")
+        );
+        let _ = c.merge(b.ring().unwrap()).unwrap();
+        let _ = b.merge(c.ring().unwrap()).unwrap();
+        assert_eq!(b.ring(), c.ring());
+        assert_eq!(a.leave(p(2)), Err(ReclaimError::Removed), "leaving twice is refused");
+        assert_eq!(
+            c.leave(p(1)),
+            Err(ReclaimError::UnknownPeer(p(1))),
+            "a removed router cannot inherit"
+        );
     }
 
     #[test]

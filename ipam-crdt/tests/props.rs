@@ -19,6 +19,7 @@ enum Op {
     Crash { r: usize },
     Kill { r: usize },
     Reclaim { r: usize, dead: usize },
+    Leave { r: usize, heir: usize },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -41,7 +42,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (r.clone(), r.clone()).prop_map(|(from, to)| Op::Donate { from, to }),
         1 => r.clone().prop_map(|r| Op::Crash { r }),
         1 => r.clone().prop_map(|r| Op::Kill { r }),
-        1 => (r.clone(), r).prop_map(|(r, dead)| Op::Reclaim { r, dead }),
+        1 => (r.clone(), r.clone()).prop_map(|(r, dead)| Op::Reclaim { r, dead }),
+        1 => (r.clone(), r).prop_map(|(r, heir)| Op::Leave { r, heir }),
     ]
 }
 
@@ -149,6 +151,18 @@ impl World {
             }
             Op::Reclaim { r, dead } if !self.dead[r] && self.dead[dead] => {
                 let _ = self.reps[r].begin_reclaim(name(dead));
+            }
+            Op::Leave { r, heir } if r != heir && !self.dead[r] && !self.dead[heir] && self.live().count() > 2 => {
+                // `weft reset`: hand everything over, tell the heir, and go.
+                let left = self.reps[r].leave(name(heir)).is_ok();
+                if left {
+                    let ring = self.reps[r].ring().unwrap().clone();
+                    let _ = self.reps[heir]
+                        .merge(&ring)
+                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    self.dead[r] = true;
+                    self.acked.retain(|(i, _), _| *i != r);
+                }
             }
             _ => {}
         }
