@@ -93,6 +93,22 @@ for seed in 1 2 "$random_seed"; do
     end
 done
 
+# Mesh gossip at the scale the control plane is designed for, and a small
+# lossy mesh on this run's random seed.
+for sim in "--routers 1000 --seed 1" "--routers 100 --seed $random_seed --loss 5"; do
+    begin "mesh simulation: $sim"
+    out=$(mktemp)
+    # shellcheck disable=SC2086 # $sim is a list of flags
+    if ! cargo run --release --locked -p weft-router --example meshsim -- $sim </dev/null >"$out"; then
+        tail -n 20 "$out" >&2
+        rm -f "$out"
+        die "mesh simulation failed (replay: cargo run --release -p weft-router --example meshsim -- $sim)"
+    fi
+    tail -n 1 "$out"
+    rm -f "$out"
+    end
+done
+
 # Last, so that the test summary ends the output: cargo prints one "test
 # result" line per test binary (many of them "0 passed" for crates without
 # tests yet), so add them up into one closing line.
