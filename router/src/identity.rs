@@ -113,7 +113,6 @@ impl Identity {
     }
 
     /// The private key, for the Noise handshake. Never log or copy it.
-    #[allow(dead_code, reason = "the handshake in core/ uses it; it lands next")]
     pub(crate) fn private_key(&self) -> &[u8; 32] {
         &self.private
     }

@@ -18,5 +18,6 @@
 pub mod config;
 pub mod core;
 pub mod identity;
+pub mod io;
 pub mod secret;
 pub mod store;

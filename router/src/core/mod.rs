@@ -8,8 +8,10 @@
 //! (`examples/meshsim.rs`) runs a thousand routers in one process on virtual
 //! time, deterministically, and replays any run from its seed.
 
+pub mod handshake;
 pub mod mesh;
 pub mod time;
 pub mod topology;
+pub mod wire;
 
 pub use time::Time;
