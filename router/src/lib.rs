@@ -15,9 +15,11 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod config;
 pub mod core;
 pub mod identity;
 pub mod io;
+pub mod metrics;
 pub mod secret;
 pub mod store;

@@ -4,7 +4,6 @@
 //! values to the library. The only place `anyhow` is used.
 
 use std::io::IsTerminal;
-use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -12,6 +11,7 @@ use clap::Parser;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
+use weft_router::api;
 use weft_router::config::{Cli, Command, LaunchArgs};
 use weft_router::identity::Identity;
 use weft_router::secret::ClusterSecret;
@@ -29,8 +29,8 @@ fn main() -> ExitCode {
 }
 
 fn run(command: Command) -> anyhow::Result<()> {
-    if let Some(socket) = command.api_socket() {
-        return client(socket);
+    if command.api_socket().is_some() {
+        return client(command);
     }
     match command {
         Command::Launch(args) => launch(*args),
@@ -60,17 +60,14 @@ fn launch(args: LaunchArgs) -> anyhow::Result<()> {
 }
 
 /// Commands that talk to a running router over its API socket.
-fn client(socket: &Path) -> anyhow::Result<()> {
-    let exists = socket
-        .try_exists()
-        .with_context(|| format!("cannot check for the API socket at {}", socket.display()))?;
-    if !exists {
-        bail!(
-            "no weft router is running (no API socket at {}); start one with `weft launch`",
-            socket.display()
-        );
-    }
-    bail!("the local API is not implemented yet")
+fn client(command: Command) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let mut stdout = std::io::stdout().lock();
+    runtime.block_on(api::cli::run(command, &mut stdout))?;
+    Ok(())
 }
 
 /// Log to stderr, filtered by `RUST_LOG` (default `info`). The daemon gets

@@ -1,0 +1,113 @@
+//! The `weft` commands that talk to a running router: ask, then print.
+//!
+//! Replies go to `out` (stdout in `weft`), as text from [`render`] or, with
+//! `--json`, as the reply itself. Commands that change something print
+//! nothing on success, except `ipam allocate`, whose only line is the
+//! address, and `rmpeer`, which says how far the reclaim got.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use super::client::{Client, ClientError};
+use super::render;
+use super::types::{AllocateRequest, Peers, ReleaseRequest};
+use crate::config::{Command, IpamArgs, IpamCommand, PeerArgs, RmpeerArgs, ShowArgs};
+
+/// Runs a client command against the router at the command's `--api-socket`.
+///
+/// # Errors
+/// [`CliError`]; its message is meant for the operator as it is.
+pub async fn run(command: Command, out: &mut impl Write) -> Result<(), CliError> {
+    let client = match command.api_socket() {
+        Some(path) => Client::new(path),
+        None => return Err(CliError::NotAClientCommand),
+    };
+    match command {
+        Command::Status(ShowArgs { json, .. }) => {
+            let status = client.status().await?;
+            if json {
+                print_json(out, &status)
+            } else {
+                print(out, &render::status(&status))
+            }
+        }
+        Command::Peers(ShowArgs { json, .. }) => {
+            let peers = client.peers().await?;
+            if json {
+                print_json(out, &Peers { peers })
+            } else {
+                print(out, &render::peers(&peers))
+            }
+        }
+        Command::Connect(PeerArgs { peer, .. }) => Ok(client.connect(&peer).await?),
+        Command::Forget(PeerArgs { peer, .. }) => Ok(client.forget(&peer).await?),
+        Command::Rmpeer(RmpeerArgs { name, .. }) => {
+            let view = client.rmpeer(&name).await?;
+            print(out, &format!("{}\n", render::reclaim(&view)))
+        }
+        Command::Ipam(IpamArgs {
+            command: None, json, ..
+        }) => {
+            let ring = client.ring().await?;
+            if json {
+                print_json(out, &ring)
+            } else {
+                print(out, &render::ring(&ring))
+            }
+        }
+        Command::Ipam(IpamArgs {
+            command: Some(IpamCommand::Allocate { id, ip, json, .. }),
+            ..
+        }) => {
+            let req = AllocateRequest {
+                ip: ip.map(|ip| ip.to_string()),
+                ..AllocateRequest::any(id)
+            };
+            let reply = client.allocate(&req).await?;
+            if json {
+                print_json(out, &reply)
+            } else {
+                print(out, &format!("{}\n", reply.address))
+            }
+        }
+        Command::Ipam(IpamArgs {
+            command: Some(IpamCommand::Release { id, .. }),
+            ..
+        }) => {
+            client.release(&ReleaseRequest::new(id)).await?;
+            Ok(())
+        }
+        Command::Reset(_) => Ok(client.reset().await?),
+        Command::Launch(_) | Command::Secret => Err(CliError::NotAClientCommand),
+    }
+}
+
+/// Why a client command failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CliError {
+    /// The request failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The answer could not be written.
+    #[error("cannot write the output: {0}")]
+    Output(#[source] io::Error),
+    /// The command does not talk to a router (a bug in the caller).
+    #[error("this command does not talk to a running router")]
+    NotAClientCommand,
+}
+
+fn print(out: &mut impl Write, text: &str) -> Result<(), CliError> {
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(CliError::Output)
+}
+
+fn print_json(out: &mut impl Write, value: &impl Serialize) -> Result<(), CliError> {
+    serde_json::to_writer_pretty(&mut *out, value)
+        .map_err(io::Error::from)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+        .map_err(CliError::Output)
+}

@@ -1,0 +1,813 @@
+//! The JSON bodies of the local API: its wire contract.
+//!
+//! Field names are an interface (scripts, the CNI plugin and the tests read
+//! them); rename nothing. Peer names are [`PeerName`] display strings
+//! (`3f:2a:9c:1e:0b:7d:44:e1`), addresses are text, and optional values are
+//! `null` rather than absent. Replies tolerate fields they do not know, so an
+//! older `weft` can read a newer router; requests refuse unknown fields, so a
+//! typo is an error rather than a silent default.
+//!
+//! Address counts are `u64`: an IPv4 pool has at most 2^32 addresses; counts
+//! above `u64::MAX` (IPv6 pools, not supported yet) are shown as `u64::MAX`.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ipam_crdt::{
+    AllocError, AllocKey, Allocation, DonateError, KeyError, PeerName, Pool, ReclaimError, ReclaimStatus, Replica,
+    Request,
+};
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// `GET /v1/status`: the local router at a glance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// This router's peer name.
+    pub name: String,
+    /// This router's nickname.
+    pub nickname: String,
+    /// The router's version (`CARGO_PKG_VERSION`).
+    pub version: String,
+    /// Every router known to the mesh and this router's connection to it.
+    pub peers: Vec<PeerStatus>,
+    /// This router's share of the pod range.
+    pub ipam: IpamSummary,
+    /// Connections to other routers that completed their handshake.
+    pub connections_established: usize,
+    /// The address this router gave itself on the pod network, if any.
+    pub host_address: Option<String>,
+}
+
+/// One router, or one address being dialled, as the local router sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Its peer name; `null` while dialling an address not yet identified.
+    pub name: Option<String>,
+    /// Its nickname, if known.
+    pub nickname: Option<String>,
+    /// The address connected to or dialled, if any.
+    pub address: Option<String>,
+    /// The connection's state.
+    pub state: PeerState,
+    /// Why the connection is not established (last error), if known.
+    pub reason: Option<String>,
+}
+
+/// The state of the local router's connection to a peer (`PeerStatus::state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PeerState {
+    /// Connected and handshake done: `"established"`.
+    Established,
+    /// A connection attempt is under way: `"dialing"`.
+    Dialing,
+    /// The last attempt failed; waiting to try again: `"retrying"`.
+    Retrying,
+    /// Known through gossip, but not a direct neighbour: `"not_neighbour"`.
+    NotNeighbour,
+    /// A state this `weft` does not know (a newer router); never sent.
+    #[serde(other)]
+    Unknown,
+}
+
+impl PeerState {
+    /// The wire name (`"established"`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Established => "established",
+            Self::Dialing => "dialing",
+            Self::Retrying => "retrying",
+            Self::NotNeighbour => "not_neighbour",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for PeerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `GET /v1/peers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peers {
+    /// The same list as [`Status::peers`].
+    pub peers: Vec<PeerStatus>,
+}
+
+/// The local router's share of the pod range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpamSummary {
+    /// The pod range (`10.32.0.0/12`).
+    pub range: String,
+    /// Addresses in the ranges this router owns.
+    pub owned: u64,
+    /// Owned addresses not allocated (network and broadcast addresses excluded).
+    pub free: u64,
+    /// Addresses allocated to containers on this router.
+    pub allocated: u64,
+}
+
+impl IpamSummary {
+    /// The summary of `replica`, whose ring (if any) divides `pool`.
+    pub fn from_replica(pool: Pool, replica: &Replica) -> Self {
+        let owned = replica
+            .ring()
+            .and_then(|ring| ring.owners().get(&replica.name()).map(|s| s.owned))
+            .unwrap_or(0);
+        Self {
+            range: pool.to_string(),
+            owned: saturate(owned),
+            free: saturate(replica.free()),
+            allocated: saturate(replica.allocated() as u128),
+        }
+    }
+}
+
+/// `GET /v1/ipam`: the whole address ring as this router sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingView {
+    /// The pod range.
+    pub range: String,
+    /// Every range of the ring, in address order; empty while there is no ring yet.
+    pub ranges: Vec<RangeView>,
+    /// Per owner totals, in peer-name order.
+    pub owners: Vec<OwnerView>,
+    /// Reclaims of removed routers (`weft rmpeer`), in peer-name order.
+    pub reclaims: Vec<ReclaimView>,
+}
+
+impl RingView {
+    /// The view of `replica`'s ring over `pool`; `nickname` names the peers it can.
+    pub fn from_replica(pool: Pool, replica: &Replica, nickname: impl Fn(PeerName) -> Option<String>) -> Self {
+        let Some(ring) = replica.ring() else {
+            return Self {
+                range: pool.to_string(),
+                ranges: Vec::new(),
+                owners: Vec::new(),
+                reclaims: Vec::new(),
+            };
+        };
+        let me = replica.name();
+        let ranges = ring
+            .ranges()
+            .map(|r| RangeView {
+                first: r.range.first.to_string(),
+                last: r.range.last.to_string(),
+                owner: r.owner.to_string(),
+                owner_nickname: nickname(r.owner),
+                free: saturate(r.free),
+            })
+            .collect();
+        let owners = ring
+            .owners()
+            .into_iter()
+            .map(|(name, stats)| OwnerView {
+                name: name.to_string(),
+                nickname: nickname(name),
+                owned: saturate(stats.owned),
+                free: saturate(stats.free),
+                allocated: (name == me).then(|| saturate(replica.allocated() as u128)),
+            })
+            .collect();
+        let reclaims = ring
+            .reclaims()
+            .iter()
+            .map(|(dead, status)| ReclaimView::new(*dead, status, &nickname))
+            .collect();
+        Self {
+            range: ring.pool().to_string(),
+            ranges,
+            owners,
+            reclaims,
+        }
+    }
+}
+
+/// One range of the ring.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeView {
+    /// First address (inclusive).
+    pub first: String,
+    /// Last address (inclusive).
+    pub last: String,
+    /// The owner's peer name.
+    pub owner: String,
+    /// The owner's nickname, if known.
+    pub owner_nickname: Option<String>,
+    /// Free addresses, as the owner last advertised.
+    pub free: u64,
+}
+
+/// One owner's totals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerView {
+    /// Peer name.
+    pub name: String,
+    /// Nickname, if known.
+    pub nickname: Option<String>,
+    /// Addresses owned.
+    pub owned: u64,
+    /// Free addresses, as advertised.
+    pub free: u64,
+    /// Addresses allocated; known only for the local router, `null` for others.
+    pub allocated: Option<u64>,
+}
+
+/// The reclaim of a removed router's ranges (`weft rmpeer`); also the reply to `POST /v1/rmpeer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReclaimView {
+    /// The removed router's peer name.
+    pub name: String,
+    /// Its nickname, if known.
+    pub nickname: Option<String>,
+    /// How far the reclaim got.
+    pub state: ReclaimState,
+    /// The router that takes (or took) the ranges, once one is chosen.
+    pub heir: Option<String>,
+    /// Live routers whose vote is still missing; empty once done.
+    pub waiting_for: Vec<String>,
+}
+
+impl ReclaimView {
+    /// The view of the reclaim of `dead`.
+    pub fn new(dead: PeerName, status: &ReclaimStatus, nickname: impl Fn(PeerName) -> Option<String>) -> Self {
+        let (state, heir, waiting_for) = match status {
+            ReclaimStatus::Pending { candidate, waiting_for } => (
+                ReclaimState::Pending,
+                candidate.map(|c| c.to_string()),
+                waiting_for.iter().map(ToString::to_string).collect(),
+            ),
+            ReclaimStatus::Done { heir } => (ReclaimState::Done, Some(heir.to_string()), Vec::new()),
+            _ => (ReclaimState::Unknown, None, Vec::new()),
+        };
+        Self {
+            name: dead.to_string(),
+            nickname: nickname(dead),
+            state,
+            heir,
+            waiting_for,
+        }
+    }
+}
+
+/// How far a reclaim got (`ReclaimView::state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ReclaimState {
+    /// Waiting for every live router to vote for the heir: `"pending"`.
+    Pending,
+    /// The heir took the ranges: `"done"`.
+    Done,
+    /// A state this `weft` does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// `POST /v1/ipam/allocate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllocateRequest {
+    /// The container ID.
+    pub id: String,
+    /// The interface inside the container; [`DEFAULT_IFACE`] if `null` or absent.
+    #[serde(default)]
+    pub iface: Option<String>,
+    /// Ask for this address (`10.32.0.5`) rather than any free one.
+    #[serde(default)]
+    pub ip: Option<String>,
+    /// Ask for any free address inside this subnet (`10.32.4.0/24`).
+    #[serde(default)]
+    pub net: Option<String>,
+}
+
+impl AllocateRequest {
+    /// A request for any free address for container `id` on [`DEFAULT_IFACE`].
+    pub fn any(id: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            iface: None,
+            ip: None,
+            net: None,
+        }
+    }
+
+    /// Parses the request into the allocation key and what is asked for.
+    ///
+    /// # Errors
+    /// [`ErrorCode::InvalidRequest`], saying which field is wrong.
+    pub fn parse(&self) -> Result<(AllocKey, Request), ApiError> {
+        let key = alloc_key(&self.id, self.iface.as_deref())?;
+        let request =
+            match (&self.ip, &self.net) {
+                (Some(_), Some(_)) => {
+                    return Err(ApiError::invalid_request("give either \"ip\" or \"net\", not both"));
+                }
+                (Some(ip), None) => Request::Addr(
+                    ip.trim()
+                        .parse::<IpAddr>()
+                        .map_err(|_| ApiError::invalid_request(format!("\"ip\": {ip:?} is not an IP address")))?,
+                ),
+                (None, Some(net)) => Request::Within(net.trim().parse::<IpNet>().map_err(|_| {
+                    ApiError::invalid_request(format!("\"net\": {net:?} is not a CIDR like 10.32.4.0/24"))
+                })?),
+                (None, None) => Request::Any,
+            };
+        Ok((key, request))
+    }
+}
+
+/// `POST /v1/ipam/allocate` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocateResponse {
+    /// The address with the pod range's prefix length (`10.32.0.1/12`).
+    pub address: String,
+    /// True when the container already had this address (a repeated request).
+    pub existing: bool,
+}
+
+impl From<Allocation> for AllocateResponse {
+    fn from(a: Allocation) -> Self {
+        Self {
+            address: cidr(a.addr, a.prefix_len),
+            existing: a.existing,
+        }
+    }
+}
+
+/// `POST /v1/ipam/release`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    /// The container ID.
+    pub id: String,
+    /// The interface; [`DEFAULT_IFACE`] if `null` or absent.
+    #[serde(default)]
+    pub iface: Option<String>,
+}
+
+impl ReleaseRequest {
+    /// The release of container `id`'s address on [`DEFAULT_IFACE`].
+    pub fn new(id: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            iface: None,
+        }
+    }
+
+    /// The allocation key to release.
+    ///
+    /// # Errors
+    /// [`ErrorCode::InvalidRequest`], saying which field is wrong.
+    pub fn parse(&self) -> Result<AllocKey, ApiError> {
+        alloc_key(&self.id, self.iface.as_deref())
+    }
+}
+
+/// `POST /v1/ipam/release` reply. Releasing is idempotent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseResponse {
+    /// The address released, in CIDR form; `null` if the container had none.
+    pub address: Option<String>,
+}
+
+/// `POST /v1/connect` and `POST /v1/forget`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerRequest {
+    /// The peer's address, `host[:port]` (see [`PeerAddr`](crate::config::PeerAddr)).
+    pub peer: String,
+}
+
+/// `POST /v1/rmpeer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RmpeerRequest {
+    /// The dead router's peer name or nickname (see [`PeerRef`](crate::config::PeerRef)).
+    pub name: String,
+}
+
+/// `GET /v1/healthz` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// Always `"ok"`: the router answers.
+    pub status: String,
+    /// The router's version.
+    pub version: String,
+}
+
+/// The body of every error reply.
+///
+/// `code` is for programs, `error` for people: it says what went wrong and,
+/// where it can, what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{error}")]
+pub struct ApiError {
+    /// What went wrong, in words.
+    pub error: String,
+    /// What went wrong, for programs.
+    pub code: ErrorCode,
+}
+
+impl ApiError {
+    /// An error with this code and message.
+    pub fn new(code: ErrorCode, error: impl Into<String>) -> Self {
+        Self {
+            error: error.into(),
+            code,
+        }
+    }
+
+    /// An [`ErrorCode::InvalidRequest`] error.
+    pub fn invalid_request(error: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, error)
+    }
+
+    /// An [`ErrorCode::NotFound`] error.
+    pub fn not_found(error: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, error)
+    }
+
+    /// An [`ErrorCode::Internal`] error.
+    pub fn internal(error: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Internal, error)
+    }
+}
+
+impl From<KeyError> for ApiError {
+    fn from(e: KeyError) -> Self {
+        Self::invalid_request(e.to_string())
+    }
+}
+
+impl From<AllocError> for ApiError {
+    fn from(e: AllocError) -> Self {
+        let code = match &e {
+            AllocError::NoRing => ErrorCode::NoRing,
+            AllocError::Removed => ErrorCode::Removed,
+            AllocError::OutsidePool { .. } | AllocError::Reserved { .. } => ErrorCode::OutOfRange,
+            AllocError::InUse { .. } => ErrorCode::InUse,
+            AllocError::KeyBound { .. } => ErrorCode::AlreadyAllocated,
+            AllocError::Exhausted => ErrorCode::Exhausted,
+            // The backend asks the peer itself; reaching the API means it could not.
+            AllocError::AskPeer { .. } => ErrorCode::Unavailable,
+            _ => ErrorCode::Internal,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+impl From<DonateError> for ApiError {
+    /// A peer's refusal to give space this router asked for on a client's behalf.
+    fn from(e: DonateError) -> Self {
+        let code = match &e {
+            DonateError::NoRing => ErrorCode::NoRing,
+            DonateError::RecipientRemoved(_) => ErrorCode::Removed,
+            DonateError::NothingFree | DonateError::NothingFreeIn(_) => ErrorCode::Exhausted,
+            DonateError::OutsidePool(_) | DonateError::Reserved(_) => ErrorCode::OutOfRange,
+            DonateError::InUse { .. } => ErrorCode::InUse,
+            DonateError::Removed | DonateError::NotOwner { .. } => ErrorCode::Conflict,
+            _ => ErrorCode::Internal,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+impl From<ReclaimError> for ApiError {
+    fn from(e: ReclaimError) -> Self {
+        let code = match &e {
+            ReclaimError::NoRing => ErrorCode::NoRing,
+            ReclaimError::IsSelf => ErrorCode::InvalidRequest,
+            ReclaimError::Removed => ErrorCode::Removed,
+            ReclaimError::UnknownPeer(_) => ErrorCode::NotFound,
+            ReclaimError::NoVoters => ErrorCode::Conflict,
+            _ => ErrorCode::Internal,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+/// The machine-readable kind of an [`ApiError`] (`"no_ring"`, ...).
+///
+/// Each code has one HTTP status; the table is in `docs/api.md` and in
+/// [`server::http_status`](super::server::http_status), the one place that
+/// applies it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The request is malformed or a field is invalid: `"invalid_request"`.
+    InvalidRequest,
+    /// The request body is over the size limit: `"too_large"`.
+    TooLarge,
+    /// No such route, peer, container or target: `"not_found"`.
+    NotFound,
+    /// The route exists but not with this method: `"method_not_allowed"`.
+    MethodNotAllowed,
+    /// The address ring does not exist yet: `"no_ring"`.
+    NoRing,
+    /// No free address is left for the request: `"exhausted"`.
+    Exhausted,
+    /// The requested address belongs to another container: `"in_use"`.
+    InUse,
+    /// The container already has a different address: `"already_allocated"`.
+    AlreadyAllocated,
+    /// The address or subnet is outside the pod range, or reserved: `"out_of_range"`.
+    OutOfRange,
+    /// This router was removed from the ring and must be reset: `"removed"`.
+    Removed,
+    /// The request conflicts with the mesh's state: `"conflict"`.
+    Conflict,
+    /// The router did not finish in time: `"timeout"`.
+    Timeout,
+    /// The router cannot serve this now (starting, stopping, peer unreachable): `"unavailable"`.
+    Unavailable,
+    /// A bug or an unexpected failure in the router: `"internal"`.
+    Internal,
+    /// A code this `weft` does not know (a newer router), kept verbatim.
+    Other(String),
+}
+
+impl ErrorCode {
+    /// The wire form.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::TooLarge => "too_large",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::NoRing => "no_ring",
+            Self::Exhausted => "exhausted",
+            Self::InUse => "in_use",
+            Self::AlreadyAllocated => "already_allocated",
+            Self::OutOfRange => "out_of_range",
+            Self::Removed => "removed",
+            Self::Conflict => "conflict",
+            Self::Timeout => "timeout",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+            Self::Other(s) => s,
+        }
+    }
+
+    /// The code with this wire form; unknown forms become [`ErrorCode::Other`].
+    pub fn from_wire(s: &str) -> Self {
+        match s {
+            "invalid_request" => Self::InvalidRequest,
+            "too_large" => Self::TooLarge,
+            "not_found" => Self::NotFound,
+            "method_not_allowed" => Self::MethodNotAllowed,
+            "no_ring" => Self::NoRing,
+            "exhausted" => Self::Exhausted,
+            "in_use" => Self::InUse,
+            "already_allocated" => Self::AlreadyAllocated,
+            "out_of_range" => Self::OutOfRange,
+            "removed" => Self::Removed,
+            "conflict" => Self::Conflict,
+            "timeout" => Self::Timeout,
+            "unavailable" => Self::Unavailable,
+            "internal" => Self::Internal,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(Self::from_wire(&s))
+    }
+}
+
+/// `addr/prefix_len`, the form CNI and `weft ipam allocate` print.
+pub fn cidr(addr: IpAddr, prefix_len: u8) -> String {
+    format!("{addr}/{prefix_len}")
+}
+
+fn alloc_key(id: &str, iface: Option<&str>) -> Result<AllocKey, ApiError> {
+    AllocKey::new(id, iface.unwrap_or(DEFAULT_IFACE)).map_err(ApiError::from)
+}
+
+fn saturate(v: u128) -> u64 {
+    u64::try_from(v).unwrap_or(u64::MAX)
+}
+
+/// The interface an allocation is for when a request names none, as in Weave.
+pub const DEFAULT_IFACE: &str = "ethwe";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn p(n: u64) -> PeerName {
+        PeerName::from_u64(n)
+    }
+
+    fn pool(s: &str) -> Pool {
+        Pool::new(s.parse().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn status_field_names() {
+        let status = Status {
+            name: p(1).to_string(),
+            nickname: "node-1".into(),
+            version: "0.1.0".into(),
+            peers: vec![PeerStatus {
+                name: None,
+                nickname: None,
+                address: Some("192.0.2.2:6783".into()),
+                state: PeerState::NotNeighbour,
+                reason: Some("refused".into()),
+            }],
+            ipam: IpamSummary {
+                range: "10.32.0.0/12".into(),
+                owned: 4,
+                free: 2,
+                allocated: 1,
+            },
+            connections_established: 0,
+            host_address: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&status).unwrap(),
+            json!({
+                "name": "00:00:00:00:00:00:00:01",
+                "nickname": "node-1",
+                "version": "0.1.0",
+                "peers": [{
+                    "name": null, "nickname": null, "address": "192.0.2.2:6783",
+                    "state": "not_neighbour", "reason": "refused"
+                }],
+                "ipam": {"range": "10.32.0.0/12", "owned": 4, "free": 2, "allocated": 1},
+                "connections_established": 0,
+                "host_address": null
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_states_and_codes_are_kept() {
+        let peer: PeerStatus =
+            serde_json::from_value(json!({"name": null, "nickname": null, "address": null, "state": "warp"})).unwrap();
+        assert_eq!(peer.state, PeerState::Unknown);
+        assert_eq!(peer.reason, None);
+        let err: ApiError = serde_json::from_value(json!({"error": "x", "code": "quota"})).unwrap();
+        assert_eq!(err.code, ErrorCode::Other("quota".into()));
+        assert_eq!(
+            serde_json::to_value(&err).unwrap(),
+            json!({"error": "x", "code": "quota"})
+        );
+    }
+
+    #[test]
+    fn error_codes_round_trip() {
+        for code in [
+            ErrorCode::InvalidRequest,
+            ErrorCode::TooLarge,
+            ErrorCode::NotFound,
+            ErrorCode::MethodNotAllowed,
+            ErrorCode::NoRing,
+            ErrorCode::Exhausted,
+            ErrorCode::InUse,
+            ErrorCode::AlreadyAllocated,
+            ErrorCode::OutOfRange,
+            ErrorCode::Removed,
+            ErrorCode::Conflict,
+            ErrorCode::Timeout,
+            ErrorCode::Unavailable,
+            ErrorCode::Internal,
+        ] {
+            assert_eq!(ErrorCode::from_wire(code.as_str()), code);
+        }
+    }
+
+    #[test]
+    fn allocate_request_parse() {
+        let (key, req) = AllocateRequest::any("abc").parse().unwrap();
+        assert_eq!((key.container(), key.iface()), ("abc", DEFAULT_IFACE));
+        assert_eq!(req, Request::Any);
+
+        let r: AllocateRequest =
+            serde_json::from_value(json!({"id": "abc", "iface": "eth1", "ip": "10.32.0.5"})).unwrap();
+        let (key, req) = r.parse().unwrap();
+        assert_eq!(key.iface(), "eth1");
+        assert_eq!(req, Request::Addr("10.32.0.5".parse().unwrap()));
+
+        let r: AllocateRequest = serde_json::from_value(json!({"id": "abc", "net": "10.32.4.0/24"})).unwrap();
+        assert_eq!(r.parse().unwrap().1, Request::Within("10.32.4.0/24".parse().unwrap()));
+
+        let bad = |v: serde_json::Value| {
+            serde_json::from_value::<AllocateRequest>(v)
+                .unwrap()
+                .parse()
+                .unwrap_err()
+        };
+        assert_eq!(bad(json!({"id": ""})).code, ErrorCode::InvalidRequest);
+        assert_eq!(
+            bad(json!({"id": "a", "ip": "nope"})).error,
+            "\"ip\": \"nope\" is not an IP address"
+        );
+        assert_eq!(
+            bad(json!({"id": "a", "net": "10.0.0.0"})).code,
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            bad(json!({"id": "a", "ip": "10.32.0.1", "net": "10.32.0.0/24"})).code,
+            ErrorCode::InvalidRequest
+        );
+        assert!(serde_json::from_value::<AllocateRequest>(json!({"id": "a", "ipaddr": "x"})).is_err());
+    }
+
+    #[test]
+    fn views_from_replica() {
+        let pool = pool("10.32.0.0/28");
+        let mut replica = Replica::create(p(1), pool, &[p(1), p(2)]).unwrap();
+        let key = AllocKey::new("c1", DEFAULT_IFACE).unwrap();
+        let alloc = replica.allocate(key, Request::Any).unwrap();
+        assert_eq!(AllocateResponse::from(alloc).address, "10.32.0.1/28");
+
+        let summary = IpamSummary::from_replica(pool, &replica);
+        assert_eq!(
+            summary,
+            IpamSummary {
+                range: "10.32.0.0/28".into(),
+                owned: 8,
+                free: 6,
+                allocated: 1
+            }
+        );
+
+        let nick = |n: PeerName| (n == p(1)).then(|| "node-1".to_owned());
+        let view = RingView::from_replica(pool, &replica, nick);
+        assert_eq!(view.range, "10.32.0.0/28");
+        assert_eq!(view.ranges.len(), 2);
+        assert_eq!(view.ranges[0].first, "10.32.0.0");
+        assert_eq!(view.ranges[0].last, "10.32.0.7");
+        assert_eq!(view.ranges[0].owner_nickname.as_deref(), Some("node-1"));
+        assert_eq!(view.owners[0].allocated, Some(1));
+        assert_eq!(view.owners[1].allocated, None);
+        assert_eq!(view.owners[1].nickname, None);
+        assert!(view.reclaims.is_empty());
+
+        let empty = Replica::new(p(3));
+        assert_eq!(IpamSummary::from_replica(pool, &empty).owned, 0);
+        assert!(RingView::from_replica(pool, &empty, |_| None).ranges.is_empty());
+    }
+
+    #[test]
+    fn reclaim_view() {
+        let done = ReclaimView::new(p(2), &ReclaimStatus::Done { heir: p(1) }, |_| None);
+        assert_eq!(
+            serde_json::to_value(&done).unwrap(),
+            json!({"name": p(2).to_string(), "nickname": null, "state": "done",
+                   "heir": p(1).to_string(), "waiting_for": []})
+        );
+        let pending = ReclaimView::new(
+            p(2),
+            &ReclaimStatus::Pending {
+                candidate: None,
+                waiting_for: vec![p(3)],
+            },
+            |_| Some("n".into()),
+        );
+        assert_eq!(pending.state, ReclaimState::Pending);
+        assert_eq!(pending.waiting_for, vec![p(3).to_string()]);
+    }
+
+    #[test]
+    fn alloc_errors_map_to_codes() {
+        assert_eq!(ApiError::from(AllocError::NoRing).code, ErrorCode::NoRing);
+        assert_eq!(ApiError::from(AllocError::Exhausted).code, ErrorCode::Exhausted);
+        let in_use = AllocError::InUse {
+            addr: "10.32.0.1".parse().unwrap(),
+            by: Box::new(AllocKey::new("c", "ethwe").unwrap()),
+        };
+        let e = ApiError::from(in_use);
+        assert_eq!(
+            (e.code, e.error.as_str()),
+            (ErrorCode::InUse, "10.32.0.1 is in use by c/ethwe")
+        );
+        assert_eq!(
+            ApiError::from(ReclaimError::UnknownPeer(p(9))).code,
+            ErrorCode::NotFound
+        );
+        assert_eq!(ApiError::from(DonateError::NothingFree).code, ErrorCode::Exhausted);
+    }
+}
