@@ -9,6 +9,7 @@
 //! time, deterministically, and replays any run from its seed.
 
 pub mod handshake;
+pub mod ipam;
 pub mod mesh;
 pub mod time;
 pub mod topology;
