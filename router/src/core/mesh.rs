@@ -273,6 +273,17 @@ impl Mesh {
         }
     }
 
+    /// Replaces the endpoints this router advertises (for example once the
+    /// shell learns the address it is reached at). Announced with the next
+    /// batch if they changed.
+    pub fn set_endpoints(&mut self, now: Time, endpoints: Vec<SocketAddr>) {
+        if self.topo.set_endpoints(endpoints) {
+            self.events.push_back(Event::TopologyChanged);
+            self.pending.insert(self.topo.me(), None);
+            self.schedule_flush(now);
+        }
+    }
+
     // ---- network input ----
 
     /// A dial to `addr` failed.

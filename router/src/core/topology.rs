@@ -105,6 +105,19 @@ impl Topology {
         true
     }
 
+    /// Replaces this router's advertised endpoints; bumps its version if they
+    /// changed. Returns whether they changed.
+    pub fn set_endpoints(&mut self, endpoints: Vec<SocketAddr>) -> bool {
+        if self.own().endpoints == endpoints {
+            return false;
+        }
+        let mut own = self.own().clone();
+        own.endpoints = endpoints;
+        own.version += 1;
+        self.put(own);
+        true
+    }
+
     /// Merges entries received from a neighbour. Returns those that were new
     /// or newer here (to pass on). An entry about this router that claims a
     /// version at or above ours (we restarted and lost count) makes us jump
@@ -238,6 +251,16 @@ mod tests {
         let changed = a.merge([ghost]);
         assert_eq!(a.own().version, 42);
         assert_eq!(changed, vec![a.own().clone()]);
+    }
+
+    #[test]
+    fn new_endpoints_bump_the_version_once() {
+        let mut a = topo(1);
+        let addrs = vec!["10.9.9.9:6783".parse().unwrap()];
+        assert!(a.set_endpoints(addrs.clone()));
+        assert_eq!(a.own().version, 2);
+        assert!(!a.set_endpoints(addrs));
+        assert_eq!(a.own().version, 2);
     }
 
     #[test]
