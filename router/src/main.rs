@@ -8,12 +8,14 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use tracing::{error, info};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 use weft_router::api;
 use weft_router::config::{Cli, Command, LaunchArgs};
 use weft_router::identity::Identity;
+use weft_router::io::daemon::Daemon;
 use weft_router::secret::ClusterSecret;
 
 fn main() -> ExitCode {
@@ -44,9 +46,8 @@ fn run(command: Command) -> anyhow::Result<()> {
 
 fn launch(args: LaunchArgs) -> anyhow::Result<()> {
     let config = args.into_config()?;
-    // Loaded now so a missing secret stops the launch before anything is
-    // written; the control plane will take it.
-    let _secret = ClusterSecret::load(&config.secret)?;
+    // Loaded before anything is written, so a missing secret stops the launch early.
+    let secret = ClusterSecret::load(&config.secret)?;
     let (identity, created) = Identity::load_or_create(&config.data_dir)
         .with_context(|| format!("cannot set up the router's identity in {}", config.data_dir.display()))?;
     info!(
@@ -56,7 +57,46 @@ fn launch(args: LaunchArgs) -> anyhow::Result<()> {
         data_dir = %config.data_dir.display(),
         "identity ready"
     );
-    bail!("the control plane is not implemented yet (it lands next); stopping")
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let daemon = Daemon::bind(config, identity, &secret).await?;
+        drop(secret);
+        daemon.run(shutdown_signal()).await
+    })?;
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => Some(term),
+        Err(e) => {
+            warn!(error = %e, "cannot watch for SIGTERM; stop the router with SIGINT");
+            None
+        }
+    };
+    let term = async {
+        match term.as_mut() {
+            Some(term) => {
+                term.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let int = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            warn!(error = %e, "cannot watch for SIGINT; stop the router with SIGTERM");
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = int => info!("SIGINT received"),
+        () = term => info!("SIGTERM received"),
+    }
 }
 
 /// Commands that talk to a running router over its API socket.

@@ -1,0 +1,916 @@
+//! `weft launch`: the router daemon.
+//!
+//! [`Daemon::bind`] binds everything that can fail at start (the control
+//! endpoint, the API socket, the metrics listener), so the caller learns the
+//! addresses (tests bind port 0) and bind errors come before anything runs.
+//! [`Daemon::run`] then drives the mesh until `shutdown` completes.
+//!
+//! One task, the *driver*, owns the [`Mesh`] core and the connection table,
+//! and `select!`s on:
+//!
+//! - inputs from helper tasks over one bounded channel: authenticated inbound
+//!   connections (an accept loop), dial results (one task per dial), name
+//!   resolutions of `host:port` PEERs, messages and closes from each
+//!   connection's reader task;
+//! - API commands from the [`Backend`] the API server calls;
+//! - the core's timer ([`Mesh::poll_timeout`]);
+//! - shutdown.
+//!
+//! After each, it drains the core: messages go to each connection's writer
+//! task through a bounded queue (a full queue closes that connection, so the
+//! driver never waits on the network), dials are spawned, and events are
+//! logged and counted. On shutdown it closes every connection normally, stops
+//! the API and metrics servers, and removes the API socket.
+//!
+//! IPAM over the mesh is not part of this build: the API's address ring
+//! routes answer [`ErrorCode::NoRing`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipam_crdt::{AllocKey, PeerName, Request};
+use quinn::VarInt;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::{AbortHandle, JoinSet};
+use tracing::{Instrument, debug, info, info_span, trace, warn};
+
+use super::clock::Clock;
+use super::control::{self, ControlEndpoint, ControlError, ControlReceiver, ControlSender, ControlStats};
+use crate::api::types::{AllocateResponse, ApiError, ErrorCode, IpamSummary, PeerStatus, ReclaimView, ReleaseResponse};
+use crate::api::{self, Backend, RingView, Status};
+use crate::config::{Host, LaunchConfig, PeerAddr, PeerRef};
+use crate::core::handshake::HandshakeCounts;
+use crate::core::mesh::{self, ConnId, Event, Failure, Mesh, Refused};
+use crate::core::wire::{self, ControlMsg};
+use crate::identity::Identity;
+use crate::metrics::{self, ConnState, Direction, HandshakeFailure, Metrics};
+use crate::secret::ClusterSecret;
+
+/// Binds everything and runs the router until `shutdown` completes.
+///
+/// # Errors
+/// [`DaemonError`] if something cannot be bound, or the driver fails.
+pub async fn run(
+    config: LaunchConfig,
+    identity: Identity,
+    secret: ClusterSecret,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    Daemon::bind(config, identity, &secret).await?.run(shutdown).await
+}
+
+/// A router whose sockets are bound, ready to [`run`](Daemon::run).
+#[derive(Debug)]
+pub struct Daemon {
+    config: LaunchConfig,
+    endpoint: ControlEndpoint,
+    control_addr: SocketAddr,
+    api: tokio::net::UnixListener,
+    metrics_listener: TcpListener,
+    metrics_addr: SocketAddr,
+    metrics: Arc<Metrics>,
+}
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// The control endpoint could not be bound (`--listen`).
+    #[error("--listen {addr}: {error}")]
+    Control {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why (its message already names the OS error).
+        error: control::BindError,
+    },
+    /// The local address of the control endpoint could not be read.
+    #[error("cannot read the control endpoint's address: {0}")]
+    LocalAddr(io::Error),
+    /// The API socket could not be bound (`--api-socket`); the message says what to do.
+    #[error("{0}")]
+    Api(api::BindError),
+    /// The metrics listener could not be bound (`--metrics-addr`).
+    #[error("--metrics-addr {addr}: cannot listen: {error}")]
+    Metrics {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        error: io::Error,
+    },
+}
+
+impl Daemon {
+    /// Binds the control endpoint to `--listen`, the API socket and the
+    /// metrics listener. Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`DaemonError`], naming the flag and the address.
+    pub async fn bind(config: LaunchConfig, identity: Identity, secret: &ClusterSecret) -> Result<Self, DaemonError> {
+        let endpoint =
+            ControlEndpoint::bind(config.listen, Arc::new(identity), secret).map_err(|error| DaemonError::Control {
+                addr: config.listen,
+                error,
+            })?;
+        let control_addr = endpoint.local_addr().map_err(DaemonError::LocalAddr)?;
+        let metrics_listener = TcpListener::bind(config.metrics_addr)
+            .await
+            .map_err(|error| DaemonError::Metrics {
+                addr: config.metrics_addr,
+                error,
+            })?;
+        let metrics_addr = metrics_listener.local_addr().map_err(|error| DaemonError::Metrics {
+            addr: config.metrics_addr,
+            error,
+        })?;
+        let api = api::bind_socket(&config.api_socket).await.map_err(DaemonError::Api)?;
+        Ok(Self {
+            config,
+            endpoint,
+            control_addr,
+            api,
+            metrics_listener,
+            metrics_addr,
+            metrics: Arc::new(Metrics::new()),
+        })
+    }
+
+    /// The address control connections are accepted on.
+    pub fn control_addr(&self) -> SocketAddr {
+        self.control_addr
+    }
+
+    /// The address metrics are served on.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// The API socket.
+    pub fn api_socket(&self) -> &Path {
+        &self.config.api_socket
+    }
+
+    /// This router's name.
+    pub fn name(&self) -> PeerName {
+        self.endpoint.name()
+    }
+
+    /// The control endpoint's counters (handshake failures, ...).
+    pub fn control_stats(&self) -> Arc<ControlStats> {
+        self.endpoint.stats()
+    }
+
+    /// The metrics this router serves.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Runs the router until `shutdown` completes, then closes every
+    /// connection, stops the servers and removes the API socket.
+    ///
+    /// # Errors
+    /// None at present; the signature leaves room for fatal driver errors.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+        let Self {
+            config,
+            endpoint,
+            control_addr,
+            api: api_listener,
+            metrics_listener,
+            metrics_addr,
+            metrics,
+        } = self;
+        let api_path = config.api_socket.clone();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let backend = Arc::new(ApiBackend { commands: cmd_tx });
+        let api_task = tokio::spawn(api::serve(api_listener, backend, stopped(stop_rx.clone())));
+        let metrics_task = tokio::spawn(metrics::serve_metrics(
+            metrics_listener,
+            Arc::clone(&metrics),
+            stopped(stop_rx),
+        ));
+        info!(
+            peer = %endpoint.name(),
+            nickname = %config.nickname,
+            listen = %control_addr,
+            api = %api_path.display(),
+            metrics = %metrics_addr,
+            "router running"
+        );
+
+        let endpoint = Arc::new(endpoint);
+        let mut driver = Driver::new(&config, Arc::clone(&endpoint), control_addr, metrics);
+        driver.run(cmd_rx, shutdown).await;
+        info!("shutting down");
+        driver.close_all().await;
+        drop(driver);
+
+        let _ = stop_tx.send(true);
+        for (what, task) in [("API", api_task), ("metrics", metrics_task)] {
+            match tokio::time::timeout(SERVER_STOP_TIMEOUT, task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => warn!(error = %e, "the {what} server failed"),
+                Ok(Err(e)) => warn!(error = %e, "the {what} server task failed"),
+                Err(_) => debug!("the {what} server did not stop in time"),
+            }
+        }
+        match Arc::try_unwrap(endpoint) {
+            Ok(endpoint) => {
+                if tokio::time::timeout(SERVER_STOP_TIMEOUT, endpoint.shutdown())
+                    .await
+                    .is_err()
+                {
+                    debug!("peers did not acknowledge the close in time");
+                }
+            }
+            Err(endpoint) => endpoint.close(),
+        }
+        match std::fs::remove_file(&api_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => warn!(path = %api_path.display(), error = %e, "cannot remove the API socket"),
+        }
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Completes once the stop flag is set (or its sender is gone).
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+// ---- the driver ----
+
+/// What the helper tasks tell the driver.
+#[derive(Debug)]
+enum Input {
+    /// The accept loop: an inbound connection, authenticated or not.
+    Accepted(Result<control::Authenticated, ControlError>),
+    /// A dial finished.
+    Dialed(SocketAddr, Result<control::Authenticated, ControlError>),
+    /// A hostname PEER resolved (`Ok`), or failed to and will be retried (`Err`).
+    Resolved(PeerAddr, Result<SocketAddr, String>),
+    /// A message from a connection's reader.
+    Message(ConnId, mesh::Message),
+    /// A connection's reader or writer ended.
+    Closed(ConnId, Failure),
+}
+
+/// What the API asks of the driver.
+#[derive(Debug)]
+enum Command {
+    Status(oneshot::Sender<Status>),
+    Peers(oneshot::Sender<Vec<PeerStatus>>),
+    Connect(PeerAddr, oneshot::Sender<()>),
+    Forget(PeerAddr, oneshot::Sender<Result<(), ApiError>>),
+}
+
+/// One authenticated control connection.
+#[derive(Debug)]
+struct Conn {
+    peer: PeerName,
+    connection: quinn::Connection,
+    outbox: mpsc::Sender<ControlMsg>,
+    reader: AbortHandle,
+    writer: AbortHandle,
+}
+
+/// A PEER given as `host:port`, being resolved.
+#[derive(Debug)]
+struct Resolving {
+    task: AbortHandle,
+    /// The last resolution failure, shown in the status.
+    reason: Option<String>,
+}
+
+/// Owns the mesh core and the connections. Driven by [`Driver::run`].
+struct Driver {
+    mesh: Mesh,
+    clock: Clock,
+    endpoint: Arc<ControlEndpoint>,
+    listen: SocketAddr,
+    nickname: String,
+    range: String,
+    metrics: Arc<Metrics>,
+    conns: BTreeMap<ConnId, Conn>,
+    by_peer: BTreeMap<PeerName, ConnId>,
+    /// The PEERs the operator gave (command line and `weft connect`), as they wrote them.
+    asked: HashSet<PeerAddr>,
+    /// Hostname PEERs being resolved.
+    resolving: HashMap<PeerAddr, Resolving>,
+    /// Hostname PEERs and the address they resolved to.
+    resolved: HashMap<PeerAddr, SocketAddr>,
+    /// Local IPs that connections arrived on, in the order seen (advertised when `--listen` has no IP).
+    local_ips: Vec<IpAddr>,
+    tasks: JoinSet<()>,
+    inputs_tx: mpsc::Sender<Input>,
+    inputs: mpsc::Receiver<Input>,
+    handshakes_seen: HandshakeCounts,
+    timeouts_seen: u64,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("me", &self.mesh.topology().me())
+            .field("conns", &self.conns.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Driver {
+    fn new(config: &LaunchConfig, endpoint: Arc<ControlEndpoint>, listen: SocketAddr, metrics: Arc<Metrics>) -> Self {
+        let clock = Clock::start();
+        let now = clock.now();
+        let mesh_config = mesh::Config {
+            conn_limit: config.conn_limit.get(),
+            ..mesh::Config::default()
+        };
+        let endpoints = if listen.ip().is_unspecified() {
+            Vec::new()
+        } else {
+            vec![listen]
+        };
+        let mesh = Mesh::new(
+            mesh_config,
+            endpoint.name(),
+            config.nickname.to_string(),
+            endpoints,
+            now,
+            rand::random(),
+        );
+        let (inputs_tx, inputs) = mpsc::channel(INPUT_QUEUE);
+        let mut driver = Self {
+            mesh,
+            clock,
+            endpoint,
+            listen,
+            nickname: config.nickname.to_string(),
+            range: config.ipalloc_range.to_string(),
+            metrics,
+            conns: BTreeMap::new(),
+            by_peer: BTreeMap::new(),
+            asked: HashSet::new(),
+            resolving: HashMap::new(),
+            resolved: HashMap::new(),
+            local_ips: Vec::new(),
+            tasks: JoinSet::new(),
+            inputs_tx,
+            inputs,
+            handshakes_seen: HandshakeCounts::default(),
+            timeouts_seen: 0,
+        };
+        let endpoint = Arc::clone(&driver.endpoint);
+        let tx = driver.inputs_tx.clone();
+        driver.tasks.spawn(accept_loop(endpoint, tx));
+        for peer in &config.peers {
+            driver.connect(peer.clone());
+        }
+        driver
+    }
+
+    /// The event loop: one event, then drain the core, until `shutdown`.
+    async fn run(&mut self, mut commands: mpsc::Receiver<Command>, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        self.drain();
+        loop {
+            let deadline = self.clock.deadline(self.mesh.poll_timeout());
+            tokio::select! {
+                () = &mut shutdown => return,
+                Some(input) = self.inputs.recv() => self.handle_input(input),
+                Some(cmd) = commands.recv() => self.handle_command(cmd),
+                () = tokio::time::sleep_until(deadline) => {
+                    let now = self.clock.now();
+                    self.mesh.handle_timeout(now);
+                }
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    if let Err(e) = done
+                        && e.is_panic()
+                    {
+                        warn!(error = %e, "a router task panicked");
+                    }
+                }
+            }
+            self.drain();
+        }
+    }
+
+    fn handle_input(&mut self, input: Input) {
+        let now = self.clock.now();
+        match input {
+            Input::Accepted(Ok(auth)) => self.register(auth, None),
+            Input::Accepted(Err(e)) => debug!(error = %e, "inbound control connection failed"),
+            Input::Dialed(addr, Ok(auth)) => self.register(auth, Some(addr)),
+            Input::Dialed(addr, Err(e)) => {
+                debug!(%addr, error = %e, "dial failed");
+                self.mesh.handle_dial_failed(now, addr, e.failure());
+            }
+            Input::Resolved(peer, Ok(addr)) => {
+                if self.resolving.remove(&peer).is_some() {
+                    info!(%peer, %addr, "resolved");
+                    self.resolved.insert(peer, addr);
+                    self.mesh.connect(now, addr);
+                }
+            }
+            Input::Resolved(peer, Err(reason)) => {
+                if let Some(r) = self.resolving.get_mut(&peer) {
+                    debug!(%peer, %reason, "cannot resolve; retrying");
+                    r.reason = Some(reason);
+                }
+            }
+            Input::Message(id, msg) => {
+                if let Some(conn) = self.conns.get(&id) {
+                    self.mesh.handle_message(now, conn.peer, msg);
+                }
+            }
+            Input::Closed(id, reason) => self.disconnect(id, reason),
+        }
+    }
+
+    fn handle_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Peers(reply) => {
+                let _ = reply.send(self.peer_list());
+            }
+            Command::Connect(peer, reply) => {
+                info!(%peer, "connect requested");
+                self.connect(peer);
+                let _ = reply.send(());
+            }
+            Command::Forget(peer, reply) => {
+                let _ = reply.send(self.forget(&peer));
+            }
+        }
+    }
+
+    /// Adds a PEER: dialed at once if it is an IP address, resolved first if a hostname.
+    fn connect(&mut self, peer: PeerAddr) {
+        self.asked.insert(peer.clone());
+        if let Some(addr) = peer.socket_addr() {
+            self.mesh.connect(self.clock.now(), addr);
+            return;
+        }
+        if let Some(&addr) = self.resolved.get(&peer) {
+            self.mesh.connect(self.clock.now(), addr);
+            return;
+        }
+        if self.resolving.contains_key(&peer) {
+            return;
+        }
+        let task = self
+            .tasks
+            .spawn(resolve(peer.clone(), self.inputs_tx.clone()).instrument(info_span!("resolve", %peer)));
+        self.resolving.insert(peer, Resolving { task, reason: None });
+    }
+
+    fn forget(&mut self, peer: &PeerAddr) -> Result<(), ApiError> {
+        if !self.asked.remove(peer) {
+            return Err(ApiError::not_found(format!(
+                "{peer} was never added with `weft launch` or `weft connect`"
+            )));
+        }
+        info!(%peer, "forgetting");
+        if let Some(r) = self.resolving.remove(peer) {
+            r.task.abort();
+        }
+        let addr = peer.socket_addr().or_else(|| self.resolved.remove(peer));
+        if let Some(addr) = addr {
+            self.mesh.forget(addr);
+        }
+        Ok(())
+    }
+
+    /// Hands an authenticated connection to the core, and starts its tasks if the core keeps it.
+    fn register(&mut self, auth: control::Authenticated, dialed: Option<SocketAddr>) {
+        let now = self.clock.now();
+        let peer = auth.peer_name();
+        let id = auth.conn_id();
+        let connection = auth.connection().clone();
+        match self.mesh.handle_connected(now, peer, id, dialed) {
+            Err(Refused(reason)) => {
+                debug!(peer = %peer, ?reason, "closing a refused control connection");
+                connection.close(VarInt::from_u32(control::CLOSE_NORMAL), describe(&reason).as_bytes());
+                return;
+            }
+            Ok(Some(old)) => {
+                debug!(peer = %peer, "replacing a duplicate control connection");
+                if let Some(old) = self.conns.remove(&old) {
+                    close_conn(&old, "replaced by a newer connection");
+                }
+            }
+            Ok(None) => {}
+        }
+        self.learn_local_ip(&connection);
+        let (sender, receiver) = auth.into_split();
+        let (outbox, queue) = mpsc::channel(OUTBOX_QUEUE);
+        let span = info_span!("peer", peer = %peer, conn = id.0);
+        let reader = self
+            .tasks
+            .spawn(read_loop(id, receiver, self.inputs_tx.clone(), Arc::clone(&self.metrics)).instrument(span.clone()));
+        let writer = self
+            .tasks
+            .spawn(write_loop(id, sender, queue, self.inputs_tx.clone(), Arc::clone(&self.metrics)).instrument(span));
+        self.by_peer.insert(peer, id);
+        self.conns.insert(
+            id,
+            Conn {
+                peer,
+                connection,
+                outbox,
+                reader,
+                writer,
+            },
+        );
+    }
+
+    /// Forgets connection `id` and tells the core why it went.
+    fn disconnect(&mut self, id: ConnId, reason: Failure) {
+        let Some(conn) = self.conns.remove(&id) else { return };
+        close_conn(&conn, "closed");
+        if self.by_peer.get(&conn.peer) == Some(&id) {
+            self.by_peer.remove(&conn.peer);
+        }
+        debug!(peer = %conn.peer, reason = %describe(&reason), "control connection closed");
+        self.mesh.handle_disconnected(self.clock.now(), conn.peer, id, reason);
+    }
+
+    /// Advertises the local IPs connections arrive on, when `--listen` has no IP of its own.
+    fn learn_local_ip(&mut self, connection: &quinn::Connection) {
+        if !self.listen.ip().is_unspecified() {
+            return;
+        }
+        let Some(ip) = connection.local_ip() else { return };
+        if ip.is_unspecified() || self.local_ips.contains(&ip) {
+            return;
+        }
+        self.local_ips.push(ip);
+        let endpoints = self
+            .local_ips
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, self.listen.port()))
+            .collect::<Vec<_>>();
+        info!(?endpoints, "advertising endpoints");
+        self.mesh.set_endpoints(self.clock.now(), endpoints);
+    }
+
+    /// Carries out everything the core asked for, until it asks for nothing more.
+    fn drain(&mut self) {
+        loop {
+            let mut failed = Vec::new();
+            while let Some((peer, msg)) = self.mesh.poll_transmit() {
+                let Some(&id) = self.by_peer.get(&peer) else {
+                    trace!(peer = %peer, "no connection for a gossip message; dropped");
+                    continue;
+                };
+                let Some(conn) = self.conns.get(&id) else { continue };
+                if let Err(e) = conn.outbox.try_send(ControlMsg::Gossip(msg)) {
+                    let why = match e {
+                        mpsc::error::TrySendError::Full(_) => "its send queue is full",
+                        mpsc::error::TrySendError::Closed(_) => "its writer stopped",
+                    };
+                    failed.push((id, why));
+                }
+            }
+            while let Some(addr) = self.mesh.poll_dial() {
+                let endpoint = Arc::clone(&self.endpoint);
+                let tx = self.inputs_tx.clone();
+                self.tasks.spawn(async move {
+                    let result = endpoint.connect(addr).await;
+                    let _ = tx.send(Input::Dialed(addr, result)).await;
+                });
+            }
+            while let Some(event) = self.mesh.poll_event() {
+                match event {
+                    Event::Up(peer) => {
+                        let nickname = self.nickname_of(peer).unwrap_or_default();
+                        info!(peer = %peer, %nickname, "peer up");
+                    }
+                    Event::Down(peer) => info!(peer = %peer, "peer down"),
+                    Event::TopologyChanged => trace!(routers = self.mesh.topology().len(), "topology changed"),
+                }
+            }
+            if failed.is_empty() {
+                break;
+            }
+            for (id, why) in failed {
+                debug!(conn = id.0, why, "closing a control connection that cannot keep up");
+                self.disconnect(id, Failure::Lost(format!("closed by this router: {why}")));
+            }
+        }
+        self.update_metrics();
+    }
+
+    fn update_metrics(&mut self) {
+        let (mut established, mut dialing, mut retrying) = (0, 0, 0);
+        for (_, _, state) in self.mesh.peer_states() {
+            match state {
+                mesh::PeerState::Established => established += 1,
+                mesh::PeerState::Dialing => dialing += 1,
+                mesh::PeerState::Retrying { .. } => retrying += 1,
+                _ => {}
+            }
+        }
+        retrying += self.resolving.len() as u64;
+        self.metrics.set_connections(ConnState::Established, established);
+        self.metrics.set_connections(ConnState::Dialing, dialing);
+        self.metrics.set_connections(ConnState::Retrying, retrying);
+
+        // The endpoint counts handshake failures; carry the new ones over.
+        let counts = self.endpoint.stats().snapshot();
+        let (new, old) = (counts.handshake, self.handshakes_seen);
+        for (reason, now, before) in [
+            (
+                HandshakeFailure::Auth,
+                new.authentication_failed,
+                old.authentication_failed,
+            ),
+            (HandshakeFailure::Malformed, new.malformed, old.malformed),
+            (HandshakeFailure::Duplicate, new.self_connection, old.self_connection),
+            (HandshakeFailure::Incompatible, new.peer_misbehaved, old.peer_misbehaved),
+            (HandshakeFailure::Io, new.local, old.local),
+            (HandshakeFailure::Timeout, counts.timed_out, self.timeouts_seen),
+        ] {
+            for _ in before..now {
+                self.metrics.handshake_failed(reason);
+            }
+        }
+        self.handshakes_seen = new;
+        self.timeouts_seen = counts.timed_out;
+    }
+
+    fn nickname_of(&self, peer: PeerName) -> Option<String> {
+        self.mesh.topology().get(peer).map(|e| e.nickname.clone())
+    }
+
+    fn peer_list(&self) -> Vec<PeerStatus> {
+        let mut peers: Vec<PeerStatus> = self
+            .mesh
+            .peer_states()
+            .into_iter()
+            .map(|(name, addr, state)| {
+                let (state, reason) = match state {
+                    mesh::PeerState::Established => (api::PeerState::Established, None),
+                    mesh::PeerState::Dialing => (api::PeerState::Dialing, None),
+                    mesh::PeerState::Retrying { reason, .. } => (api::PeerState::Retrying, Some(describe(&reason))),
+                    mesh::PeerState::NotNeighbour => (api::PeerState::NotNeighbour, None),
+                };
+                PeerStatus {
+                    name: name.map(|n| n.to_string()),
+                    nickname: name.and_then(|n| self.nickname_of(n)),
+                    address: addr.map(|a| a.to_string()),
+                    state,
+                    reason,
+                }
+            })
+            .collect();
+        for (peer, r) in &self.resolving {
+            peers.push(PeerStatus {
+                name: None,
+                nickname: None,
+                address: Some(peer.to_string()),
+                state: if r.reason.is_some() {
+                    api::PeerState::Retrying
+                } else {
+                    api::PeerState::Dialing
+                },
+                reason: r.reason.clone(),
+            });
+        }
+        peers
+    }
+
+    fn status(&self) -> Status {
+        let peers = self.peer_list();
+        let connections_established = peers.iter().filter(|p| p.state == api::PeerState::Established).count();
+        Status {
+            name: self.mesh.topology().me().to_string(),
+            nickname: self.nickname.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            peers,
+            ipam: IpamSummary {
+                range: self.range.clone(),
+                owned: 0,
+                free: 0,
+                allocated: 0,
+            },
+            connections_established,
+            host_address: None,
+        }
+    }
+
+    /// Closes every connection normally and stops the helper tasks.
+    async fn close_all(&mut self) {
+        for conn in std::mem::take(&mut self.conns).into_values() {
+            close_conn(&conn, "shutting down");
+        }
+        self.by_peer.clear();
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Closes a connection normally and stops its tasks.
+fn close_conn(conn: &Conn, why: &str) {
+    conn.connection
+        .close(VarInt::from_u32(control::CLOSE_NORMAL), why.as_bytes());
+    conn.reader.abort();
+    conn.writer.abort();
+}
+
+/// A [`Failure`] in words, for `weft status` and the log.
+pub fn describe(failure: &Failure) -> String {
+    match failure {
+        Failure::Unreachable => "unreachable".to_owned(),
+        Failure::AuthenticationFailed => {
+            "authentication failed: the other router does not share this cluster secret".to_owned()
+        }
+        Failure::ConnectionLimit => "connection limit reached".to_owned(),
+        Failure::Lost(why) => format!("connection lost: {why}"),
+    }
+}
+
+// ---- helper tasks ----
+
+/// Hands every inbound connection to the driver until the endpoint closes.
+async fn accept_loop(endpoint: Arc<ControlEndpoint>, tx: mpsc::Sender<Input>) {
+    while let Some(result) = endpoint.accept().await {
+        if tx.send(Input::Accepted(result)).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Resolves a hostname PEER, retrying with backoff until it resolves.
+async fn resolve(peer: PeerAddr, tx: mpsc::Sender<Input>) {
+    let Host::Name(host) = peer.host() else { return };
+    let mut delay = RESOLVE_BACKOFF_MIN;
+    loop {
+        let result = match tokio::net::lookup_host((host.as_str(), peer.port())).await {
+            Ok(mut addrs) => addrs
+                .next()
+                .ok_or_else(|| format!("cannot resolve {host}: no addresses")),
+            Err(e) => Err(format!("cannot resolve {host}: {e}")),
+        };
+        let done = result.is_ok();
+        if tx.send(Input::Resolved(peer.clone(), result)).await.is_err() || done {
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(RESOLVE_BACKOFF_MAX);
+    }
+}
+
+/// Forwards a connection's gossip to the driver, then reports why it ended.
+async fn read_loop(id: ConnId, mut receiver: ControlReceiver, tx: mpsc::Sender<Input>, metrics: Arc<Metrics>) {
+    let reason = loop {
+        match receiver.recv_msg().await {
+            Ok(Some(msg)) => {
+                let len = frame_len(&msg);
+                let ControlMsg::Gossip(m) = msg else {
+                    trace!("IPAM message ignored: IPAM over the mesh is not in this build");
+                    continue;
+                };
+                metrics.gossip(Direction::In, len);
+                if tx.send(Input::Message(id, m)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => break Failure::Lost("the other router closed the connection".to_owned()),
+            Err(e) => break Failure::Lost(e.to_string()),
+        }
+    };
+    let _ = tx.send(Input::Closed(id, reason)).await;
+}
+
+/// Sends what the driver queues for a connection; reports a failed write.
+async fn write_loop(
+    id: ConnId,
+    mut sender: ControlSender,
+    mut queue: mpsc::Receiver<ControlMsg>,
+    tx: mpsc::Sender<Input>,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(msg) = queue.recv().await {
+        let len = frame_len(&msg);
+        if let Err(e) = sender.send_msg(&msg).await {
+            let _ = tx.send(Input::Closed(id, Failure::Lost(e.to_string()))).await;
+            return;
+        }
+        metrics.gossip(Direction::Out, len);
+    }
+}
+
+/// The size of `msg` on the wire, for the byte counters.
+fn frame_len(msg: &ControlMsg) -> usize {
+    wire::encode(msg).map_or(0, |frame| frame.len())
+}
+
+// ---- the API backend ----
+
+/// The [`Backend`] the API server calls: forwards to the driver.
+#[derive(Debug)]
+struct ApiBackend {
+    commands: mpsc::Sender<Command>,
+}
+
+impl ApiBackend {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(make(reply)).await.map_err(|_| stopping())?;
+        answer.await.map_err(|_| stopping())
+    }
+}
+
+fn stopping() -> ApiError {
+    ApiError::new(ErrorCode::Unavailable, "the router is shutting down")
+}
+
+fn no_ring() -> ApiError {
+    ApiError::new(
+        ErrorCode::NoRing,
+        "the address ring is not set up in this build: IPAM over the mesh is not implemented yet",
+    )
+}
+
+impl Backend for ApiBackend {
+    async fn status(&self) -> Result<Status, ApiError> {
+        self.ask(Command::Status).await
+    }
+
+    async fn peers(&self) -> Result<Vec<PeerStatus>, ApiError> {
+        self.ask(Command::Peers).await
+    }
+
+    async fn ring(&self) -> Result<RingView, ApiError> {
+        Err(no_ring())
+    }
+
+    async fn allocate(&self, _key: AllocKey, _request: Request) -> Result<AllocateResponse, ApiError> {
+        Err(no_ring())
+    }
+
+    async fn release(&self, _key: AllocKey) -> Result<ReleaseResponse, ApiError> {
+        Err(no_ring())
+    }
+
+    async fn connect(&self, addr: PeerAddr) -> Result<(), ApiError> {
+        self.ask(|reply| Command::Connect(addr, reply)).await
+    }
+
+    async fn forget(&self, addr: PeerAddr) -> Result<(), ApiError> {
+        self.ask(|reply| Command::Forget(addr, reply)).await?
+    }
+
+    async fn rmpeer(&self, _name: PeerRef) -> Result<ReclaimView, ApiError> {
+        Err(no_ring())
+    }
+
+    async fn reset(&self) -> Result<(), ApiError> {
+        Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "reset is not implemented in this build; stop the router and delete its --data-dir",
+        ))
+    }
+}
+
+/// Inputs from helper tasks waiting for the driver.
+const INPUT_QUEUE: usize = 1024;
+
+/// API commands waiting for the driver.
+const COMMAND_QUEUE: usize = 64;
+
+/// Messages waiting to be written to one connection; a peer that falls this
+/// far behind is disconnected (it catches up by anti-entropy when it returns).
+const OUTBOX_QUEUE: usize = 256;
+
+/// How long shutdown waits for the servers and for peers to acknowledge the close.
+const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// First retry delay of a hostname PEER that does not resolve; doubles up to [`RESOLVE_BACKOFF_MAX`].
+const RESOLVE_BACKOFF_MIN: Duration = Duration::from_secs(1);
+
+/// Longest retry delay of a hostname PEER that does not resolve.
+const RESOLVE_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_described_in_words() {
+        assert!(describe(&Failure::AuthenticationFailed).contains("authentication failed"));
+        assert_eq!(describe(&Failure::Unreachable), "unreachable");
+        assert_eq!(describe(&Failure::ConnectionLimit), "connection limit reached");
+        assert_eq!(describe(&Failure::Lost("reset".into())), "connection lost: reset");
+    }
+}

@@ -1,0 +1,246 @@
+//! The daemon in process, over loopback: meshes form through gossip, a wrong
+//! secret is refused and explained, and shutdown cleans up.
+//!
+//! Each daemon binds port 0 and gets its own temporary data directory and
+//! API socket. State is read through the real API client, polled until a
+//! deadline; every await is bounded, and nothing sleeps to wait for state.
+
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use clap::Parser;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use weft_router::api::{Client, ClientError, ErrorCode, PeerState, Status};
+use weft_router::config::{Cli, Command, LaunchConfig};
+use weft_router::identity::Identity;
+use weft_router::io::daemon::{Daemon, DaemonError};
+use weft_router::secret::ClusterSecret;
+
+const SECRET: &str = "correct horse battery staple";
+
+/// Per-test log output, shown only when the test fails.
+fn subscribe() -> tracing::subscriber::DefaultGuard {
+    let sub = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("weft_router=debug,quinn=info"))
+        .finish();
+    tracing::subscriber::set_default(sub)
+}
+
+/// Awaits `f`, failing the test after `secs` seconds.
+async fn within<T>(secs: u64, what: &str, f: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(secs), f).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {secs} s: {what}"),
+    }
+}
+
+/// The stop signal and the join handle of a daemon's task.
+type Task = (oneshot::Sender<()>, JoinHandle<Result<(), DaemonError>>);
+
+/// A running daemon: its directory, API client, and how to stop it.
+struct Running {
+    _dir: TempDir,
+    name: String,
+    control: std::net::SocketAddr,
+    api: Client,
+    daemon: Option<Task>,
+    stats: std::sync::Arc<weft_router::io::control::ControlStats>,
+    metrics: std::sync::Arc<weft_router::metrics::Metrics>,
+}
+
+fn config(nickname: &str, dir: &Path, peers: &[String]) -> LaunchConfig {
+    let api = dir.join("api.sock");
+    let data = dir.join("data");
+    let mut args = vec![
+        "weft".to_owned(),
+        "launch".to_owned(),
+        "--name".to_owned(),
+        nickname.to_owned(),
+        "--listen".to_owned(),
+        "127.0.0.1:0".to_owned(),
+        "--metrics-addr".to_owned(),
+        "127.0.0.1:0".to_owned(),
+        "--api-socket".to_owned(),
+        api.display().to_string(),
+        "--data-dir".to_owned(),
+        data.display().to_string(),
+    ];
+    args.extend(peers.iter().cloned());
+    let Command::Launch(launch) = Cli::try_parse_from(args).expect("valid flags").command else {
+        panic!("not a launch command");
+    };
+    launch.into_config().expect("valid launch config")
+}
+
+async fn start(nickname: &str, secret: &str, peers: &[String]) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(nickname, dir.path(), peers);
+    let api = Client::new(config.api_socket.clone());
+    let identity = Identity::generate().unwrap();
+    let secret = ClusterSecret::new(secret.as_bytes().to_vec()).unwrap();
+    let daemon = within(10, "bind", Daemon::bind(config, identity, &secret))
+        .await
+        .expect("daemon binds");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = Running {
+        name: daemon.name().to_string(),
+        control: daemon.control_addr(),
+        stats: daemon.control_stats(),
+        metrics: daemon.metrics(),
+        api,
+        _dir: dir,
+        daemon: None,
+    };
+    let task = tokio::spawn(daemon.run(async {
+        let _ = stopped.await;
+    }));
+    Running {
+        daemon: Some((stop, task)),
+        ..running
+    }
+}
+
+impl Running {
+    async fn status(&self) -> Status {
+        within(10, "status", self.api.status()).await.expect("status answers")
+    }
+
+    /// Polls the status until `ok` holds, failing after `secs` seconds with the last status.
+    async fn wait_until(&self, secs: u64, what: &str, ok: impl Fn(&Status) -> bool) -> Status {
+        let mut last = None;
+        let polled = tokio::time::timeout(Duration::from_secs(secs), async {
+            let mut interval = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                interval.tick().await;
+                let status = self.status().await;
+                if ok(&status) {
+                    return status;
+                }
+                last = Some(status);
+            }
+        })
+        .await;
+        match polled {
+            Ok(status) => status,
+            Err(_) => panic!("{what}: not within {secs} s; last status of {}: {last:#?}", self.name),
+        }
+    }
+
+    async fn stop(&mut self) {
+        let (stop, task) = self.daemon.take().expect("running");
+        let _ = stop.send(());
+        within(10, "shutdown", task)
+            .await
+            .expect("daemon task")
+            .expect("clean shutdown");
+    }
+}
+
+fn state_of(status: &Status, name: &str) -> Option<PeerState> {
+    status
+        .peers
+        .iter()
+        .find(|p| p.name.as_deref() == Some(name))
+        .map(|p| p.state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_routers_form_a_full_mesh_through_gossip() {
+    let _log = subscribe();
+    let mut a = start("a", SECRET, &[]).await;
+    let peer = [a.control.to_string()];
+    let mut b = start("b", SECRET, &peer).await;
+    let mut c = start("c", SECRET, &peer).await;
+
+    for (me, others) in [(&a, [&b, &c]), (&b, [&a, &c]), (&c, [&a, &b])] {
+        let names = [others[0].name.clone(), others[1].name.clone()];
+        let status = me
+            .wait_until(20, "both others established", |s| {
+                names.iter().all(|n| state_of(s, n) == Some(PeerState::Established)) && s.connections_established == 2
+            })
+            .await;
+        assert_eq!(status.name, me.name);
+        assert_eq!(status.ipam.range, "10.32.0.0/12");
+        assert_eq!((status.ipam.owned, status.ipam.free, status.ipam.allocated), (0, 0, 0));
+    }
+    // Nicknames travel by gossip.
+    let status = c.status().await;
+    let b_entry = status
+        .peers
+        .iter()
+        .find(|p| p.name.as_deref() == Some(&b.name))
+        .unwrap();
+    assert_eq!(b_entry.nickname.as_deref(), Some("b"));
+    assert!(a.metrics.encode().contains("weft_connections{state=\"established\"} 2"));
+
+    // IPAM is not part of this build, and says so.
+    let err = within(10, "ring", a.api.ring()).await.unwrap_err();
+    match err {
+        ClientError::Api(e) => {
+            assert_eq!(e.code, ErrorCode::NoRing);
+            assert!(e.error.contains("not set up in this build"), "{}", e.error);
+        }
+        other => panic!("expected an API error, got {other:?}"),
+    }
+
+    for r in [&mut a, &mut b, &mut c] {
+        r.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_is_refused_and_explained() {
+    let _log = subscribe();
+    let mut good = start("good", SECRET, &[]).await;
+    let mut bad = start("bad", "not the cluster secret", &[good.control.to_string()]).await;
+
+    let good_addr = good.control.to_string();
+    let status = bad
+        .wait_until(20, "retrying with an authentication reason", |s| {
+            s.peers.iter().any(|p| {
+                p.address.as_deref() == Some(good_addr.as_str())
+                    && p.state == PeerState::Retrying
+                    && p.reason.as_deref().is_some_and(|r| r.contains("authentication"))
+            })
+        })
+        .await;
+    assert_eq!(status.connections_established, 0);
+    assert!(status.peers.iter().all(|p| p.state != PeerState::Established));
+
+    // The good side counted the failure and never learned the bad router's name.
+    assert!(good.stats.snapshot().handshake.authentication_failed >= 1);
+    let status = good.status().await;
+    assert_eq!(status.connections_established, 0);
+    assert!(
+        status
+            .peers
+            .iter()
+            .all(|p| p.name.as_deref() != Some(bad.name.as_str()))
+    );
+    let scraped = good.metrics.encode();
+    assert!(
+        scraped
+            .lines()
+            .any(|l| l.starts_with("weft_handshake_failures_total{reason=\"auth\"}") && !l.ends_with(" 0")),
+        "{scraped}"
+    );
+
+    bad.stop().await;
+    good.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_removes_the_api_socket() {
+    let _log = subscribe();
+    let mut r = start("solo", SECRET, &[]).await;
+    let path = r.api.path().to_path_buf();
+    within(10, "healthz", r.api.healthz()).await.expect("API answers");
+    assert!(path.exists());
+    r.stop().await;
+    assert!(!path.exists(), "{} is still there", path.display());
+    assert!(within(10, "status after stop", r.api.status()).await.is_err());
+}
