@@ -311,7 +311,14 @@ impl Mesh {
         if let Some(&(old, old_dialed)) = self.conns.get(&peer) {
             let old_by_lower = old_dialed.is_some() == (me < peer);
             let new_by_lower = dialed.is_some() == (me < peer);
-            if old_by_lower || !new_by_lower {
+            // The peer dialed us again although we hold a connection it
+            // dialed before: a router dials only routers it has no
+            // connection to, so it lost that one (it restarted). Keep the new
+            // one rather than wait for the old one to time out. Simultaneous
+            // opens pair one inbound with one outbound connection on each
+            // side, so the tie-break below still decides those.
+            let peer_redialed = old_dialed.is_none() && dialed.is_none();
+            if !peer_redialed && (old_by_lower || !new_by_lower) {
                 if let Some(addr) = dialed {
                     self.mark_connected(addr, peer);
                 }
@@ -763,6 +770,26 @@ mod tests {
         assert_eq!(a.neighbours().collect::<Vec<_>>(), vec![p(2)]);
         // A third, dialed by the higher name, is refused by both.
         assert!(a.handle_connected(Time::ZERO, p(2), ConnId(30), None).is_err());
+    }
+
+    #[test]
+    fn a_peer_that_dials_again_replaces_its_stale_connection() {
+        let mut a = mesh(1);
+        a.handle_connected(Time::ZERO, p(2), ConnId(1), None).unwrap();
+        // Router 2 restarted and dials again: its old connection is dead on its side.
+        assert_eq!(
+            a.handle_connected(Time::ZERO, p(2), ConnId(2), None),
+            Ok(Some(ConnId(1)))
+        );
+        a.handle_disconnected(Time::ZERO, p(2), ConnId(1), Failure::Lost("replaced".into()));
+        assert_eq!(
+            a.neighbours().collect::<Vec<_>>(),
+            vec![p(2)],
+            "still a neighbour, on the new connection"
+        );
+        while a.poll_event().is_some() {}
+        a.handle_disconnected(Time::ZERO, p(2), ConnId(2), Failure::Lost("gone".into()));
+        assert_eq!(a.poll_event(), Some(Event::Down(p(2))));
     }
 
     #[test]
