@@ -99,6 +99,32 @@
 //! router that finds itself removed while alive (an operator mistake) stops
 //! allocating ([`AllocError::Removed`]) and must be reset.
 //!
+//! **Known gap (found 2026-11-23; open, fix designed).** The argument above
+//! takes for granted that everything a voter will ever learn about the
+//! removed router `D` is in the state it voted with. That fails when `D`'s
+//! last state lives on in a relay: `R` merged it before `D` died, passes it
+//! to voter `V` only after `V` voted, and then dies and is reclaimed too.
+//! The heir then acts on `V`'s older vote:
+//! - Its takeover writes "`D`'s version + 1" on an entry whose newer
+//!   `D`-written version it never saw. Replicas then refuse each other's
+//!   rings (`ConflictingEntry`) and never converge.
+//! - If that unseen update was a donation to `V`, `V` and the heir both own
+//!   the range.
+//!
+//! `Replica::leave` writes its handover without votes, so it can race an
+//! `rmpeer` of the same router started where the leave is not known yet,
+//! with the same result. The merge reports that as `ConflictingReclaim`.
+//!
+//! Neither case has shown up in the simulator or in 30,000 property-test
+//! cases of the committed operation mix; they were found with a richer mix.
+//! The fix:
+//! - an epoch in entry versions, so a takeover dominates every version `D`
+//!   wrote, and tokens `D` created that the heir never saw are dropped as
+//!   stale;
+//! - a fence: a replica that knows `D` is removed gains no range from `D`;
+//! - leave as a proposal of its own removal, completed by the heir with
+//!   every live vote like any reclaim.
+//!
 //! Assumptions, stated once: a router is removed only when it is dead for
 //! good and never returns with the same name; its messages still in flight
 //! when it died are lost; replicas persist their state after every change
