@@ -93,6 +93,8 @@ pub struct ControlReceiver {
     recv: RecvStream,
     reader: FrameReader,
     stats: Arc<ControlStats>,
+    /// Bytes read from the stream, for the traffic counters.
+    received: u64,
 }
 
 /// Why a control connection was not established. No variant holds key material.
@@ -341,6 +343,7 @@ impl Authenticated {
                 recv,
                 reader: FrameReader::new(),
                 stats: Arc::clone(&shared.stats),
+                received: 0,
             },
         }
     }
@@ -365,11 +368,11 @@ impl Authenticated {
         ConnId(self.receiver.connection.stable_id() as u64)
     }
 
-    /// Sends one message. See [`ControlSender::send_msg`].
+    /// Sends one message; returns the frame's length. See [`ControlSender::send_msg`].
     ///
     /// # Errors
     /// [`StreamError`].
-    pub async fn send_msg(&mut self, msg: &ControlMsg) -> Result<(), StreamError> {
+    pub async fn send_msg(&mut self, msg: &ControlMsg) -> Result<usize, StreamError> {
         self.sender.send_msg(msg).await
     }
 
@@ -393,7 +396,7 @@ impl Authenticated {
 }
 
 impl ControlSender {
-    /// Sends one message as a frame.
+    /// Sends one message as a frame; returns the frame's length in bytes.
     ///
     /// Not cancel-safe: if the future is dropped part way, the stream may hold
     /// half a frame; close the connection then.
@@ -401,10 +404,10 @@ impl ControlSender {
     /// # Errors
     /// [`StreamError::Wire`] if the message is too big for a frame (nothing
     /// is sent), [`StreamError::Write`] if the stream or connection failed.
-    pub async fn send_msg(&mut self, msg: &ControlMsg) -> Result<(), StreamError> {
+    pub async fn send_msg(&mut self, msg: &ControlMsg) -> Result<usize, StreamError> {
         let frame = wire::encode(msg)?;
         self.send.write_all(&frame).await?;
-        Ok(())
+        Ok(frame.len())
     }
 
     /// The QUIC connection.
@@ -443,7 +446,10 @@ impl ControlReceiver {
                 }
             }
             match self.recv.read_chunk(READ_CHUNK, true).await? {
-                Some(chunk) => self.reader.push(&chunk.bytes),
+                Some(chunk) => {
+                    self.received += chunk.bytes.len() as u64;
+                    self.reader.push(&chunk.bytes);
+                }
                 None if self.reader.buffered() == 0 => return Ok(None),
                 None => {
                     return Err(StreamError::Truncated {
@@ -452,6 +458,11 @@ impl ControlReceiver {
                 }
             }
         }
+    }
+
+    /// Bytes read from the stream so far (whole frames and any partial one).
+    pub fn received_bytes(&self) -> u64 {
+        self.received
     }
 
     /// The QUIC connection.

@@ -47,7 +47,7 @@ use crate::api::{self, Backend, RingView, Status};
 use crate::config::{Host, LaunchConfig, PeerAddr, PeerRef};
 use crate::core::handshake::HandshakeCounts;
 use crate::core::mesh::{self, ConnId, Event, Failure, Mesh, Refused};
-use crate::core::wire::{self, ControlMsg};
+use crate::core::wire::ControlMsg;
 use crate::identity::Identity;
 use crate::metrics::{self, ConnState, Direction, HandshakeFailure, Metrics};
 use crate::secret::ClusterSecret;
@@ -772,10 +772,13 @@ async fn resolve(peer: PeerAddr, tx: mpsc::Sender<Input>) {
 
 /// Forwards a connection's gossip to the driver, then reports why it ended.
 async fn read_loop(id: ConnId, mut receiver: ControlReceiver, tx: mpsc::Sender<Input>, metrics: Arc<Metrics>) {
+    let mut counted = 0;
     let reason = loop {
         match receiver.recv_msg().await {
             Ok(Some(msg)) => {
-                let len = frame_len(&msg);
+                // Bytes read since the last message: this frame (and any part of the next).
+                let len = usize::try_from(receiver.received_bytes() - counted).unwrap_or(usize::MAX);
+                counted = receiver.received_bytes();
                 let ControlMsg::Gossip(m) = msg else {
                     trace!("IPAM message ignored: IPAM over the mesh is not in this build");
                     continue;
@@ -801,18 +804,14 @@ async fn write_loop(
     metrics: Arc<Metrics>,
 ) {
     while let Some(msg) = queue.recv().await {
-        let len = frame_len(&msg);
-        if let Err(e) = sender.send_msg(&msg).await {
-            let _ = tx.send(Input::Closed(id, Failure::Lost(e.to_string()))).await;
-            return;
+        match sender.send_msg(&msg).await {
+            Ok(len) => metrics.gossip(Direction::Out, len),
+            Err(e) => {
+                let _ = tx.send(Input::Closed(id, Failure::Lost(e.to_string()))).await;
+                return;
+            }
         }
-        metrics.gossip(Direction::Out, len);
     }
-}
-
-/// The size of `msg` on the wire, for the byte counters.
-fn frame_len(msg: &ControlMsg) -> usize {
-    wire::encode(msg).map_or(0, |frame| frame.len())
 }
 
 // ---- the API backend ----
