@@ -95,24 +95,23 @@ impl Topology {
     /// Replaces this router's neighbour set; bumps its version if it changed.
     /// Returns whether it changed.
     pub fn set_neighbours(&mut self, neighbours: BTreeSet<PeerName>) -> bool {
-        if self.own().neighbours == neighbours {
-            return false;
-        }
-        let mut own = self.own().clone();
-        own.neighbours = neighbours;
-        own.version += 1;
-        self.put(own);
-        true
+        self.update_own(|own| own.neighbours = neighbours)
     }
 
     /// Replaces this router's advertised endpoints; bumps its version if they
     /// changed. Returns whether they changed.
     pub fn set_endpoints(&mut self, endpoints: Vec<SocketAddr>) -> bool {
-        if self.own().endpoints == endpoints {
+        self.update_own(|own| own.endpoints = endpoints)
+    }
+
+    /// Applies `change` to our own entry; if that changed it, bumps the
+    /// version. Returns whether it changed.
+    fn update_own(&mut self, change: impl FnOnce(&mut PeerEntry)) -> bool {
+        let mut own = self.own().clone();
+        change(&mut own);
+        if own == *self.own() {
             return false;
         }
-        let mut own = self.own().clone();
-        own.endpoints = endpoints;
         own.version += 1;
         self.put(own);
         true
