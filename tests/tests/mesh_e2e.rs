@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tempfile::TempDir;
-use weft_tests::{Host, Process, testbed_or_skip, wait_until};
+use weft_tests::{Host, Process, Testbed, testbed_or_skip, wait_until};
 
 /// The control port every router listens on.
 const PORT: u16 = 6783;
@@ -29,19 +29,9 @@ fn three_routers_reach_established() {
     let dir = workdir();
     let secret = write_secret(dir.path(), "secret", SECRET);
     let start = Instant::now();
-    let h1 = Router::launch(tb.host(1), dir.path(), &secret, &[]);
-    let h2 = Router::launch(tb.host(2), dir.path(), &secret, &[tb.host(1)]);
-    let h3 = Router::launch(tb.host(3), dir.path(), &secret, &[tb.host(1)]);
-
-    let routers = [&h1, &h2, &h3];
-    wait_for(
-        &routers,
-        Duration::from_secs(30),
-        "all three routers to be established",
-        fully_meshed,
-    );
+    let [h1, h2, h3] = mesh_of_three(&tb, dir.path(), &secret);
     eprintln!("meshed {:?} after launch", start.elapsed());
-    for router in routers {
+    for router in [&h1, &h2, &h3] {
         let status = router.status().unwrap();
         assert_eq!(status.nickname, router.nickname, "{status:#?}");
     }
@@ -117,15 +107,7 @@ fn kill_and_restart_rejoins() {
     let tb = testbed_or_skip!(3);
     let dir = workdir();
     let secret = write_secret(dir.path(), "secret", SECRET);
-    let h1 = Router::launch(tb.host(1), dir.path(), &secret, &[]);
-    let mut h2 = Router::launch(tb.host(2), dir.path(), &secret, &[tb.host(1)]);
-    let h3 = Router::launch(tb.host(3), dir.path(), &secret, &[tb.host(1)]);
-    wait_for(
-        &[&h1, &h2, &h3],
-        Duration::from_secs(30),
-        "all three routers to be established",
-        fully_meshed,
-    );
+    let [h1, mut h2, h3] = mesh_of_three(&tb, dir.path(), &secret);
     let name = h2.status().unwrap().name;
 
     h2.kill();
@@ -150,16 +132,8 @@ fn cut_link_then_restore_reconverges() {
     let tb = testbed_or_skip!(3);
     let dir = workdir();
     let secret = write_secret(dir.path(), "secret", SECRET);
-    let h1 = Router::launch(tb.host(1), dir.path(), &secret, &[]);
-    let h2 = Router::launch(tb.host(2), dir.path(), &secret, &[tb.host(1)]);
-    let h3 = Router::launch(tb.host(3), dir.path(), &secret, &[tb.host(1)]);
+    let [h1, h2, h3] = mesh_of_three(&tb, dir.path(), &secret);
     let routers = [&h1, &h2, &h3];
-    wait_for(
-        &routers,
-        Duration::from_secs(30),
-        "all three routers to be established",
-        fully_meshed,
-    );
     let h3_name = h3.status().unwrap().name;
 
     tb.cut(3).unwrap();
@@ -185,6 +159,20 @@ fn cut_link_then_restore_reconverges() {
         fully_meshed,
     );
     eprintln!("meshed again {:?} after the restore", restore.elapsed());
+}
+
+/// Launches routers on hosts 1-3 (2 and 3 given only host 1 as PEER) and waits until all three are established.
+fn mesh_of_three<'t>(tb: &'t Testbed, dir: &Path, secret: &Path) -> [Router<'t>; 3] {
+    let h1 = Router::launch(tb.host(1), dir, secret, &[]);
+    let h2 = Router::launch(tb.host(2), dir, secret, &[tb.host(1)]);
+    let h3 = Router::launch(tb.host(3), dir, secret, &[tb.host(1)]);
+    wait_for(
+        &[&h1, &h2, &h3],
+        Duration::from_secs(30),
+        "all three routers to be established",
+        fully_meshed,
+    );
+    [h1, h2, h3]
 }
 
 /// One `weft launch` in a host's namespace, restartable with the same arguments and data directory. When it is
