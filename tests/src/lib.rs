@@ -14,7 +14,7 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use weft_tests::{testbed_or_skip, wait_until};
+//! use weft_tests::{InNamespace as _, testbed_or_skip, wait_until};
 //!
 //! # fn main() {}
 //! #[test]
@@ -39,7 +39,7 @@ mod testbed;
 mod wait;
 
 pub use error::Error;
-pub use netns::{Netns, netns_names, sweep};
+pub use netns::{InNamespace, Netns, netns_names, sweep};
 pub use process::Process;
 pub use skip::{missing_program, netns_unavailable, skip_or_fail};
 pub use testbed::{Host, MAX_HOSTS, POD_GATEWAY, Pod, Testbed, UNDERLAY, UNDERLAY_DEV};

@@ -8,6 +8,49 @@ use std::sync::Arc;
 use crate::Error;
 use crate::process::{Process, Shared};
 
+/// Something that lives in one network namespace (a host, a pod, or the
+/// namespace itself): run commands and processes there without naming it.
+pub trait InNamespace {
+    /// Its namespace.
+    fn netns(&self) -> &Netns;
+
+    /// Its namespace's path, `/run/netns/NAME`. See [`Netns::path`].
+    fn netns_path(&self) -> PathBuf {
+        self.netns().path()
+    }
+
+    /// See [`Netns::cmd`].
+    fn cmd(&self, program: impl AsRef<OsStr>) -> Command {
+        self.netns().cmd(program)
+    }
+
+    /// See [`Netns::exec_ok`].
+    ///
+    /// # Errors
+    /// As [`Netns::exec_ok`].
+    fn exec_ok<I, S>(&self, args: I) -> Result<String, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.netns().exec_ok(args)
+    }
+
+    /// See [`Netns::spawn`].
+    ///
+    /// # Errors
+    /// As [`Netns::spawn`].
+    fn spawn(&self, cmd: &mut Command) -> Result<Process, Error> {
+        self.netns().spawn(cmd)
+    }
+}
+
+impl InNamespace for Netns {
+    fn netns(&self) -> &Netns {
+        self
+    }
+}
+
 /// A named network namespace (`/run/netns/NAME`) made by a [`Testbed`](crate::Testbed).
 ///
 /// Commands built with [`cmd`](Self::cmd) run inside it through `ip netns exec`, so nothing a test starts runs

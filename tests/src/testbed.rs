@@ -1,16 +1,13 @@
 //! Hosts on an underlay bridge, and pods on hosts.
 
-use std::ffi::OsStr;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use ipnet::Ipv4Net;
 
-use crate::netns::{self, Netns};
-use crate::process::{Process, Shared};
+use crate::netns::{self, InNamespace, Netns};
+use crate::process::Shared;
 use crate::{Error, skip_or_fail};
 
 /// The underlay subnet. Host `i` is `10.99.0.i`. It exists only inside each testbed's namespaces, so testbeds
@@ -227,44 +224,9 @@ impl Host {
         self.netns.name()
     }
 
-    /// Its namespace's path, `/run/netns/NAME`.
-    pub fn netns_path(&self) -> PathBuf {
-        self.netns.path()
-    }
-
-    /// Its namespace.
-    pub fn netns(&self) -> &Netns {
-        &self.netns
-    }
-
     /// Its address on the underlay, `10.99.0.INDEX`, on [`UNDERLAY_DEV`].
     pub fn underlay_ip(&self) -> Ipv4Addr {
         self.underlay_ip
-    }
-
-    /// See [`Netns::cmd`].
-    pub fn cmd(&self, program: impl AsRef<OsStr>) -> Command {
-        self.netns.cmd(program)
-    }
-
-    /// See [`Netns::exec_ok`].
-    ///
-    /// # Errors
-    /// As [`Netns::exec_ok`].
-    pub fn exec_ok<I, S>(&self, args: I) -> Result<String, Error>
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        self.netns.exec_ok(args)
-    }
-
-    /// See [`Netns::spawn`].
-    ///
-    /// # Errors
-    /// As [`Netns::spawn`].
-    pub fn spawn(&self, cmd: &mut Command) -> Result<Process, Error> {
-        self.netns.spawn(cmd)
     }
 
     /// Adds a pod as a routed CNI plugin (ptp, Calico) would: namespace `HOST-SUFFIX` with `eth0` at `addr`
@@ -339,16 +301,6 @@ impl Pod {
         self.netns.name()
     }
 
-    /// Its namespace's path, `/run/netns/NAME`.
-    pub fn netns_path(&self) -> PathBuf {
-        self.netns.path()
-    }
-
-    /// Its namespace.
-    pub fn netns(&self) -> &Netns {
-        &self.netns
-    }
-
     /// The address on its `eth0`, with the prefix it was given.
     pub fn addr(&self) -> Ipv4Net {
         self.addr
@@ -362,31 +314,6 @@ impl Pod {
     /// The host side of its veth, `pod-SUFFIX`, in the host's namespace.
     pub fn host_veth(&self) -> &str {
         &self.host_veth
-    }
-
-    /// See [`Netns::cmd`].
-    pub fn cmd(&self, program: impl AsRef<OsStr>) -> Command {
-        self.netns.cmd(program)
-    }
-
-    /// See [`Netns::exec_ok`].
-    ///
-    /// # Errors
-    /// As [`Netns::exec_ok`].
-    pub fn exec_ok<I, S>(&self, args: I) -> Result<String, Error>
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        self.netns.exec_ok(args)
-    }
-
-    /// See [`Netns::spawn`].
-    ///
-    /// # Errors
-    /// As [`Netns::spawn`].
-    pub fn spawn(&self, cmd: &mut Command) -> Result<Process, Error> {
-        self.netns.spawn(cmd)
     }
 }
 
@@ -425,6 +352,18 @@ fn check_pod_suffix(suffix: &str) -> Result<(), Error> {
 const BRIDGE: &str = "br0";
 /// Interface names have at most 15 bytes, and the host side of a pod's veth is `pod-SUFFIX`.
 const MAX_POD_SUFFIX: usize = 15 - "pod-".len();
+
+impl InNamespace for Host {
+    fn netns(&self) -> &Netns {
+        &self.netns
+    }
+}
+
+impl InNamespace for Pod {
+    fn netns(&self) -> &Netns {
+        &self.netns
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -8,7 +8,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use weft_tests::{
-    Error, Host, netns_names, netns_unavailable, require_program, skip_or_fail, sweep, testbed_or_skip, wait_until,
+    Error, Host, InNamespace as _, netns_names, netns_unavailable, require_program, skip_or_fail, sweep,
+    testbed_or_skip, wait_until,
 };
 
 #[test]

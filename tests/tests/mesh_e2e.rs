@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tempfile::TempDir;
-use weft_tests::{Host, Process, Testbed, testbed_or_skip, wait_until};
+use weft_tests::{Host, InNamespace as _, Process, Testbed, testbed_or_skip, wait_until};
 
 /// The control port every router listens on.
 const PORT: u16 = 6783;
