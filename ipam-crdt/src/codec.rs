@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::peer::PeerName;
 use crate::pool::Pool;
 use crate::replica::{AllocKey, Replica, add_owned};
-use crate::ring::{Entry, Removal, Ring, Vote};
+use crate::ring::{Entry, Removal, Ring, Taken, Vote};
 use crate::space::Space;
 
 /// Largest encoded ring or replica accepted, in bytes (16 MiB). A ring of
@@ -29,7 +29,7 @@ pub const MAX_MEMBERS: usize = 1 << 16;
 impl Ring {
     /// The wire form of the ring (what routers gossip).
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_allocvec(&RingWire::V1(RingV1::from(self))).expect("encoding to a Vec cannot fail")
+        postcard::to_allocvec(&RingWire::V2(RingV2::from(self))).expect("encoding to a Vec cannot fail")
     }
 
     /// Decodes and validates a ring received from the network or disk.
@@ -37,17 +37,19 @@ impl Ring {
     /// # Errors
     /// [`DecodeError`]: too large, a newer version, malformed, or structurally invalid.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let RingWire::V1(v1) = decode_bounded::<RingWire>(bytes, RingWire::VERSIONS)?;
-        v1.into_ring()
+        match decode_bounded::<RingWire>(bytes, RingWire::VERSIONS)? {
+            RingWire::V1(v1) => RingV2::from(v1).into_ring(),
+            RingWire::V2(v2) => v2.into_ring(),
+        }
     }
 }
 
 impl Replica {
-    /// The disk form of the replica: ring and allocations.
+    /// The disk form of the replica: ring, allocations and deferred entries.
     pub fn encode(&self) -> Vec<u8> {
-        let v1 = ReplicaV1 {
+        let v2 = ReplicaV2 {
             me: self.me,
-            ring: self.ring.as_ref().map(RingV1::from),
+            ring: self.ring.as_ref().map(RingV2::from),
             allocations: self
                 .space
                 .allocations()
@@ -57,8 +59,9 @@ impl Replica {
                     offset: off,
                 })
                 .collect(),
+            deferred: self.deferred.iter().copied().collect(),
         };
-        postcard::to_allocvec(&ReplicaDisk::V1(v1)).expect("encoding to a Vec cannot fail")
+        postcard::to_allocvec(&ReplicaDisk::V2(v2)).expect("encoding to a Vec cannot fail")
     }
 
     /// Decodes and validates a replica from disk. A corrupt file is an error,
@@ -68,23 +71,35 @@ impl Replica {
     /// [`DecodeError`], as for [`Ring::decode`], plus allocations that do not
     /// fit the ring.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let ReplicaDisk::V1(v1) = decode_bounded::<ReplicaDisk>(bytes, ReplicaDisk::VERSIONS)?;
-        let me = v1.me;
-        let Some(ring) = v1.ring else {
-            if !v1.allocations.is_empty() {
+        let v2 = match decode_bounded::<ReplicaDisk>(bytes, ReplicaDisk::VERSIONS)? {
+            ReplicaDisk::V1(v1) => ReplicaV2 {
+                me: v1.me,
+                ring: v1.ring.map(RingV2::from),
+                allocations: v1.allocations,
+                deferred: Vec::new(),
+            },
+            ReplicaDisk::V2(v2) => v2,
+        };
+        let me = v2.me;
+        let Some(ring) = v2.ring else {
+            if !v2.allocations.is_empty() || !v2.deferred.is_empty() {
                 return Err(invalid("allocations without a ring"));
             }
             return Ok(Self::new(me));
         };
         let ring = ring.into_ring()?;
         let pool = ring.pool;
+        if v2.deferred.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(invalid("deferred entries must ascend strictly"));
+        }
+        let deferred: BTreeSet<u128> = v2.deferred.into_iter().collect();
         let mut space = Space::default();
         for (s, e, entry) in ring.spans() {
-            if entry.owner == me {
+            if entry.owner == me && !deferred.contains(&s) {
                 add_owned(&mut space, pool, s, e);
             }
         }
-        for a in v1.allocations {
+        for a in v2.allocations {
             let key = AllocKey::new(a.container, a.iface).map_err(|e| invalid(e.to_string()))?;
             if a.offset >= pool.size() || !space.is_free(a.offset) || space.offset_of(&key).is_some() {
                 return Err(invalid(format!("allocation {key} does not fit this router's space")));
@@ -95,6 +110,7 @@ impl Replica {
             me,
             ring: Some(ring),
             space,
+            deferred,
         };
         replica.verify().map_err(|v| invalid(v.to_string()))?;
         Ok(replica)
@@ -164,19 +180,30 @@ fn read_varint(bytes: &[u8]) -> Option<u64> {
 #[derive(Serialize, Deserialize)]
 enum RingWire {
     V1(RingV1),
+    V2(RingV2),
 }
 
 impl RingWire {
-    const VERSIONS: u64 = 1;
+    const VERSIONS: u64 = 2;
 }
 
 #[derive(Serialize, Deserialize)]
 enum ReplicaDisk {
     V1(ReplicaV1),
+    V2(ReplicaV2),
 }
 
 impl ReplicaDisk {
-    const VERSIONS: u64 = 1;
+    const VERSIONS: u64 = 2;
+}
+
+#[derive(Serialize, Deserialize)]
+struct ReplicaV2 {
+    me: PeerName,
+    ring: Option<RingV2>,
+    allocations: Vec<AllocV1>,
+    /// Own tokens not usable yet, ascending.
+    deferred: Vec<u128>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -238,6 +265,84 @@ struct VoteV1 {
     heir: u32,
 }
 
+/// The ring on the wire since takeover epochs: entries name their writer and
+/// epoch, and done reclaims list the ranges the heir took.
+#[derive(Serialize, Deserialize)]
+struct RingV2 {
+    pool: PoolV1,
+    members: Names,
+    seeds: Vec<u32>,
+    entries: Vec<EntryV2>,
+    removals: Vec<RemovalV2>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EntryV2 {
+    gap: u128,
+    owner: u32,
+    writer: u32,
+    epoch: u32,
+    version: u64,
+    free: u128,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RemovalV2 {
+    dead: u32,
+    state: RemovalStateV2,
+}
+
+#[derive(Serialize, Deserialize)]
+enum RemovalStateV2 {
+    Pending { proposals: Vec<u32>, votes: Vec<VoteV1> },
+    Done { heir: u32, taken: Vec<TakenV2> },
+}
+
+#[derive(Serialize, Deserialize)]
+struct TakenV2 {
+    start: u128,
+    end: u128,
+    epoch: u32,
+}
+
+impl From<RingV1> for RingV2 {
+    /// A V1 ring predates epochs: every entry is epoch 0 and written by its
+    /// owner as far as anyone can tell, and done reclaims list no ranges.
+    fn from(v1: RingV1) -> Self {
+        Self {
+            pool: v1.pool,
+            members: v1.members,
+            seeds: v1.seeds,
+            entries: v1
+                .entries
+                .into_iter()
+                .map(|e| EntryV2 {
+                    gap: e.gap,
+                    owner: e.owner,
+                    writer: e.owner,
+                    epoch: 0,
+                    version: e.version,
+                    free: e.free,
+                })
+                .collect(),
+            removals: v1
+                .removals
+                .into_iter()
+                .map(|r| RemovalV2 {
+                    dead: r.dead,
+                    state: match r.state {
+                        RemovalStateV1::Pending { proposals, votes } => RemovalStateV2::Pending { proposals, votes },
+                        RemovalStateV1::Done { heir } => RemovalStateV2::Done {
+                            heir,
+                            taken: Vec::new(),
+                        },
+                    },
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Peer names as one byte string of 8-byte names: one length and one copy
 /// instead of a serde call per byte.
 struct Names(Vec<PeerName>);
@@ -271,7 +376,7 @@ impl<'de> Deserialize<'de> for Names {
     }
 }
 
-impl From<&Ring> for RingV1 {
+impl From<&Ring> for RingV2 {
     fn from(r: &Ring) -> Self {
         let pool = match r.pool.net() {
             IpNet::V4(n) => PoolV1::V4 {
@@ -292,9 +397,11 @@ impl From<&Ring> for RingV1 {
             .map(|(t, e)| {
                 let gap = t - prev;
                 prev = *t;
-                EntryV1 {
+                EntryV2 {
                     gap,
                     owner: ix(&e.owner),
+                    writer: ix(&e.writer),
+                    epoch: e.epoch,
                     version: e.version,
                     free: e.free,
                 }
@@ -303,11 +410,21 @@ impl From<&Ring> for RingV1 {
         let removals = r
             .removals
             .iter()
-            .map(|(d, rm)| RemovalV1 {
+            .map(|(d, rm)| RemovalV2 {
                 dead: ix(d),
                 state: match rm {
-                    Removal::Done { heir } => RemovalStateV1::Done { heir: ix(heir) },
-                    Removal::Pending { proposals, votes } => RemovalStateV1::Pending {
+                    Removal::Done { heir, taken } => RemovalStateV2::Done {
+                        heir: ix(heir),
+                        taken: taken
+                            .iter()
+                            .map(|k| TakenV2 {
+                                start: k.start,
+                                end: k.end,
+                                epoch: k.epoch,
+                            })
+                            .collect(),
+                    },
+                    Removal::Pending { proposals, votes } => RemovalStateV2::Pending {
                         proposals: proposals.iter().map(ix).collect(),
                         votes: votes
                             .iter()
@@ -331,7 +448,7 @@ impl From<&Ring> for RingV1 {
     }
 }
 
-impl RingV1 {
+impl RingV2 {
     fn into_ring(self) -> Result<Ring, DecodeError> {
         let net = match self.pool {
             PoolV1::V4 { addr, prefix } => {
@@ -384,6 +501,8 @@ impl RingV1 {
                 token,
                 Entry {
                     owner: name(e.owner)?,
+                    writer: name(e.writer)?,
+                    epoch: e.epoch,
                     version: e.version,
                     free: e.free,
                 },
@@ -399,8 +518,27 @@ impl RingV1 {
                 return Err(invalid("removals must ascend strictly"));
             }
             let rm = match r.state {
-                RemovalStateV1::Done { heir } => Removal::Done { heir: name(heir)? },
-                RemovalStateV1::Pending { proposals, votes } => {
+                RemovalStateV2::Done { heir, taken } => {
+                    let mut end = 0;
+                    for k in &taken {
+                        if k.start < end || k.start >= k.end || k.end > size || k.epoch == 0 {
+                            return Err(invalid("taken ranges must ascend, lie in the pool and have an epoch"));
+                        }
+                        end = k.end;
+                    }
+                    Removal::Done {
+                        heir: name(heir)?,
+                        taken: taken
+                            .into_iter()
+                            .map(|k| Taken {
+                                start: k.start,
+                                end: k.end,
+                                epoch: k.epoch,
+                            })
+                            .collect(),
+                    }
+                }
+                RemovalStateV2::Pending { proposals, votes } => {
                     let proposals = proposals.into_iter().map(name).collect::<Result<Vec<_>, _>>()?;
                     if proposals.is_empty() || proposals.windows(2).any(|w| w[0] >= w[1]) {
                         return Err(invalid("proposals must be present and ascend strictly"));
@@ -428,13 +566,23 @@ impl RingV1 {
             removals.push((dead, rm));
         }
         // Inputs are validated as sorted, so these collects bulk-build in linear time.
-        Ok(Ring {
+        let ring = Ring {
             pool,
             seeds,
             entries: entries.into_iter().collect(),
             members: members.into_iter().collect(),
             removals: removals.into_iter().collect::<BTreeMap<_, _>>(),
-        })
+        };
+        // Merge never keeps a stale token; a ring holding one was not made by merge.
+        for k in ring.taken() {
+            if let Some((t, _)) = ring.entries.range(k.start + 1..k.end).find(|(_, e)| e.epoch < k.epoch) {
+                return Err(invalid(format!(
+                    "entry at {} lies in a range taken over at a later epoch",
+                    pool.addr_at(*t)
+                )));
+            }
+        }
+        Ok(ring)
     }
 }
 
@@ -451,12 +599,11 @@ mod tests {
         Ring::new(Pool::new("10.32.0.0/22".parse().unwrap()).unwrap(), &[p(1), p(2)]).unwrap()
     }
 
-    /// The exact bytes of a V1 ring: the format is frozen, so this must never change.
+    /// The exact bytes of a V1 ring, which a newer Weft still reads.
     #[test]
-    fn ring_v1_bytes_are_stable() {
-        let bytes = small_ring().encode();
+    fn ring_v1_bytes_still_decode() {
         #[rustfmt::skip]
-        let expected: Vec<u8> = vec![
+        let v1: Vec<u8> = vec![
             0,                                  // RingWire::V1
             0, 10, 32, 0, 0, 22,                // PoolV1::V4 10.32.0.0/22
             16, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2,  // members p1, p2: 16 bytes
@@ -464,6 +611,24 @@ mod tests {
             2,                                  // two entries
             0, 0, 1, 0xff, 0x03,                // gap 0, member 0, v1, free 511
             0x80, 0x04, 1, 1, 0xff, 0x03,       // gap 512, member 1, v1, free 511
+            0,                                  // no removals
+        ];
+        assert_eq!(Ring::decode(&v1).unwrap(), small_ring());
+    }
+
+    /// The exact bytes of a V2 ring: the format is frozen, so this must never change.
+    #[test]
+    fn ring_v2_bytes_are_stable() {
+        let bytes = small_ring().encode();
+        #[rustfmt::skip]
+        let expected: Vec<u8> = vec![
+            1,                                  // RingWire::V2
+            0, 10, 32, 0, 0, 22,                // PoolV1::V4 10.32.0.0/22
+            16, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2,  // members p1, p2: 16 bytes
+            2, 0, 1,                            // seeds: members 0, 1
+            2,                                  // two entries
+            0, 0, 0, 0, 1, 0xff, 0x03,          // gap 0, owner 0, writer 0, epoch 0, v1, free 511
+            0x80, 0x04, 1, 1, 0, 1, 0xff, 0x03, // gap 512, owner 1, writer 1, epoch 0, v1, free 511
             0,                                  // no removals
         ];
         assert_eq!(bytes, expected);
@@ -491,8 +656,8 @@ mod tests {
     #[test]
     fn refuses_newer_versions_oversize_and_trailing_bytes() {
         let mut bytes = small_ring().encode();
-        bytes[0] = 1;
-        assert_eq!(Ring::decode(&bytes), Err(DecodeError::UnsupportedVersion(2)));
+        bytes[0] = 2;
+        assert_eq!(Ring::decode(&bytes), Err(DecodeError::UnsupportedVersion(3)));
         let big = vec![0u8; MAX_ENCODED_LEN + 1];
         assert!(matches!(Ring::decode(&big), Err(DecodeError::TooLarge { .. })));
         let mut trailing = small_ring().encode();
@@ -504,12 +669,13 @@ mod tests {
     #[test]
     fn refuses_structurally_invalid_rings() {
         let good = small_ring().encode();
-        // Owner of the second entry is not a member (index 1 -> 2).
-        let mut bad = good.clone();
-        let pos = good.len() - 5;
-        assert_eq!(bad[pos], 1);
-        bad[pos] = 2;
-        assert!(matches!(Ring::decode(&bad), Err(DecodeError::Invalid(_))));
+        // Owner, then writer, of the second entry is not a member (index 1 -> 2).
+        for pos in [good.len() - 7, good.len() - 6] {
+            let mut bad = good.clone();
+            assert_eq!(bad[pos], 1);
+            bad[pos] = 2;
+            assert!(matches!(Ring::decode(&bad), Err(DecodeError::Invalid(_))));
+        }
         // The last range holds 511 usable addresses (the broadcast address is
         // reserved); advertising 512 free (varint 0x80 0x04) is impossible.
         let mut bad = good;
@@ -518,6 +684,25 @@ mod tests {
         bad[n - 3] = 0x80;
         bad[n - 2] = 0x04;
         assert!(matches!(Ring::decode(&bad), Err(DecodeError::Invalid(_))));
+    }
+
+    /// A token inside a range taken over at a later epoch is stale; merge
+    /// drops it, so a ring that holds one is refused.
+    #[test]
+    fn refuses_a_stale_token() {
+        let mut r = small_ring();
+        let k = r.take(0, p(2));
+        r.removals.insert(
+            p(1),
+            Removal::Done {
+                heir: p(2),
+                taken: vec![k],
+            },
+        );
+        assert_eq!(Ring::decode(&r.encode()).unwrap(), r);
+        r.split_at(100, 0);
+        r.entries.get_mut(&100).unwrap().epoch = 0;
+        assert!(matches!(Ring::decode(&r.encode()), Err(DecodeError::Invalid(_))));
     }
 
     #[test]

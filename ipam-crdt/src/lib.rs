@@ -9,13 +9,14 @@
 //!
 //! ## The ring
 //! [`Ring`] cuts the pool at *tokens*. The entry at token `t` covers
-//! `[t, next token)` and records its owner, a version, and the free count the
-//! owner advertises. Token 0 always exists and tokens are never deleted, so
+//! `[t, next token)` and records its owner, who wrote it, an epoch and a
+//! version, and the free count the owner advertises. Token 0 always exists
+//! (only tokens strictly inside a taken-over range are ever dropped), so
 //! ownership is disjoint and covers the pool in every state, by construction.
 //!
 //! The ring is a state-based CRDT. Merge takes, token by token, the entry with
-//! the higher version; the member set only grows; reclaim records only move
-//! forward. Merge is therefore idempotent, commutative and associative (the
+//! the higher (epoch, version); the member set only grows; reclaim records
+//! only move forward; a token made stale by a takeover is dropped (below). Merge is therefore idempotent, commutative and associative (the
 //! property tests check all three). Two entries with the same version and
 //! different contents cannot arise from a valid history and are refused.
 //!
@@ -67,9 +68,16 @@
 //!    proposed heir has itself been removed, a voter that sees this proposes
 //!    itself, so a reclaim never stalls on a dead heir.
 //! 3. **Act.** Only the candidate acts, and only once its own view shows
-//!    every voter voting for it. It then writes every entry of `D` as its own,
-//!    wholly free (the dead router's containers died with it), and marks the
-//!    record done. Done is final and dominates on merge.
+//!    every voter voting for it. It then rewrites every entry of `D` as its
+//!    own, wholly free (the dead router's containers died with it), **one
+//!    epoch up**, and marks the record done, listing the ranges it took.
+//!    Done is final and dominates on merge.
+//!
+//! A graceful leave (`weft reset`, [`Replica::leave`]) is the same thing
+//! started by the router itself: it records its own removal with the heir it
+//! chose and stops allocating at once; the heir acts with every live vote.
+//! A leave and an `rmpeer` of the same router started elsewhere therefore
+//! join into one record instead of racing.
 //!
 //! **Why two routers can never both take `D`'s ranges.** Suppose live heirs
 //! `H1 != H2` both act, `H1` first. When `H1` acts, its record becomes done,
@@ -89,46 +97,47 @@
 //! `H1`. (Two groups that have never shared a live router cannot coordinate
 //! by any protocol; that case needs an operator, not an algorithm.)
 //!
-//! The same unanimity is what makes reclaim safe against a dead router's last
-//! donations: a donation moved ownership to a live recipient, which is a
-//! voter, and its vote carries the donation into the heir's view, so the heir
-//! never takes a range `D` had given away.
+//! **Why the heir never takes a range `D` gave to a live router.** A vote
+//! carries the voter's state, so a donation its recipient knew of when it
+//! voted is in the heir's view, and the heir leaves it alone. What a voter
+//! learns about `D` *after* voting (say `D`'s last state, relayed by a router
+//! that then died too) may reach the heir too late; three rules make that
+//! harmless:
+//! - *The fence.* A range that arrives written by a router whose removal is
+//!   pending is not used ([`Replica::merge`] defers it) until the reclaim is
+//!   done. Then it is used only if it is still the recipient's; otherwise the
+//!   heir's takeover replaced it. A router that gained the range before it
+//!   knew of the removal voted after gaining it, so its vote carried it.
+//! - *Epochs.* Entries are ordered by (epoch, version), and a takeover raises
+//!   the epoch, so the heir's rewrite dominates every version `D` wrote,
+//!   whether the heir saw it or not: late state never conflicts with it.
+//! - *Stale tokens.* A token strictly inside a range the heir took, at a lower
+//!   epoch than the takeover, was cut by `D` (or from its donations) in a
+//!   state the heir never saw. Merge drops it, so the heir's range stays
+//!   whole. Dropping depends only on the token's epoch and the done records,
+//!   both of which only grow, so merge stays a join.
 //!
 //! The price is liveness, not safety: a reclaim completes only when every
 //! live member has voted, so during a partition it waits for the heal. A
 //! router that finds itself removed while alive (an operator mistake) stops
 //! allocating ([`AllocError::Removed`]) and must be reset.
 //!
-//! **Known gap (found 2026-11-23; open, fix designed).** The argument above
-//! takes for granted that everything a voter will ever learn about the
-//! removed router `D` is in the state it voted with. That fails when `D`'s
-//! last state lives on in a relay: `R` merged it before `D` died, passes it
-//! to voter `V` only after `V` voted, and then dies and is reclaimed too.
-//! The heir then acts on `V`'s older vote:
-//! - Its takeover writes "`D`'s version + 1" on an entry whose newer
-//!   `D`-written version it never saw. Replicas then refuse each other's
-//!   rings (`ConflictingEntry`) and never converge.
-//! - If that unseen update was a donation to `V`, `V` and the heir both own
-//!   the range.
-//!
-//! `Replica::leave` writes its handover without votes, so it can race an
-//! `rmpeer` of the same router started where the leave is not known yet,
-//! with the same result. The merge reports that as `ConflictingReclaim`.
-//!
-//! Neither case has shown up in the simulator or in 30,000 property-test
-//! cases of the committed operation mix; they were found with a richer mix.
-//! The fix:
-//! - an epoch in entry versions, so a takeover dominates every version `D`
-//!   wrote, and tokens `D` created that the heir never saw are dropped as
-//!   stale;
-//! - a fence: a replica that knows `D` is removed gains no range from `D`;
-//! - leave as a proposal of its own removal, completed by the heir with
-//!   every live vote like any reclaim.
-//!
-//! Assumptions, stated once: a router is removed only when it is dead for
+//! **Limits, stated once.** A router is removed only when it is dead for
 //! good and never returns with the same name; its messages still in flight
 //! when it died are lost; replicas persist their state after every change
-//! and before sending it.
+//! and before sending it. One case stays outside the argument: a router that
+//! had never owned space, got its first range from `D` just before `D` died,
+//! and stayed unknown to every voter until the heir acted. No voter could
+//! have waited for a router it did not know, so the heir takes that range
+//! too, and the newcomer's merge refuses the takeover of its entry
+//! ([`MergeError::OwnEntryChanged`]) rather than lose it silently. The router
+//! narrows this window further by refusing `rmpeer` while it still sees a
+//! connection to `D`.
+//!
+//! The property tests check all of this on random histories of six replicas
+//! with allocations, donations, crashes, deaths, leaves and concurrent
+//! reclaims, including the relayed-late-state histories that the fence and
+//! epochs were added for (`late_state_through_a_dead_relay_is_fenced`).
 //!
 //! ## Wire and disk form
 //! [`Ring::encode`] / [`Ring::decode`] and [`Replica::encode`] /

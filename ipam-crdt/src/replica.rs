@@ -1,5 +1,6 @@
 //! One router's IPAM state: the ring plus its own allocations.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -32,6 +33,9 @@ pub struct Replica {
     pub(crate) me: PeerName,
     pub(crate) ring: Option<Ring>,
     pub(crate) space: Space,
+    /// Own entries not yet usable: written by a router whose removal is
+    /// pending when they arrived (see [`Replica::merge`]). Not in `space`.
+    pub(crate) deferred: BTreeSet<u128>,
 }
 
 /// What an allocation is keyed by: a container and one of its interfaces.
@@ -183,6 +187,7 @@ impl Replica {
             me,
             ring: None,
             space: Space::default(),
+            deferred: BTreeSet::new(),
         }
     }
 
@@ -404,13 +409,19 @@ impl Replica {
     /// reclaims and, if it is the agreed heir with every vote in, takes the
     /// removed router's ranges.
     ///
+    /// **The fence.** A range that arrives written by a router whose removal
+    /// is pending (its donation, learned late) is not used until that reclaim
+    /// is done: this replica's vote may already be on its way without it, and
+    /// the heir may take the range. Once done, the range is used if it is
+    /// still ours; otherwise the heir's takeover has replaced it.
+    ///
     /// # Errors
     /// [`MergeError`]; the replica is then unchanged. Besides the ring-level
-    /// errors, refuses a ring that changes or splits this router's own
+    /// errors, refuses a ring that changes, splits or drops this router's own
     /// entries: only this router writes those.
     pub fn merge(&mut self, other: &Ring) -> Result<MergeOutcome, MergeError> {
         let me = self.me;
-        let (changed, gained_tokens) = match &mut self.ring {
+        let (changed, arrived) = match &mut self.ring {
             None => {
                 let tokens = other
                     .entries
@@ -423,39 +434,83 @@ impl Replica {
             }
             Some(ring) => {
                 let plan = ring.plan_merge(other)?;
+                let usable = |t: u128, owner: PeerName| owner == me && !self.deferred.contains(&t);
                 let mut tokens = Vec::new();
                 for (t, theirs) in &plan.entries {
                     match ring.entries.get(t) {
-                        Some(mine) if mine.owner == me => {
+                        Some(mine) if usable(*t, mine.owner) => {
                             return Err(MergeError::OwnEntryChanged {
                                 at: ring.pool.addr_at(*t),
                             });
                         }
-                        None if ring.entry_containing(*t).1.owner == me => {
-                            return Err(MergeError::OwnRangeSplit {
-                                at: ring.pool.addr_at(*t),
-                            });
+                        None => {
+                            let (ct, ce) = ring.entry_containing(*t);
+                            if usable(ct, ce.owner) {
+                                return Err(MergeError::OwnRangeSplit {
+                                    at: ring.pool.addr_at(*t),
+                                });
+                            }
                         }
-                        _ if theirs.owner == me => tokens.push(*t),
                         _ => {}
                     }
+                    if theirs.owner == me {
+                        tokens.push(*t);
+                    }
+                }
+                if let Some(t) = plan.dropped.iter().find(|t| usable(**t, ring.entries[*t].owner)) {
+                    return Err(MergeError::OwnEntryChanged {
+                        at: ring.pool.addr_at(*t),
+                    });
                 }
                 (ring.apply_merge(plan), tokens)
             }
         };
         let ring = self.ring.as_ref().expect("set above");
-        let mut gained = Vec::with_capacity(gained_tokens.len());
-        for t in gained_tokens {
+        let mut gained = Vec::with_capacity(arrived.len());
+        for t in arrived {
+            if self.deferred.contains(&t) {
+                continue;
+            }
+            let e = ring.entries[&t];
+            if ring.is_pending_removal(e.writer) {
+                self.deferred.insert(t);
+                continue;
+            }
             let end = ring.end_of(t);
             add_owned(&mut self.space, ring.pool, t, end);
             gained.push(ring.pool.range(t, end));
         }
         let (voted, reclaimed) = self.settle_reclaims();
+        self.release_deferred(&mut gained);
         Ok(MergeOutcome {
             changed: changed || voted,
             gained,
             reclaimed,
         })
+    }
+
+    /// Drops deferred entries that are no longer ours, and starts using those
+    /// whose writer's reclaim is done.
+    fn release_deferred(&mut self, gained: &mut Vec<AddrRange>) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let me = self.me;
+        let ring = self.ring.as_ref().expect("deferred entries imply a ring");
+        self.deferred
+            .retain(|t| ring.entries.get(t).is_some_and(|e| e.owner == me));
+        let ready: Vec<u128> = self
+            .deferred
+            .iter()
+            .copied()
+            .filter(|t| !ring.is_pending_removal(ring.entries[t].writer))
+            .collect();
+        for t in ready {
+            self.deferred.remove(&t);
+            let end = ring.end_of(t);
+            add_owned(&mut self.space, ring.pool, t, end);
+            gained.push(ring.pool.range(t, end));
+        }
     }
 
     /// Starts (or joins) the reclaim of `dead`, a router that is gone for good.
@@ -505,18 +560,17 @@ impl Replica {
             .expect("record exists"))
     }
 
-    /// Leaves the ring gracefully (`weft reset`): hands every range of this
-    /// router to `heir`, wholly free, and records this router as removed with
-    /// `heir` as its heir. Returns the ranges handed over; gossip the ring.
-    ///
-    /// Safe without votes: only this router writes its entries and its own
-    /// removal. Its allocations are dropped: leaving means its containers are
-    /// gone. Afterwards this replica allocates nothing.
+    /// Leaves the ring gracefully (`weft reset`): records this router's own
+    /// removal with `heir` proposed as its heir, and stops allocating at once.
+    /// Gossip the ring before going; the heir takes the ranges once every live
+    /// member has voted, exactly as for [`Replica::begin_reclaim`], so a leave
+    /// and an `rmpeer` of the same router started elsewhere join into one
+    /// reclaim instead of racing.
     ///
     /// # Errors
     /// [`ReclaimError`] when there is no ring, this router is already
     /// removed (or being reclaimed), or `heir` is not a live member.
-    pub fn leave(&mut self, heir: PeerName) -> Result<Vec<AddrRange>, ReclaimError> {
+    pub fn leave(&mut self, heir: PeerName) -> Result<ReclaimStatus, ReclaimError> {
         let me = self.me;
         let ring = self.ring.as_mut().ok_or(ReclaimError::NoRing)?;
         if ring.is_removed(me) {
@@ -528,22 +582,14 @@ impl Replica {
         if !ring.members.contains(&heir) || ring.is_removed(heir) {
             return Err(ReclaimError::UnknownPeer(heir));
         }
-        let pool = ring.pool;
-        let tokens: Vec<u128> = ring
-            .entries
-            .iter()
-            .filter(|(_, e)| e.owner == me)
-            .map(|(t, _)| *t)
-            .collect();
-        let mut given = Vec::with_capacity(tokens.len());
-        for t in tokens {
-            let end = ring.end_of(t);
-            ring.write(t, heir, end - t - pool.reserved_in(t, end));
-            given.push(pool.range(t, end));
-        }
-        ring.removals.insert(me, Removal::Done { heir });
-        self.space = Space::default();
-        Ok(given)
+        ring.removals.insert(
+            me,
+            Removal::Pending {
+                proposals: BTreeSet::from([heir]),
+                votes: Default::default(),
+            },
+        );
+        Ok(ring.reclaim_status(me).expect("just recorded"))
     }
 
     /// Checks every invariant of this replica: its entries' free counts match
@@ -561,6 +607,13 @@ impl Replica {
             };
         };
         let pool = ring.pool;
+        if let Some(t) = self
+            .deferred
+            .iter()
+            .find(|t| ring.entries.get(t).is_none_or(|e| e.owner != self.me))
+        {
+            return Err(violation(format!("deferred entry at {} is not ours", pool.addr_at(*t))));
+        }
         let mut usable_owned = 0u128;
         for (s, e, entry) in ring.spans() {
             if entry.free > e - s - pool.reserved_in(s, e) {
@@ -569,7 +622,7 @@ impl Replica {
                     pool.addr_at(s)
                 )));
             }
-            if entry.owner == self.me {
+            if entry.owner == self.me && !self.deferred.contains(&s) {
                 usable_owned += e - s - pool.reserved_in(s, e);
                 if entry.free != self.space.count_free(s, e) {
                     return Err(violation(format!(
@@ -591,7 +644,7 @@ impl Replica {
             let (t, _) = ring.entry_containing(s);
             let mut t = t;
             while t < e {
-                if ring.entries[&t].owner != self.me {
+                if ring.entries[&t].owner != self.me || self.deferred.contains(&t) {
                     return Err(violation(format!(
                         "free space at {} lies outside own ranges",
                         pool.addr_at(t.max(s))
@@ -601,7 +654,9 @@ impl Replica {
             }
         }
         for (key, off) in self.space.allocations() {
-            if pool.is_reserved(off) || self.space.is_free(off) || ring.entry_containing(off).1.owner != self.me {
+            let (t, entry) = ring.entry_containing(off);
+            if pool.is_reserved(off) || self.space.is_free(off) || entry.owner != self.me || self.deferred.contains(&t)
+            {
                 return Err(violation(format!(
                     "allocation {key} at {} is misplaced",
                     pool.addr_at(off)
@@ -648,7 +703,7 @@ impl Replica {
         let tokens: Vec<u128> = ring.entries.range(s..e).map(|(t, _)| *t).collect();
         for t in tokens {
             let end = ring.end_of(t);
-            ring.write(t, to, end - t - pool.reserved_in(t, end));
+            ring.write(t, me, to, end - t - pool.reserved_in(t, end));
         }
         // The remainders on either side are still ours; recount their free space.
         let mut mine = Vec::with_capacity(2);
@@ -660,7 +715,7 @@ impl Replica {
         }
         for t in mine {
             let end = ring.end_of(t);
-            ring.write(t, me, self.space.count_free(t, end));
+            ring.write(t, me, me, self.space.count_free(t, end));
         }
         ring.members.insert(to);
     }
@@ -735,7 +790,8 @@ impl fmt::Debug for Replica {
 }
 
 /// The heir's act: every entry of `dead` becomes `heir`'s, wholly free
-/// (the dead router's containers died with it), and the record is final.
+/// (the dead router's containers died with it), one epoch up, and the record
+/// is final with the ranges taken.
 fn take_over(ring: &mut Ring, space: &mut Space, heir: PeerName, dead: PeerName) {
     let pool = ring.pool;
     let tokens: Vec<u128> = ring
@@ -744,12 +800,13 @@ fn take_over(ring: &mut Ring, space: &mut Space, heir: PeerName, dead: PeerName)
         .filter(|(_, e)| e.owner == dead)
         .map(|(t, _)| *t)
         .collect();
+    let mut taken = Vec::with_capacity(tokens.len());
     for t in tokens {
-        let end = ring.end_of(t);
-        ring.write(t, heir, end - t - pool.reserved_in(t, end));
-        add_owned(space, pool, t, end);
+        let k = ring.take(t, heir);
+        add_owned(space, pool, k.start, k.end);
+        taken.push(k);
     }
-    ring.removals.insert(dead, Removal::Done { heir });
+    ring.removals.insert(dead, Removal::Done { heir, taken });
 }
 
 /// Adds newly owned `[s, e)` to `space` as free, minus the reserved addresses.
@@ -1106,13 +1163,13 @@ mod tests {
     fn merge_refuses_changes_to_own_entries() {
         let (mut a, b) = pair();
         let mut forged = b.ring().unwrap().clone();
-        forged.write(0, p(2), 5);
+        forged.write(0, p(2), p(2), 5);
         let before = a.clone();
         assert!(matches!(a.merge(&forged), Err(MergeError::OwnEntryChanged { .. })));
         assert_eq!(a, before);
         let mut split = b.ring().unwrap().clone();
         split.split_at(100, 0);
-        split.write(100, p(2), 0);
+        split.write(100, p(2), p(2), 0);
         assert!(matches!(a.merge(&split), Err(MergeError::OwnRangeSplit { .. })));
         assert_eq!(a, before);
     }
@@ -1205,7 +1262,7 @@ mod tests {
     }
 
     #[test]
-    fn leaving_hands_every_range_to_the_heir() {
+    fn leaving_hands_every_range_to_the_heir_once_all_vote() {
         let pl = pool("10.32.0.0/22");
         let seeds = [p(1), p(2), p(3)];
         let mut a = Replica::create(p(1), pl, &seeds).unwrap();
@@ -1214,18 +1271,23 @@ mod tests {
         a.allocate(key("gone"), Request::Any).unwrap();
         let d = a.donate(p(3), Want::Any).unwrap();
         let _ = c.merge(a.ring().unwrap()).unwrap();
-        let given = a.leave(p(2)).unwrap();
+        let st = a.leave(p(2)).unwrap();
         assert_eq!(
-            given.len(),
-            1,
-            "a keeps the lower part of its range after donating the top"
+            st,
+            ReclaimStatus::Pending {
+                candidate: Some(p(2)),
+                waiting_for: vec![p(2), p(3)]
+            }
         );
         assert!(a.is_removed());
         assert_eq!(a.allocate(key("x"), Request::Any), Err(AllocError::Removed));
         a.verify().unwrap();
-        // The heir gains the ranges at once; nobody needs to vote.
+        // The heir votes for itself, but c's vote is missing: nothing moves yet.
         let out = b.merge(a.ring().unwrap()).unwrap();
-        assert_eq!(out.gained, given);
+        assert!(out.gained.is_empty() && out.reclaimed.is_empty());
+        let _ = c.merge(b.ring().unwrap()).unwrap();
+        let out = b.merge(c.ring().unwrap()).unwrap();
+        assert_eq!(out.reclaimed, vec![p(1)]);
         b.verify().unwrap();
         assert!(!b.ring().unwrap().owners().contains_key(&p(1)));
         assert_eq!(
@@ -1247,6 +1309,157 @@ mod tests {
             Err(ReclaimError::UnknownPeer(p(1))),
             "a removed router cannot inherit"
         );
+    }
+
+    /// Names out of index order, as in the property tests: 40, 10, 30, 20.
+    fn four() -> Vec<Replica> {
+        let names = [40, 10, 30, 20].map(p);
+        let genesis = Replica::create(names[0], pool("10.32.0.0/24"), &names).unwrap();
+        names
+            .iter()
+            .map(|n| {
+                let mut r = Replica::new(*n);
+                let _ = r.merge(genesis.ring().unwrap()).unwrap();
+                r
+            })
+            .collect()
+    }
+
+    /// The name of replica `i` of [`four`].
+    fn n(i: usize) -> PeerName {
+        p([40, 10, 30, 20][i])
+    }
+
+    fn send(reps: &mut [Replica], from: usize, to: usize) {
+        let ring = reps[from].ring().unwrap().clone();
+        let _ = reps[to].merge(&ring).unwrap();
+        reps[to].verify().unwrap();
+    }
+
+    fn heal(reps: &mut [Replica], live: &[usize]) {
+        for _ in 0..6 {
+            for &i in live {
+                for &j in live {
+                    if i != j {
+                        send(reps, i, j);
+                    }
+                }
+            }
+        }
+        for &i in live {
+            assert_eq!(reps[i].ring(), reps[live[0]].ring(), "replicas converge");
+            assert!(
+                reps[i]
+                    .ring()
+                    .unwrap()
+                    .reclaims()
+                    .values()
+                    .all(|s| matches!(s, ReclaimStatus::Done { .. }))
+            );
+        }
+    }
+
+    /// Found by the property tests: a voter learns the removed router's last
+    /// state from a relay after it voted, and the relay then dies too. The
+    /// heir acts on the older vote; the fence and the takeover epoch keep the
+    /// rings mergeable and every range with one owner.
+    #[test]
+    fn late_state_through_a_dead_relay_is_fenced() {
+        let mut r = four();
+        r[0].allocate(key("c"), Request::Any).unwrap();
+        r[0].leave(n(1)).unwrap();
+        send(&mut r, 0, 1);
+        // r0 is gone. r2 starts an rmpeer of it, r3 votes on what r2 showed it.
+        r[2].begin_reclaim(n(0)).unwrap();
+        send(&mut r, 2, 3);
+        let d = r[3].donate(n(2), Want::Any).unwrap();
+        send(&mut r, 3, 2);
+        // r1 (which saw r0's leave) reaches r3, then dies.
+        send(&mut r, 1, 3);
+        r[2].begin_reclaim(n(1)).unwrap();
+        heal(&mut r, &[2, 3]);
+        let ring = r[2].ring().unwrap();
+        assert!(!ring.owners().contains_key(&n(0)));
+        assert!(!ring.owners().contains_key(&n(1)));
+        assert_eq!(ring.owner_of(d.range.first), Some(n(2)));
+    }
+
+    /// A leave and an rmpeer of the same router, started apart, join into one reclaim.
+    #[test]
+    fn leave_and_rmpeer_of_one_router_do_not_race() {
+        let mut r = four();
+        r[2].leave(n(1)).unwrap();
+        send(&mut r, 2, 1);
+        r[0].begin_reclaim(n(2)).unwrap();
+        send(&mut r, 0, 3);
+        r[1].leave(n(3)).unwrap();
+        send(&mut r, 1, 3);
+        r[0].begin_reclaim(n(1)).unwrap();
+        heal(&mut r, &[0, 3]);
+        let ring = r[0].ring().unwrap();
+        for gone in [1, 2] {
+            assert!(!ring.owners().contains_key(&n(gone)));
+        }
+    }
+
+    /// A donation that arrives from a router whose removal is pending is not
+    /// used until the reclaim is done, and then only if the heir left it alone.
+    #[test]
+    fn donation_seen_by_the_heir_is_kept_after_the_reclaim() {
+        let pl = pool("10.32.0.0/22");
+        let seeds = [p(1), p(2), p(3)];
+        let mut a = Replica::create(p(1), pl, &seeds).unwrap();
+        let mut b = Replica::create(p(2), pl, &seeds).unwrap();
+        let mut c = Replica::create(p(3), pl, &seeds).unwrap();
+        let d = c.donate(p(2), Want::Any).unwrap();
+        a.begin_reclaim(p(3)).unwrap();
+        let _ = b.merge(a.ring().unwrap()).unwrap();
+        let out = b.merge(c.ring().unwrap()).unwrap();
+        assert!(out.gained.is_empty(), "fenced until the reclaim is done");
+        // b's ring, now carrying the donation, reaches a: a leaves it to b.
+        let out = a.merge(b.ring().unwrap()).unwrap();
+        assert_eq!(out.reclaimed, vec![p(3)]);
+        let out = b.merge(a.ring().unwrap()).unwrap();
+        assert_eq!(out.gained, vec![d.range]);
+        b.verify().unwrap();
+        assert_eq!(
+            b.allocate(key("x"), Request::Addr(d.range.first)).unwrap().addr,
+            d.range.first
+        );
+    }
+
+    /// When the heir acted without the late donation, the donation's token is
+    /// stale inside the heir's takeover and vanishes; the fenced recipient
+    /// never used it.
+    #[test]
+    fn donation_from_a_router_being_removed_waits_for_the_reclaim() {
+        let pl = pool("10.32.0.0/22");
+        let seeds = [p(1), p(2), p(3)];
+        let mut a = Replica::create(p(1), pl, &seeds).unwrap();
+        let mut b = Replica::create(p(2), pl, &seeds).unwrap();
+        let mut c = Replica::create(p(3), pl, &seeds).unwrap();
+        // c donates to b, but that ring reaches b only after b voted on c's removal.
+        let d = c.donate(p(2), Want::Any).unwrap();
+        let late = c.ring().unwrap().clone();
+        a.begin_reclaim(p(3)).unwrap();
+        let _ = b.merge(a.ring().unwrap()).unwrap();
+        let vote = b.ring().unwrap().clone();
+        let free = b.free();
+        let out = b.merge(&late).unwrap();
+        assert!(out.gained.is_empty(), "fenced: {out:?}");
+        assert_eq!(b.free(), free);
+        b.verify().unwrap();
+        // A copy of b's ring from before the donation arrived, with its vote,
+        // was relayed to a: a acts on it and takes all of c's old range.
+        let out = a.merge(&vote).unwrap();
+        assert_eq!(out.reclaimed, vec![p(3)]);
+        let out = b.merge(a.ring().unwrap()).unwrap();
+        assert!(out.gained.is_empty());
+        b.verify().unwrap();
+        let _ = a.merge(b.ring().unwrap()).unwrap();
+        assert_eq!(a.ring(), b.ring());
+        assert_eq!(a.ring().unwrap().owner_of(d.range.first), Some(p(1)));
+        assert!(!b.ring().unwrap().owners().contains_key(&p(3)));
     }
 
     #[test]

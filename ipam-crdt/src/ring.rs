@@ -3,14 +3,16 @@
 //! The pool is cut at *tokens* (offsets); the entry at token `t` covers
 //! `[t, next token)`, and token 0 always exists, so every address has exactly
 //! one entry and ownership is disjoint and complete by construction. An entry
-//! carries its owner, a version and the owner's advertised free count. Only
-//! the owner of an entry writes it (donation hands it over with a version
-//! bump); the one exception is the heir of a completed reclaim, see
-//! [`crate`] docs. Tokens are never deleted.
+//! carries its owner, its writer, an epoch and version, and the owner's
+//! advertised free count. Only the owner of an entry writes it (donation
+//! hands it over with a version bump); the one exception is the heir of a
+//! completed reclaim, which rewrites the entry one epoch up, see [`crate`]
+//! docs. A token is dropped only when a takeover makes it stale.
 //!
-//! [`Ring::merge`] is a join: per token the higher version wins, members and
-//! reclaim records are grow-only or monotone. Equal versions with different
-//! contents can only come from a broken invariant, and are refused.
+//! [`Ring::merge`] is a join: per token the higher (epoch, version) wins,
+//! members and reclaim records are grow-only or monotone, and stale tokens
+//! go. Equal stamps with different contents can only come from a broken
+//! invariant, and are refused.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -35,9 +37,23 @@ pub struct Ring {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) struct Entry {
     pub(crate) owner: PeerName,
+    /// Who wrote this version: the owner, a donor handing the range over, or
+    /// the heir of a reclaim.
+    pub(crate) writer: PeerName,
+    /// Raised by one at each takeover of the entry by an heir; ordered before
+    /// `version`, so a takeover dominates every version the removed router
+    /// wrote, seen or not.
+    pub(crate) epoch: u32,
     pub(crate) version: u64,
     /// Free addresses in the range, as last advertised by the owner.
     pub(crate) free: u128,
+}
+
+impl Entry {
+    /// What merge orders entries by.
+    pub(crate) fn stamp(&self) -> (u32, u64) {
+        (self.epoch, self.version)
+    }
 }
 
 /// The reclaim record of one removed router.
@@ -51,7 +67,30 @@ pub(crate) enum Removal {
         votes: BTreeMap<PeerName, Vote>,
     },
     /// The heir took the removed router's ranges. Final.
-    Done { heir: PeerName },
+    Done {
+        heir: PeerName,
+        /// The ranges the heir took, as its view showed them.
+        taken: Vec<Taken>,
+    },
+}
+
+/// One range an heir took over: `[start, end)` in its view, rewritten at `epoch`.
+///
+/// A token strictly inside it with a lower epoch was created by the removed
+/// router (or from its donations) in a state the heir never saw, and is
+/// stale: merge drops it, so the heir's range stays whole.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Taken {
+    pub(crate) start: u128,
+    pub(crate) end: u128,
+    pub(crate) epoch: u32,
+}
+
+impl Taken {
+    /// Whether a token at `t` with `epoch` is stale under this takeover.
+    pub(crate) fn makes_stale(&self, t: u128, epoch: u32) -> bool {
+        self.start < t && t < self.end && epoch < self.epoch
+    }
 }
 
 /// A voter's vote on a removal: which heir it accepts.
@@ -96,7 +135,9 @@ pub struct RangeInfo {
     pub owner: PeerName,
     /// Free addresses, as the owner last advertised.
     pub free: u128,
-    /// The entry's version.
+    /// The entry's takeover epoch: how many times an heir took it over.
+    pub epoch: u32,
+    /// The entry's version within its epoch.
     pub version: u64,
 }
 
@@ -166,6 +207,8 @@ impl Ring {
                 start,
                 Entry {
                     owner: *s,
+                    writer: *s,
+                    epoch: 0,
                     version: 1,
                     free,
                 },
@@ -208,6 +251,7 @@ impl Ring {
             range: self.pool.range(start, end),
             owner: e.owner,
             free: e.free,
+            epoch: e.epoch,
             version: e.version,
         })
     }
@@ -244,6 +288,11 @@ impl Ring {
         self.removals.contains_key(&peer)
     }
 
+    /// Whether `peer`'s removal is recorded but its ranges not yet taken.
+    pub(crate) fn is_pending_removal(&self, peer: PeerName) -> bool {
+        matches!(self.removals.get(&peer), Some(Removal::Pending { .. }))
+    }
+
     /// Members that are not removed: the routers whose vote a reclaim needs.
     pub fn voters(&self) -> impl Iterator<Item = PeerName> + '_ {
         self.members.iter().copied().filter(|m| !self.removals.contains_key(m))
@@ -260,7 +309,7 @@ impl Ring {
     /// The reclaim of `dead`, if one was started.
     pub fn reclaim_status(&self, dead: PeerName) -> Option<ReclaimStatus> {
         Some(match self.removals.get(&dead)? {
-            Removal::Done { heir } => ReclaimStatus::Done { heir: *heir },
+            Removal::Done { heir, .. } => ReclaimStatus::Done { heir: *heir },
             Removal::Pending { votes, .. } => {
                 let candidate = self.candidate(dead);
                 let waiting_for = self
@@ -295,53 +344,91 @@ impl Ring {
                 theirs: Box::new(other.origin()),
             });
         }
-        // Both maps are sorted: walk them in lockstep, O(n + m).
+        // Removals first: the takeovers the merged ring will hold decide
+        // which tokens are stale.
+        let mut removals = Vec::new();
+        let mut new_taken: Vec<&'a Taken> = Vec::new();
+        for (d, theirs) in &other.removals {
+            let mine = self.removals.get(d);
+            let grows = match mine {
+                Some(mine) => mine
+                    .check_join(theirs)
+                    .map_err(|heirs| MergeError::ConflictingReclaim { dead: *d, heirs })?,
+                None => true,
+            };
+            if !grows {
+                continue;
+            }
+            if let Removal::Done { taken, .. } = theirs
+                && !matches!(mine, Some(Removal::Done { .. }))
+            {
+                new_taken.extend(taken);
+            }
+            removals.push((*d, theirs));
+        }
+        // Entries: both maps are sorted, walk them in lockstep, O(n + m).
         let mut entries = Vec::new();
+        let mut conflicts = Vec::new();
         let mut mine = self.entries.iter().peekable();
         for (&t, theirs) in &other.entries {
             while mine.next_if(|(mt, _)| **mt < t).is_some() {}
             match mine.peek() {
                 Some(&(&mt, m)) if mt == t => {
-                    if m.version == theirs.version && m != theirs {
-                        return Err(MergeError::ConflictingEntry {
-                            at: self.pool.addr_at(t),
-                            version: m.version,
-                        });
-                    }
-                    if m.version < theirs.version {
+                    if m.stamp() == theirs.stamp() && m != theirs {
+                        conflicts.push((t, m.stamp()));
+                    } else if m.stamp() < theirs.stamp() {
                         entries.push((t, theirs));
                     }
                 }
                 _ => entries.push((t, theirs)),
             }
         }
-        let mut removals = Vec::new();
-        for (d, theirs) in &other.removals {
-            match self.removals.get(d) {
-                Some(mine) if mine == theirs => {}
-                Some(mine) => {
-                    if mine
-                        .check_join(theirs)
-                        .map_err(|heirs| MergeError::ConflictingReclaim { dead: *d, heirs })?
-                    {
-                        removals.push((*d, theirs));
-                    }
+        if !entries.is_empty() || !conflicts.is_empty() {
+            let taken: Vec<&Taken> = self.taken().chain(new_taken.iter().copied()).collect();
+            let stale = |t: u128, epoch: u32| taken.iter().any(|k| k.makes_stale(t, epoch));
+            if let Some(&(t, (epoch, version))) = conflicts.iter().find(|(t, (epoch, _))| !stale(*t, *epoch)) {
+                return Err(MergeError::ConflictingEntry {
+                    at: self.pool.addr_at(t),
+                    epoch,
+                    version,
+                });
+            }
+            entries.retain(|(t, e)| !stale(*t, e.epoch));
+        }
+        // Our tokens that the new takeovers make stale (unless a newer entry replaces them).
+        let mut dropped = Vec::new();
+        for k in &new_taken {
+            for (&t, e) in self.entries.range(k.start + 1..k.end) {
+                let epoch = match entries.binary_search_by_key(&t, |(x, _)| *x) {
+                    Ok(i) => entries[i].1.epoch,
+                    Err(_) => e.epoch,
+                };
+                if epoch < k.epoch {
+                    dropped.push(t);
                 }
-                None => removals.push((*d, theirs)),
             }
         }
+        dropped.sort_unstable();
+        dropped.dedup();
         let members = other.members.difference(&self.members).copied().collect();
         Ok(MergePlan {
             entries,
             removals,
             members,
+            dropped,
         })
     }
 
     pub(crate) fn apply_merge(&mut self, plan: MergePlan<'_>) -> bool {
-        let changed = !plan.entries.is_empty() || !plan.removals.is_empty() || !plan.members.is_empty();
+        let changed = !plan.entries.is_empty()
+            || !plan.removals.is_empty()
+            || !plan.members.is_empty()
+            || !plan.dropped.is_empty();
         for (t, e) in plan.entries {
             self.entries.insert(t, *e);
+        }
+        for t in plan.dropped {
+            self.entries.remove(&t);
         }
         for (d, theirs) in plan.removals {
             match self.removals.get_mut(&d) {
@@ -353,6 +440,14 @@ impl Ring {
         }
         self.members.extend(plan.members);
         changed
+    }
+
+    /// Every range taken over by an heir, over all completed reclaims.
+    pub(crate) fn taken(&self) -> impl Iterator<Item = &Taken> + '_ {
+        self.removals.values().flat_map(|r| match r {
+            Removal::Done { taken, .. } => taken.as_slice(),
+            Removal::Pending { .. } => &[],
+        })
     }
 
     // ---- crate-internal helpers used by the replica ----
@@ -383,18 +478,24 @@ impl Ring {
     }
 
     /// Makes `at` a token, splitting the entry that covers it. The new entry
-    /// copies the owner, starts at version 1 (tokens are never deleted, so it
-    /// is new everywhere) and gets the free count the caller gives; the
-    /// caller fixes the old entry's count. Returns false if `at` was a token.
+    /// copies the owner and epoch, starts at version 1 and gets the free count
+    /// the caller gives; the caller fixes the old entry's count. Returns false
+    /// if `at` was a token.
+    ///
+    /// Only the owner splits its range, and a token is deleted only when a
+    /// takeover at a higher epoch makes it stale, so (epoch, 1) is new
+    /// everywhere.
     pub(crate) fn split_at(&mut self, at: u128, free_new: u128) -> bool {
         if self.entries.contains_key(&at) {
             return false;
         }
-        let owner = self.entry_containing(at).1.owner;
+        let old = *self.entry_containing(at).1;
         self.entries.insert(
             at,
             Entry {
-                owner,
+                owner: old.owner,
+                writer: old.owner,
+                epoch: old.epoch,
                 version: 1,
                 free: free_new,
             },
@@ -402,12 +503,33 @@ impl Ring {
         true
     }
 
-    /// Rewrites the entry at `token` (which must exist) with a version bump.
-    pub(crate) fn write(&mut self, token: u128, owner: PeerName, free: u128) {
+    /// Rewrites the entry at `token` (which must exist) as `writer`, with a version bump.
+    pub(crate) fn write(&mut self, token: u128, writer: PeerName, owner: PeerName, free: u128) {
         let e = self.entries.get_mut(&token).expect("caller passes an existing token");
         e.owner = owner;
+        e.writer = writer;
         e.free = free;
         e.version += 1;
+    }
+
+    /// The heir's rewrite of a removed router's entry at `token`: the heir
+    /// owns it, wholly free, one epoch up. Returns what was taken.
+    pub(crate) fn take(&mut self, token: u128, heir: PeerName) -> Taken {
+        let end = self.end_of(token);
+        let free = end - token - self.pool.reserved_in(token, end);
+        let e = self.entries.get_mut(&token).expect("caller passes an existing token");
+        *e = Entry {
+            owner: heir,
+            writer: heir,
+            epoch: e.epoch + 1,
+            version: 1,
+            free,
+        };
+        Taken {
+            start: token,
+            end,
+            epoch: e.epoch,
+        }
     }
 
     /// Adjusts the advertised free count of the entry covering `off` by `delta` (+1 / -1), with a version bump.
@@ -415,6 +537,7 @@ impl Ring {
         let (t, _) = self.entry_containing(off);
         let e = self.entries.get_mut(&t).expect("token just found");
         e.free = if release { e.free + 1 } else { e.free - 1 };
+        e.writer = e.owner;
         e.version += 1;
     }
 
@@ -423,7 +546,7 @@ impl Ring {
     pub(crate) fn candidate(&self, dead: PeerName) -> Option<PeerName> {
         match self.removals.get(&dead)? {
             Removal::Pending { proposals, .. } => proposals.iter().copied().find(|p| !self.removals.contains_key(p)),
-            Removal::Done { heir } => Some(*heir),
+            Removal::Done { heir, .. } => Some(*heir),
         }
     }
 }
@@ -447,7 +570,7 @@ impl Removal {
     /// different votes under one sequence number).
     fn check_join(&self, other: &Self) -> Result<bool, Vec<PeerName>> {
         match (self, other) {
-            (Self::Done { heir: a }, Self::Done { heir: b }) if a != b => Err(vec![*a, *b]),
+            (Self::Done { heir: a, .. }, Self::Done { heir: b, .. }) if self != other => Err(vec![*a, *b]),
             (Self::Done { .. }, _) => Ok(false),
             (_, Self::Done { .. }) => Ok(true),
             (
@@ -513,6 +636,8 @@ pub(crate) struct MergePlan<'a> {
     pub(crate) entries: Vec<(u128, &'a Entry)>,
     pub(crate) removals: Vec<(PeerName, &'a Removal)>,
     pub(crate) members: Vec<PeerName>,
+    /// Our tokens that new takeovers make stale.
+    pub(crate) dropped: Vec<u128>,
 }
 
 /// Why a ring cannot be created.
@@ -549,10 +674,14 @@ pub enum MergeError {
         theirs: Box<RingOrigin>,
     },
     /// The rings hold different contents for one entry at the same version.
-    #[error("ring entry at {at} differs at the same version {version}: a router identity was reused or state was lost")]
+    #[error(
+        "ring entry at {at} differs at the same epoch {epoch} and version {version}: a router identity was reused or state was lost"
+    )]
     ConflictingEntry {
         /// Start of the entry.
         at: IpAddr,
+        /// The epoch both claim.
+        epoch: u32,
         /// The version both claim.
         version: u64,
     },
@@ -650,11 +779,11 @@ mod tests {
     fn newer_version_wins_and_equal_version_must_agree() {
         let mut a = Ring::new(pool("10.32.0.0/22"), &[p(1), p(2)]).unwrap();
         let mut b = a.clone();
-        b.write(0, p(1), 100);
+        b.write(0, p(1), p(1), 100);
         assert_eq!(a.merge(&b), Ok(true));
         assert_eq!(a.entries[&0].free, 100);
         let mut c = Ring::new(pool("10.32.0.0/22"), &[p(1), p(2)]).unwrap();
-        c.write(0, p(1), 99);
+        c.write(0, p(1), p(1), 99);
         let before = a.clone();
         assert!(matches!(
             a.merge(&c),

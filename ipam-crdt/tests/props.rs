@@ -8,7 +8,7 @@ use ipam_crdt::{AllocError, AllocKey, DecodeError, PeerName, Pool, Replica, Requ
 use ipnet::IpNet;
 use proptest::prelude::*;
 
-const REPLICAS: usize = 4;
+const REPLICAS: usize = 6;
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -39,17 +39,17 @@ fn op() -> impl Strategy<Value = Op> {
         ]).prop_map(|(r, req)| Op::Alloc { r, req }),
         3 => (r.clone(), 0usize..64).prop_map(|(r, nth)| Op::Release { r, nth }),
         5 => (r.clone(), r.clone()).prop_map(|(from, to)| Op::Sync { from, to }),
-        1 => (r.clone(), r.clone()).prop_map(|(from, to)| Op::Donate { from, to }),
+        3 => (r.clone(), r.clone()).prop_map(|(from, to)| Op::Donate { from, to }),
         1 => r.clone().prop_map(|r| Op::Crash { r }),
-        1 => r.clone().prop_map(|r| Op::Kill { r }),
-        1 => (r.clone(), r.clone()).prop_map(|(r, dead)| Op::Reclaim { r, dead }),
-        1 => (r.clone(), r).prop_map(|(r, heir)| Op::Leave { r, heir }),
+        2 => r.clone().prop_map(|r| Op::Kill { r }),
+        3 => (r.clone(), r.clone()).prop_map(|(r, dead)| Op::Reclaim { r, dead }),
+        2 => (r.clone(), r).prop_map(|(r, heir)| Op::Leave { r, heir }),
     ]
 }
 
 fn name(i: usize) -> PeerName {
     // Names out of index order, so "lowest name" is not "lowest index".
-    PeerName::from_u64([40, 10, 30, 20][i])
+    PeerName::from_u64([40, 10, 30, 20, 50, 5][i])
 }
 
 fn pool() -> Pool {
@@ -271,7 +271,7 @@ proptest! {
     /// Invariants after every operation, convergence after healing, and the
     /// merge laws on every state the run produced.
     #[test]
-    fn histories_keep_invariants_and_converge(ops in proptest::collection::vec(op(), 1..120), picks in proptest::collection::vec(any::<prop::sample::Index>(), 9)) {
+    fn histories_keep_invariants_and_converge(ops in proptest::collection::vec(op(), 1..160), picks in proptest::collection::vec(any::<prop::sample::Index>(), 9)) {
         let mut w = World::new();
         for op in &ops {
             w.apply(op)?;
