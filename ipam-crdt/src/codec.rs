@@ -280,6 +280,8 @@ struct RingV2 {
 struct EntryV2 {
     gap: u128,
     owner: u32,
+    /// 0 when the owner wrote the entry (the common case, one byte), else
+    /// the writer's member index + 1.
     writer: u32,
     epoch: u32,
     version: u64,
@@ -319,7 +321,7 @@ impl From<RingV1> for RingV2 {
                 .map(|e| EntryV2 {
                     gap: e.gap,
                     owner: e.owner,
-                    writer: e.owner,
+                    writer: 0,
                     epoch: 0,
                     version: e.version,
                     free: e.free,
@@ -400,7 +402,7 @@ impl From<&Ring> for RingV2 {
                 EntryV2 {
                     gap,
                     owner: ix(&e.owner),
-                    writer: ix(&e.writer),
+                    writer: if e.writer == e.owner { 0 } else { ix(&e.writer) + 1 },
                     epoch: e.epoch,
                     version: e.version,
                     free: e.free,
@@ -497,11 +499,16 @@ impl RingV2 {
                     pool.addr_at(token)
                 )));
             }
+            let owner = name(e.owner)?;
+            let writer = match e.writer {
+                0 => owner,
+                w => name(w - 1)?,
+            };
             entries.push((
                 token,
                 Entry {
-                    owner: name(e.owner)?,
-                    writer: name(e.writer)?,
+                    owner,
+                    writer,
                     epoch: e.epoch,
                     version: e.version,
                     free: e.free,
@@ -519,12 +526,11 @@ impl RingV2 {
             }
             let rm = match r.state {
                 RemovalStateV2::Done { heir, taken } => {
-                    let mut end = 0;
-                    for k in &taken {
-                        if k.start < end || k.start >= k.end || k.end > size || k.epoch == 0 {
-                            return Err(invalid("taken ranges must ascend, lie in the pool and have an epoch"));
-                        }
-                        end = k.end;
+                    let key = |k: &TakenV2| (k.start, k.end, k.epoch);
+                    if taken.windows(2).any(|w| key(&w[0]) >= key(&w[1]))
+                        || taken.iter().any(|k| k.start >= k.end || k.end > size || k.epoch == 0)
+                    {
+                        return Err(invalid("taken ranges must ascend, lie in the pool and have an epoch"));
                     }
                     Removal::Done {
                         heir: name(heir)?,
@@ -627,8 +633,8 @@ mod tests {
             16, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2,  // members p1, p2: 16 bytes
             2, 0, 1,                            // seeds: members 0, 1
             2,                                  // two entries
-            0, 0, 0, 0, 1, 0xff, 0x03,          // gap 0, owner 0, writer 0, epoch 0, v1, free 511
-            0x80, 0x04, 1, 1, 0, 1, 0xff, 0x03, // gap 512, owner 1, writer 1, epoch 0, v1, free 511
+            0, 0, 0, 0, 1, 0xff, 0x03,          // gap 0, owner 0, written by the owner, epoch 0, v1, free 511
+            0x80, 0x04, 1, 0, 0, 1, 0xff, 0x03, // gap 512, owner 1, written by the owner, epoch 0, v1, free 511
             0,                                  // no removals
         ];
         assert_eq!(bytes, expected);
@@ -669,11 +675,11 @@ mod tests {
     #[test]
     fn refuses_structurally_invalid_rings() {
         let good = small_ring().encode();
-        // Owner, then writer, of the second entry is not a member (index 1 -> 2).
-        for pos in [good.len() - 7, good.len() - 6] {
+        // Owner, then writer, of the second entry is not a member.
+        for (pos, was, to) in [(good.len() - 7, 1, 2), (good.len() - 6, 0, 3)] {
             let mut bad = good.clone();
-            assert_eq!(bad[pos], 1);
-            bad[pos] = 2;
+            assert_eq!(bad[pos], was);
+            bad[pos] = to;
             assert!(matches!(Ring::decode(&bad), Err(DecodeError::Invalid(_))));
         }
         // The last range holds 511 usable addresses (the broadcast address is
@@ -696,7 +702,7 @@ mod tests {
             p(1),
             Removal::Done {
                 heir: p(2),
-                taken: vec![k],
+                taken: BTreeSet::from([k]),
             },
         );
         assert_eq!(Ring::decode(&r.encode()).unwrap(), r);

@@ -71,7 +71,8 @@
 //!    every voter voting for it. It then rewrites every entry of `D` as its
 //!    own, wholly free (the dead router's containers died with it), **one
 //!    epoch up**, and marks the record done, listing the ranges it took.
-//!    Done is final and dominates on merge.
+//!    Done is final (only its list of taken ranges can grow) and dominates
+//!    on merge.
 //!
 //! A graceful leave (`weft reset`, [`Replica::leave`]) is the same thing
 //! started by the router itself: it records its own removal with the heir it
@@ -116,6 +117,11 @@
 //!   state the heir never saw. Merge drops it, so the heir's range stays
 //!   whole. Dropping depends only on the token's epoch and the done records,
 //!   both of which only grow, so merge stays a join.
+//! - *Leftovers.* Ranges of `D` that surface after its reclaim is done (its
+//!   last state relayed late) are still owned by `D` in the merged ring. The
+//!   router holding what `D` left (its heir, or the heir's heir) takes them
+//!   the same way and adds them to the done record, whose taken ranges are a
+//!   grow-only set.
 //!
 //! The price is liveness, not safety: a reclaim completes only when every
 //! live member has voted, so during a partition it waits for the heal. A

@@ -8,7 +8,7 @@ use ipnet::IpNet;
 
 use crate::peer::PeerName;
 use crate::pool::{AddrRange, Pool};
-use crate::ring::{CreateError, MergeError, ReclaimStatus, Removal, Ring, Vote};
+use crate::ring::{CreateError, MergeError, ReclaimStatus, Removal, Ring, Taken, Vote};
 use crate::space::Space;
 
 /// One router's view of the ring and its own allocations. Pure state: no I/O,
@@ -727,15 +727,15 @@ impl Replica {
         let Some(ring) = self.ring.as_mut() else {
             return (false, Vec::new());
         };
+        if ring.removals.is_empty() || !ring.members.contains(&me) || ring.is_removed(me) {
+            return (false, Vec::new());
+        }
         let pending: Vec<PeerName> = ring
             .removals
             .iter()
             .filter(|(_, r)| matches!(r, Removal::Pending { .. }))
             .map(|(d, _)| *d)
             .collect();
-        if pending.is_empty() || !ring.members.contains(&me) || ring.is_removed(me) {
-            return (false, Vec::new());
-        }
         let mut changed = false;
         let mut reclaimed = Vec::new();
         for dead in pending {
@@ -774,6 +774,23 @@ impl Replica {
                 changed = true;
             }
         }
+        // Ranges of a removed router that surfaced after its reclaim was
+        // done (its last state relayed late): whoever holds what it left
+        // takes them too. No live router can hold them: every voter's state
+        // was in the heir's view, and what arrived later was fenced.
+        let leftovers: BTreeSet<PeerName> = ring
+            .entries
+            .values()
+            .map(|e| e.owner)
+            .filter(|o| matches!(ring.removals.get(o), Some(Removal::Done { .. })) && ring.final_heir(*o) == Some(me))
+            .collect();
+        for dead in leftovers {
+            let more = take_all(ring, &mut self.space, me, dead);
+            if let Some(Removal::Done { taken, .. }) = ring.removals.get_mut(&dead) {
+                taken.extend(more);
+            }
+            changed = true;
+        }
         (changed, reclaimed)
     }
 }
@@ -793,6 +810,12 @@ impl fmt::Debug for Replica {
 /// (the dead router's containers died with it), one epoch up, and the record
 /// is final with the ranges taken.
 fn take_over(ring: &mut Ring, space: &mut Space, heir: PeerName, dead: PeerName) {
+    let taken = take_all(ring, space, heir, dead);
+    ring.removals.insert(dead, Removal::Done { heir, taken });
+}
+
+/// Rewrites every entry of `dead` as `taker`'s ([`Ring::take`]) and adds it to `space`.
+fn take_all(ring: &mut Ring, space: &mut Space, taker: PeerName, dead: PeerName) -> BTreeSet<Taken> {
     let pool = ring.pool;
     let tokens: Vec<u128> = ring
         .entries
@@ -800,13 +823,13 @@ fn take_over(ring: &mut Ring, space: &mut Space, heir: PeerName, dead: PeerName)
         .filter(|(_, e)| e.owner == dead)
         .map(|(t, _)| *t)
         .collect();
-    let mut taken = Vec::with_capacity(tokens.len());
+    let mut taken = BTreeSet::new();
     for t in tokens {
-        let k = ring.take(t, heir);
+        let k = ring.take(t, taker);
         add_owned(space, pool, k.start, k.end);
-        taken.push(k);
+        taken.insert(k);
     }
-    ring.removals.insert(dead, Removal::Done { heir, taken });
+    taken
 }
 
 /// Adds newly owned `[s, e)` to `space` as free, minus the reserved addresses.

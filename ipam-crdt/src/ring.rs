@@ -66,11 +66,12 @@ pub(crate) enum Removal {
         /// Each voter's current vote; written only by that voter, higher `seq` wins.
         votes: BTreeMap<PeerName, Vote>,
     },
-    /// The heir took the removed router's ranges. Final.
+    /// The heir took the removed router's ranges. Final, except that ranges
+    /// of the removed router learned later are taken too (a grow-only set).
     Done {
         heir: PeerName,
-        /// The ranges the heir took, as its view showed them.
-        taken: Vec<Taken>,
+        /// The ranges taken, as the taker's view showed them.
+        taken: BTreeSet<Taken>,
     },
 }
 
@@ -79,7 +80,7 @@ pub(crate) enum Removal {
 /// A token strictly inside it with a lower epoch was created by the removed
 /// router (or from its donations) in a state the heir never saw, and is
 /// stale: merge drops it, so the heir's range stays whole.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub(crate) struct Taken {
     pub(crate) start: u128,
     pub(crate) end: u128,
@@ -288,6 +289,22 @@ impl Ring {
         self.removals.contains_key(&peer)
     }
 
+    /// Who holds what `dead` left: the heir of its reclaim, or that heir's
+    /// heir if it was removed in turn. `None` while a reclaim on the way is
+    /// pending.
+    pub(crate) fn final_heir(&self, dead: PeerName) -> Option<PeerName> {
+        let mut at = dead;
+        // Each hop is a removed member, so the chain is at most that long.
+        for _ in 0..=self.removals.len() {
+            match self.removals.get(&at) {
+                None => return Some(at),
+                Some(Removal::Pending { .. }) => return None,
+                Some(Removal::Done { heir, .. }) => at = *heir,
+            }
+        }
+        None
+    }
+
     /// Whether `peer`'s removal is recorded but its ranges not yet taken.
     pub(crate) fn is_pending_removal(&self, peer: PeerName) -> bool {
         matches!(self.removals.get(&peer), Some(Removal::Pending { .. }))
@@ -359,10 +376,13 @@ impl Ring {
             if !grows {
                 continue;
             }
-            if let Removal::Done { taken, .. } = theirs
-                && !matches!(mine, Some(Removal::Done { .. }))
-            {
-                new_taken.extend(taken);
+            if let Removal::Done { taken, .. } = theirs {
+                match mine {
+                    Some(Removal::Done { taken: known, .. }) => {
+                        new_taken.extend(taken.iter().filter(|k| !known.contains(k)));
+                    }
+                    _ => new_taken.extend(taken),
+                }
             }
             removals.push((*d, theirs));
         }
@@ -444,10 +464,13 @@ impl Ring {
 
     /// Every range taken over by an heir, over all completed reclaims.
     pub(crate) fn taken(&self) -> impl Iterator<Item = &Taken> + '_ {
-        self.removals.values().flat_map(|r| match r {
-            Removal::Done { taken, .. } => taken.as_slice(),
-            Removal::Pending { .. } => &[],
-        })
+        self.removals
+            .values()
+            .flat_map(|r| match r {
+                Removal::Done { taken, .. } => Some(taken.iter()),
+                Removal::Pending { .. } => None,
+            })
+            .flatten()
     }
 
     // ---- crate-internal helpers used by the replica ----
@@ -570,7 +593,8 @@ impl Removal {
     /// different votes under one sequence number).
     fn check_join(&self, other: &Self) -> Result<bool, Vec<PeerName>> {
         match (self, other) {
-            (Self::Done { heir: a, .. }, Self::Done { heir: b, .. }) if self != other => Err(vec![*a, *b]),
+            (Self::Done { heir: a, .. }, Self::Done { heir: b, .. }) if a != b => Err(vec![*a, *b]),
+            (Self::Done { taken: mine, .. }, Self::Done { taken: theirs, .. }) => Ok(!theirs.is_subset(mine)),
             (Self::Done { .. }, _) => Ok(false),
             (_, Self::Done { .. }) => Ok(true),
             (
@@ -606,6 +630,7 @@ impl Removal {
     /// Joins `other` into `self`; [`Removal::check_join`] has passed.
     fn join(&mut self, other: &Self) {
         match (&mut *self, other) {
+            (Self::Done { taken: mine, .. }, Self::Done { taken: theirs, .. }) => mine.extend(theirs.iter().copied()),
             (Self::Done { .. }, _) => {}
             (_, Self::Done { .. }) => *self = other.clone(),
             (

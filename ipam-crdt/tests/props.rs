@@ -285,7 +285,8 @@ proptest! {
             prop_assert!(all_done, "a reclaim is still pending after healing");
         }
         for d in (0..REPLICAS).filter(|&d| w.dead[d]) {
-            prop_assert!(!w.reps[live[0]].ring().unwrap().owners().contains_key(&name(d)), "a dead router still owns space");
+            let ring = w.reps[live[0]].ring().unwrap();
+            prop_assert!(!ring.owners().contains_key(&name(d)), "dead router {} still owns space: {:?} {:?}", name(d), ring.ranges().collect::<Vec<_>>(), ring.reclaims());
         }
 
         // CRDT laws on states of replicas that stayed alive (a dead replica's
