@@ -10,6 +10,7 @@
 
 pub mod handshake;
 pub mod ipam;
+pub mod ipam_agent;
 pub mod mesh;
 pub mod time;
 pub mod topology;

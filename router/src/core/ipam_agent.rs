@@ -1,0 +1,969 @@
+//! The IPAM agent: one router's [`Replica`] on the mesh, as a sans-IO core.
+//!
+//! The shell feeds it the mesh's view ([`Agent::handle_topology`]), neighbours
+//! coming and going, IPAM messages and timer ticks, and carries out what it
+//! asks for. The order matters and is the shell's contract:
+//!
+//! 1. after any call, [`Agent::take_persist`] first: if it returns bytes, they
+//!    are written durably (`DATA_DIR/ipam`) before anything else happens;
+//! 2. then [`Agent::poll_transmit`] and [`Agent::poll_event`].
+//!
+//! So an address is on disk before the caller hears of it, and a ring state
+//! is on disk before any other router sees it (`ipam-crdt`'s persistence
+//! rule).
+//!
+//! **Gossip.** A change is announced by sending the full ring to every
+//! neighbour, batched over [`BATCH`]. A router that merges a ring and finds
+//! its own state differs answers with its own ring, so every exchange leaves
+//! both sides equal. Every [`SUMMARY_EVERY`] a 64-bit hash of the ring goes to
+//! one neighbour in turn; a mismatch is answered with the ring. (Deltas that
+//! carry only changed entries are the next step; the full ring is about
+//! 20 KB at 1,000 owners.)
+//!
+//! **Space requests.** When the replica answers
+//! [`AllocError::AskPeer`], the agent sends that router an `Ask`, routed
+//! through the mesh if it is not a neighbour, and parks the allocation. The
+//! donor answers `Gave` with its ring (or a refusal); the agent merges it and
+//! allocates again. An allocation asks at most [`MAX_ASKS`] routers, and
+//! fails after [`ASK_TIMEOUT`] without an answer.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use blake2::{Blake2s256, Digest};
+use ipam_crdt::{AllocError, AllocKey, Allocation, MergeError, PeerName, Pool, Replica, Request, Ring, Want};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::ipam::{Resolution, resolve_seeds};
+use super::time::Time;
+use super::topology::Topology;
+use crate::config::PeerRef;
+
+/// Ring changes are announced at most this often.
+pub const BATCH: Duration = Duration::from_millis(200);
+
+/// How often a ring summary goes to one neighbour.
+pub const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+
+/// How long a space request may go unanswered.
+pub const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long an allocation waits for the ring to exist.
+pub const RING_WAIT: Duration = Duration::from_secs(30);
+
+/// Most routers one allocation asks for space.
+pub const MAX_ASKS: usize = 4;
+
+/// An IPAM message between routers (inside [`ControlMsg::Ipam`](super::wire::ControlMsg)).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum IpamMsg {
+    /// A whole ring, in its wire form ([`Ring::encode`]).
+    Ring(Vec<u8>),
+    /// A hash of the sender's ring: answer with the ring if yours differs.
+    Summary(u64),
+    /// A space request from `from`, routed to `to`.
+    Ask {
+        /// Request id, chosen by `from`.
+        id: u64,
+        /// The router that needs space.
+        from: PeerName,
+        /// The router asked.
+        to: PeerName,
+        /// What it needs.
+        want: WantWire,
+    },
+    /// The answer to an `Ask`, routed back.
+    Gave {
+        /// The request's id.
+        id: u64,
+        /// The donor.
+        from: PeerName,
+        /// The router that asked.
+        to: PeerName,
+        /// Why nothing was given, if so.
+        refused: Option<String>,
+        /// The donor's ring after the donation.
+        ring: Vec<u8>,
+    },
+}
+
+impl IpamMsg {
+    /// Where a routed message is going; `None` for neighbour-to-neighbour messages.
+    pub fn destination(&self) -> Option<PeerName> {
+        match self {
+            Self::Ask { to, .. } | Self::Gave { to, .. } => Some(*to),
+            Self::Ring(_) | Self::Summary(_) => None,
+        }
+    }
+
+    /// The wire form.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("encoding to a Vec cannot fail")
+    }
+
+    /// Decodes a message; the frame was size-checked by the control codec.
+    ///
+    /// # Errors
+    /// The postcard error, for a malformed message (dropped and counted).
+    pub fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+}
+
+/// [`Want`] on the wire.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum WantWire {
+    /// Any free range.
+    Any,
+    /// One address.
+    Addr(IpAddr),
+    /// A free range inside a subnet.
+    Within(IpNet),
+}
+
+impl From<Want> for WantWire {
+    fn from(w: Want) -> Self {
+        match w {
+            Want::Any => Self::Any,
+            Want::Addr(a) => Self::Addr(a),
+            Want::Within(n) => Self::Within(n),
+        }
+    }
+}
+
+impl From<WantWire> for Want {
+    fn from(w: WantWire) -> Self {
+        match w {
+            WantWire::Any => Self::Any,
+            WantWire::Addr(a) => Self::Addr(a),
+            WantWire::Within(n) => Self::Within(n),
+        }
+    }
+}
+
+/// Where a message goes.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Dest {
+    /// This neighbour.
+    Neighbour(PeerName),
+    /// Every neighbour.
+    AllNeighbours,
+    /// This router, through the mesh's next hop.
+    Routed(PeerName),
+}
+
+/// An allocation the agent could not answer at once.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub struct Ticket(pub u64);
+
+/// What [`Agent::allocate`] did.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Progress {
+    /// Allocated (persist before answering).
+    Done(Allocation),
+    /// Waiting for the ring or for another router's space; the answer comes
+    /// as [`Event::Allocated`] with this ticket.
+    Waiting(Ticket),
+}
+
+/// Why an allocation failed, in the words the API shows.
+#[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
+pub enum AllocFailure {
+    /// The ring does not exist yet and did not appear in time.
+    #[error("the address ring does not exist yet: {0}")]
+    NoRing(String),
+    /// The replica refused (bad request, address in use, exhausted, removed).
+    #[error(transparent)]
+    Refused(AllocError),
+    /// Other routers hold the space and did not give any.
+    #[error("no router gave space: {0}")]
+    NoDonor(String),
+}
+
+/// What the agent reports.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Event {
+    /// A parked allocation finished.
+    Allocated(Ticket, Result<Allocation, AllocFailure>),
+    /// This router created the ring with these seeds.
+    Created(Vec<PeerName>),
+    /// This router adopted the ring or merged a change.
+    Merged {
+        /// Ranges this router received.
+        gained: usize,
+        /// Removed routers whose ranges it took.
+        reclaimed: Vec<PeerName>,
+    },
+    /// A ring from `from` was refused.
+    Refused {
+        /// The neighbour that sent it.
+        from: PeerName,
+        /// Why.
+        error: MergeError,
+    },
+    /// `from` sent a ring over another pool than `--ipalloc-range`; not adopted.
+    OtherPool {
+        /// The neighbour that sent it.
+        from: PeerName,
+        /// Its pool.
+        pool: Pool,
+    },
+    /// A message could not be decoded and was dropped.
+    Malformed {
+        /// The neighbour that sent it.
+        from: PeerName,
+    },
+}
+
+/// How the ring gets created.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Init {
+    /// `--ipalloc-init seed=...`: create it once every name resolves.
+    Seeds(Vec<PeerRef>),
+    /// Only adopt a ring some other router created.
+    Adopt,
+}
+
+#[derive(Debug)]
+struct Parked {
+    key: AllocKey,
+    req: Request,
+    /// The deadline of the current wait.
+    until: Time,
+    /// The request in flight, if waiting for space.
+    asked: Option<(u64, PeerName)>,
+    /// Routers already asked.
+    tried: BTreeSet<PeerName>,
+    /// Why the last donor refused.
+    last_refusal: Option<String>,
+}
+
+/// One router's IPAM on the mesh. See the [module docs](self).
+#[derive(Debug)]
+pub struct Agent {
+    me: PeerName,
+    pool: Pool,
+    init: Init,
+    replica: Replica,
+    /// The replica changed since the last [`Agent::take_persist`].
+    dirty: bool,
+    /// When the pending ring announcement goes out.
+    announce_at: Option<Time>,
+    next_summary: Time,
+    neighbours: BTreeSet<PeerName>,
+    summary_turn: usize,
+    parked: BTreeMap<Ticket, Parked>,
+    next_id: u64,
+    /// What `resolve_seeds` last said, for the status.
+    waiting_for: Option<String>,
+    out: VecDeque<(Dest, IpamMsg)>,
+    events: VecDeque<Event>,
+}
+
+/// The persisted replica does not fit this launch.
+#[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
+#[error(
+    "the IPAM state in the data directory is for {state} but this router was launched with --ipalloc-range {given}; \
+     launch with --ipalloc-range {state}, or run `weft reset` to leave the ring and start afresh"
+)]
+pub struct PoolMismatch {
+    state: Pool,
+    given: Pool,
+}
+
+impl Agent {
+    /// An agent for router `me` over `pool`, resuming `saved` (the replica
+    /// read from disk) if there is one.
+    ///
+    /// # Errors
+    /// [`PoolMismatch`] when the saved ring divides another pool.
+    pub fn new(me: PeerName, pool: Pool, init: Init, saved: Option<Replica>, now: Time) -> Result<Self, PoolMismatch> {
+        let replica = saved.unwrap_or_else(|| Replica::new(me));
+        if let Some(ring) = replica.ring()
+            && ring.pool() != pool
+        {
+            return Err(PoolMismatch {
+                state: ring.pool(),
+                given: pool,
+            });
+        }
+        Ok(Self {
+            me,
+            pool,
+            init,
+            replica,
+            dirty: false,
+            announce_at: None,
+            next_summary: now + SUMMARY_EVERY,
+            neighbours: BTreeSet::new(),
+            summary_turn: 0,
+            parked: BTreeMap::new(),
+            next_id: 1,
+            waiting_for: None,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+        })
+    }
+
+    /// The replica (ring, allocations).
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    /// Why there is no ring yet, in words, if there is none.
+    pub fn no_ring_reason(&self) -> Option<String> {
+        if self.replica.ring().is_some() {
+            return None;
+        }
+        Some(match (&self.init, &self.waiting_for) {
+            (_, Some(why)) => why.clone(),
+            (Init::Seeds(_), None) => "waiting to resolve the --ipalloc-init seed list".to_owned(),
+            (Init::Adopt, None) => "waiting for another router to share the ring".to_owned(),
+        })
+    }
+
+    /// The encoded replica, if it changed since the last call. The shell must
+    /// write it durably before transmitting or answering anything.
+    pub fn take_persist(&mut self) -> Option<Vec<u8>> {
+        std::mem::take(&mut self.dirty).then(|| self.replica.encode())
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<(Dest, IpamMsg)> {
+        self.out.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Agent::handle_timeout`] wants to run next.
+    pub fn poll_timeout(&self) -> Time {
+        let mut t = self.next_summary;
+        if let Some(a) = self.announce_at {
+            t = t.min(a);
+        }
+        for p in self.parked.values() {
+            t = t.min(p.until);
+        }
+        t
+    }
+
+    /// The mesh view changed: create the ring if the seed list now resolves.
+    pub fn handle_topology(&mut self, now: Time, topo: &Topology) {
+        if self.replica.ring().is_some() {
+            return;
+        }
+        let Init::Seeds(seeds) = &self.init else { return };
+        match resolve_seeds(seeds, topo) {
+            Resolution::Ready(seeds) => match Replica::create(self.me, self.pool, &seeds) {
+                Ok(r) => {
+                    self.replica = r;
+                    self.waiting_for = None;
+                    self.dirty = true;
+                    self.events.push_back(Event::Created(seeds));
+                    self.schedule_announce(now);
+                    self.retry_parked(now);
+                }
+                Err(e) => self.waiting_for = Some(format!("cannot create the ring: {e}")),
+            },
+            Resolution::Waiting { unknown } => {
+                self.waiting_for = Some(format!(
+                    "waiting to learn of the --ipalloc-init seed routers: {}",
+                    unknown.join(", ")
+                ));
+            }
+            Resolution::Ambiguous { nickname, routers } => {
+                let names: Vec<String> = routers.iter().map(ToString::to_string).collect();
+                self.waiting_for = Some(format!(
+                    "--ipalloc-init names {nickname}, which {} routers carry ({}); use peer names",
+                    routers.len(),
+                    names.join(", ")
+                ));
+            }
+        }
+    }
+
+    /// A neighbour connected: it gets our ring at once.
+    pub fn neighbour_up(&mut self, peer: PeerName) {
+        self.neighbours.insert(peer);
+        if let Some(ring) = self.replica.ring() {
+            self.out
+                .push_back((Dest::Neighbour(peer), IpamMsg::Ring(ring.encode())));
+        }
+    }
+
+    /// A neighbour went away.
+    pub fn neighbour_down(&mut self, peer: PeerName) {
+        self.neighbours.remove(&peer);
+    }
+
+    /// Allocates for `key`, or parks the request (see [`Progress`]).
+    ///
+    /// # Errors
+    /// [`AllocFailure::Refused`] for what no waiting can fix.
+    pub fn allocate(&mut self, now: Time, key: AllocKey, req: Request) -> Result<Progress, AllocFailure> {
+        let ticket = Ticket(self.fresh_id());
+        let parked = Parked {
+            key,
+            req,
+            until: now + RING_WAIT,
+            asked: None,
+            tried: BTreeSet::new(),
+            last_refusal: None,
+        };
+        match self.attempt(now, ticket, parked) {
+            Some(Ok(a)) => Ok(Progress::Done(a)),
+            Some(Err(e)) => Err(e),
+            None => Ok(Progress::Waiting(ticket)),
+        }
+    }
+
+    /// Releases `key`'s address, if it has one here.
+    pub fn release(&mut self, now: Time, key: &AllocKey) -> Option<IpAddr> {
+        let addr = self.replica.release(key)?;
+        self.changed(now);
+        Some(addr)
+    }
+
+    /// An IPAM message from neighbour `from`. Messages for other routers are
+    /// the shell's to forward ([`IpamMsg::destination`]).
+    pub fn handle_message(&mut self, now: Time, from: PeerName, msg: IpamMsg) {
+        match msg {
+            IpamMsg::Ring(bytes) => self.handle_ring(now, from, &bytes),
+            IpamMsg::Summary(hash) => {
+                if let Some(ring) = self.replica.ring()
+                    && ring_hash(ring) != hash
+                {
+                    self.out
+                        .push_back((Dest::Neighbour(from), IpamMsg::Ring(ring.encode())));
+                }
+            }
+            IpamMsg::Ask {
+                id,
+                from: asker,
+                to,
+                want,
+            } if to == self.me => self.handle_ask(now, id, asker, want.into()),
+            IpamMsg::Gave {
+                id,
+                from: donor,
+                to,
+                refused,
+                ring,
+            } if to == self.me => self.handle_gave(now, id, donor, refused, &ring),
+            IpamMsg::Ask { .. } | IpamMsg::Gave { .. } => {}
+        }
+    }
+
+    /// Timers: announcements, summaries, parked allocations' deadlines.
+    pub fn handle_timeout(&mut self, now: Time) {
+        if self.announce_at.is_some_and(|t| t <= now) {
+            self.announce_at = None;
+            if let Some(ring) = self.replica.ring() {
+                self.out.push_back((Dest::AllNeighbours, IpamMsg::Ring(ring.encode())));
+            }
+        }
+        if self.next_summary <= now {
+            self.next_summary = now + SUMMARY_EVERY;
+            if let Some(ring) = self.replica.ring()
+                && !self.neighbours.is_empty()
+            {
+                let i = self.summary_turn % self.neighbours.len();
+                self.summary_turn = self.summary_turn.wrapping_add(1);
+                let peer = *self.neighbours.iter().nth(i).expect("index is in range");
+                self.out
+                    .push_back((Dest::Neighbour(peer), IpamMsg::Summary(ring_hash(ring))));
+            }
+        }
+        let expired: Vec<Ticket> = self
+            .parked
+            .iter()
+            .filter(|(_, p)| p.until <= now)
+            .map(|(t, _)| *t)
+            .collect();
+        for ticket in expired {
+            let Some(mut p) = self.parked.remove(&ticket) else {
+                continue;
+            };
+            match p.asked.take() {
+                // A donor did not answer: try another, or give up.
+                Some((_, donor)) => {
+                    p.last_refusal = Some(format!("router {donor} did not answer"));
+                    if let Some(result) = self.attempt(now, ticket, p) {
+                        self.events.push_back(Event::Allocated(ticket, result));
+                    }
+                }
+                None => {
+                    let why = self.no_ring_reason().unwrap_or_else(|| "timed out".to_owned());
+                    self.events
+                        .push_back(Event::Allocated(ticket, Err(AllocFailure::NoRing(why))));
+                }
+            }
+        }
+    }
+
+    // ---- internals ----
+
+    fn fresh_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Tries `p` now. `None` means parked (under `ticket`).
+    fn attempt(&mut self, now: Time, ticket: Ticket, mut p: Parked) -> Option<Result<Allocation, AllocFailure>> {
+        match self.replica.allocate(p.key.clone(), p.req) {
+            Ok(a) => {
+                if !a.existing {
+                    self.changed(now);
+                }
+                Some(Ok(a))
+            }
+            Err(AllocError::NoRing) => {
+                self.parked.insert(ticket, p);
+                None
+            }
+            Err(AllocError::AskPeer { peer, want }) => {
+                if p.tried.contains(&peer) || p.tried.len() >= MAX_ASKS {
+                    let why = p
+                        .last_refusal
+                        .unwrap_or_else(|| format!("router {peer} was asked and gave nothing"));
+                    return Some(Err(AllocFailure::NoDonor(why)));
+                }
+                let id = self.fresh_id();
+                p.tried.insert(peer);
+                p.asked = Some((id, peer));
+                p.until = now + ASK_TIMEOUT;
+                self.out.push_back((
+                    Dest::Routed(peer),
+                    IpamMsg::Ask {
+                        id,
+                        from: self.me,
+                        to: peer,
+                        want: want.into(),
+                    },
+                ));
+                self.parked.insert(ticket, p);
+                None
+            }
+            Err(e) => Some(Err(AllocFailure::Refused(e))),
+        }
+    }
+
+    /// Retries every allocation waiting for the ring.
+    fn retry_parked(&mut self, now: Time) {
+        let ready: Vec<Ticket> = self
+            .parked
+            .iter()
+            .filter(|(_, p)| p.asked.is_none())
+            .map(|(t, _)| *t)
+            .collect();
+        for ticket in ready {
+            let p = self.parked.remove(&ticket).expect("listed above");
+            if let Some(result) = self.attempt(now, ticket, p) {
+                self.events.push_back(Event::Allocated(ticket, result));
+            }
+        }
+    }
+
+    fn handle_ring(&mut self, now: Time, from: PeerName, bytes: &[u8]) {
+        let Ok(ring) = Ring::decode(bytes) else {
+            self.events.push_back(Event::Malformed { from });
+            return;
+        };
+        if ring.pool() != self.pool && self.replica.ring().is_none() {
+            // Adopting it would give this router a ring over another pool
+            // than it was launched with.
+            self.events.push_back(Event::OtherPool {
+                from,
+                pool: ring.pool(),
+            });
+            return;
+        }
+        let had_ring = self.replica.ring().is_some();
+        match self.replica.merge(&ring) {
+            Ok(out) => {
+                if out.changed {
+                    self.changed(now);
+                    self.events.push_back(Event::Merged {
+                        gained: out.gained.len(),
+                        reclaimed: out.reclaimed,
+                    });
+                }
+                if !had_ring {
+                    self.retry_parked(now);
+                }
+                // Ours holds something theirs lacks: answer, so both end equal.
+                let mine = self.replica.ring().expect("merged");
+                if *mine != ring {
+                    self.out
+                        .push_back((Dest::Neighbour(from), IpamMsg::Ring(mine.encode())));
+                }
+            }
+            Err(error) => self.events.push_back(Event::Refused { from, error }),
+        }
+    }
+
+    fn handle_ask(&mut self, now: Time, id: u64, asker: PeerName, want: Want) {
+        let refused = match self.replica.donate(asker, want) {
+            Ok(_) => {
+                self.changed(now);
+                None
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        let ring = self.replica.ring().map(Ring::encode).unwrap_or_default();
+        self.out.push_back((
+            Dest::Routed(asker),
+            IpamMsg::Gave {
+                id,
+                from: self.me,
+                to: asker,
+                refused,
+                ring,
+            },
+        ));
+    }
+
+    fn handle_gave(&mut self, now: Time, id: u64, donor: PeerName, refused: Option<String>, ring: &[u8]) {
+        if !ring.is_empty() {
+            self.handle_ring(now, donor, ring);
+        }
+        let Some((&ticket, _)) = self.parked.iter().find(|(_, p)| p.asked.is_some_and(|(i, _)| i == id)) else {
+            return;
+        };
+        let mut p = self.parked.remove(&ticket).expect("found above");
+        p.asked = None;
+        if let Some(why) = refused {
+            p.last_refusal = Some(format!("router {donor} refused: {why}"));
+        }
+        if let Some(result) = self.attempt(now, ticket, p) {
+            self.events.push_back(Event::Allocated(ticket, result));
+        }
+    }
+
+    /// The replica changed: persist, and announce soon.
+    fn changed(&mut self, now: Time) {
+        self.dirty = true;
+        self.schedule_announce(now);
+    }
+
+    fn schedule_announce(&mut self, now: Time) {
+        if self.announce_at.is_none() {
+            self.announce_at = Some(now + BATCH);
+        }
+    }
+}
+
+/// A 64-bit hash of a ring's wire form (identical states encode identically).
+pub fn ring_hash(ring: &Ring) -> u64 {
+    let digest = Blake2s256::digest(ring.encode());
+    u64::from_le_bytes(digest[..8].try_into().expect("a BLAKE2s digest has 32 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(n: u64) -> PeerName {
+        PeerName::from_u64(n)
+    }
+
+    fn pool(s: &str) -> Pool {
+        Pool::new(s.parse().unwrap()).unwrap()
+    }
+
+    fn key(c: &str) -> AllocKey {
+        AllocKey::new(c, "eth0").unwrap()
+    }
+
+    /// Agents on a full mesh, on virtual time, with a disk each.
+    struct Net {
+        agents: Vec<Agent>,
+        now: Time,
+        disks: Vec<Option<Vec<u8>>>,
+        events: Vec<(usize, Event)>,
+        /// Agents whose messages are lost.
+        mute: BTreeSet<usize>,
+    }
+
+    impl Net {
+        fn new(pool: Pool, inits: Vec<Init>) -> Self {
+            let agents: Vec<Agent> = inits
+                .into_iter()
+                .enumerate()
+                .map(|(i, init)| Agent::new(p(i as u64 + 1), pool, init, None, Time::ZERO).unwrap())
+                .collect();
+            let n = agents.len();
+            let mut net = Self {
+                agents,
+                now: Time::ZERO,
+                disks: vec![None; n],
+                events: Vec::new(),
+                mute: BTreeSet::new(),
+            };
+            for i in 0..n {
+                for j in 0..n {
+                    if i != j {
+                        net.agents[i].neighbour_up(p(j as u64 + 1));
+                    }
+                }
+            }
+            net
+        }
+
+        fn seeded(pool: Pool, n: u64) -> Self {
+            let seeds: Vec<PeerRef> = (1..=n).map(|i| PeerRef::Name(p(i))).collect();
+            let mut net = Self::new(pool, (0..n).map(|_| Init::Seeds(seeds.clone())).collect());
+            for i in 0..net.agents.len() {
+                let topo = Topology::new(p(i as u64 + 1), format!("h{i}"), vec![]);
+                net.agents[i].handle_topology(Time::ZERO, &topo);
+            }
+            net.pump();
+            net
+        }
+
+        fn index(name: PeerName) -> usize {
+            usize::try_from(name.to_u64()).unwrap() - 1
+        }
+
+        /// Delivers messages (persisting first, as the shell must) until quiet.
+        fn pump(&mut self) {
+            loop {
+                let mut sent = false;
+                for i in 0..self.agents.len() {
+                    if let Some(bytes) = self.agents[i].take_persist() {
+                        self.disks[i] = Some(bytes);
+                    }
+                    while let Some(e) = self.agents[i].poll_event() {
+                        self.events.push((i, e));
+                    }
+                    while let Some((dest, msg)) = self.agents[i].poll_transmit() {
+                        assert!(!self.agents[i].dirty, "a message left before the state was persisted");
+                        if self.mute.contains(&i) {
+                            continue;
+                        }
+                        sent = true;
+                        let to: Vec<usize> = match dest {
+                            Dest::Neighbour(n) | Dest::Routed(n) => vec![Self::index(n)],
+                            Dest::AllNeighbours => (0..self.agents.len()).filter(|&j| j != i).collect(),
+                        };
+                        let from = p(i as u64 + 1);
+                        // Through the wire form, as the shell carries it.
+                        let msg = IpamMsg::decode(&msg.encode()).unwrap();
+                        for j in to {
+                            self.agents[j].handle_message(self.now, from, msg.clone());
+                        }
+                    }
+                }
+                if !sent {
+                    return;
+                }
+            }
+        }
+
+        fn advance(&mut self, d: Duration) {
+            let end = self.now + d;
+            while self.now < end {
+                let next = self.agents.iter().map(Agent::poll_timeout).min().unwrap().min(end);
+                self.now = next.max(self.now + Duration::from_millis(1)).min(end);
+                for a in &mut self.agents {
+                    if a.poll_timeout() <= self.now {
+                        a.handle_timeout(self.now);
+                    }
+                }
+                self.pump();
+            }
+        }
+
+        fn ring(&self, i: usize) -> &Ring {
+            self.agents[i].replica().ring().unwrap()
+        }
+
+        fn allocated(&self, ticket: Ticket) -> Option<&Result<Allocation, AllocFailure>> {
+            self.events.iter().find_map(|(_, e)| match e {
+                Event::Allocated(t, r) if *t == ticket => Some(r),
+                _ => None,
+            })
+        }
+    }
+
+    #[test]
+    fn seed_list_creates_one_ring_and_allocations_are_unique_and_persisted() {
+        let mut net = Net::seeded(pool("10.32.0.0/22"), 3);
+        for i in 0..3 {
+            assert_eq!(net.ring(i), net.ring(0), "every seed created the same ring");
+        }
+        let mut seen = BTreeSet::new();
+        for i in 0..3 {
+            for c in 0..10 {
+                let Progress::Done(a) = net.agents[i]
+                    .allocate(net.now, key(&format!("{i}-{c}")), Request::Any)
+                    .unwrap()
+                else {
+                    panic!("space is local")
+                };
+                assert!(seen.insert(a.addr), "{} handed out twice", a.addr);
+                assert_eq!(net.ring(i).owner_of(a.addr), Some(p(i as u64 + 1)));
+            }
+            // On disk before the answer leaves the router.
+            let saved = Replica::decode(&net.agents[i].take_persist().unwrap()).unwrap();
+            assert_eq!(saved.allocated(), 10);
+        }
+        net.advance(BATCH * 2);
+        for i in 0..3 {
+            assert_eq!(net.ring(i), net.ring(0), "rings converge after the announcements");
+        }
+        assert_eq!(
+            net.ring(0).owners()[&p(2)].free,
+            341 - 10,
+            "a third of 1,024, no reserved address"
+        );
+    }
+
+    #[test]
+    fn allocation_waits_for_the_ring_then_completes() {
+        let seeds = vec![PeerRef::Name(p(1))];
+        let mut net = Net::new(pool("10.32.0.0/24"), vec![Init::Seeds(seeds), Init::Adopt]);
+        let Progress::Waiting(t) = net.agents[1].allocate(net.now, key("c"), Request::Any).unwrap() else {
+            panic!("no ring yet")
+        };
+        assert!(net.agents[1].no_ring_reason().unwrap().contains("another router"));
+        net.advance(Duration::from_secs(5));
+        assert!(net.allocated(t).is_none(), "still waiting");
+        let topo = Topology::new(p(1), "h1".into(), vec![]);
+        net.agents[0].handle_topology(net.now, &topo);
+        net.advance(BATCH * 2);
+        // p(2) owns nothing (it is not a seed), so it got space from p(1).
+        let a = net.allocated(t).unwrap().as_ref().unwrap();
+        assert_eq!(net.ring(0).owner_of(a.addr), Some(p(2)));
+    }
+
+    #[test]
+    fn no_ring_within_the_wait_fails_saying_why() {
+        let seeds = vec![PeerRef::Name(p(1)), PeerRef::Nickname("elsewhere".parse().unwrap())];
+        let mut net = Net::new(pool("10.32.0.0/24"), vec![Init::Seeds(seeds)]);
+        net.agents[0].handle_topology(net.now, &Topology::new(p(1), "h1".into(), vec![]));
+        let Progress::Waiting(t) = net.agents[0].allocate(net.now, key("c"), Request::Any).unwrap() else {
+            panic!("no ring yet")
+        };
+        net.advance(RING_WAIT - Duration::from_millis(1));
+        assert!(net.allocated(t).is_none());
+        net.advance(Duration::from_millis(1));
+        let Some(Err(AllocFailure::NoRing(why))) = net.allocated(t) else {
+            panic!("{:?}", net.allocated(t))
+        };
+        assert!(why.contains("elsewhere"), "{why}");
+    }
+
+    #[test]
+    fn exhausted_router_gets_space_from_a_donor() {
+        let mut net = Net::seeded(pool("10.32.0.0/28"), 2);
+        // p(1) holds 10.32.0.1-7: fill it.
+        for c in 0..7 {
+            assert!(matches!(
+                net.agents[0].allocate(net.now, key(&format!("c{c}")), Request::Any),
+                Ok(Progress::Done(_))
+            ));
+        }
+        let Progress::Waiting(t) = net.agents[0].allocate(net.now, key("more"), Request::Any).unwrap() else {
+            panic!("out of space")
+        };
+        net.pump();
+        let a = *net.allocated(t).unwrap().as_ref().unwrap();
+        assert!(a.addr > "10.32.0.7".parse::<IpAddr>().unwrap());
+        assert_eq!(net.ring(1).owner_of(a.addr), Some(p(1)), "the donor's ring says so too");
+    }
+
+    #[test]
+    fn a_silent_donor_fails_the_allocation_after_the_timeout() {
+        let mut net = Net::seeded(pool("10.32.0.0/28"), 2);
+        for c in 0..7 {
+            let _ = net.agents[0]
+                .allocate(net.now, key(&format!("c{c}")), Request::Any)
+                .unwrap();
+        }
+        net.mute.insert(1);
+        let Progress::Waiting(t) = net.agents[0].allocate(net.now, key("more"), Request::Any).unwrap() else {
+            panic!("out of space")
+        };
+        net.advance(ASK_TIMEOUT - Duration::from_millis(1));
+        assert!(net.allocated(t).is_none());
+        net.advance(Duration::from_millis(1));
+        let Some(Err(AllocFailure::NoDonor(why))) = net.allocated(t) else {
+            panic!("{:?}", net.allocated(t))
+        };
+        assert!(why.contains("did not answer"), "{why}");
+    }
+
+    #[test]
+    fn specific_address_is_claimed_from_its_owner_or_refused_with_the_reason() {
+        let mut net = Net::seeded(pool("10.32.0.0/28"), 2);
+        let addr: IpAddr = "10.32.0.12".parse().unwrap();
+        let Progress::Done(held) = net.agents[1].allocate(net.now, key("b"), Request::Addr(addr)).unwrap() else {
+            panic!("own space")
+        };
+        assert_eq!(held.addr, addr);
+        let Progress::Waiting(t) = net.agents[0].allocate(net.now, key("a"), Request::Addr(addr)).unwrap() else {
+            panic!("p(2) owns it")
+        };
+        net.pump();
+        let Some(Err(AllocFailure::NoDonor(why))) = net.allocated(t) else {
+            panic!("{:?}", net.allocated(t))
+        };
+        assert!(why.contains("in use"), "{why}");
+        let free: IpAddr = "10.32.0.13".parse().unwrap();
+        let Progress::Waiting(t) = net.agents[0].allocate(net.now, key("a"), Request::Addr(free)).unwrap() else {
+            panic!("p(2) owns it")
+        };
+        net.pump();
+        assert_eq!(net.allocated(t).unwrap().as_ref().unwrap().addr, free);
+    }
+
+    #[test]
+    fn bad_rings_are_refused_and_reported() {
+        let mut net = Net::seeded(pool("10.32.0.0/24"), 1);
+        let before = net.ring(0).clone();
+        net.agents[0].handle_message(net.now, p(9), IpamMsg::Ring(vec![0xff, 1, 2]));
+        let other = Ring::new(pool("10.32.0.0/24"), &[p(9)]).unwrap();
+        net.agents[0].handle_message(net.now, p(9), IpamMsg::Ring(other.encode()));
+        net.pump();
+        assert!(net.events.iter().any(|(_, e)| *e == Event::Malformed { from: p(9) }));
+        assert!(net.events.iter().any(|(_, e)| matches!(
+            e,
+            Event::Refused {
+                error: MergeError::DifferentRing { .. },
+                ..
+            }
+        )));
+        assert_eq!(*net.ring(0), before);
+        // A router with no ring does not adopt one over another pool.
+        let mut fresh = Agent::new(p(5), pool("10.40.0.0/24"), Init::Adopt, None, Time::ZERO).unwrap();
+        fresh.handle_message(Time::ZERO, p(1), IpamMsg::Ring(before.encode()));
+        assert!(fresh.replica().ring().is_none());
+        assert!(matches!(fresh.poll_event(), Some(Event::OtherPool { .. })));
+    }
+
+    #[test]
+    fn a_saved_ring_over_another_pool_is_refused_at_start() {
+        let saved = Replica::create(p(1), pool("10.32.0.0/24"), &[p(1)]).unwrap();
+        let err = Agent::new(p(1), pool("10.40.0.0/24"), Init::Adopt, Some(saved), Time::ZERO).unwrap_err();
+        assert!(err.to_string().contains("--ipalloc-range 10.32.0.0/24"), "{err}");
+    }
+
+    #[test]
+    fn summaries_repair_a_missed_announcement() {
+        let mut net = Net::seeded(pool("10.32.0.0/24"), 2);
+        net.mute.insert(0);
+        let _ = net.agents[0].allocate(net.now, key("c"), Request::Any).unwrap();
+        net.advance(BATCH * 2);
+        assert_ne!(net.ring(0), net.ring(1), "the announcement was lost");
+        net.mute.clear();
+        net.advance(SUMMARY_EVERY * 2);
+        assert_eq!(net.ring(0), net.ring(1));
+    }
+}
