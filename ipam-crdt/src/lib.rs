@@ -135,9 +135,10 @@
 //! had never owned space, got its first range from `D` just before `D` died,
 //! and stayed unknown to every voter until the heir acted. No voter could
 //! have waited for a router it did not know, so the heir takes that range
-//! too, and the newcomer's merge refuses the takeover of its entry
-//! ([`MergeError::OwnEntryChanged`]) rather than lose it silently. The router
-//! narrows this window further by refusing `rmpeer` while it still sees a
+//! too, and two routers hold it. The newcomer's merge then refuses every
+//! ring carrying the takeover ([`MergeError::OwnEntryChanged`]), so the
+//! conflict is loud, not silent, and an operator must reset the newcomer. The
+//! router narrows the window by refusing `rmpeer` while it still sees a
 //! connection to `D`.
 //!
 //! The property tests check all of this on random histories of six replicas
