@@ -47,6 +47,7 @@ pub struct Metrics {
     gossip_bytes: Family<DirectionLabel, Counter>,
     ipam_addresses: Family<KindLabel, Gauge<u64, AtomicU64>>,
     allocation_duration: Histogram,
+    malformed_ipam: Counter,
 }
 
 impl Metrics {
@@ -95,6 +96,12 @@ impl Metrics {
             Unit::Seconds,
             allocation_duration.clone(),
         );
+        let malformed_ipam = Counter::default();
+        registry.register(
+            "ipam_malformed_messages",
+            "IPAM messages from other routers that could not be decoded and were dropped",
+            malformed_ipam.clone(),
+        );
         // Every label value exists from the start, so dashboards see zeros, not gaps.
         for state in [ConnState::Established, ConnState::Dialing, ConnState::Retrying] {
             connections.get_or_create(&StateLabel { state }).set(0);
@@ -114,7 +121,13 @@ impl Metrics {
             gossip_bytes,
             ipam_addresses,
             allocation_duration,
+            malformed_ipam,
         }
+    }
+
+    /// Counts one IPAM message dropped as malformed.
+    pub fn malformed_ipam(&self) {
+        self.malformed_ipam.inc();
     }
 
     /// Sets how many connections are in `state`.

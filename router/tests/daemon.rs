@@ -13,7 +13,8 @@ use clap::Parser;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use weft_router::api::{Client, ClientError, ErrorCode, PeerState, Status};
+use weft_router::api::types::AllocateRequest;
+use weft_router::api::{Client, PeerState, Status};
 use weft_router::config::{Cli, Command, LaunchConfig};
 use weft_router::identity::Identity;
 use weft_router::io::daemon::{Daemon, DaemonError};
@@ -53,6 +54,10 @@ struct Running {
 }
 
 fn config(nickname: &str, dir: &Path, peers: &[String]) -> LaunchConfig {
+    config_with(nickname, dir, peers, &[])
+}
+
+fn config_with(nickname: &str, dir: &Path, peers: &[String], extra: &[&str]) -> LaunchConfig {
     let api = dir.join("api.sock");
     let data = dir.join("data");
     let mut args = vec![
@@ -69,6 +74,7 @@ fn config(nickname: &str, dir: &Path, peers: &[String]) -> LaunchConfig {
         "--data-dir".to_owned(),
         data.display().to_string(),
     ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
     args.extend(peers.iter().cloned());
     let Command::Launch(launch) = Cli::try_parse_from(args).expect("valid flags").command else {
         panic!("not a launch command");
@@ -79,8 +85,13 @@ fn config(nickname: &str, dir: &Path, peers: &[String]) -> LaunchConfig {
 async fn start(nickname: &str, secret: &str, peers: &[String]) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let config = config(nickname, dir.path(), peers);
+    start_with(dir, config, secret).await
+}
+
+/// Starts a daemon in `dir`, keeping the identity found there (a restart) or creating one.
+async fn start_with(dir: TempDir, config: LaunchConfig, secret: &str) -> Running {
     let api = Client::new(config.api_socket.clone());
-    let identity = Identity::generate().unwrap();
+    let (identity, _) = Identity::load_or_create(&config.data_dir).unwrap();
     let secret = ClusterSecret::new(secret.as_bytes().to_vec()).unwrap();
     let daemon = within(10, "bind", Daemon::bind(config, identity, &secret))
         .await
@@ -177,15 +188,9 @@ async fn three_routers_form_a_full_mesh_through_gossip() {
     assert_eq!(b_entry.nickname.as_deref(), Some("b"));
     assert!(a.metrics.encode().contains("weft_connections{state=\"established\"} 2"));
 
-    // IPAM is not part of this build, and says so.
-    let err = within(10, "ring", a.api.ring()).await.unwrap_err();
-    match err {
-        ClientError::Api(e) => {
-            assert_eq!(e.code, ErrorCode::NoRing);
-            assert!(e.error.contains("not set up in this build"), "{}", e.error);
-        }
-        other => panic!("expected an API error, got {other:?}"),
-    }
+    // Without a seed list (consensus is not built yet) nobody creates a ring.
+    let ring = within(10, "ring", a.api.ring()).await.unwrap();
+    assert!(ring.ranges.is_empty() && ring.owners.is_empty());
 
     for r in [&mut a, &mut b, &mut c] {
         r.stop().await;
@@ -243,4 +248,85 @@ async fn shutdown_removes_the_api_socket() {
     r.stop().await;
     assert!(!path.exists(), "{} is still there", path.display());
     assert!(within(10, "status after stop", r.api.status()).await.is_err());
+}
+
+async fn allocate(r: &Running, id: &str) -> String {
+    let req = AllocateRequest {
+        id: id.to_owned(),
+        iface: None,
+        ip: None,
+        net: None,
+    };
+    within(40, "allocate", r.api.allocate(&req))
+        .await
+        .unwrap_or_else(|e| panic!("allocate {id} on {}: {e}", r.name))
+        .address
+}
+
+/// Three routers split the range by a seed list of nicknames, hand out
+/// unique addresses, and a restarted router keeps what it handed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_routers_allocate_unique_addresses_that_survive_a_restart() {
+    let _log = subscribe();
+    let seed = ["--ipalloc-range", "10.40.0.0/22", "--ipalloc-init", "seed=a,b,c"];
+    let launch = |nick: &'static str, peers: Vec<String>| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_with(nick, dir.path(), &peers, &seed);
+        start_with(dir, config, SECRET)
+    };
+    let a = launch("a", vec![]).await;
+    let peer = vec![a.control.to_string()];
+    let b = launch("b", peer.clone()).await;
+    let mut c = launch("c", peer).await;
+
+    let mut seen = std::collections::BTreeSet::new();
+    for (r, n) in [(&a, 0), (&b, 1), (&c, 2)] {
+        for i in 0..3 {
+            let addr = allocate(r, &format!("ctr-{n}-{i}")).await;
+            assert!(addr.starts_with("10.40.") && addr.ends_with("/22"), "{addr}");
+            assert!(seen.insert(addr.clone()), "{addr} handed out twice");
+        }
+        // A repeated request gets the same address.
+        assert_eq!(
+            allocate(r, &format!("ctr-{n}-0")).await,
+            allocate(r, &format!("ctr-{n}-0")).await
+        );
+        let status = r.status().await;
+        assert_eq!(status.ipam.allocated, 3);
+        assert!(status.ipam.owned > 300, "{:?}", status.ipam);
+    }
+    // Every router's view of the ring converges: three owners, each range as
+    // its owner advertises it (`allocated` is known only locally).
+    let mut last = None;
+    let converged = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            let views = [
+                within(10, "ring", a.api.ring()).await.unwrap(),
+                within(10, "ring", b.api.ring()).await.unwrap(),
+                within(10, "ring", c.api.ring()).await.unwrap(),
+            ];
+            if views[0].ranges == views[1].ranges && views[1].ranges == views[2].ranges && views[0].owners.len() == 3 {
+                return;
+            }
+            last = Some(views);
+        }
+    })
+    .await;
+    assert!(converged.is_ok(), "rings did not converge within 20 s: {last:#?}");
+
+    // c restarts from its data directory and keeps its allocations.
+    let before = allocate(&c, "ctr-2-1").await;
+    c.stop().await;
+    let dir = c._dir;
+    let config = config_with("c", dir.path(), &[a.control.to_string()], &seed);
+    let mut c = start_with(dir, config, SECRET).await;
+    assert_eq!(c.status().await.ipam.allocated, 3);
+    assert_eq!(allocate(&c, "ctr-2-1").await, before);
+    let mut a = a;
+    let mut b = b;
+    for r in [&mut a, &mut b, &mut c] {
+        r.stop().await;
+    }
 }

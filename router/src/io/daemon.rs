@@ -22,18 +22,25 @@
 //! logged and counted. On shutdown it closes every connection normally, stops
 //! the API and metrics servers, and removes the API socket.
 //!
-//! IPAM over the mesh is not part of this build: the API's address ring
-//! routes answer [`ErrorCode::NoRing`].
+//! The driver also owns the IPAM [`Agent`]. After every step it persists the
+//! agent's replica to `DATA_DIR/ipam` *before* it sends anything or answers
+//! the API, so an answered allocation and a ring version others have seen
+//! survive a crash. A failed write stops the router: answering without the
+//! state on disk could hand an address out twice after a restart.
+//! `Ask`/`Gave` messages for other routers are forwarded along the mesh's
+//! shortest paths. Ring creation by consensus (`--init-peer-count`) is not
+//! built yet: without `--ipalloc-init seed=...` a router only adopts a ring
+//! another router created.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipam_crdt::{AllocKey, PeerName, Request};
+use ipam_crdt::{AllocKey, PeerName, Pool, Replica, Request};
 use quinn::VarInt;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -44,13 +51,16 @@ use super::clock::Clock;
 use super::control::{self, ControlEndpoint, ControlError, ControlReceiver, ControlSender, ControlStats};
 use crate::api::types::{AllocateResponse, ApiError, ErrorCode, IpamSummary, PeerStatus, ReclaimView, ReleaseResponse};
 use crate::api::{self, Backend, RingView, Status};
+use crate::config::IpallocInit;
 use crate::config::{Host, LaunchConfig, PeerAddr, PeerRef};
 use crate::core::handshake::HandshakeCounts;
+use crate::core::ipam_agent::{self, Agent, AllocFailure, Dest, IpamMsg, Progress, Ticket};
 use crate::core::mesh::{self, ConnId, Event, Failure, Mesh, Refused};
 use crate::core::wire::ControlMsg;
 use crate::identity::Identity;
 use crate::metrics::{self, ConnState, Direction, HandshakeFailure, Metrics};
 use crate::secret::ClusterSecret;
+use crate::store::{self, Kind, StoreError};
 
 /// Binds everything and runs the router until `shutdown` completes.
 ///
@@ -75,6 +85,8 @@ pub struct Daemon {
     metrics_listener: TcpListener,
     metrics_addr: SocketAddr,
     metrics: Arc<Metrics>,
+    /// The IPAM state read from `DATA_DIR/ipam`, if any.
+    saved_ipam: Option<Replica>,
 }
 
 /// Why the daemon could not start or stopped with an error.
@@ -95,6 +107,14 @@ pub enum DaemonError {
     /// The API socket could not be bound (`--api-socket`); the message says what to do.
     #[error("{0}")]
     Api(api::BindError),
+    /// The IPAM state in the data directory cannot be read or written.
+    #[error("IPAM state {path}: {error}")]
+    IpamState {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: String,
+    },
     /// The metrics listener could not be bound (`--metrics-addr`).
     #[error("--metrics-addr {addr}: cannot listen: {error}")]
     Metrics {
@@ -112,6 +132,25 @@ impl Daemon {
     /// # Errors
     /// [`DaemonError`], naming the flag and the address.
     pub async fn bind(config: LaunchConfig, identity: Identity, secret: &ClusterSecret) -> Result<Self, DaemonError> {
+        let ipam_path = config.data_dir.join(IPAM_FILE);
+        let state_error = |error: String| DaemonError::IpamState {
+            path: ipam_path.clone(),
+            error,
+        };
+        let saved_ipam = match store::read_state(&ipam_path, Kind::Ipam).map_err(|e| state_error(e.to_string()))? {
+            Some(bytes) => {
+                let replica = Replica::decode(&bytes).map_err(|e| state_error(e.to_string()))?;
+                if replica.name() != identity.name() {
+                    return Err(state_error(format!(
+                        "it belongs to router {}, not to this router {}",
+                        replica.name(),
+                        identity.name()
+                    )));
+                }
+                Some(replica)
+            }
+            None => None,
+        };
         let endpoint =
             ControlEndpoint::bind(config.listen, Arc::new(identity), secret).map_err(|error| DaemonError::Control {
                 addr: config.listen,
@@ -137,6 +176,7 @@ impl Daemon {
             metrics_listener,
             metrics_addr,
             metrics: Arc::new(Metrics::new()),
+            saved_ipam,
         })
     }
 
@@ -184,6 +224,7 @@ impl Daemon {
             metrics_listener,
             metrics_addr,
             metrics,
+            saved_ipam,
         } = self;
         let api_path = config.api_socket.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -205,8 +246,8 @@ impl Daemon {
         );
 
         let endpoint = Arc::new(endpoint);
-        let mut driver = Driver::new(&config, Arc::clone(&endpoint), control_addr, metrics);
-        driver.run(cmd_rx, shutdown).await;
+        let mut driver = Driver::new(&config, Arc::clone(&endpoint), control_addr, metrics, saved_ipam)?;
+        let outcome = driver.run(cmd_rx, shutdown).await;
         info!("shutting down");
         driver.close_all().await;
         drop(driver);
@@ -237,7 +278,7 @@ impl Daemon {
             Err(e) => warn!(path = %api_path.display(), error = %e, "cannot remove the API socket"),
         }
         info!("stopped");
-        Ok(())
+        outcome
     }
 }
 
@@ -259,6 +300,8 @@ enum Input {
     Resolved(PeerAddr, Result<SocketAddr, String>),
     /// A message from a connection's reader.
     Message(ConnId, mesh::Message),
+    /// An IPAM message from a connection's reader, still encoded.
+    Ipam(ConnId, Vec<u8>),
     /// A connection's reader or writer ended.
     Closed(ConnId, Failure),
 }
@@ -270,7 +313,13 @@ enum Command {
     Peers(oneshot::Sender<Vec<PeerStatus>>),
     Connect(PeerAddr, oneshot::Sender<()>),
     Forget(PeerAddr, oneshot::Sender<Result<(), ApiError>>),
+    Ring(oneshot::Sender<RingView>),
+    Allocate(AllocKey, Request, AllocReply),
+    Release(AllocKey, oneshot::Sender<ReleaseResponse>),
 }
+
+/// Where the answer to an API allocation goes.
+type AllocReply = oneshot::Sender<Result<AllocateResponse, ApiError>>;
 
 /// One authenticated control connection.
 #[derive(Debug)]
@@ -297,7 +346,6 @@ struct Driver {
     endpoint: Arc<ControlEndpoint>,
     listen: SocketAddr,
     nickname: String,
-    range: String,
     metrics: Arc<Metrics>,
     conns: BTreeMap<ConnId, Conn>,
     by_peer: BTreeMap<PeerName, ConnId>,
@@ -314,6 +362,16 @@ struct Driver {
     inputs: mpsc::Receiver<Input>,
     handshakes_seen: HandshakeCounts,
     timeouts_seen: u64,
+    agent: Agent,
+    pool: Pool,
+    ipam_path: PathBuf,
+    /// API answers held until the IPAM state is on disk.
+    answers: Vec<(AllocReply, Result<AllocateResponse, ApiError>)>,
+    releases: Vec<(oneshot::Sender<ReleaseResponse>, ReleaseResponse)>,
+    /// API allocations waiting for the agent.
+    waiting: BTreeMap<Ticket, AllocReply>,
+    /// Set when the IPAM state could not be written: the router must stop.
+    fatal: Option<DaemonError>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -326,9 +384,26 @@ impl std::fmt::Debug for Driver {
 }
 
 impl Driver {
-    fn new(config: &LaunchConfig, endpoint: Arc<ControlEndpoint>, listen: SocketAddr, metrics: Arc<Metrics>) -> Self {
+    fn new(
+        config: &LaunchConfig,
+        endpoint: Arc<ControlEndpoint>,
+        listen: SocketAddr,
+        metrics: Arc<Metrics>,
+        saved_ipam: Option<Replica>,
+    ) -> Result<Self, DaemonError> {
         let clock = Clock::start();
         let now = clock.now();
+        let ipam_path = config.data_dir.join(IPAM_FILE);
+        let init = match &config.ipalloc_init {
+            IpallocInit::Seed(seeds) => ipam_agent::Init::Seeds(seeds.clone()),
+            IpallocInit::Consensus { .. } => ipam_agent::Init::Adopt,
+        };
+        let agent = Agent::new(endpoint.name(), config.ipalloc_range, init, saved_ipam, now).map_err(|e| {
+            DaemonError::IpamState {
+                path: ipam_path.clone(),
+                error: e.to_string(),
+            }
+        })?;
         let mesh_config = mesh::Config {
             conn_limit: config.conn_limit.get(),
             ..mesh::Config::default()
@@ -353,7 +428,6 @@ impl Driver {
             endpoint,
             listen,
             nickname: config.nickname.to_string(),
-            range: config.ipalloc_range.to_string(),
             metrics,
             conns: BTreeMap::new(),
             by_peer: BTreeMap::new(),
@@ -366,6 +440,13 @@ impl Driver {
             inputs,
             handshakes_seen: HandshakeCounts::default(),
             timeouts_seen: 0,
+            agent,
+            pool: config.ipalloc_range,
+            ipam_path,
+            answers: Vec::new(),
+            releases: Vec::new(),
+            waiting: BTreeMap::new(),
+            fatal: None,
         };
         let endpoint = Arc::clone(&driver.endpoint);
         let tx = driver.inputs_tx.clone();
@@ -373,22 +454,35 @@ impl Driver {
         for peer in &config.peers {
             driver.connect(peer.clone());
         }
-        driver
+        let topo = driver.mesh.topology();
+        driver.agent.handle_topology(now, topo);
+        Ok(driver)
     }
 
     /// The event loop: one event, then drain the core, until `shutdown`.
-    async fn run(&mut self, mut commands: mpsc::Receiver<Command>, shutdown: impl Future<Output = ()>) {
+    async fn run(
+        &mut self,
+        mut commands: mpsc::Receiver<Command>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), DaemonError> {
         tokio::pin!(shutdown);
         self.drain();
         loop {
-            let deadline = self.clock.deadline(self.mesh.poll_timeout());
+            if let Some(e) = self.fatal.take() {
+                warn!(error = %e, "stopping: the IPAM state cannot be saved");
+                return Err(e);
+            }
+            let deadline = self
+                .clock
+                .deadline(self.mesh.poll_timeout().min(self.agent.poll_timeout()));
             tokio::select! {
-                () = &mut shutdown => return,
+                () = &mut shutdown => return Ok(()),
                 Some(input) = self.inputs.recv() => self.handle_input(input),
                 Some(cmd) = commands.recv() => self.handle_command(cmd),
                 () = tokio::time::sleep_until(deadline) => {
                     let now = self.clock.now();
                     self.mesh.handle_timeout(now);
+                    self.agent.handle_timeout(now);
                 }
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
                     if let Err(e) = done
@@ -430,7 +524,52 @@ impl Driver {
                     self.mesh.handle_message(now, conn.peer, msg);
                 }
             }
+            Input::Ipam(id, bytes) => {
+                if let Some(conn) = self.conns.get(&id) {
+                    let from = conn.peer;
+                    self.handle_ipam(now, from, bytes);
+                }
+            }
             Input::Closed(id, reason) => self.disconnect(id, reason),
+        }
+    }
+
+    /// An IPAM message from neighbour `from`: ours, or forwarded towards its destination.
+    fn handle_ipam(&mut self, now: crate::core::Time, from: PeerName, bytes: Vec<u8>) {
+        let msg = match IpamMsg::decode(&bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                debug!(peer = %from, error = %e, "malformed IPAM message dropped");
+                self.metrics.malformed_ipam();
+                return;
+            }
+        };
+        match msg.destination() {
+            Some(to) if to != self.mesh.topology().me() => self.route_ipam(to, bytes),
+            _ => self.agent.handle_message(now, from, msg),
+        }
+    }
+
+    /// Sends an encoded IPAM message to `to`: directly if a neighbour, else to the next hop.
+    fn route_ipam(&mut self, to: PeerName, bytes: Vec<u8>) {
+        let hop = if self.by_peer.contains_key(&to) {
+            Some(to)
+        } else {
+            self.mesh.topology().next_hops().get(&to).copied()
+        };
+        match hop {
+            Some(hop) => self.send_ipam(hop, bytes),
+            None => debug!(peer = %to, "no route for an IPAM message; dropped"),
+        }
+    }
+
+    fn send_ipam(&mut self, peer: PeerName, bytes: Vec<u8>) {
+        let Some(conn) = self.by_peer.get(&peer).and_then(|id| self.conns.get(id)) else {
+            trace!(peer = %peer, "no connection for an IPAM message; dropped");
+            return;
+        };
+        if conn.outbox.try_send(ControlMsg::Ipam(bytes)).is_err() {
+            debug!(peer = %peer, "IPAM message dropped: the connection's queue is full");
         }
     }
 
@@ -449,6 +588,31 @@ impl Driver {
             }
             Command::Forget(peer, reply) => {
                 let _ = reply.send(self.forget(&peer));
+            }
+            Command::Ring(reply) => {
+                let view = RingView::from_replica(self.pool, self.agent.replica(), |p| self.nickname_of(p));
+                let _ = reply.send(view);
+            }
+            Command::Allocate(key, request, reply) => {
+                let now = self.clock.now();
+                match self.agent.allocate(now, key, request) {
+                    // Answered in `drain`, once the state is on disk.
+                    Ok(Progress::Done(a)) => self.answers.push((reply, Ok(a.into()))),
+                    Ok(Progress::Waiting(ticket)) => {
+                        self.waiting.insert(ticket, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(alloc_failure(e)));
+                    }
+                }
+            }
+            Command::Release(key, reply) => {
+                let now = self.clock.now();
+                let address = self.agent.release(now, &key).map(|a| {
+                    let prefix = self.pool.net().prefix_len();
+                    format!("{a}/{prefix}")
+                });
+                self.releases.push((reply, ReleaseResponse { address }));
             }
         }
     }
@@ -563,9 +727,43 @@ impl Driver {
         self.mesh.set_endpoints(self.clock.now(), endpoints);
     }
 
-    /// Carries out everything the core asked for, until it asks for nothing more.
+    /// Carries out everything the cores asked for, until they ask for nothing more.
     fn drain(&mut self) {
         loop {
+            // The IPAM state goes to disk before anything leaves the router.
+            if let Some(bytes) = self.agent.take_persist()
+                && let Err(e) = store::write_state(&self.ipam_path, Kind::Ipam, &bytes)
+            {
+                self.ipam_write_failed(&e);
+                return;
+            }
+            for (reply, answer) in self.answers.drain(..) {
+                let _ = reply.send(answer);
+            }
+            for (reply, answer) in self.releases.drain(..) {
+                let _ = reply.send(answer);
+            }
+            let mut ipam_out = Vec::new();
+            while let Some(out) = self.agent.poll_transmit() {
+                ipam_out.push(out);
+            }
+            let mut more = !ipam_out.is_empty();
+            for (dest, msg) in ipam_out {
+                let bytes = msg.encode();
+                match dest {
+                    Dest::Neighbour(p) => self.send_ipam(p, bytes),
+                    Dest::AllNeighbours => {
+                        let peers: Vec<PeerName> = self.by_peer.keys().copied().collect();
+                        for p in peers {
+                            self.send_ipam(p, bytes.clone());
+                        }
+                    }
+                    Dest::Routed(p) => self.route_ipam(p, bytes),
+                }
+            }
+            while let Some(event) = self.agent.poll_event() {
+                self.ipam_event(event);
+            }
             let mut failed = Vec::new();
             while let Some((peer, msg)) = self.mesh.poll_transmit() {
                 let Some(&id) = self.by_peer.get(&peer) else {
@@ -589,17 +787,26 @@ impl Driver {
                     let _ = tx.send(Input::Dialed(addr, result)).await;
                 });
             }
+            let now = self.clock.now();
             while let Some(event) = self.mesh.poll_event() {
+                more = true;
                 match event {
                     Event::Up(peer) => {
                         let nickname = self.nickname_of(peer).unwrap_or_default();
                         info!(peer = %peer, %nickname, "peer up");
+                        self.agent.neighbour_up(peer);
                     }
-                    Event::Down(peer) => info!(peer = %peer, "peer down"),
-                    Event::TopologyChanged => trace!(routers = self.mesh.topology().len(), "topology changed"),
+                    Event::Down(peer) => {
+                        info!(peer = %peer, "peer down");
+                        self.agent.neighbour_down(peer);
+                    }
+                    Event::TopologyChanged => {
+                        trace!(routers = self.mesh.topology().len(), "topology changed");
+                        self.agent.handle_topology(now, self.mesh.topology());
+                    }
                 }
             }
-            if failed.is_empty() {
+            if failed.is_empty() && !more {
                 break;
             }
             for (id, why) in failed {
@@ -608,6 +815,48 @@ impl Driver {
             }
         }
         self.update_metrics();
+    }
+
+    fn ipam_event(&mut self, event: ipam_agent::Event) {
+        use ipam_agent::Event as E;
+        match event {
+            E::Allocated(ticket, result) => {
+                if let Some(reply) = self.waiting.remove(&ticket) {
+                    let _ = reply.send(result.map(Into::into).map_err(alloc_failure));
+                }
+            }
+            E::Created(seeds) => info!(seeds = seeds.len(), "created the address ring"),
+            E::Merged { gained, reclaimed } => {
+                debug!(gained, ?reclaimed, "merged a ring update");
+                for dead in reclaimed {
+                    info!(peer = %dead, "took over the ranges of a removed router");
+                }
+            }
+            E::Refused { from, error } => warn!(peer = %from, %error, "refused a ring"),
+            E::OtherPool { from, pool } => warn!(
+                peer = %from,
+                %pool,
+                ours = %self.pool,
+                "refused a ring over another range: the routers were launched with different --ipalloc-range"
+            ),
+            E::Malformed { from } => {
+                debug!(peer = %from, "malformed ring dropped");
+                self.metrics.malformed_ipam();
+            }
+        }
+    }
+
+    fn ipam_write_failed(&mut self, e: &StoreError) {
+        self.fatal = Some(DaemonError::IpamState {
+            path: self.ipam_path.clone(),
+            error: e.to_string(),
+        });
+        // Nothing may be answered or sent without the state on disk.
+        for (reply, _) in self.answers.drain(..) {
+            let _ = reply.send(Err(ApiError::new(ErrorCode::Internal, "cannot save the IPAM state")));
+        }
+        self.releases.clear();
+        while self.agent.poll_transmit().is_some() {}
     }
 
     fn update_metrics(&mut self) {
@@ -624,6 +873,8 @@ impl Driver {
         self.metrics.set_connections(ConnState::Established, established);
         self.metrics.set_connections(ConnState::Dialing, dialing);
         self.metrics.set_connections(ConnState::Retrying, retrying);
+        let ipam = IpamSummary::from_replica(self.pool, self.agent.replica());
+        self.metrics.set_ipam(ipam.owned, ipam.free, ipam.allocated);
 
         // The endpoint counts handshake failures; carry the new ones over.
         let counts = self.endpoint.stats().snapshot();
@@ -697,12 +948,7 @@ impl Driver {
             nickname: self.nickname.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             peers,
-            ipam: IpamSummary {
-                range: self.range.clone(),
-                owned: 0,
-                free: 0,
-                allocated: 0,
-            },
+            ipam: IpamSummary::from_replica(self.pool, self.agent.replica()),
             connections_established,
             host_address: None,
         }
@@ -779,12 +1025,12 @@ async fn read_loop(id: ConnId, mut receiver: ControlReceiver, tx: mpsc::Sender<I
                 // Bytes read since the last message: this frame (and any part of the next).
                 let len = usize::try_from(receiver.received_bytes() - counted).unwrap_or(usize::MAX);
                 counted = receiver.received_bytes();
-                let ControlMsg::Gossip(m) = msg else {
-                    trace!("IPAM message ignored: IPAM over the mesh is not in this build");
-                    continue;
-                };
                 metrics.gossip(Direction::In, len);
-                if tx.send(Input::Message(id, m)).await.is_err() {
+                let input = match msg {
+                    ControlMsg::Gossip(m) => Input::Message(id, m),
+                    ControlMsg::Ipam(bytes) => Input::Ipam(id, bytes),
+                };
+                if tx.send(input).await.is_err() {
                     return;
                 }
             }
@@ -834,11 +1080,12 @@ fn stopping() -> ApiError {
     ApiError::new(ErrorCode::Unavailable, "the router is shutting down")
 }
 
-fn no_ring() -> ApiError {
-    ApiError::new(
-        ErrorCode::NoRing,
-        "the address ring is not set up in this build: IPAM over the mesh is not implemented yet",
-    )
+fn alloc_failure(e: AllocFailure) -> ApiError {
+    match e {
+        AllocFailure::NoRing(_) => ApiError::new(ErrorCode::NoRing, e.to_string()),
+        AllocFailure::Refused(e) => e.into(),
+        AllocFailure::NoDonor(_) => ApiError::new(ErrorCode::Unavailable, e.to_string()),
+    }
 }
 
 impl Backend for ApiBackend {
@@ -851,15 +1098,15 @@ impl Backend for ApiBackend {
     }
 
     async fn ring(&self) -> Result<RingView, ApiError> {
-        Err(no_ring())
+        self.ask(Command::Ring).await
     }
 
-    async fn allocate(&self, _key: AllocKey, _request: Request) -> Result<AllocateResponse, ApiError> {
-        Err(no_ring())
+    async fn allocate(&self, key: AllocKey, request: Request) -> Result<AllocateResponse, ApiError> {
+        self.ask(|reply| Command::Allocate(key, request, reply)).await?
     }
 
-    async fn release(&self, _key: AllocKey) -> Result<ReleaseResponse, ApiError> {
-        Err(no_ring())
+    async fn release(&self, key: AllocKey) -> Result<ReleaseResponse, ApiError> {
+        self.ask(|reply| Command::Release(key, reply)).await
     }
 
     async fn connect(&self, addr: PeerAddr) -> Result<(), ApiError> {
@@ -871,7 +1118,10 @@ impl Backend for ApiBackend {
     }
 
     async fn rmpeer(&self, _name: PeerRef) -> Result<ReclaimView, ApiError> {
-        Err(no_ring())
+        Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "rmpeer is not implemented in this build yet",
+        ))
     }
 
     async fn reset(&self) -> Result<(), ApiError> {
@@ -881,6 +1131,9 @@ impl Backend for ApiBackend {
         ))
     }
 }
+
+/// The IPAM state file in the data directory.
+const IPAM_FILE: &str = "ipam";
 
 /// Inputs from helper tasks waiting for the driver.
 const INPUT_QUEUE: usize = 1024;
