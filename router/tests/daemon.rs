@@ -13,8 +13,9 @@ use clap::Parser;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use weft_router::api::types::AllocateRequest;
-use weft_router::api::{Client, PeerState, Status};
+use weft_router::api::types::{AllocateRequest, ReclaimState};
+use weft_router::api::{Client, ClientError, ErrorCode, PeerState, Status};
+use weft_router::config::PeerRef;
 use weft_router::config::{Cli, Command, LaunchConfig};
 use weft_router::identity::Identity;
 use weft_router::io::daemon::{Daemon, DaemonError};
@@ -327,6 +328,79 @@ async fn seeded_routers_allocate_unique_addresses_that_survive_a_restart() {
     let mut a = a;
     let mut b = b;
     for r in [&mut a, &mut b, &mut c] {
+        r.stop().await;
+    }
+}
+
+/// `rmpeer` refuses a router that is still connected, and once it is gone
+/// for good, the ranges move to the heir after every live router voted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rmpeer_refuses_a_connected_router_and_reclaims_a_dead_one() {
+    let _log = subscribe();
+    let seed = ["--ipalloc-range", "10.41.0.0/22", "--ipalloc-init", "seed=a,b,c"];
+    let launch = |nick: &'static str, peers: Vec<String>| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_with(nick, dir.path(), &peers, &seed);
+        start_with(dir, config, SECRET)
+    };
+    let mut a = launch("a", vec![]).await;
+    let peer = vec![a.control.to_string()];
+    let mut b = launch("b", peer.clone()).await;
+    let mut c = launch("c", peer).await;
+    let c_name = c.name.clone();
+    a.wait_until(20, "b and c established", |s| s.connections_established == 2)
+        .await;
+    let _ = allocate(&c, "doomed").await;
+
+    let by_nick: PeerRef = "c".parse().unwrap();
+    match within(10, "rmpeer", a.api.rmpeer(&by_nick)).await {
+        Err(ClientError::Api(e)) => {
+            assert_eq!(e.code, ErrorCode::Conflict);
+            assert!(e.error.contains("connected"), "{}", e.error);
+        }
+        other => panic!("rmpeer of a connected router: {other:?}"),
+    }
+
+    c.stop().await;
+    // Once nobody reports a connection to c, rmpeer starts; b votes; a inherits.
+    let mut last = None;
+    let started = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            match a.api.rmpeer(&by_nick).await {
+                Ok(view) => return view,
+                Err(e) => last = Some(e.to_string()),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("rmpeer never started: {last:?}"));
+    assert_eq!(started.name, c_name);
+    let mut last = None;
+    let done = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            let views = [a.api.ring().await.unwrap(), b.api.ring().await.unwrap()];
+            let finished = views.iter().all(|v| {
+                v.reclaims
+                    .iter()
+                    .any(|r| r.name == c_name && r.state == ReclaimState::Done)
+                    && v.owners.iter().all(|o| o.name != c_name)
+            });
+            if finished && views[0].ranges == views[1].ranges {
+                return views;
+            }
+            last = Some(views);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the reclaim did not finish: {last:#?}"));
+    assert_eq!(done[0].reclaims[0].heir.as_deref(), Some(a.name.as_str()));
+    // a owns two thirds now and can hand out what c held.
+    assert!(a.status().await.ipam.owned > 600);
+    for r in [&mut a, &mut b] {
         r.stop().await;
     }
 }

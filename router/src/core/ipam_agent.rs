@@ -32,7 +32,10 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use blake2::{Blake2s256, Digest};
-use ipam_crdt::{AllocError, AllocKey, Allocation, MergeError, PeerName, Pool, Replica, Request, Ring, Want};
+use ipam_crdt::{
+    AllocError, AllocKey, Allocation, MergeError, PeerName, Pool, ReclaimError, ReclaimStatus, Replica, Request, Ring,
+    Want,
+};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -427,6 +430,17 @@ impl Agent {
         let addr = self.replica.release(key)?;
         self.changed(now);
         Some(addr)
+    }
+
+    /// Starts (or joins) the reclaim of `dead` (`weft rmpeer`). The caller
+    /// checks first that no router still sees a connection to it.
+    ///
+    /// # Errors
+    /// As [`Replica::begin_reclaim`].
+    pub fn begin_reclaim(&mut self, now: Time, dead: PeerName) -> Result<ReclaimStatus, ReclaimError> {
+        let status = self.replica.begin_reclaim(dead)?;
+        self.changed(now);
+        Ok(status)
     }
 
     /// An IPAM message from neighbour `from`. Messages for other routers are
@@ -953,6 +967,27 @@ mod tests {
         let saved = Replica::create(p(1), pool("10.32.0.0/24"), &[p(1)]).unwrap();
         let err = Agent::new(p(1), pool("10.40.0.0/24"), Init::Adopt, Some(saved), Time::ZERO).unwrap_err();
         assert!(err.to_string().contains("--ipalloc-range 10.32.0.0/24"), "{err}");
+    }
+
+    #[test]
+    fn rmpeer_completes_once_every_live_router_voted() {
+        let mut net = Net::seeded(pool("10.32.0.0/24"), 3);
+        net.mute.insert(2);
+        let st = net.agents[0].begin_reclaim(net.now, p(3)).unwrap();
+        assert!(matches!(st, ReclaimStatus::Pending { .. }));
+        net.advance(BATCH * 4);
+        for i in 0..2 {
+            assert_eq!(
+                net.ring(i).reclaim_status(p(3)),
+                Some(ReclaimStatus::Done { heir: p(1) }),
+                "agent {i}"
+            );
+            assert!(!net.ring(i).owners().contains_key(&p(3)));
+        }
+        assert!(matches!(
+            net.agents[0].begin_reclaim(net.now, p(9)),
+            Err(ReclaimError::UnknownPeer(_))
+        ));
     }
 
     #[test]

@@ -316,6 +316,7 @@ enum Command {
     Ring(oneshot::Sender<RingView>),
     Allocate(AllocKey, Request, AllocReply),
     Release(AllocKey, oneshot::Sender<ReleaseResponse>),
+    Rmpeer(PeerRef, oneshot::Sender<Result<ReclaimView, ApiError>>),
 }
 
 /// Where the answer to an API allocation goes.
@@ -366,8 +367,7 @@ struct Driver {
     pool: Pool,
     ipam_path: PathBuf,
     /// API answers held until the IPAM state is on disk.
-    answers: Vec<(AllocReply, Result<AllocateResponse, ApiError>)>,
-    releases: Vec<(oneshot::Sender<ReleaseResponse>, ReleaseResponse)>,
+    held: Vec<Box<dyn FnOnce() + Send>>,
     /// API allocations waiting for the agent.
     waiting: BTreeMap<Ticket, AllocReply>,
     /// Set when the IPAM state could not be written: the router must stop.
@@ -443,8 +443,7 @@ impl Driver {
             agent,
             pool: config.ipalloc_range,
             ipam_path,
-            answers: Vec::new(),
-            releases: Vec::new(),
+            held: Vec::new(),
             waiting: BTreeMap::new(),
             fatal: None,
         };
@@ -597,7 +596,7 @@ impl Driver {
                 let now = self.clock.now();
                 match self.agent.allocate(now, key, request) {
                     // Answered in `drain`, once the state is on disk.
-                    Ok(Progress::Done(a)) => self.answers.push((reply, Ok(a.into()))),
+                    Ok(Progress::Done(a)) => self.hold(reply, Ok(a.into())),
                     Ok(Progress::Waiting(ticket)) => {
                         self.waiting.insert(ticket, reply);
                     }
@@ -606,13 +605,17 @@ impl Driver {
                     }
                 }
             }
+            Command::Rmpeer(name, reply) => {
+                let answer = self.rmpeer(&name);
+                self.hold(reply, answer);
+            }
             Command::Release(key, reply) => {
                 let now = self.clock.now();
                 let address = self.agent.release(now, &key).map(|a| {
                     let prefix = self.pool.net().prefix_len();
                     format!("{a}/{prefix}")
                 });
-                self.releases.push((reply, ReleaseResponse { address }));
+                self.hold(reply, ReleaseResponse { address });
             }
         }
     }
@@ -737,11 +740,8 @@ impl Driver {
                 self.ipam_write_failed(&e);
                 return;
             }
-            for (reply, answer) in self.answers.drain(..) {
-                let _ = reply.send(answer);
-            }
-            for (reply, answer) in self.releases.drain(..) {
-                let _ = reply.send(answer);
+            for answer in self.held.drain(..) {
+                answer();
             }
             let mut ipam_out = Vec::new();
             while let Some(out) = self.agent.poll_transmit() {
@@ -817,6 +817,61 @@ impl Driver {
         self.update_metrics();
     }
 
+    /// Answers an API call once the IPAM state is on disk (in [`Driver::drain`]).
+    fn hold<T: Send + 'static>(&mut self, reply: oneshot::Sender<T>, answer: T) {
+        self.held.push(Box::new(move || {
+            let _ = reply.send(answer);
+        }));
+    }
+
+    /// `weft rmpeer`: starts the reclaim of a router that is gone for good,
+    /// refusing while any router still sees a connection to it.
+    fn rmpeer(&mut self, name: &PeerRef) -> Result<ReclaimView, ApiError> {
+        let topo = self.mesh.topology();
+        let dead = match name {
+            PeerRef::Name(n) => *n,
+            PeerRef::Nickname(nick) => {
+                let found: Vec<PeerName> = topo
+                    .entries()
+                    .filter(|e| e.nickname == nick.as_str())
+                    .map(|e| e.name)
+                    .collect();
+                match found.as_slice() {
+                    [one] => *one,
+                    [] => return Err(ApiError::not_found(format!("no router with nickname {nick} is known"))),
+                    _ => {
+                        return Err(ApiError::new(
+                            ErrorCode::Conflict,
+                            format!(
+                                "{} routers have nickname {nick}; name one by its peer name",
+                                found.len()
+                            ),
+                        ));
+                    }
+                }
+            }
+        };
+        if self.by_peer.contains_key(&dead) {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("router {dead} is connected to this router; rmpeer is only for routers that are gone for good"),
+            ));
+        }
+        if let Some(e) = topo.entries().find(|e| e.name != dead && e.neighbours.contains(&dead)) {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "router {} ({}) still reports a connection to {dead}; rmpeer is only for routers that are gone for good",
+                    e.name, e.nickname
+                ),
+            ));
+        }
+        let now = self.clock.now();
+        let status = self.agent.begin_reclaim(now, dead)?;
+        info!(peer = %dead, "reclaim of a removed router started");
+        Ok(ReclaimView::new(dead, &status, |p| self.nickname_of(p)))
+    }
+
     fn ipam_event(&mut self, event: ipam_agent::Event) {
         use ipam_agent::Event as E;
         match event {
@@ -851,11 +906,9 @@ impl Driver {
             path: self.ipam_path.clone(),
             error: e.to_string(),
         });
-        // Nothing may be answered or sent without the state on disk.
-        for (reply, _) in self.answers.drain(..) {
-            let _ = reply.send(Err(ApiError::new(ErrorCode::Internal, "cannot save the IPAM state")));
-        }
-        self.releases.clear();
+        // Nothing may be answered or sent without the state on disk: the
+        // held answers are dropped, so their callers see the router stopping.
+        self.held.clear();
         while self.agent.poll_transmit().is_some() {}
     }
 
@@ -1117,11 +1170,8 @@ impl Backend for ApiBackend {
         self.ask(|reply| Command::Forget(addr, reply)).await?
     }
 
-    async fn rmpeer(&self, _name: PeerRef) -> Result<ReclaimView, ApiError> {
-        Err(ApiError::new(
-            ErrorCode::Unavailable,
-            "rmpeer is not implemented in this build yet",
-        ))
+    async fn rmpeer(&self, name: PeerRef) -> Result<ReclaimView, ApiError> {
+        self.ask(|reply| Command::Rmpeer(name, reply)).await?
     }
 
     async fn reset(&self) -> Result<(), ApiError> {
