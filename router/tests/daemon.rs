@@ -404,3 +404,61 @@ async fn rmpeer_refuses_a_connected_router_and_reclaims_a_dead_one() {
         r.stop().await;
     }
 }
+
+/// `weft reset` hands the router's ranges to a live router, removes its
+/// state and stops it; the mesh needs no rmpeer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_hands_the_ranges_over_and_removes_the_state() {
+    let _log = subscribe();
+    let seed = ["--ipalloc-range", "10.42.0.0/22", "--ipalloc-init", "seed=a,b,c"];
+    let launch = |nick: &'static str, peers: Vec<String>| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_with(nick, dir.path(), &peers, &seed);
+        start_with(dir, config, SECRET)
+    };
+    let mut a = launch("a", vec![]).await;
+    let peer = vec![a.control.to_string()];
+    let mut b = launch("b", peer.clone()).await;
+    let mut c = launch("c", peer).await;
+    let c_name = c.name.clone();
+    for r in [&a, &b, &c] {
+        r.wait_until(20, "full mesh", |s| s.connections_established == 2).await;
+    }
+    let _ = allocate(&c, "gone-with-c").await;
+    let data = c._dir.path().join("data");
+    assert!(data.join("ipam").exists() && data.join("identity").exists());
+
+    within(20, "reset", c.api.reset()).await.expect("reset succeeds");
+    // The router stops by itself, its state gone.
+    let (_, task) = c.daemon.take().unwrap();
+    within(10, "c stops", task).await.unwrap().expect("clean stop");
+    assert!(!data.join("ipam").exists(), "IPAM state removed");
+    assert!(
+        !data.join("identity").exists(),
+        "identity removed: it never returns under this name"
+    );
+
+    let mut last = None;
+    let done = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            let views = [a.api.ring().await.unwrap(), b.api.ring().await.unwrap()];
+            if views.iter().all(|v| {
+                v.reclaims
+                    .iter()
+                    .any(|r| r.name == c_name && r.state == ReclaimState::Done)
+                    && v.owners.iter().all(|o| o.name != c_name)
+            }) && views[0].ranges == views[1].ranges
+            {
+                return;
+            }
+            last = Some(views);
+        }
+    })
+    .await;
+    assert!(done.is_ok(), "the handover did not finish: {last:#?}");
+    for r in [&mut a, &mut b] {
+        r.stop().await;
+    }
+}

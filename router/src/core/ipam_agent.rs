@@ -261,6 +261,9 @@ pub struct Agent {
     next_id: u64,
     /// What `resolve_seeds` last said, for the status.
     waiting_for: Option<String>,
+    /// After a leave: the heir, and whether a ring from the mesh showed it
+    /// accepting (its vote, or its takeover).
+    leaving: Option<(PeerName, bool)>,
     out: VecDeque<(Dest, IpamMsg)>,
     events: VecDeque<Event>,
 }
@@ -305,6 +308,7 @@ impl Agent {
             parked: BTreeMap::new(),
             next_id: 1,
             waiting_for: None,
+            leaving: None,
             out: VecDeque::new(),
             events: VecDeque::new(),
         })
@@ -441,6 +445,43 @@ impl Agent {
         let status = self.replica.begin_reclaim(dead)?;
         self.changed(now);
         Ok(status)
+    }
+
+    /// Leaves the ring (`weft reset`): records this router's removal with
+    /// `heir` proposed, and sends the ring to every neighbour at once. Calling
+    /// it again after a leave just sends the ring again.
+    ///
+    /// # Errors
+    /// As [`Replica::leave`].
+    pub fn leave(&mut self, now: Time, heir: PeerName) -> Result<(), ReclaimError> {
+        match self.replica.leave(heir) {
+            Ok(_) => self.changed(now),
+            Err(ReclaimError::Removed) if self.replica.ring().is_some_and(|r| r.is_removed(self.me)) => {}
+            Err(e) => return Err(e),
+        }
+        let ring = self.replica.ring().expect("leave needs a ring");
+        self.out.push_back((Dest::AllNeighbours, IpamMsg::Ring(ring.encode())));
+        self.leaving = Some((heir, false));
+        Ok(())
+    }
+
+    /// After [`Agent::leave`]: whether a ring from the mesh showed the heir
+    /// accepting this router's ranges (its vote, or its takeover). The
+    /// takeover itself is refused by this router's merge (only it writes its
+    /// entries), so this is read from the rings as they arrive.
+    pub fn heir_confirmed(&self) -> bool {
+        self.leaving.is_some_and(|(_, ok)| ok)
+    }
+
+    /// The live member with the most free space among `candidates`: the heir for a leave.
+    pub fn choose_heir(&self, candidates: impl IntoIterator<Item = PeerName>) -> Option<PeerName> {
+        let ring = self.replica.ring()?;
+        let owners = ring.owners();
+        let members: BTreeSet<PeerName> = ring.voters().collect();
+        candidates
+            .into_iter()
+            .filter(|c| *c != self.me && members.contains(c))
+            .max_by_key(|c| (owners.get(c).map_or(0, |s| s.free), std::cmp::Reverse(*c)))
     }
 
     /// An IPAM message from neighbour `from`. Messages for other routers are
@@ -589,6 +630,15 @@ impl Agent {
             self.events.push_back(Event::Malformed { from });
             return;
         };
+        if let Some((heir, ok)) = &mut self.leaving {
+            *ok |= match ring.reclaim_status(self.me) {
+                Some(ReclaimStatus::Pending { candidate, waiting_for }) => {
+                    candidate == Some(*heir) && !waiting_for.contains(heir)
+                }
+                Some(ReclaimStatus::Done { .. }) => true,
+                _ => false,
+            };
+        }
         if ring.pool() != self.pool && self.replica.ring().is_none() {
             // Adopting it would give this router a ring over another pool
             // than it was launched with.
@@ -988,6 +1038,24 @@ mod tests {
             net.agents[0].begin_reclaim(net.now, p(9)),
             Err(ReclaimError::UnknownPeer(_))
         ));
+    }
+
+    #[test]
+    fn leave_is_confirmed_even_when_the_heir_takes_over_at_once() {
+        let mut net = Net::seeded(pool("10.32.0.0/24"), 2);
+        assert_eq!(net.agents[0].choose_heir([p(1), p(2), p(7)]), Some(p(2)));
+        net.agents[0].leave(net.now, p(2)).unwrap();
+        assert!(!net.agents[0].heir_confirmed());
+        net.pump();
+        // p(2) is the only voter: it took the ranges, and p(1) saw it.
+        assert_eq!(
+            net.ring(1).reclaim_status(p(1)),
+            Some(ReclaimStatus::Done { heir: p(2) })
+        );
+        assert!(net.agents[0].heir_confirmed());
+        assert!(net.agents[0].allocate(net.now, key("x"), Request::Any).is_err());
+        // Leaving again just sends the ring again.
+        net.agents[0].leave(net.now, p(2)).unwrap();
     }
 
     #[test]

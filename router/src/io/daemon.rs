@@ -317,6 +317,14 @@ enum Command {
     Allocate(AllocKey, Request, AllocReply),
     Release(AllocKey, oneshot::Sender<ReleaseResponse>),
     Rmpeer(PeerRef, oneshot::Sender<Result<ReclaimView, ApiError>>),
+    Reset(oneshot::Sender<Result<(), ApiError>>),
+}
+
+/// A `weft reset` waiting for its heir to confirm.
+struct Leaving {
+    heir: PeerName,
+    until: crate::core::Time,
+    reply: oneshot::Sender<Result<(), ApiError>>,
 }
 
 /// Where the answer to an API allocation goes.
@@ -372,6 +380,10 @@ struct Driver {
     waiting: BTreeMap<Ticket, AllocReply>,
     /// Set when the IPAM state could not be written: the router must stop.
     fatal: Option<DaemonError>,
+    leaving: Option<Leaving>,
+    /// `weft reset` finished: the driver stops.
+    reset_done: bool,
+    data_dir: PathBuf,
 }
 
 impl std::fmt::Debug for Driver {
@@ -444,6 +456,9 @@ impl Driver {
             pool: config.ipalloc_range,
             ipam_path,
             held: Vec::new(),
+            leaving: None,
+            reset_done: false,
+            data_dir: config.data_dir.clone(),
             waiting: BTreeMap::new(),
             fatal: None,
         };
@@ -471,9 +486,14 @@ impl Driver {
                 warn!(error = %e, "stopping: the IPAM state cannot be saved");
                 return Err(e);
             }
-            let deadline = self
-                .clock
-                .deadline(self.mesh.poll_timeout().min(self.agent.poll_timeout()));
+            if self.reset_done {
+                return Ok(());
+            }
+            let mut next = self.mesh.poll_timeout().min(self.agent.poll_timeout());
+            if let Some(l) = &self.leaving {
+                next = next.min(l.until);
+            }
+            let deadline = self.clock.deadline(next);
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
                 Some(input) = self.inputs.recv() => self.handle_input(input),
@@ -482,6 +502,7 @@ impl Driver {
                     let now = self.clock.now();
                     self.mesh.handle_timeout(now);
                     self.agent.handle_timeout(now);
+                    self.check_leaving(now);
                 }
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
                     if let Err(e) = done
@@ -605,6 +626,7 @@ impl Driver {
                     }
                 }
             }
+            Command::Reset(reply) => self.reset(reply),
             Command::Rmpeer(name, reply) => {
                 let answer = self.rmpeer(&name);
                 self.hold(reply, answer);
@@ -764,6 +786,10 @@ impl Driver {
             while let Some(event) = self.agent.poll_event() {
                 self.ipam_event(event);
             }
+            if self.leaving.is_some() {
+                let now = self.clock.now();
+                self.check_leaving(now);
+            }
             let mut failed = Vec::new();
             while let Some((peer, msg)) = self.mesh.poll_transmit() {
                 let Some(&id) = self.by_peer.get(&peer) else {
@@ -822,6 +848,80 @@ impl Driver {
         self.held.push(Box::new(move || {
             let _ = reply.send(answer);
         }));
+    }
+
+    /// `weft reset`: leave the ring, wait for the heir to confirm, remove the
+    /// router's state and stop.
+    fn reset(&mut self, reply: oneshot::Sender<Result<(), ApiError>>) {
+        if self.leaving.is_some() {
+            let _ = reply.send(Err(ApiError::new(ErrorCode::Conflict, "a reset is already under way")));
+            return;
+        }
+        let now = self.clock.now();
+        if self.agent.replica().ring().is_none() {
+            // Nothing to hand over.
+            self.finish_reset(reply);
+            return;
+        }
+        let neighbours: Vec<PeerName> = self.by_peer.keys().copied().collect();
+        let Some(heir) = self.agent.choose_heir(neighbours) else {
+            let _ = reply.send(Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "no connected router can take this router's address ranges; connect to the mesh and retry, \
+                 or stop this router and run `weft rmpeer` on another one",
+            )));
+            return;
+        };
+        if let Err(e) = self.agent.leave(now, heir) {
+            let _ = reply.send(Err(e.into()));
+            return;
+        }
+        info!(heir = %heir, "leaving the address ring");
+        self.leaving = Some(Leaving {
+            heir,
+            until: now + RESET_CONFIRM,
+            reply,
+        });
+    }
+
+    /// Finishes a reset once the heir has confirmed (or fails it at the deadline).
+    fn check_leaving(&mut self, now: crate::core::Time) {
+        let Some(l) = &self.leaving else { return };
+        if self.agent.heir_confirmed() {
+            let l = self.leaving.take().expect("checked");
+            info!(heir = %l.heir, "the heir confirmed; removing this router's state");
+            self.finish_reset(l.reply);
+        } else if now >= l.until {
+            let l = self.leaving.take().expect("checked");
+            let _ = l.reply.send(Err(ApiError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "router {} did not confirm the handover within {} s; the router keeps its state and stays \
+                     out of the ring; run `weft reset` again",
+                    l.heir,
+                    RESET_CONFIRM.as_secs()
+                ),
+            )));
+        }
+    }
+
+    /// Removes the IPAM state and the identity, answers, and stops the driver.
+    fn finish_reset(&mut self, reply: oneshot::Sender<Result<(), ApiError>>) {
+        for file in [self.ipam_path.clone(), self.data_dir.join(crate::identity::FILE_NAME)] {
+            match std::fs::remove_file(&file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    let _ = reply.send(Err(ApiError::new(
+                        ErrorCode::Internal,
+                        format!("cannot remove {}: {e}", file.display()),
+                    )));
+                    return;
+                }
+            }
+        }
+        let _ = reply.send(Ok(()));
+        self.reset_done = true;
     }
 
     /// `weft rmpeer`: starts the reclaim of a router that is gone for good,
@@ -1175,12 +1275,12 @@ impl Backend for ApiBackend {
     }
 
     async fn reset(&self) -> Result<(), ApiError> {
-        Err(ApiError::new(
-            ErrorCode::Unavailable,
-            "reset is not implemented in this build; stop the router and delete its --data-dir",
-        ))
+        self.ask(Command::Reset).await?
     }
 }
+
+/// How long `weft reset` waits for the heir to confirm the handover.
+const RESET_CONFIRM: Duration = Duration::from_secs(10);
 
 /// The IPAM state file in the data directory.
 const IPAM_FILE: &str = "ipam";
