@@ -1,4 +1,5 @@
-//! End-to-end tests of the real `weft` binary: routers in host namespaces form a mesh, keep strangers out,
+//! End-to-end tests of the real `weft` binary: routers in host namespaces form a mesh, keep strangers out, hand out
+//! unique pod addresses,
 //! and recover from a crash and from a partition.
 //!
 //! Each router runs `weft launch` inside its host's namespace; its status is read from the root namespace with
@@ -161,11 +162,78 @@ fn cut_link_then_restore_reconverges() {
     eprintln!("meshed again {:?} after the restore", restore.elapsed());
 }
 
+/// Routers on three hosts split the pod range by a seed list and hand out unique addresses; a router killed with
+/// SIGKILL keeps what it handed out, and a partition and its heal create no duplicates.
+#[test]
+fn ipam_addresses_stay_unique_across_crash_and_partition() {
+    let tb = testbed_or_skip!(3);
+    let dir = workdir();
+    let secret = write_secret(dir.path(), "secret", SECRET);
+    let seed = ["--ipalloc-range", "10.44.0.0/22", "--ipalloc-init", "seed=h1,h2,h3"];
+    let [h1, mut h2, h3] = mesh_of_three_with(&tb, dir.path(), &secret, &seed);
+    let mut seen = BTreeSet::new();
+    let mut remember = |addr: String| assert!(seen.insert(addr.clone()), "{addr} handed out twice");
+    for (router, n) in [(&h1, 1), (&h2, 2), (&h3, 3)] {
+        for i in 0..3 {
+            let addr = router.allocate(&format!("ctr-{n}-{i}"));
+            assert!(addr.starts_with("10.44.") && addr.ends_with("/22"), "{addr}");
+            remember(addr);
+        }
+    }
+
+    // SIGKILL: what was answered was on disk.
+    let kept = h2.allocate("ctr-2-1");
+    h2.kill();
+    h2.start();
+    wait_for(
+        &[&h1, &h2, &h3],
+        Duration::from_secs(30),
+        "the restarted h2 to rejoin",
+        fully_meshed,
+    );
+    assert_eq!(h2.allocate("ctr-2-1"), kept, "h2 lost an allocation in the crash");
+
+    // A partition: both sides keep allocating from their own space, and healing merges without duplicates.
+    tb.cut(3).unwrap();
+    let h3_name = h3.status().unwrap().name;
+    wait_for(
+        &[&h1, &h2],
+        Duration::from_secs(40),
+        "h1 and h2 to drop the cut-off h3",
+        |s| s.iter().all(|status| !status.established().contains(h3_name.as_str())),
+    );
+    for i in 3..6 {
+        remember(h3.allocate(&format!("ctr-3-{i}")));
+        remember(h1.allocate(&format!("ctr-1-{i}")));
+    }
+    tb.restore(3).unwrap();
+    wait_for(
+        &[&h1, &h2, &h3],
+        Duration::from_secs(90),
+        "all three routers to be established again",
+        fully_meshed,
+    );
+    // Every view of the ring converges.
+    let mut last = Vec::new();
+    let converged = wait_until(Duration::from_secs(30), "the rings to converge", || {
+        last = [&h1, &h2, &h3].iter().map(|r| r.ring_ranges()).collect();
+        last.iter().all(|r| *r == last[0])
+    });
+    if let Err(err) = converged {
+        panic!("{err}: {last:#?}");
+    }
+}
+
 /// Launches routers on hosts 1-3 (2 and 3 given only host 1 as PEER) and waits until all three are established.
 fn mesh_of_three<'t>(tb: &'t Testbed, dir: &Path, secret: &Path) -> [Router<'t>; 3] {
-    let h1 = Router::launch(tb.host(1), dir, secret, &[]);
-    let h2 = Router::launch(tb.host(2), dir, secret, &[tb.host(1)]);
-    let h3 = Router::launch(tb.host(3), dir, secret, &[tb.host(1)]);
+    mesh_of_three_with(tb, dir, secret, &[])
+}
+
+/// [`mesh_of_three`], with more `weft launch` options.
+fn mesh_of_three_with<'t>(tb: &'t Testbed, dir: &Path, secret: &Path, extra: &[&str]) -> [Router<'t>; 3] {
+    let h1 = Router::launch_with(tb.host(1), dir, secret, &[], extra);
+    let h2 = Router::launch_with(tb.host(2), dir, secret, &[tb.host(1)], extra);
+    let h3 = Router::launch_with(tb.host(3), dir, secret, &[tb.host(1)], extra);
     wait_for(
         &[&h1, &h2, &h3],
         Duration::from_secs(30),
@@ -189,6 +257,11 @@ struct Router<'t> {
 impl<'t> Router<'t> {
     /// Starts `weft launch` on `host` as `hN`, with its data, API socket and log under `dir`, dialling `peers`.
     fn launch(host: &'t Host, dir: &Path, secret: &Path, peers: &[&Host]) -> Self {
+        Self::launch_with(host, dir, secret, peers, &[])
+    }
+
+    /// [`Router::launch`], with more `weft launch` options.
+    fn launch_with(host: &'t Host, dir: &Path, secret: &Path, peers: &[&Host], extra: &[&str]) -> Self {
         let nickname = format!("h{}", host.index());
         let socket = dir.join(format!("{nickname}.sock"));
         let mut args: Vec<String> = vec![
@@ -204,6 +277,7 @@ impl<'t> Router<'t> {
             "--listen".into(),
             peer_addr(host),
         ];
+        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
         args.extend(peers.iter().map(|peer| peer_addr(peer)));
         let mut router = Self {
             host,
@@ -266,6 +340,48 @@ impl<'t> Router<'t> {
             ));
         }
         Status::parse(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// `weft ipam allocate ID`: the address in CIDR form, the only line it prints.
+    fn allocate(&self, id: &str) -> String {
+        let out = Command::new(weft())
+            .args(["ipam", "allocate", id, "--api-socket"])
+            .arg(&self.socket)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "weft ipam allocate {id} on {} ({}): {}{}",
+            self.nickname,
+            out.status,
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 1, "allocate prints one line: {stdout:?}");
+        lines[0].to_owned()
+    }
+
+    /// The ring's ranges as `weft ipam --json` shows them (first, last, owner), in address order.
+    fn ring_ranges(&self) -> Vec<(String, String, String)> {
+        let out = Command::new(weft())
+            .args(["ipam", "--json", "--api-socket"])
+            .arg(&self.socket)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "weft ipam --json on {}", self.nickname);
+        let value: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+        value
+            .get("ranges")
+            .and_then(Value::as_array)
+            .expect("ranges")
+            .iter()
+            .map(|r| (text(r, "first"), text(r, "last"), text(r, "owner")))
+            .collect()
     }
 
     /// The last lines of its log.
