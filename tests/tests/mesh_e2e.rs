@@ -1,6 +1,5 @@
 //! End-to-end tests of the real `weft` binary: routers in host namespaces form a mesh, keep strangers out, hand out
-//! unique pod addresses,
-//! and recover from a crash and from a partition.
+//! unique pod addresses, and recover from a crash and from a partition.
 //!
 //! Each router runs `weft launch` inside its host's namespace; its status is read from the root namespace with
 //! `weft status --json` over its API socket (a unix socket is reachable from any namespace). Needs root, like
