@@ -63,7 +63,9 @@ impl Kind {
     /// The payload format version this build writes, and the newest it reads.
     pub const fn version(self) -> u16 {
         match self {
-            Self::Identity | Self::Ipam => 1,
+            Self::Identity => 1,
+            // 2: the IPAM agent's record (replica and ring-creation state); 1 was the bare replica.
+            Self::Ipam => 2,
         }
     }
 
@@ -620,7 +622,7 @@ mod tests {
         let bytes = frame(b"hi");
         let mut want = Vec::new();
         want.extend_from_slice(b"WEFT");
-        want.extend_from_slice(&[0, 2, 0, 1, 0, 0, 0, 2]);
+        want.extend_from_slice(&[0, 2, 0, 2, 0, 0, 0, 2]);
         want.extend_from_slice(b"hi");
         let sum = Blake2s256::digest(&want);
         want.extend_from_slice(&sum);
@@ -629,7 +631,7 @@ mod tests {
             StateFile::decode(&bytes).unwrap(),
             StateFile {
                 tag: 2,
-                version: 1,
+                version: 2,
                 payload: b"hi"
             }
         );
@@ -741,18 +743,19 @@ mod tests {
         assert!(matches!(
             err,
             StoreError::NewerVersion {
-                found: 2,
-                supported: 1,
+                found: 3,
+                supported: 2,
                 ..
             }
         ));
         assert!(err.to_string().contains("upgrade weft"), "{err}");
 
-        let older = StateFile { version: 0, ..newer };
+        // Version 1 held the bare replica, before the agent's record.
+        let older = StateFile { version: 1, ..newer };
         fs::write(&path, older.encode().unwrap()).unwrap();
         assert!(matches!(
             read_state(&path, Kind::Ipam),
-            Err(StoreError::OldVersion { found: 0, .. })
+            Err(StoreError::OldVersion { found: 1, .. })
         ));
     }
 

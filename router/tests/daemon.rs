@@ -177,7 +177,7 @@ async fn three_routers_form_a_full_mesh_through_gossip() {
             .await;
         assert_eq!(status.name, me.name);
         assert_eq!(status.ipam.range, "10.32.0.0/12");
-        assert_eq!((status.ipam.owned, status.ipam.free, status.ipam.allocated), (0, 0, 0));
+        assert_eq!(status.ipam.allocated, 0);
     }
     // Nicknames travel by gossip.
     let status = c.status().await;
@@ -189,9 +189,15 @@ async fn three_routers_form_a_full_mesh_through_gossip() {
     assert_eq!(b_entry.nickname.as_deref(), Some("b"));
     assert!(a.metrics.encode().contains("weft_connections{state=\"established\"} 2"));
 
-    // Without a seed list (consensus is not built yet) nobody creates a ring.
-    let ring = within(10, "ring", a.api.ring()).await.unwrap();
-    assert!(ring.ranges.is_empty() && ring.owners.is_empty());
+    // By default (--init-peer-count = PEERs + 1) a, launched alone, creates
+    // the ring; b and c adopt it and get space from a when they allocate.
+    let addr = allocate(&c, "first-on-c").await;
+    let ring = within(10, "ring", c.api.ring()).await.unwrap();
+    assert!(ring.owners.iter().any(|o| o.name == a.name), "{ring:#?}");
+    assert!(
+        ring.owners.iter().any(|o| o.name == c.name && o.owned > 0),
+        "c got space for {addr}: {ring:#?}"
+    );
 
     for r in [&mut a, &mut b, &mut c] {
         r.stop().await;

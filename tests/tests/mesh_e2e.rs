@@ -35,6 +35,13 @@ fn three_routers_reach_established() {
         let status = router.status().unwrap();
         assert_eq!(status.nickname, router.nickname, "{status:#?}");
     }
+    // With the default --init-peer-count the routers agree on one ring by themselves, and every one allocates.
+    let addrs: BTreeSet<String> = [&h1, &h2, &h3].iter().map(|r| r.allocate("first")).collect();
+    assert_eq!(addrs.len(), 3, "{addrs:?}");
+    assert!(
+        addrs.iter().all(|a| a.starts_with("10.") && a.ends_with("/12")),
+        "{addrs:?}"
+    );
 }
 
 #[test]

@@ -84,6 +84,7 @@ mod tests {
             version: 1,
             endpoints: vec![],
             neighbours: BTreeSet::new(),
+            ipam: crate::core::topology::IpamInit::default(),
         });
         let _ = t.merge(others);
         t

@@ -6,7 +6,8 @@
 //!
 //! 1. after any call, [`Agent::take_persist`] first: if it returns bytes, they
 //!    are written durably (`DATA_DIR/ipam`) before anything else happens;
-//! 2. then [`Agent::poll_transmit`] and [`Agent::poll_event`].
+//! 2. then [`Agent::take_announcement`] (into the mesh's own entry),
+//!    [`Agent::poll_transmit`] and [`Agent::poll_event`].
 //!
 //! So an address is on disk before the caller hears of it, and a ring state
 //! is on disk before any other router sees it (`ipam-crdt`'s persistence
@@ -19,6 +20,11 @@
 //! one neighbour in turn; a mismatch is answered with the ring. (Deltas that
 //! carry only changed entries are the next step; the full ring is about
 //! 20 KB at 1,000 owners.)
+//!
+//! **Creating the ring.** From a seed list once every name resolves, or by
+//! the consensus of `docs/control-plane.md` (`--init-peer-count`): proposals,
+//! withdrawals and acks travel in the routers' topology entries
+//! ([`IpamInit`]) and are persisted before they are announced.
 //!
 //! **Space requests.** When the replica answers
 //! [`AllocError::AskPeer`], the agent sends that router an `Ask`, routed
@@ -41,7 +47,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ipam::{Resolution, resolve_seeds};
 use super::time::Time;
-use super::topology::Topology;
+use super::topology::{IpamInit, Topology};
 use crate::config::PeerRef;
 
 /// Ring changes are announced at most this often.
@@ -225,8 +231,34 @@ pub enum Event {
 pub enum Init {
     /// `--ipalloc-init seed=...`: create it once every name resolves.
     Seeds(Vec<PeerRef>),
+    /// `--init-peer-count N`: agree with the other routers once `N` have met
+    /// (see `docs/control-plane.md`).
+    Consensus(usize),
     /// Only adopt a ring some other router created.
     Adopt,
+}
+
+/// What the agent keeps on disk: the replica and its part in creating the ring.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+struct Record {
+    /// [`Replica::encode`]; empty for a replica with nothing in it yet.
+    replica: Vec<u8>,
+    /// Proposal, withdrawal and ack, persisted before they are announced.
+    init: IpamInit,
+}
+
+/// The agent's state read from disk ([`Agent::decode_saved`]).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Saved {
+    replica: Replica,
+    init: IpamInit,
+}
+
+impl Saved {
+    /// The saved replica.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
 }
 
 #[derive(Debug)]
@@ -264,6 +296,9 @@ pub struct Agent {
     /// After a leave: the heir, and whether a ring from the mesh showed it
     /// accepting (its vote, or its takeover).
     leaving: Option<(PeerName, bool)>,
+    /// Our part in creating the ring (persisted), and whether the mesh must hear of a change.
+    init_state: IpamInit,
+    announce_init: bool,
     out: VecDeque<(Dest, IpamMsg)>,
     events: VecDeque<Event>,
 }
@@ -285,8 +320,11 @@ impl Agent {
     ///
     /// # Errors
     /// [`PoolMismatch`] when the saved ring divides another pool.
-    pub fn new(me: PeerName, pool: Pool, init: Init, saved: Option<Replica>, now: Time) -> Result<Self, PoolMismatch> {
-        let replica = saved.unwrap_or_else(|| Replica::new(me));
+    pub fn new(me: PeerName, pool: Pool, init: Init, saved: Option<Saved>, now: Time) -> Result<Self, PoolMismatch> {
+        let (replica, init_state) = match saved {
+            Some(s) => (s.replica, s.init),
+            None => (Replica::new(me), IpamInit::default()),
+        };
         if let Some(ring) = replica.ring()
             && ring.pool() != pool
         {
@@ -309,6 +347,8 @@ impl Agent {
             next_id: 1,
             waiting_for: None,
             leaving: None,
+            init_state,
+            announce_init: true,
             out: VecDeque::new(),
             events: VecDeque::new(),
         })
@@ -328,13 +368,40 @@ impl Agent {
             (_, Some(why)) => why.clone(),
             (Init::Seeds(_), None) => "waiting to resolve the --ipalloc-init seed list".to_owned(),
             (Init::Adopt, None) => "waiting for another router to share the ring".to_owned(),
+            (Init::Consensus(n), None) => format!("waiting for the {n} routers of --init-peer-count to meet"),
         })
     }
 
-    /// The encoded replica, if it changed since the last call. The shell must
-    /// write it durably before transmitting or answering anything.
+    /// The agent's record to save, if it changed since the last call. The
+    /// shell must write it durably before transmitting, announcing or
+    /// answering anything.
     pub fn take_persist(&mut self) -> Option<Vec<u8>> {
-        std::mem::take(&mut self.dirty).then(|| self.replica.encode())
+        std::mem::take(&mut self.dirty).then(|| {
+            let record = Record {
+                replica: self.replica.encode(),
+                init: self.init_state.clone(),
+            };
+            postcard::to_allocvec(&record).expect("encoding to a Vec cannot fail")
+        })
+    }
+
+    /// Decodes what [`Agent::take_persist`] returned.
+    ///
+    /// # Errors
+    /// What is wrong with it, in words.
+    pub fn decode_saved(bytes: &[u8]) -> Result<Saved, String> {
+        let record: Record = postcard::from_bytes(bytes).map_err(|e| format!("malformed: {e}"))?;
+        let replica = Replica::decode(&record.replica).map_err(|e| e.to_string())?;
+        Ok(Saved {
+            replica,
+            init: record.init,
+        })
+    }
+
+    /// Our part in creating the ring, when the mesh must hear of a change
+    /// (after [`Agent::take_persist`]; the shell passes it to the mesh).
+    pub fn take_announcement(&mut self) -> Option<IpamInit> {
+        std::mem::take(&mut self.announce_init).then(|| self.init_state.clone())
     }
 
     /// The next message to send.
@@ -359,9 +426,18 @@ impl Agent {
         t
     }
 
-    /// The mesh view changed: create the ring if the seed list now resolves.
+    /// The mesh view changed: create the ring if the seed list now resolves,
+    /// or take the next step of the consensus.
     pub fn handle_topology(&mut self, now: Time, topo: &Topology) {
         if self.replica.ring().is_some() {
+            self.set_init(IpamInit {
+                has_ring: true,
+                ..self.init_state.clone()
+            });
+            return;
+        }
+        if let Init::Consensus(count) = self.init {
+            self.consensus(now, topo, count);
             return;
         }
         let Init::Seeds(seeds) = &self.init else { return };
@@ -563,6 +639,107 @@ impl Agent {
 
     // ---- internals ----
 
+    /// Records a new ring-creation state: persisted, then announced.
+    fn set_init(&mut self, init: IpamInit) {
+        if init != self.init_state {
+            self.init_state = init;
+            self.dirty = true;
+            self.announce_init = true;
+        }
+    }
+
+    /// One step of ring creation by consensus (`docs/control-plane.md`).
+    fn consensus(&mut self, now: Time, topo: &Topology, count: usize) {
+        let me = self.me;
+        let others: Vec<&super::topology::PeerEntry> = topo.entries().filter(|e| e.name != me).collect();
+        if let Some(e) = others.iter().find(|e| e.ipam.has_ring) {
+            self.waiting_for = Some(format!("waiting for the ring from router {} ({})", e.name, e.nickname));
+            return;
+        }
+        let mut st = self.init_state.clone();
+        let mut known: Vec<PeerName> = others.iter().map(|e| e.name).collect();
+        known.push(me);
+        known.sort_unstable();
+        // Withdraw in favour of a lower-named live proposal that shares a member with ours.
+        if let Some(mine) = st.proposal.clone()
+            && !st.withdrawn
+            && others.iter().any(|e| {
+                e.name < me
+                    && e.ipam
+                        .live_proposal()
+                        .is_some_and(|s| s.iter().any(|m| mine.contains(m)))
+            })
+        {
+            st.withdrawn = true;
+        }
+        // Propose: enough routers met, we are the lowest, and nobody lower proposes.
+        if st.proposal.is_none()
+            && known.len() >= count
+            && known[0] == me
+            && !others.iter().any(|e| e.ipam.live_proposal().is_some())
+        {
+            st.proposal = Some(known.clone());
+        }
+        // Ack: keep an ack unless its proposer withdrew; else the lowest live proposal naming us.
+        let withdrawn = |p: PeerName| {
+            if p == me {
+                st.withdrawn
+            } else {
+                topo.get(p).is_some_and(|e| e.ipam.withdrawn)
+            }
+        };
+        if st.ack.is_none_or(withdrawn) {
+            let own = st.live_proposal().is_some_and(|s| s.contains(&me)).then_some(me);
+            let theirs = others
+                .iter()
+                .filter(|e| e.ipam.live_proposal().is_some_and(|s| s.contains(&me)))
+                .map(|e| e.name);
+            st.ack = own.into_iter().chain(theirs).min();
+        }
+        // Create once every member of our live proposal acks it.
+        let ack_of = |p: PeerName| {
+            if p == me {
+                st.ack
+            } else {
+                topo.get(p).and_then(|e| e.ipam.ack)
+            }
+        };
+        let ready = st
+            .live_proposal()
+            .filter(|s| s.iter().all(|m| ack_of(*m) == Some(me)))
+            .map(<[PeerName]>::to_vec);
+        self.waiting_for = Some(match (&st.proposal, st.ack) {
+            _ if ready.is_some() => String::new(),
+            (Some(s), _) if !st.withdrawn => format!(
+                "proposed splitting the range between {} routers; waiting for all of them to accept",
+                s.len()
+            ),
+            (_, Some(p)) => format!("accepted router {p}'s proposal; waiting for it to create the ring"),
+            _ => format!(
+                "{} of the {count} routers of --init-peer-count have met",
+                known.len().min(count)
+            ),
+        });
+        self.set_init(st);
+        if let Some(seeds) = ready {
+            match Replica::create(me, self.pool, &seeds) {
+                Ok(r) => {
+                    self.replica = r;
+                    self.waiting_for = None;
+                    self.dirty = true;
+                    self.events.push_back(Event::Created(seeds));
+                    self.set_init(IpamInit {
+                        has_ring: true,
+                        ..self.init_state.clone()
+                    });
+                    self.schedule_announce(now);
+                    self.retry_parked(now);
+                }
+                Err(e) => self.waiting_for = Some(format!("cannot create the ring: {e}")),
+            }
+        }
+    }
+
     fn fresh_id(&mut self) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
@@ -659,6 +836,10 @@ impl Agent {
                     });
                 }
                 if !had_ring {
+                    self.set_init(IpamInit {
+                        has_ring: true,
+                        ..self.init_state.clone()
+                    });
                     self.retry_parked(now);
                 }
                 // Ours holds something theirs lacks: answer, so both end equal.
@@ -753,6 +934,8 @@ mod tests {
         events: Vec<(usize, Event)>,
         /// Agents whose messages are lost.
         mute: BTreeSet<usize>,
+        /// Each agent's ring-creation state as announced (what its topology entry says).
+        inits: Vec<IpamInit>,
     }
 
     impl Net {
@@ -769,6 +952,7 @@ mod tests {
                 disks: vec![None; n],
                 events: Vec::new(),
                 mute: BTreeSet::new(),
+                inits: vec![IpamInit::default(); n],
             };
             for i in 0..n {
                 for j in 0..n {
@@ -802,6 +986,10 @@ mod tests {
                 for i in 0..self.agents.len() {
                     if let Some(bytes) = self.agents[i].take_persist() {
                         self.disks[i] = Some(bytes);
+                    }
+                    if let Some(init) = self.agents[i].take_announcement() {
+                        assert!(!self.agents[i].dirty, "announced before it was persisted");
+                        self.inits[i] = init;
                     }
                     while let Some(e) = self.agents[i].poll_event() {
                         self.events.push((i, e));
@@ -844,6 +1032,48 @@ mod tests {
             }
         }
 
+        /// Agent `i`'s topology when it sees the agents in `visible`.
+        fn view(&self, i: usize, visible: &[usize]) -> Topology {
+            let mut t = Topology::new(p(i as u64 + 1), format!("h{i}"), vec![]);
+            let _ = t.set_ipam(self.inits[i].clone());
+            let others = visible
+                .iter()
+                .filter(|&&j| j != i)
+                .map(|&j| super::super::topology::PeerEntry {
+                    name: p(j as u64 + 1),
+                    nickname: format!("h{j}"),
+                    version: 1
+                        + self.inits[j].proposal.is_some() as u64
+                        + self.inits[j].withdrawn as u64
+                        + self.inits[j].ack.is_some() as u64 * 4
+                        + self.inits[j].has_ring as u64 * 8,
+                    endpoints: vec![],
+                    neighbours: BTreeSet::new(),
+                    ipam: self.inits[j].clone(),
+                });
+            let _ = t.merge(others);
+            t
+        }
+
+        /// One round of topology: agent `i` sees `views[i]`.
+        fn topology_round(&mut self, views: &[Vec<usize>]) {
+            for (i, visible) in views.iter().enumerate() {
+                let t = self.view(i, visible);
+                self.agents[i].handle_topology(self.now, &t);
+                self.pump();
+            }
+        }
+
+        fn created(&self) -> Vec<(usize, Vec<PeerName>)> {
+            self.events
+                .iter()
+                .filter_map(|(i, e)| match e {
+                    Event::Created(seeds) => Some((*i, seeds.clone())),
+                    _ => None,
+                })
+                .collect()
+        }
+
         fn ring(&self, i: usize) -> &Ring {
             self.agents[i].replica().ring().unwrap()
         }
@@ -875,8 +1105,8 @@ mod tests {
                 assert_eq!(net.ring(i).owner_of(a.addr), Some(p(i as u64 + 1)));
             }
             // On disk before the answer leaves the router.
-            let saved = Replica::decode(&net.agents[i].take_persist().unwrap()).unwrap();
-            assert_eq!(saved.allocated(), 10);
+            let saved = Agent::decode_saved(&net.agents[i].take_persist().unwrap()).unwrap();
+            assert_eq!(saved.replica().allocated(), 10);
         }
         net.advance(BATCH * 2);
         for i in 0..3 {
@@ -1015,7 +1245,17 @@ mod tests {
     #[test]
     fn a_saved_ring_over_another_pool_is_refused_at_start() {
         let saved = Replica::create(p(1), pool("10.32.0.0/24"), &[p(1)]).unwrap();
-        let err = Agent::new(p(1), pool("10.40.0.0/24"), Init::Adopt, Some(saved), Time::ZERO).unwrap_err();
+        let err = Agent::new(
+            p(1),
+            pool("10.40.0.0/24"),
+            Init::Adopt,
+            Some(Saved {
+                replica: saved,
+                init: IpamInit::default(),
+            }),
+            Time::ZERO,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("--ipalloc-range 10.32.0.0/24"), "{err}");
     }
 
@@ -1056,6 +1296,74 @@ mod tests {
         assert!(net.agents[0].allocate(net.now, key("x"), Request::Any).is_err());
         // Leaving again just sends the ring again.
         net.agents[0].leave(net.now, p(2)).unwrap();
+    }
+
+    fn all(n: usize) -> Vec<Vec<usize>> {
+        vec![(0..n).collect(); n]
+    }
+
+    #[test]
+    fn consensus_of_three_creates_one_ring() {
+        let mut net = Net::new(pool("10.32.0.0/24"), vec![Init::Consensus(3); 3]);
+        // Two have met: not enough.
+        for _ in 0..3 {
+            net.topology_round(&[vec![0, 1], vec![0, 1], vec![2]]);
+        }
+        assert!(net.created().is_empty());
+        assert!(
+            net.agents[0].no_ring_reason().unwrap().contains("2 of the 3"),
+            "{:?}",
+            net.agents[0].no_ring_reason()
+        );
+        for _ in 0..4 {
+            net.topology_round(&all(3));
+        }
+        assert_eq!(
+            net.created(),
+            vec![(0, vec![p(1), p(2), p(3)])],
+            "one router created it"
+        );
+        net.advance(BATCH * 2);
+        for i in 0..3 {
+            assert_eq!(net.ring(i), net.ring(0));
+        }
+        assert!(net.inits.iter().all(|i| i.has_ring));
+    }
+
+    #[test]
+    fn of_two_overlapping_proposals_the_lower_one_wins() {
+        let mut net = Net::new(pool("10.32.0.0/24"), vec![Init::Consensus(2); 3]);
+        // p(2) meets p(3) and proposes; p(3) accepts it. p(1) meets p(3) and proposes too.
+        net.topology_round(&[vec![0], vec![1, 2], vec![1, 2]]);
+        assert_eq!(net.inits[1].proposal, Some(vec![p(2), p(3)]));
+        assert_eq!(net.inits[2].ack, Some(p(2)));
+        net.topology_round(&[vec![0, 2], vec![1], vec![1]]);
+        assert_eq!(net.inits[0].proposal, Some(vec![p(1), p(3)]));
+        // Everyone meets: p(2) withdraws, p(3) moves its ack, p(1) creates.
+        for _ in 0..4 {
+            net.topology_round(&all(3));
+        }
+        assert!(net.inits[1].withdrawn);
+        assert_eq!(net.created(), vec![(0, vec![p(1), p(3)])]);
+        net.advance(BATCH * 2);
+        for i in 0..3 {
+            assert_eq!(net.ring(i), net.ring(0), "p(2) adopted the one ring");
+        }
+    }
+
+    #[test]
+    fn ring_creation_state_survives_a_restart() {
+        let mut net = Net::new(pool("10.32.0.0/24"), vec![Init::Consensus(2); 2]);
+        net.topology_round(&[vec![0], vec![0, 1]]);
+        assert_eq!(net.inits[1].ack, None, "nobody proposes yet");
+        net.topology_round(&[vec![0, 1], vec![1]]);
+        assert_eq!(net.inits[0].proposal, Some(vec![p(1), p(2)]));
+        // The ack is on disk before the mesh hears of it: a restart keeps it.
+        net.topology_round(&[vec![0], vec![0, 1]]);
+        assert_eq!(net.inits[1].ack, Some(p(1)));
+        let saved = Agent::decode_saved(net.disks[1].as_ref().unwrap()).unwrap();
+        let back = Agent::new(p(2), pool("10.32.0.0/24"), Init::Consensus(2), Some(saved), net.now).unwrap();
+        assert_eq!(back.init_state.ack, Some(p(1)));
     }
 
     #[test]

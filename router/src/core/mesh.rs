@@ -284,6 +284,14 @@ impl Mesh {
         }
     }
 
+    /// Publishes our part in creating the address ring (in our own entry).
+    pub fn set_ipam(&mut self, now: Time, ipam: crate::core::topology::IpamInit) {
+        if self.topo.set_ipam(ipam) {
+            self.pending.insert(self.topo.me(), None);
+            self.schedule_flush(now);
+        }
+    }
+
     // ---- network input ----
 
     /// A dial to `addr` failed.

@@ -26,6 +26,30 @@ pub struct PeerEntry {
     pub endpoints: Vec<SocketAddr>,
     /// Routers it holds an authenticated control connection to.
     pub neighbours: BTreeSet<PeerName>,
+    /// Where it stands in creating the address ring.
+    pub ipam: IpamInit,
+}
+
+/// A router's part in creating the address ring by consensus
+/// (`--init-peer-count`); see `docs/control-plane.md`. Written only by the
+/// router itself, in its own entry.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct IpamInit {
+    /// It has a ring (created or adopted): nobody needs to create one.
+    pub has_ring: bool,
+    /// The seed list it proposes, sorted; `None` if it proposes nothing.
+    pub proposal: Option<Vec<PeerName>>,
+    /// It withdrew its proposal. Final: it never creates a ring from it.
+    pub withdrawn: bool,
+    /// The proposer whose proposal it accepts.
+    pub ack: Option<PeerName>,
+}
+
+impl IpamInit {
+    /// Whether it proposes a list it has not withdrawn.
+    pub fn live_proposal(&self) -> Option<&[PeerName]> {
+        self.proposal.as_deref().filter(|_| !self.withdrawn)
+    }
 }
 
 /// Every router's latest entry, as this router knows it.
@@ -47,6 +71,7 @@ impl Topology {
             version: 1,
             endpoints,
             neighbours: BTreeSet::new(),
+            ipam: IpamInit::default(),
         };
         let mut t = Self {
             me,
@@ -102,6 +127,11 @@ impl Topology {
     /// changed. Returns whether they changed.
     pub fn set_endpoints(&mut self, endpoints: Vec<SocketAddr>) -> bool {
         self.update_own(|own| own.endpoints = endpoints)
+    }
+
+    /// Sets our own ring-creation state; bumps the version if it changed.
+    pub fn set_ipam(&mut self, ipam: IpamInit) -> bool {
+        self.update_own(|own| own.ipam = ipam)
     }
 
     /// Applies `change` to our own entry; if that changed it, bumps the
@@ -303,6 +333,7 @@ mod tests {
             version: 5,
             endpoints: vec![],
             neighbours: nb.iter().map(|&x| p(x)).collect(),
+            ipam: IpamInit::default(),
         };
         v.merge([entry(2, &[1, 3]), entry(3, &[2, 4]), entry(4, &[])]);
         let hops = v.next_hops();

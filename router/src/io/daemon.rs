@@ -28,9 +28,8 @@
 //! survive a crash. A failed write stops the router: answering without the
 //! state on disk could hand an address out twice after a restart.
 //! `Ask`/`Gave` messages for other routers are forwarded along the mesh's
-//! shortest paths. Ring creation by consensus (`--init-peer-count`) is not
-//! built yet: without `--ipalloc-init seed=...` a router only adopts a ring
-//! another router created.
+//! shortest paths, and the agent's part in creating the ring by consensus
+//! goes into this router's topology entry once it is on disk.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -40,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipam_crdt::{AllocKey, PeerName, Pool, Replica, Request};
+use ipam_crdt::{AllocKey, PeerName, Pool, Request};
 use quinn::VarInt;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -86,7 +85,7 @@ pub struct Daemon {
     metrics_addr: SocketAddr,
     metrics: Arc<Metrics>,
     /// The IPAM state read from `DATA_DIR/ipam`, if any.
-    saved_ipam: Option<Replica>,
+    saved_ipam: Option<ipam_agent::Saved>,
 }
 
 /// Why the daemon could not start or stopped with an error.
@@ -139,15 +138,15 @@ impl Daemon {
         };
         let saved_ipam = match store::read_state(&ipam_path, Kind::Ipam).map_err(|e| state_error(e.to_string()))? {
             Some(bytes) => {
-                let replica = Replica::decode(&bytes).map_err(|e| state_error(e.to_string()))?;
-                if replica.name() != identity.name() {
+                let saved = Agent::decode_saved(&bytes).map_err(state_error)?;
+                if saved.replica().name() != identity.name() {
                     return Err(state_error(format!(
                         "it belongs to router {}, not to this router {}",
-                        replica.name(),
+                        saved.replica().name(),
                         identity.name()
                     )));
                 }
-                Some(replica)
+                Some(saved)
             }
             None => None,
         };
@@ -401,14 +400,14 @@ impl Driver {
         endpoint: Arc<ControlEndpoint>,
         listen: SocketAddr,
         metrics: Arc<Metrics>,
-        saved_ipam: Option<Replica>,
+        saved_ipam: Option<ipam_agent::Saved>,
     ) -> Result<Self, DaemonError> {
         let clock = Clock::start();
         let now = clock.now();
         let ipam_path = config.data_dir.join(IPAM_FILE);
         let init = match &config.ipalloc_init {
             IpallocInit::Seed(seeds) => ipam_agent::Init::Seeds(seeds.clone()),
-            IpallocInit::Consensus { .. } => ipam_agent::Init::Adopt,
+            IpallocInit::Consensus { peers } => ipam_agent::Init::Consensus(peers.get()),
         };
         let agent = Agent::new(endpoint.name(), config.ipalloc_range, init, saved_ipam, now).map_err(|e| {
             DaemonError::IpamState {
@@ -764,6 +763,10 @@ impl Driver {
             }
             for answer in self.held.drain(..) {
                 answer();
+            }
+            if let Some(init) = self.agent.take_announcement() {
+                let now = self.clock.now();
+                self.mesh.set_ipam(now, init);
             }
             let mut ipam_out = Vec::new();
             while let Some(out) = self.agent.poll_transmit() {
