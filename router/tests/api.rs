@@ -294,7 +294,8 @@ async fn every_route_round_trips() {
                 range: POOL.to_owned(),
                 owned: 8,
                 free: 7,
-                allocated: 0
+                allocated: 0,
+                problem: None,
             }
         );
 

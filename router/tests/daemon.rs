@@ -468,3 +468,68 @@ async fn reset_hands_the_ranges_over_and_removes_the_state() {
         r.stop().await;
     }
 }
+
+/// Two rings created apart never merge: each router keeps its own, and
+/// `weft status` says why it refuses the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separately_created_rings_refuse_to_merge_and_status_says_why() {
+    let _log = subscribe();
+    let launch = |nick: &'static str, seed: &'static str, peers: Vec<String>| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_with(
+            nick,
+            dir.path(),
+            &peers,
+            &["--ipalloc-range", "10.43.0.0/24", "--ipalloc-init", seed],
+        );
+        start_with(dir, config, SECRET)
+    };
+    let mut a = launch("a", "seed=a", vec![]).await;
+    let mut b = launch("b", "seed=b", vec![a.control.to_string()]).await;
+    for r in [&a, &b] {
+        let status = r
+            .wait_until(20, "a refusal in the status", |s| {
+                s.ipam
+                    .problem
+                    .as_deref()
+                    .is_some_and(|p| p.contains("created separately"))
+            })
+            .await;
+        assert_eq!(status.connections_established, 1, "the routers stay connected");
+    }
+    // Each still allocates from its own ring.
+    assert!(allocate(&a, "x").await.starts_with("10.43.0."));
+    assert!(allocate(&b, "x").await.starts_with("10.43.0."));
+    let scraped = a.metrics.encode();
+    assert!(
+        scraped.contains("weft_allocation_duration_seconds_count 1"),
+        "allocation latency is measured: {scraped}"
+    );
+    for r in [&mut a, &mut b] {
+        r.stop().await;
+    }
+}
+
+/// A corrupt IPAM state file stops the router at start, naming the file; it
+/// is never silently replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_ipam_state_file_stops_the_router() {
+    let _log = subscribe();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config("a", dir.path(), &[]);
+    let (identity, _) = Identity::load_or_create(&config.data_dir).unwrap();
+    let path = config.data_dir.join("ipam");
+    std::fs::write(&path, b"not an IPAM state file").unwrap();
+    let secret = ClusterSecret::new(SECRET.as_bytes().to_vec()).unwrap();
+    let err = within(10, "bind", Daemon::bind(config, identity, &secret))
+        .await
+        .expect_err("a corrupt state file must stop the router");
+    let message = err.to_string();
+    assert!(matches!(err, DaemonError::IpamState { .. }), "{message}");
+    assert!(message.contains(&path.display().to_string()), "{message}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        b"not an IPAM state file",
+        "left as it was"
+    );
+}

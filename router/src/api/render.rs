@@ -33,6 +33,9 @@ pub fn status(s: &Status) -> String {
             s.ipam.owned, s.ipam.free, s.ipam.allocated
         ),
     );
+    if let Some(problem) = &s.ipam.problem {
+        line("IPAM problem", problem);
+    }
     if !s.peers.is_empty() {
         out.push('\n');
         out.push_str(&peers(&s.peers));
@@ -235,6 +238,7 @@ mod tests {
                 owned: 524_288,
                 free: 524_285,
                 allocated: 1,
+                problem: None,
             },
             connections_established: 1,
             host_address: Some("10.32.0.1/12".into()),

@@ -109,6 +109,10 @@ pub struct IpamSummary {
     pub free: u64,
     /// Addresses allocated to containers on this router.
     pub allocated: u64,
+    /// Why this router has no ring yet, or why it refuses another router's
+    /// ring (created separately, over another range); absent when all is well.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 impl IpamSummary {
@@ -123,6 +127,7 @@ impl IpamSummary {
             owned: saturate(owned),
             free: saturate(replica.free()),
             allocated: saturate(replica.allocated() as u128),
+            problem: None,
         }
     }
 }
@@ -641,6 +646,7 @@ mod tests {
                 owned: 4,
                 free: 2,
                 allocated: 1,
+                problem: None,
             },
             connections_established: 0,
             host_address: None,
@@ -750,7 +756,8 @@ mod tests {
                 range: "10.32.0.0/28".into(),
                 owned: 8,
                 free: 6,
-                allocated: 1
+                allocated: 1,
+                problem: None,
             }
         );
 

@@ -375,11 +375,13 @@ struct Driver {
     ipam_path: PathBuf,
     /// API answers held until the IPAM state is on disk.
     held: Vec<Box<dyn FnOnce() + Send>>,
-    /// API allocations waiting for the agent.
-    waiting: BTreeMap<Ticket, AllocReply>,
+    /// API allocations waiting for the agent, and when they were asked.
+    waiting: BTreeMap<Ticket, (AllocReply, crate::core::Time)>,
     /// Set when the IPAM state could not be written: the router must stop.
     fatal: Option<DaemonError>,
     leaving: Option<Leaving>,
+    /// Why the last refused ring was refused, for `weft status`.
+    ring_refusal: Option<String>,
     /// `weft reset` finished: the driver stops.
     reset_done: bool,
     data_dir: PathBuf,
@@ -456,6 +458,7 @@ impl Driver {
             ipam_path,
             held: Vec::new(),
             leaving: None,
+            ring_refusal: None,
             reset_done: false,
             data_dir: config.data_dir.clone(),
             waiting: BTreeMap::new(),
@@ -616,9 +619,12 @@ impl Driver {
                 let now = self.clock.now();
                 match self.agent.allocate(now, key, request) {
                     // Answered in `drain`, once the state is on disk.
-                    Ok(Progress::Done(a)) => self.hold(reply, Ok(a.into())),
+                    Ok(Progress::Done(a)) => {
+                        self.metrics.observe_allocation(Duration::ZERO);
+                        self.hold(reply, Ok(a.into()));
+                    }
                     Ok(Progress::Waiting(ticket)) => {
-                        self.waiting.insert(ticket, reply);
+                        self.waiting.insert(ticket, (reply, now));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(alloc_failure(e)));
@@ -979,7 +985,8 @@ impl Driver {
         use ipam_agent::Event as E;
         match event {
             E::Allocated(ticket, result) => {
-                if let Some(reply) = self.waiting.remove(&ticket) {
+                if let Some((reply, asked)) = self.waiting.remove(&ticket) {
+                    self.metrics.observe_allocation(self.clock.now().since(asked));
                     let _ = reply.send(result.map(Into::into).map_err(alloc_failure));
                 }
             }
@@ -990,13 +997,23 @@ impl Driver {
                     info!(peer = %dead, "took over the ranges of a removed router");
                 }
             }
-            E::Refused { from, error } => warn!(peer = %from, %error, "refused a ring"),
-            E::OtherPool { from, pool } => warn!(
-                peer = %from,
-                %pool,
-                ours = %self.pool,
-                "refused a ring over another range: the routers were launched with different --ipalloc-range"
-            ),
+            E::Refused { from, error } => {
+                warn!(peer = %from, %error, "refused a ring");
+                self.ring_refusal = Some(format!("refused the ring of router {from}: {error}"));
+            }
+            E::OtherPool { from, pool } => {
+                warn!(
+                    peer = %from,
+                    %pool,
+                    ours = %self.pool,
+                    "refused a ring over another range: the routers were launched with different --ipalloc-range"
+                );
+                self.ring_refusal = Some(format!(
+                    "refused the ring of router {from}: it divides {pool}, this router was launched with \
+                     --ipalloc-range {}",
+                    self.pool
+                ));
+            }
             E::Malformed { from } => {
                 debug!(peer = %from, "malformed ring dropped");
                 self.metrics.malformed_ipam();
@@ -1104,7 +1121,10 @@ impl Driver {
             nickname: self.nickname.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             peers,
-            ipam: IpamSummary::from_replica(self.pool, self.agent.replica()),
+            ipam: IpamSummary {
+                problem: self.ring_refusal.clone().or_else(|| self.agent.no_ring_reason()),
+                ..IpamSummary::from_replica(self.pool, self.agent.replica())
+            },
             connections_established,
             host_address: None,
         }
