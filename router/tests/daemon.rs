@@ -13,7 +13,7 @@ use clap::Parser;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use weft_router::api::types::{AllocateRequest, ReclaimState};
+use weft_router::api::types::{AllocateRequest, ReclaimState, RingView};
 use weft_router::api::{Client, ClientError, ErrorCode, PeerState, Status};
 use weft_router::config::PeerRef;
 use weft_router::config::{Cli, Command, LaunchConfig};
@@ -257,6 +257,44 @@ async fn shutdown_removes_the_api_socket() {
     assert!(within(10, "status after stop", r.api.status()).await.is_err());
 }
 
+/// Starts a daemon in a fresh directory with extra `weft launch` options.
+async fn launch_with(nickname: &str, peers: Vec<String>, extra: &[&str]) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(nickname, dir.path(), &peers, extra);
+    start_with(dir, config, SECRET).await
+}
+
+/// Polls the rings of `routers` until `ok` holds for them, failing after `secs` seconds with the last views.
+async fn wait_rings(routers: &[&Running], secs: u64, what: &str, ok: impl Fn(&[RingView]) -> bool) -> Vec<RingView> {
+    let mut last = None;
+    let polled = tokio::time::timeout(Duration::from_secs(secs), async {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            let mut views = Vec::with_capacity(routers.len());
+            for r in routers {
+                views.push(within(10, "ring", r.api.ring()).await.expect("the ring answers"));
+            }
+            if ok(&views) {
+                return views;
+            }
+            last = Some(views);
+        }
+    })
+    .await;
+    polled.unwrap_or_else(|_| panic!("{what}: not within {secs} s; last rings: {last:#?}"))
+}
+
+/// Whether `dead` was reclaimed and owns nothing in every view, and the views agree.
+fn reclaimed(views: &[RingView], dead: &str) -> bool {
+    views.iter().all(|v| {
+        v.reclaims
+            .iter()
+            .any(|r| r.name == dead && r.state == ReclaimState::Done)
+            && v.owners.iter().all(|o| o.name != dead)
+    }) && views.windows(2).all(|w| w[0].ranges == w[1].ranges)
+}
+
 async fn allocate(r: &Running, id: &str) -> String {
     let req = AllocateRequest {
         id: id.to_owned(),
@@ -276,11 +314,7 @@ async fn allocate(r: &Running, id: &str) -> String {
 async fn seeded_routers_allocate_unique_addresses_that_survive_a_restart() {
     let _log = subscribe();
     let seed = ["--ipalloc-range", "10.40.0.0/22", "--ipalloc-init", "seed=a,b,c"];
-    let launch = |nick: &'static str, peers: Vec<String>| {
-        let dir = tempfile::tempdir().unwrap();
-        let config = config_with(nick, dir.path(), &peers, &seed);
-        start_with(dir, config, SECRET)
-    };
+    let launch = |nick: &'static str, peers: Vec<String>| launch_with(nick, peers, &seed);
     let a = launch("a", vec![]).await;
     let peer = vec![a.control.to_string()];
     let b = launch("b", peer.clone()).await;
@@ -304,24 +338,10 @@ async fn seeded_routers_allocate_unique_addresses_that_survive_a_restart() {
     }
     // Every router's view of the ring converges: three owners, each range as
     // its owner advertises it (`allocated` is known only locally).
-    let mut last = None;
-    let converged = tokio::time::timeout(Duration::from_secs(20), async {
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            tick.tick().await;
-            let views = [
-                within(10, "ring", a.api.ring()).await.unwrap(),
-                within(10, "ring", b.api.ring()).await.unwrap(),
-                within(10, "ring", c.api.ring()).await.unwrap(),
-            ];
-            if views[0].ranges == views[1].ranges && views[1].ranges == views[2].ranges && views[0].owners.len() == 3 {
-                return;
-            }
-            last = Some(views);
-        }
+    wait_rings(&[&a, &b, &c], 20, "the rings to converge", |v| {
+        v.windows(2).all(|w| w[0].ranges == w[1].ranges) && v[0].owners.len() == 3
     })
     .await;
-    assert!(converged.is_ok(), "rings did not converge within 20 s: {last:#?}");
 
     // c restarts from its data directory and keeps its allocations.
     let before = allocate(&c, "ctr-2-1").await;
@@ -344,11 +364,7 @@ async fn seeded_routers_allocate_unique_addresses_that_survive_a_restart() {
 async fn rmpeer_refuses_a_connected_router_and_reclaims_a_dead_one() {
     let _log = subscribe();
     let seed = ["--ipalloc-range", "10.41.0.0/22", "--ipalloc-init", "seed=a,b,c"];
-    let launch = |nick: &'static str, peers: Vec<String>| {
-        let dir = tempfile::tempdir().unwrap();
-        let config = config_with(nick, dir.path(), &peers, &seed);
-        start_with(dir, config, SECRET)
-    };
+    let launch = |nick: &'static str, peers: Vec<String>| launch_with(nick, peers, &seed);
     let mut a = launch("a", vec![]).await;
     let peer = vec![a.control.to_string()];
     let mut b = launch("b", peer.clone()).await;
@@ -383,26 +399,7 @@ async fn rmpeer_refuses_a_connected_router_and_reclaims_a_dead_one() {
     .await
     .unwrap_or_else(|_| panic!("rmpeer never started: {last:?}"));
     assert_eq!(started.name, c_name);
-    let mut last = None;
-    let done = tokio::time::timeout(Duration::from_secs(20), async {
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            tick.tick().await;
-            let views = [a.api.ring().await.unwrap(), b.api.ring().await.unwrap()];
-            let finished = views.iter().all(|v| {
-                v.reclaims
-                    .iter()
-                    .any(|r| r.name == c_name && r.state == ReclaimState::Done)
-                    && v.owners.iter().all(|o| o.name != c_name)
-            });
-            if finished && views[0].ranges == views[1].ranges {
-                return views;
-            }
-            last = Some(views);
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("the reclaim did not finish: {last:#?}"));
+    let done = wait_rings(&[&a, &b], 20, "the reclaim to finish", |v| reclaimed(v, &c_name)).await;
     assert_eq!(done[0].reclaims[0].heir.as_deref(), Some(a.name.as_str()));
     // a owns two thirds now and can hand out what c held.
     assert!(a.status().await.ipam.owned > 600);
@@ -417,11 +414,7 @@ async fn rmpeer_refuses_a_connected_router_and_reclaims_a_dead_one() {
 async fn reset_hands_the_ranges_over_and_removes_the_state() {
     let _log = subscribe();
     let seed = ["--ipalloc-range", "10.42.0.0/22", "--ipalloc-init", "seed=a,b,c"];
-    let launch = |nick: &'static str, peers: Vec<String>| {
-        let dir = tempfile::tempdir().unwrap();
-        let config = config_with(nick, dir.path(), &peers, &seed);
-        start_with(dir, config, SECRET)
-    };
+    let launch = |nick: &'static str, peers: Vec<String>| launch_with(nick, peers, &seed);
     let mut a = launch("a", vec![]).await;
     let peer = vec![a.control.to_string()];
     let mut b = launch("b", peer.clone()).await;
@@ -444,26 +437,7 @@ async fn reset_hands_the_ranges_over_and_removes_the_state() {
         "identity removed: it never returns under this name"
     );
 
-    let mut last = None;
-    let done = tokio::time::timeout(Duration::from_secs(20), async {
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            tick.tick().await;
-            let views = [a.api.ring().await.unwrap(), b.api.ring().await.unwrap()];
-            if views.iter().all(|v| {
-                v.reclaims
-                    .iter()
-                    .any(|r| r.name == c_name && r.state == ReclaimState::Done)
-                    && v.owners.iter().all(|o| o.name != c_name)
-            }) && views[0].ranges == views[1].ranges
-            {
-                return;
-            }
-            last = Some(views);
-        }
-    })
-    .await;
-    assert!(done.is_ok(), "the handover did not finish: {last:#?}");
+    wait_rings(&[&a, &b], 20, "the handover to finish", |v| reclaimed(v, &c_name)).await;
     for r in [&mut a, &mut b] {
         r.stop().await;
     }
@@ -474,15 +448,13 @@ async fn reset_hands_the_ranges_over_and_removes_the_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn separately_created_rings_refuse_to_merge_and_status_says_why() {
     let _log = subscribe();
-    let launch = |nick: &'static str, seed: &'static str, peers: Vec<String>| {
-        let dir = tempfile::tempdir().unwrap();
-        let config = config_with(
+    let launch = |nick: &'static str, seed: &'static str, peers: Vec<String>| async move {
+        launch_with(
             nick,
-            dir.path(),
-            &peers,
+            peers,
             &["--ipalloc-range", "10.43.0.0/24", "--ipalloc-init", seed],
-        );
-        start_with(dir, config, SECRET)
+        )
+        .await
     };
     let mut a = launch("a", "seed=a", vec![]).await;
     let mut b = launch("b", "seed=b", vec![a.control.to_string()]).await;

@@ -332,12 +332,7 @@ impl<'t> Router<'t> {
         {
             panic!("router {} exited ({exit})", self.nickname);
         }
-        let out = Command::new(weft())
-            .args(["status", "--json", "--api-socket"])
-            .arg(&self.socket)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let out = self.cli(&["status", "--json"]);
         if !out.status.success() {
             return Err(format!(
                 "weft status ({}): {}",
@@ -348,14 +343,20 @@ impl<'t> Router<'t> {
         Status::parse(&String::from_utf8_lossy(&out.stdout))
     }
 
-    /// `weft ipam allocate ID`: the address in CIDR form, the only line it prints.
-    fn allocate(&self, id: &str) -> String {
-        let out = Command::new(weft())
-            .args(["ipam", "allocate", id, "--api-socket"])
+    /// Runs `weft ARGS --api-socket SOCKET` against this router, from the root namespace.
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(weft())
+            .args(args)
+            .arg("--api-socket")
             .arg(&self.socket)
             .stdin(Stdio::null())
             .output()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// `weft ipam allocate ID`: the address in CIDR form, the only line it prints.
+    fn allocate(&self, id: &str) -> String {
+        let out = self.cli(&["ipam", "allocate", id]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -372,12 +373,7 @@ impl<'t> Router<'t> {
 
     /// The ring's ranges as `weft ipam --json` shows them (first, last, owner), in address order.
     fn ring_ranges(&self) -> Vec<(String, String, String)> {
-        let out = Command::new(weft())
-            .args(["ipam", "--json", "--api-socket"])
-            .arg(&self.socket)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let out = self.cli(&["ipam", "--json"]);
         assert!(out.status.success(), "weft ipam --json on {}", self.nickname);
         let value: Value = serde_json::from_slice(&out.stdout).unwrap();
         let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();

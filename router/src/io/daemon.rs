@@ -53,6 +53,7 @@ use crate::api::{self, Backend, RingView, Status};
 use crate::config::IpallocInit;
 use crate::config::{Host, LaunchConfig, PeerAddr, PeerRef};
 use crate::core::handshake::HandshakeCounts;
+use crate::core::ipam::{Resolution, resolve_seeds};
 use crate::core::ipam_agent::{self, Agent, AllocFailure, Dest, IpamMsg, Progress, Ticket};
 use crate::core::mesh::{self, ConnId, Event, Failure, Mesh, Refused};
 use crate::core::wire::ControlMsg;
@@ -937,27 +938,20 @@ impl Driver {
     /// refusing while any router still sees a connection to it.
     fn rmpeer(&mut self, name: &PeerRef) -> Result<ReclaimView, ApiError> {
         let topo = self.mesh.topology();
-        let dead = match name {
-            PeerRef::Name(n) => *n,
-            PeerRef::Nickname(nick) => {
-                let found: Vec<PeerName> = topo
-                    .entries()
-                    .filter(|e| e.nickname == nick.as_str())
-                    .map(|e| e.name)
-                    .collect();
-                match found.as_slice() {
-                    [one] => *one,
-                    [] => return Err(ApiError::not_found(format!("no router with nickname {nick} is known"))),
-                    _ => {
-                        return Err(ApiError::new(
-                            ErrorCode::Conflict,
-                            format!(
-                                "{} routers have nickname {nick}; name one by its peer name",
-                                found.len()
-                            ),
-                        ));
-                    }
-                }
+        // The same resolution as the seed list's: a peer name, or a nickname exactly one known router carries.
+        let dead = match resolve_seeds(std::slice::from_ref(name), topo) {
+            Resolution::Ready(found) => found[0],
+            Resolution::Waiting { .. } => {
+                return Err(ApiError::not_found(format!("no router with nickname {name} is known")));
+            }
+            Resolution::Ambiguous { routers, .. } => {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "{} routers have nickname {name}; name one by its peer name",
+                        routers.len()
+                    ),
+                ));
             }
         };
         if self.by_peer.contains_key(&dead) {
