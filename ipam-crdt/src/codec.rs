@@ -13,6 +13,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
+use crate::delta::Delta;
 use crate::peer::PeerName;
 use crate::pool::Pool;
 use crate::replica::{AllocKey, Replica, add_owned};
@@ -114,6 +115,92 @@ impl Replica {
         };
         replica.verify().map_err(|v| invalid(v.to_string()))?;
         Ok(replica)
+    }
+}
+
+impl Delta {
+    /// The wire form.
+    pub fn encode(&self) -> Vec<u8> {
+        let members: Vec<PeerName> = self.members.iter().copied().collect();
+        let ix = |p: &PeerName| members.binary_search(p).expect("spans name only listed members") as u32;
+        let mut prev_end = 0;
+        let spans = self
+            .spans
+            .iter()
+            .map(|(s, e, entry)| {
+                let span = SpanV1 {
+                    gap: s - prev_end,
+                    len: e - s,
+                    owner: ix(&entry.owner),
+                    writer: if entry.writer == entry.owner {
+                        0
+                    } else {
+                        ix(&entry.writer) + 1
+                    },
+                    epoch: entry.epoch,
+                    version: entry.version,
+                    free: entry.free,
+                };
+                prev_end = *e;
+                span
+            })
+            .collect();
+        let wire = DeltaWire::V1(DeltaV1 {
+            origin: self.origin,
+            members: Names(members),
+            spans,
+        });
+        postcard::to_allocvec(&wire).expect("encoding to a Vec cannot fail")
+    }
+
+    /// Decodes a delta and checks its structure; the spans are checked
+    /// against the receiver's pool when merged.
+    ///
+    /// # Errors
+    /// [`DecodeError`], as for [`Ring::decode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let DeltaWire::V1(v1) = decode_bounded::<DeltaWire>(bytes, DeltaWire::VERSIONS)?;
+        let members = v1.members.0;
+        if members.len() > MAX_MEMBERS || members.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(invalid("members must ascend strictly and stay within bounds"));
+        }
+        let name = |i: u32| {
+            members
+                .get(i as usize)
+                .copied()
+                .ok_or_else(|| invalid(format!("member index {i} out of range")))
+        };
+        let mut spans = Vec::with_capacity(v1.spans.len());
+        let mut prev_end = 0u128;
+        for sp in &v1.spans {
+            let start = prev_end.checked_add(sp.gap).ok_or_else(|| invalid("token overflows"))?;
+            let end = start.checked_add(sp.len).ok_or_else(|| invalid("token overflows"))?;
+            if sp.len == 0 || sp.version == 0 || sp.free > sp.len {
+                return Err(invalid("a span is empty, or has an impossible version or free count"));
+            }
+            let owner = name(sp.owner)?;
+            let writer = match sp.writer {
+                0 => owner,
+                w => name(w - 1)?,
+            };
+            spans.push((
+                start,
+                end,
+                Entry {
+                    owner,
+                    writer,
+                    epoch: sp.epoch,
+                    version: sp.version,
+                    free: sp.free,
+                },
+            ));
+            prev_end = end;
+        }
+        Ok(Self {
+            origin: v1.origin,
+            spans,
+            members: members.into_iter().collect(),
+        })
     }
 }
 
@@ -305,6 +392,36 @@ struct TakenV2 {
     start: u128,
     end: u128,
     epoch: u32,
+}
+
+/// A ring delta on the wire: spans ascend and do not overlap; each starts
+/// `gap` after the previous one's end (the first, after 0).
+#[derive(Serialize, Deserialize)]
+enum DeltaWire {
+    V1(DeltaV1),
+}
+
+impl DeltaWire {
+    const VERSIONS: u64 = 1;
+}
+
+#[derive(Serialize, Deserialize)]
+struct DeltaV1 {
+    origin: u64,
+    members: Names,
+    spans: Vec<SpanV1>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SpanV1 {
+    gap: u128,
+    len: u128,
+    owner: u32,
+    /// As in [`EntryV2`]: 0 for the owner, else member index + 1.
+    writer: u32,
+    epoch: u32,
+    version: u64,
+    free: u128,
 }
 
 impl From<RingV1> for RingV2 {

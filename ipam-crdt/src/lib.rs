@@ -155,6 +155,7 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+mod delta;
 mod peer;
 mod pool;
 mod replica;
@@ -162,6 +163,7 @@ mod ring;
 mod space;
 
 pub use codec::{DecodeError, MAX_ENCODED_LEN};
+pub use delta::Delta;
 pub use peer::{ParsePeerNameError, PeerName};
 pub use pool::{AddrRange, Pool, PoolError};
 pub use replica::{

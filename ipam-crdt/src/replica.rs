@@ -178,6 +178,9 @@ pub struct MergeOutcome {
     pub gained: Vec<AddrRange>,
     /// Removed routers whose ranges this router took as heir.
     pub reclaimed: Vec<PeerName>,
+    /// Spans of a [`Delta`](crate::Delta) left out because this view could
+    /// not place them exactly; fetch the sender's whole ring.
+    pub skipped: usize,
 }
 
 impl Replica {
@@ -457,6 +460,22 @@ impl Replica {
                         tokens.push(*t);
                     }
                 }
+                // Space moves wholly free (donations and takeovers alike).
+                for t in &tokens {
+                    let (_, e) = plan.entries.iter().find(|(x, _)| x == t).expect("listed from the plan");
+                    let ours = ring
+                        .entries
+                        .range(t + 1..)
+                        .map(|(x, _)| *x)
+                        .find(|x| plan.dropped.binary_search(x).is_err());
+                    let theirs = plan.entries.iter().map(|(x, _)| *x).find(|x| x > t);
+                    let end = [ours, theirs].into_iter().flatten().min().unwrap_or(ring.pool.size());
+                    if e.free != end - t - ring.pool.reserved_in(*t, end) {
+                        return Err(MergeError::GainedInUse {
+                            at: ring.pool.addr_at(*t),
+                        });
+                    }
+                }
                 if let Some(t) = plan.dropped.iter().find(|t| usable(**t, ring.entries[*t].owner)) {
                     return Err(MergeError::OwnEntryChanged {
                         at: ring.pool.addr_at(*t),
@@ -486,6 +505,7 @@ impl Replica {
             changed: changed || voted,
             gained,
             reclaimed,
+            skipped: 0,
         })
     }
 

@@ -386,21 +386,25 @@ impl Ring {
             }
             removals.push((*d, theirs));
         }
-        // Entries: both maps are sorted, walk them in lockstep, O(n + m).
+        // Entries: O(n + m) in lockstep when both are whole rings, O(m log n)
+        // by lookup for a small part (a delta).
         let mut entries = Vec::new();
         let mut conflicts = Vec::new();
-        let mut mine = self.entries.iter().peekable();
-        for (&t, theirs) in &other.entries {
-            while mine.next_if(|(mt, _)| **mt < t).is_some() {}
-            match mine.peek() {
-                Some(&(&mt, m)) if mt == t => {
-                    if m.stamp() == theirs.stamp() && m != theirs {
-                        conflicts.push((t, m.stamp()));
-                    } else if m.stamp() < theirs.stamp() {
-                        entries.push((t, theirs));
-                    }
-                }
-                _ => entries.push((t, theirs)),
+        let mut compare = |t: u128, mine: Option<&Entry>, theirs: &'a Entry| match mine {
+            Some(m) if m.stamp() == theirs.stamp() && m != theirs => conflicts.push((t, m.stamp())),
+            Some(m) if m.stamp() >= theirs.stamp() => {}
+            _ => entries.push((t, theirs)),
+        };
+        if other.entries.len() * 16 < self.entries.len() {
+            for (&t, theirs) in &other.entries {
+                compare(t, self.entries.get(&t), theirs);
+            }
+        } else {
+            let mut mine = self.entries.iter().peekable();
+            for (&t, theirs) in &other.entries {
+                while mine.next_if(|(mt, _)| **mt < t).is_some() {}
+                let m = mine.peek().filter(|(mt, _)| **mt == t).map(|(_, m)| *m);
+                compare(t, m, theirs);
             }
         }
         if !entries.is_empty() || !conflicts.is_empty() {
@@ -732,6 +736,22 @@ pub enum MergeError {
         /// Where the split is.
         at: IpAddr,
     },
+    /// A [`Delta`](crate::Delta) reached a replica that has no ring yet.
+    #[error("an update to a ring arrived before the ring itself")]
+    NoRing,
+    /// A [`Delta`](crate::Delta) of a ring created apart from ours.
+    #[error("refusing an update to a ring created separately (another pool or other genesis owners)")]
+    OtherOrigin,
+    /// The other ring gives us the range at `at` with some of it in use:
+    /// space only ever moves wholly free.
+    #[error("the other ring gives this router the range at {at} with addresses in use")]
+    GainedInUse {
+        /// Start of the range.
+        at: IpAddr,
+    },
+    /// A [`Delta`](crate::Delta) that cannot describe our ring.
+    #[error("malformed ring update: {0}")]
+    MalformedUpdate(String),
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use ipam_crdt::{AllocError, AllocKey, DecodeError, PeerName, Pool, Replica, Request, Ring, Want};
+use ipam_crdt::{AllocError, AllocKey, DecodeError, Delta, MergeError, PeerName, Pool, Replica, Request, Ring, Want};
 use ipnet::IpNet;
 use proptest::prelude::*;
 
@@ -12,14 +12,41 @@ const REPLICAS: usize = 6;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Alloc { r: usize, req: Req },
-    Release { r: usize, nth: usize },
-    Sync { from: usize, to: usize },
-    Donate { from: usize, to: usize },
-    Crash { r: usize },
-    Kill { r: usize },
-    Reclaim { r: usize, dead: usize },
-    Leave { r: usize, heir: usize },
+    Alloc {
+        r: usize,
+        req: Req,
+    },
+    Release {
+        r: usize,
+        nth: usize,
+    },
+    Sync {
+        from: usize,
+        to: usize,
+    },
+    /// What `from` changed since it last announced, as a delta.
+    Announce {
+        from: usize,
+        to: usize,
+    },
+    Donate {
+        from: usize,
+        to: usize,
+    },
+    Crash {
+        r: usize,
+    },
+    Kill {
+        r: usize,
+    },
+    Reclaim {
+        r: usize,
+        dead: usize,
+    },
+    Leave {
+        r: usize,
+        heir: usize,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -38,7 +65,8 @@ fn op() -> impl Strategy<Value = Op> {
             1 => (0u32..16).prop_map(Req::Within),
         ]).prop_map(|(r, req)| Op::Alloc { r, req }),
         3 => (r.clone(), 0usize..64).prop_map(|(r, nth)| Op::Release { r, nth }),
-        5 => (r.clone(), r.clone()).prop_map(|(from, to)| Op::Sync { from, to }),
+        4 => (r.clone(), r.clone()).prop_map(|(from, to)| Op::Sync { from, to }),
+        4 => (r.clone(), r.clone()).prop_map(|(from, to)| Op::Announce { from, to }),
         3 => (r.clone(), r.clone()).prop_map(|(from, to)| Op::Donate { from, to }),
         1 => r.clone().prop_map(|r| Op::Crash { r }),
         2 => r.clone().prop_map(|r| Op::Kill { r }),
@@ -63,6 +91,8 @@ struct World {
     acked: BTreeMap<(usize, AllocKey), IpAddr>,
     /// Ring states seen over the run, by replica.
     snapshots: Vec<(usize, Ring)>,
+    /// Each replica's ring when it last announced (the base of its next delta).
+    announced: Vec<Option<Ring>>,
     next: u64,
 }
 
@@ -82,6 +112,7 @@ impl World {
             dead: vec![false; REPLICAS],
             acked: BTreeMap::new(),
             snapshots: Vec::new(),
+            announced: vec![None; REPLICAS],
             next: 0,
         }
     }
@@ -106,11 +137,9 @@ impl World {
                 // The request/donate/merge round trip, done at once.
                 if let Err(AllocError::AskPeer { peer, want }) = res {
                     let d = (0..REPLICAS).find(|&i| name(i) == peer).unwrap();
+                    let before = self.reps[d].ring().unwrap().clone();
                     if !self.dead[d] && self.reps[d].donate(name(r), want).is_ok() {
-                        let ring = self.reps[d].ring().unwrap().clone();
-                        let _ = self.reps[r]
-                            .merge(&ring)
-                            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                        self.send_since(d, r, &before)?;
                         res = self.reps[r].allocate(key.clone(), req);
                     }
                 }
@@ -132,13 +161,22 @@ impl World {
                     .merge(&ring)
                     .map_err(|e| TestCaseError::fail(format!("merge refused: {e}")))?;
             }
+            Op::Announce { from, to } if from != to && !self.dead[from] && !self.dead[to] => {
+                let now = self.reps[from].ring().unwrap().clone();
+                match self.announced[from].take() {
+                    Some(base) => self.send_since(from, to, &base)?,
+                    None => {
+                        let _ = self.reps[to]
+                            .merge(&now)
+                            .map_err(|e| TestCaseError::fail(format!("merge refused: {e}")))?;
+                    }
+                }
+                self.announced[from] = Some(now);
+            }
             Op::Donate { from, to } if from != to && !self.dead[from] && !self.dead[to] => {
-                let donated = self.reps[from].donate(name(to), Want::Any).is_ok();
-                if donated {
-                    let ring = self.reps[from].ring().unwrap().clone();
-                    let _ = self.reps[to]
-                        .merge(&ring)
-                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let before = self.reps[from].ring().unwrap().clone();
+                if self.reps[from].donate(name(to), Want::Any).is_ok() {
+                    self.send_since(from, to, &before)?;
                 }
             }
             Op::Crash { r } if !self.dead[r] => {
@@ -170,6 +208,26 @@ impl World {
             self.snapshots.push((i, self.reps[i].ring().unwrap().clone()));
         }
         self.check()
+    }
+
+    /// Sends `to` what `from` changed since `base` (an earlier state of its
+    /// ring) as a delta through the wire form, as the router does; falls back to
+    /// the whole ring when the delta cannot do, as the router does.
+    fn send_since(&mut self, from: usize, to: usize, base: &Ring) -> Result<(), TestCaseError> {
+        let ring = self.reps[from].ring().unwrap().clone();
+        if let Some(delta) = ring.delta_since(base) {
+            let delta = Delta::decode(&delta.encode()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            match self.reps[to].merge_delta(&delta) {
+                Ok(out) if out.skipped == 0 => return Ok(()),
+                // The router fetches the whole ring when a delta could not be placed.
+                Ok(_) | Err(MergeError::NoRing) => {}
+                Err(e) => return Err(TestCaseError::fail(format!("delta refused: {e}"))),
+            }
+        }
+        let _ = self.reps[to]
+            .merge(&ring)
+            .map_err(|e| TestCaseError::fail(format!("merge refused: {e}")))?;
+        Ok(())
     }
 
     /// The invariants that must hold after every operation.
@@ -308,6 +366,26 @@ proptest! {
             prop_assert_eq!(Ring::decode(&r.encode()).unwrap(), r);
         }
         if let Ok(r) = Replica::decode(&bytes) {
+            r.verify().unwrap();
+        }
+        if let Ok(d) = Delta::decode(&bytes) {
+            prop_assert_eq!(Delta::decode(&d.encode()).unwrap(), d);
+        }
+    }
+
+    /// A corrupted delta of the right ring is refused, or merges into a replica that stays consistent.
+    #[test]
+    fn corrupted_deltas_never_break_a_replica(flip in any::<prop::sample::Index>(), to in any::<u8>()) {
+        let mut donor = Replica::create(name(0), pool(), &[name(0), name(1)]).unwrap();
+        let mut r = Replica::new(name(2));
+        let _ = r.merge(donor.ring().unwrap()).unwrap();
+        let base = donor.ring().unwrap().clone();
+        donor.allocate(AllocKey::new("c", "eth0").unwrap(), Request::Any).unwrap();
+        let _ = donor.donate(name(2), Want::Any).unwrap();
+        let mut bytes = donor.ring().unwrap().delta_since(&base).unwrap().encode();
+        let i = flip.index(bytes.len());
+        bytes[i] = to;
+        if let Ok(d) = Delta::decode(&bytes) && r.merge_delta(&d).is_ok() {
             r.verify().unwrap();
         }
     }

@@ -13,13 +13,17 @@
 //! is on disk before any other router sees it (`ipam-crdt`'s persistence
 //! rule).
 //!
-//! **Gossip.** A change is announced by sending the full ring to every
-//! neighbour, batched over [`BATCH`]. A router that merges a ring and finds
-//! its own state differs answers with its own ring, so every exchange leaves
-//! both sides equal. Every [`SUMMARY_EVERY`] a 64-bit hash of the ring goes to
-//! one neighbour in turn; a mismatch is answered with the ring. (Deltas that
-//! carry only changed entries are the next step; the full ring is about
-//! 20 KB at 1,000 owners.)
+//! **Gossip.** A change is announced to every neighbour, batched over
+//! [`BATCH`], as a [`Delta`]: the entries that changed since the last
+//! announcement, with their neighbours (`ipam-crdt`'s `delta` module says why
+//! that is safe). The whole ring goes instead to a new neighbour, when the
+//! reclaim records changed (votes travel only with the voter's whole state),
+//! and to a router that could not place a delta, which asks for it by sending
+//! its ring hash. A router that merges a whole ring and finds its own state
+//! differs answers with its own ring, so every such exchange leaves both sides
+//! equal. Every [`SUMMARY_EVERY`] a 64-bit hash of the ring goes to one
+//! neighbour in turn; a mismatch is answered with the ring, which repairs
+//! anything a lost delta left out.
 //!
 //! **Creating the ring.** From a seed list once every name resolves, or by
 //! the consensus of `docs/control-plane.md` (`--init-peer-count`): proposals,
@@ -29,7 +33,9 @@
 //! **Space requests.** When the replica answers
 //! [`AllocError::AskPeer`], the agent sends that router an `Ask`, routed
 //! through the mesh if it is not a neighbour, and parks the allocation. The
-//! donor answers `Gave` with its ring (or a refusal); the agent merges it and
+//! donor answers `Gave` with what the donation changed (or a refusal and its
+//! whole ring); the agent merges it (fetching the donor's whole ring if the
+//! delta cannot be placed) and
 //! allocates again. An allocation asks at most [`MAX_ASKS`] routers, and
 //! fails after [`ASK_TIMEOUT`] without an answer.
 
@@ -39,8 +45,8 @@ use std::time::Duration;
 
 use blake2::{Blake2s256, Digest};
 use ipam_crdt::{
-    AllocError, AllocKey, Allocation, MergeError, PeerName, Pool, ReclaimError, ReclaimStatus, Replica, Request, Ring,
-    Want,
+    AllocError, AllocKey, Allocation, Delta, MergeError, MergeOutcome, PeerName, Pool, ReclaimError, ReclaimStatus,
+    Replica, Request, Ring, Want,
 };
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -93,17 +99,39 @@ pub enum IpamMsg {
         to: PeerName,
         /// Why nothing was given, if so.
         refused: Option<String>,
-        /// The donor's ring after the donation.
-        ring: Vec<u8>,
+        /// What the donation changed, or the donor's whole ring.
+        update: Update,
     },
+    /// A change of the sender's ring ([`Delta::encode`]).
+    Delta(Vec<u8>),
+    /// `from` could not place the delta `to` gave for request `id`: send the whole ring as a `Gave`.
+    Fetch {
+        /// The request's id.
+        id: u64,
+        /// The router that asked.
+        from: PeerName,
+        /// The donor.
+        to: PeerName,
+    },
+}
+
+/// Ring state inside a [`IpamMsg::Gave`].
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Update {
+    /// A whole ring ([`Ring::encode`]).
+    Ring(Vec<u8>),
+    /// What changed ([`Delta::encode`]).
+    Delta(Vec<u8>),
+    /// Nothing: the sender has no ring.
+    Nothing,
 }
 
 impl IpamMsg {
     /// Where a routed message is going; `None` for neighbour-to-neighbour messages.
     pub fn destination(&self) -> Option<PeerName> {
         match self {
-            Self::Ask { to, .. } | Self::Gave { to, .. } => Some(*to),
-            Self::Ring(_) | Self::Summary(_) => None,
+            Self::Ask { to, .. } | Self::Gave { to, .. } | Self::Fetch { to, .. } => Some(*to),
+            Self::Ring(_) | Self::Summary(_) | Self::Delta(_) => None,
         }
     }
 
@@ -286,6 +314,8 @@ pub struct Agent {
     dirty: bool,
     /// When the pending ring announcement goes out.
     announce_at: Option<Time>,
+    /// The ring as last announced: the base of the next delta.
+    announced: Option<Ring>,
     next_summary: Time,
     neighbours: BTreeSet<PeerName>,
     summary_turn: usize,
@@ -340,6 +370,7 @@ impl Agent {
             replica,
             dirty: false,
             announce_at: None,
+            announced: None,
             next_summary: now + SUMMARY_EVERY,
             neighbours: BTreeSet::new(),
             summary_turn: 0,
@@ -584,9 +615,28 @@ impl Agent {
                 from: donor,
                 to,
                 refused,
-                ring,
-            } if to == self.me => self.handle_gave(now, id, donor, refused, &ring),
-            IpamMsg::Ask { .. } | IpamMsg::Gave { .. } => {}
+                update,
+            } if to == self.me => self.handle_gave(now, id, donor, refused, update),
+            IpamMsg::Delta(bytes) => {
+                let _ = self.handle_delta(now, from, &bytes);
+            }
+            IpamMsg::Fetch { id, from: asker, to } if to == self.me => {
+                let update = self
+                    .replica
+                    .ring()
+                    .map_or(Update::Nothing, |r| Update::Ring(r.encode()));
+                self.out.push_back((
+                    Dest::Routed(asker),
+                    IpamMsg::Gave {
+                        id,
+                        from: self.me,
+                        to: asker,
+                        refused: None,
+                        update,
+                    },
+                ));
+            }
+            IpamMsg::Ask { .. } | IpamMsg::Gave { .. } | IpamMsg::Fetch { .. } => {}
         }
     }
 
@@ -594,9 +644,7 @@ impl Agent {
     pub fn handle_timeout(&mut self, now: Time) {
         if self.announce_at.is_some_and(|t| t <= now) {
             self.announce_at = None;
-            if let Some(ring) = self.replica.ring() {
-                self.out.push_back((Dest::AllNeighbours, IpamMsg::Ring(ring.encode())));
-            }
+            self.announce();
         }
         if self.next_summary <= now {
             self.next_summary = now + SUMMARY_EVERY;
@@ -854,14 +902,26 @@ impl Agent {
     }
 
     fn handle_ask(&mut self, now: Time, id: u64, asker: PeerName, want: Want) {
-        let refused = match self.replica.donate(asker, want) {
+        let before = self.replica.ring().cloned();
+        let (refused, update) = match self.replica.donate(asker, want) {
             Ok(_) => {
                 self.changed(now);
-                None
+                let ring = self.replica.ring().expect("a donor has a ring");
+                let update = match before.as_ref().and_then(|b| ring.delta_since(b)) {
+                    Some(d) => Update::Delta(d.encode()),
+                    None => Update::Ring(ring.encode()),
+                };
+                (None, update)
             }
-            Err(e) => Some(e.to_string()),
+            // A refusal carries the whole ring: the asker's view of who has
+            // space was out of date.
+            Err(e) => (
+                Some(e.to_string()),
+                self.replica
+                    .ring()
+                    .map_or(Update::Nothing, |r| Update::Ring(r.encode())),
+            ),
         };
-        let ring = self.replica.ring().map(Ring::encode).unwrap_or_default();
         self.out.push_back((
             Dest::Routed(asker),
             IpamMsg::Gave {
@@ -869,18 +929,37 @@ impl Agent {
                 from: self.me,
                 to: asker,
                 refused,
-                ring,
+                update,
             },
         ));
     }
 
-    fn handle_gave(&mut self, now: Time, id: u64, donor: PeerName, refused: Option<String>, ring: &[u8]) {
-        if !ring.is_empty() {
-            self.handle_ring(now, donor, ring);
-        }
+    fn handle_gave(&mut self, now: Time, id: u64, donor: PeerName, refused: Option<String>, update: Update) {
+        let placed = match update {
+            Update::Ring(bytes) => {
+                self.handle_ring(now, donor, &bytes);
+                true
+            }
+            Update::Delta(bytes) => self.handle_delta(now, donor, &bytes).is_some_and(|o| o.skipped == 0),
+            Update::Nothing => true,
+        };
         let Some((&ticket, _)) = self.parked.iter().find(|(_, p)| p.asked.is_some_and(|(i, _)| i == id)) else {
             return;
         };
+        if !placed {
+            // Keep waiting on the same request, for the donor's whole ring.
+            let p = self.parked.get_mut(&ticket).expect("found above");
+            p.until = now + ASK_TIMEOUT;
+            self.out.push_back((
+                Dest::Routed(donor),
+                IpamMsg::Fetch {
+                    id,
+                    from: self.me,
+                    to: donor,
+                },
+            ));
+            return;
+        }
         let mut p = self.parked.remove(&ticket).expect("found above");
         p.asked = None;
         if let Some(why) = refused {
@@ -888,6 +967,60 @@ impl Agent {
         }
         if let Some(result) = self.attempt(now, ticket, p) {
             self.events.push_back(Event::Allocated(ticket, result));
+        }
+    }
+
+    /// Merges a delta from `from`. When part of it could not be placed (or
+    /// there is no ring to place it in), asks `from` for its whole ring by
+    /// sending our ring hash, which differs from its own.
+    fn handle_delta(&mut self, now: Time, from: PeerName, bytes: &[u8]) -> Option<MergeOutcome> {
+        let Ok(delta) = Delta::decode(bytes) else {
+            self.events.push_back(Event::Malformed { from });
+            return None;
+        };
+        match self.replica.merge_delta(&delta) {
+            Ok(out) => {
+                if out.changed {
+                    self.changed(now);
+                    self.events.push_back(Event::Merged {
+                        gained: out.gained.len(),
+                        reclaimed: out.reclaimed.clone(),
+                    });
+                }
+                if out.skipped > 0 {
+                    self.ask_for_ring(from);
+                }
+                Some(out)
+            }
+            Err(MergeError::NoRing) => {
+                self.ask_for_ring(from);
+                None
+            }
+            Err(error) => {
+                self.events.push_back(Event::Refused { from, error });
+                None
+            }
+        }
+    }
+
+    /// Sends `peer` our ring hash (0 without a ring): it answers with its
+    /// whole ring, as its hash differs.
+    fn ask_for_ring(&mut self, peer: PeerName) {
+        let hash = self.replica.ring().map_or(0, ring_hash);
+        self.out.push_back((Dest::Neighbour(peer), IpamMsg::Summary(hash)));
+    }
+
+    /// Sends every neighbour what changed since the last announcement.
+    fn announce(&mut self) {
+        let Some(ring) = self.replica.ring() else { return };
+        let msg = match self.announced.as_ref().and_then(|base| ring.delta_since(base)) {
+            Some(d) if d.is_empty() => None,
+            Some(d) => Some(IpamMsg::Delta(d.encode())),
+            None => Some(IpamMsg::Ring(ring.encode())),
+        };
+        self.announced = Some(ring.clone());
+        if let Some(msg) = msg {
+            self.out.push_back((Dest::AllNeighbours, msg));
         }
     }
 
@@ -934,6 +1067,10 @@ mod tests {
         events: Vec<(usize, Event)>,
         /// Agents whose messages are lost.
         mute: BTreeSet<usize>,
+        /// Agents that receive nothing.
+        deaf: BTreeSet<usize>,
+        /// Every message delivered: (from, to, kind, encoded length).
+        log: Vec<(usize, usize, &'static str, usize)>,
         /// Each agent's ring-creation state as announced (what its topology entry says).
         inits: Vec<IpamInit>,
     }
@@ -952,6 +1089,8 @@ mod tests {
                 disks: vec![None; n],
                 events: Vec::new(),
                 mute: BTreeSet::new(),
+                deaf: BTreeSet::new(),
+                log: Vec::new(),
                 inits: vec![IpamInit::default(); n],
             };
             for i in 0..n {
@@ -1006,8 +1145,22 @@ mod tests {
                         };
                         let from = p(i as u64 + 1);
                         // Through the wire form, as the shell carries it.
-                        let msg = IpamMsg::decode(&msg.encode()).unwrap();
-                        for j in to {
+                        let bytes = msg.encode();
+                        let msg = IpamMsg::decode(&bytes).unwrap();
+                        let kind = match &msg {
+                            IpamMsg::Ring(_) => "ring",
+                            IpamMsg::Delta(_) => "delta",
+                            IpamMsg::Summary(_) => "summary",
+                            IpamMsg::Ask { .. } => "ask",
+                            IpamMsg::Gave {
+                                update: Update::Delta(_),
+                                ..
+                            } => "gave delta",
+                            IpamMsg::Gave { .. } => "gave ring",
+                            IpamMsg::Fetch { .. } => "fetch",
+                        };
+                        for j in to.into_iter().filter(|j| !self.deaf.contains(j)) {
+                            self.log.push((i, j, kind, bytes.len()));
                             self.agents[j].handle_message(self.now, from, msg.clone());
                         }
                     }
@@ -1373,5 +1526,74 @@ mod tests {
         net.mute.clear();
         net.advance(SUMMARY_EVERY * 2);
         assert_eq!(net.ring(0), net.ring(1));
+    }
+
+    /// Agent 0 gives agent 1 `n` ranges (halving its largest free range each time), announcing each.
+    fn donations(net: &mut Net, n: usize) {
+        for _ in 0..n {
+            let _ = net.agents[0].replica.donate(p(2), Want::Any).unwrap();
+            net.agents[0].changed(net.now);
+            net.advance(BATCH * 2);
+        }
+    }
+
+    #[test]
+    fn changes_travel_as_small_deltas() {
+        let mut net = Net::seeded(pool("10.32.0.0/16"), 3);
+        net.advance(BATCH * 2);
+        net.log.clear();
+        let _ = net.agents[0].allocate(net.now, key("c"), Request::Any).unwrap();
+        net.advance(BATCH * 2);
+        let from_0: Vec<_> = net.log.iter().filter(|m| m.0 == 0).collect();
+        assert_eq!(from_0.len(), 2, "one announcement to each neighbour: {:?}", net.log);
+        assert!(from_0.iter().all(|m| m.2 == "delta" && m.3 < 100), "{from_0:?}");
+        assert!(
+            !net.log.iter().any(|m| m.2 == "ring"),
+            "nobody needed a whole ring: {:?}",
+            net.log
+        );
+        assert_eq!(net.ring(1), net.ring(0));
+        assert_eq!(net.ring(2), net.ring(0));
+    }
+
+    #[test]
+    fn a_delta_that_cannot_be_placed_fetches_the_whole_ring() {
+        let mut net = Net::seeded(pool("10.32.0.0/16"), 3);
+        net.deaf.insert(2);
+        donations(&mut net, 3);
+        assert_ne!(net.ring(2), net.ring(0), "agent 2 missed the donations");
+        net.deaf.clear();
+        net.log.clear();
+        donations(&mut net, 1);
+        assert!(net.now < Time::ZERO + SUMMARY_EVERY, "no periodic summary ran yet");
+        let asked = net.log.iter().position(|m| (m.0, m.1, m.2) == (2, 0, "summary"));
+        let got = net.log.iter().rposition(|m| (m.0, m.1, m.2) == (0, 2, "ring"));
+        assert!(asked.is_some() && got > asked, "{:?}", net.log);
+        assert_eq!(net.ring(2), net.ring(0));
+        assert_eq!(net.ring(1), net.ring(0));
+    }
+
+    #[test]
+    fn a_donation_the_asker_cannot_place_is_fetched_whole() {
+        let mut net = Net::seeded(pool("10.32.0.0/16"), 3);
+        net.deaf.insert(2);
+        donations(&mut net, 3);
+        net.deaf.clear();
+        net.log.clear();
+        // Agent 2 claims an address that agent 0 still owns, in a part of the
+        // pool whose splits it never heard of.
+        let want: IpAddr = "10.32.0.9".parse().unwrap();
+        assert_eq!(net.ring(0).owner_of(want), Some(p(1)));
+        let Progress::Waiting(t) = net.agents[2].allocate(net.now, key("c"), Request::Addr(want)).unwrap() else {
+            panic!("the address is agent 0's")
+        };
+        net.pump();
+        assert_eq!(net.allocated(t).unwrap().as_ref().unwrap().addr, want);
+        assert!(
+            net.log.iter().any(|m| (m.0, m.1, m.2) == (2, 0, "fetch")),
+            "{:?}",
+            net.log
+        );
+        assert_eq!(net.ring(0).owner_of(want), Some(p(3)));
     }
 }
