@@ -1,5 +1,5 @@
 //! End-to-end tests of the real `weft` binary: routers in host namespaces form a mesh, keep strangers out, hand out
-//! unique pod addresses, and recover from a crash and from a partition.
+//! unique pod addresses, recover from a crash and from a partition, and leave the mesh with `weft reset`.
 //!
 //! Each router runs `weft launch` inside its host's namespace; its status is read from the root namespace with
 //! `weft status --json` over its API socket (a unix socket is reachable from any namespace). Needs root, like
@@ -9,9 +9,10 @@
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
+use std::net::Ipv4Addr;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -44,55 +45,107 @@ fn three_routers_reach_established() {
     );
 }
 
+/// A fourth router with the wrong secret never joins and learns nothing: not a connection, not a router's name,
+/// not the address ring. The three good routers list each other, so the default --init-peer-count is 3 and
+/// they create the ring by consensus.
 #[test]
 fn wrong_secret_never_joins() {
-    let tb = testbed_or_skip!(3);
+    let tb = testbed_or_skip!(4);
     let dir = workdir();
     let good = write_secret(dir.path(), "secret", SECRET);
     let bad = write_secret(dir.path(), "other-secret", OTHER_SECRET);
-    let h1 = Router::launch(tb.host(1), dir.path(), &good, &[]);
-    let h2 = Router::launch(tb.host(2), dir.path(), &good, &[tb.host(1)]);
-    let h3 = Router::launch(tb.host(3), dir.path(), &bad, &[tb.host(1)]);
-    let routers = [&h1, &h2, &h3];
+    let h1 = Router::launch(tb.host(1), dir.path(), &good, &[tb.host(2), tb.host(3)]);
+    let h2 = Router::launch(tb.host(2), dir.path(), &good, &[tb.host(1), tb.host(3)]);
+    let h3 = Router::launch(tb.host(3), dir.path(), &good, &[tb.host(1), tb.host(2)]);
+    let h4 = Router::launch(tb.host(4), dir.path(), &bad, &[tb.host(1), tb.host(2)]);
+    let good_routers = [&h1, &h2, &h3];
+    let routers = [&h1, &h2, &h3, &h4];
 
+    let start = Instant::now();
     wait_for(
-        &routers[..2],
+        &good_routers,
         Duration::from_secs(30),
-        "h1 and h2 to be established",
+        "h1, h2 and h3 to be established",
         fully_meshed,
     );
+    let good_names: BTreeSet<String> = good_routers.iter().map(|r| r.status().unwrap().name).collect();
+    wait_for_rings(&good_routers, Duration::from_secs(30), "the consensus ring", |ring| {
+        ring.owners == good_names
+    });
+    eprintln!(
+        "meshed, with one ring of three owners, {:?} after launch",
+        start.elapsed()
+    );
+    let addrs: BTreeSet<String> = good_routers.iter().map(|r| r.allocate("x")).collect();
+    assert_eq!(addrs.len(), 3, "the good routers got duplicate addresses: {addrs:?}");
 
+    let h4_name = h4.status().unwrap().name;
+    assert!(!good_names.contains(&h4_name), "h4 has a good router's name {h4_name}");
     let h1_addr = peer_addr(tb.host(1));
     let window = Duration::from_secs(10);
     let observing = Instant::now();
     let mut refused = false;
-    // A check on every poll: h3 must never get in, not merely be out at the end.
+    // A check on every poll: h4 must never get in, not merely be out at the end.
     wait_for(
         &routers,
-        window + Duration::from_secs(5),
+        window + Duration::from_secs(10),
         "the observation window to pass",
         |s| {
-            let [s1, s2, s3] = s else { unreachable!("three routers") };
-            assert_eq!(
-                s1.established(),
-                BTreeSet::from([s2.name.as_str()]),
-                "h1 lets in only h2"
-            );
-            assert_eq!(
-                s2.established(),
-                BTreeSet::from([s1.name.as_str()]),
-                "h2 lets in only h1"
-            );
-            assert_eq!((s1.connections_established, s2.connections_established), (1, 1));
-            assert!(s3.established().is_empty(), "h3 has the wrong secret but got in");
-            assert_eq!(s3.connections_established, 0);
+            let (good, [s4]) = s.split_at(3) else {
+                unreachable!("four routers")
+            };
+            for (i, status) in good.iter().enumerate() {
+                let others: BTreeSet<&str> = good
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, _)| j != i)
+                    .map(|(_, other)| other.name.as_str())
+                    .collect();
+                let who = &good_routers[i].nickname;
+                assert_eq!(
+                    status.established(),
+                    others,
+                    "{who} lets in only the other good routers"
+                );
+                assert_eq!(status.connections_established, 2, "{who}: {status:#?}");
+                // Not even as an unconnected router known through gossip.
+                assert!(
+                    status
+                        .peers
+                        .iter()
+                        .all(|peer| peer.name.as_deref() != Some(h4_name.as_str())
+                            && peer.nickname.as_deref() != Some("h4")),
+                    "{who} knows of h4: {:#?}",
+                    status.peers
+                );
+                assert_eq!(status.ipam.problem, None, "{who} has an IPAM problem");
+                let ring = good_routers[i].ring();
+                assert_eq!(ring.owners, good_names, "{who}'s ring has other owners: {ring:#?}");
+                assert!(
+                    ring.ranges.iter().all(|(_, _, owner)| *owner != h4_name),
+                    "{who}'s ring gives h4 a range: {ring:#?}"
+                );
+            }
+            assert!(s4.established().is_empty(), "h4 has the wrong secret but got in");
+            assert_eq!(s4.connections_established, 0);
             // It learns nothing: no router's name (let alone topology) reaches it.
             assert!(
-                s3.peers.iter().all(|peer| peer.name.is_none()),
-                "h3 learned a router's name: {:?}",
-                s3.peers
+                s4.peers.iter().all(|peer| peer.name.is_none()),
+                "h4 learned a router's name: {:?}",
+                s4.peers
             );
-            refused |= s3.peers.iter().any(|peer| {
+            // Nor the ring: it has none, owns nothing and says why.
+            assert_eq!((s4.ipam.owned, s4.ipam.allocated), (0, 0), "h4 owns addresses: {s4:#?}");
+            assert!(
+                s4.ipam.problem.as_deref().is_some_and(|p| !p.is_empty()),
+                "h4 reports no IPAM problem although it can have no ring: {s4:#?}"
+            );
+            let ring = h4.ring();
+            assert!(
+                ring.ranges.is_empty() && ring.owners.is_empty(),
+                "h4 has a ring: {ring:#?}"
+            );
+            refused |= s4.peers.iter().any(|peer| {
                 peer.address.as_deref() == Some(h1_addr.as_str())
                     && peer
                         .reason
@@ -104,9 +157,12 @@ fn wrong_secret_never_joins() {
     );
     assert!(
         refused,
-        "h3's status never showed {h1_addr} refused for authentication: {:#?}",
-        h3.status()
+        "h4's status never showed {h1_addr} refused for authentication: {:#?}",
+        h4.status()
     );
+    // What was handed out before is still held, and by the same routers.
+    let again: BTreeSet<String> = good_routers.iter().map(|r| r.allocate("x")).collect();
+    assert_eq!(again, addrs, "the good routers' allocations changed");
 }
 
 #[test]
@@ -228,6 +284,100 @@ fn ipam_addresses_stay_unique_across_crash_and_partition() {
     if let Err(err) = converged {
         panic!("{err}: {last:#?}");
     }
+}
+
+/// `weft reset` on a router in the mesh: it hands its ranges to an heir, deletes its state and stops by itself;
+/// the others take its ranges without `rmpeer`, agree on the ring and keep their own allocations.
+#[test]
+fn reset_hands_ranges_over_and_removes_state() {
+    let tb = testbed_or_skip!(3);
+    let dir = workdir();
+    let secret = write_secret(dir.path(), "secret", SECRET);
+    let [h1, h2, h3] = mesh_of_three(&tb, dir.path(), &secret);
+    let kept: Vec<String> = [&h1, &h2, &h3].iter().map(|r| r.allocate("before-reset")).collect();
+    assert_eq!(kept.iter().collect::<BTreeSet<_>>().len(), 3, "{kept:?}");
+    let names: Vec<String> = [&h1, &h2, &h3].iter().map(|r| r.status().unwrap().name).collect();
+    let h3_name = names[2].clone();
+    // h3 allocated, so it owns space, and every view of the ring says so.
+    wait_for_rings(
+        &[&h1, &h2, &h3],
+        Duration::from_secs(30),
+        "h3's space to be known",
+        |ring| ring.owns(&h3_name),
+    );
+    let h3_ranges: Vec<(String, String)> = h1
+        .ring()
+        .ranges
+        .into_iter()
+        .filter(|(_, _, owner)| *owner == h3_name)
+        .map(|(first, last, _)| (first, last))
+        .collect();
+    let h3_data = dir.path().join("h3");
+    for file in ["ipam", "identity"] {
+        assert!(h3_data.join(file).is_file(), "h3 has no {file} file before the reset");
+    }
+
+    let reset = Instant::now();
+    let out = h3.cli(&["reset"]);
+    eprintln!("weft reset answered {:?} after it started", reset.elapsed());
+    assert!(
+        out.status.success(),
+        "weft reset on h3 ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty(), "weft reset prints nothing: {out:?}");
+    let exit = h3.wait_exit(Duration::from_secs(15));
+    eprintln!("h3 exited ({exit}) {:?} after the reset started", reset.elapsed());
+    assert!(exit.success(), "h3 exited with {exit} after its reset");
+    for file in ["ipam", "identity"] {
+        assert!(
+            !h3_data.join(file).exists(),
+            "h3's {file} file is still there after the reset"
+        );
+    }
+
+    // The heir takes h3's ranges once h1 and h2 have both voted: no `rmpeer` needed.
+    let survivors = BTreeSet::from([names[0].clone(), names[1].clone()]);
+    wait_for_rings(
+        &[&h1, &h2],
+        Duration::from_secs(30),
+        "h3's ranges to go to its heir",
+        |ring| !ring.owns(&h3_name) && ring.owners == survivors,
+    );
+    eprintln!(
+        "h1 and h2 showed h3's ranges handed over {:?} after the reset started (polled once h3 had exited)",
+        reset.elapsed()
+    );
+    // The reclaim is recorded as done, and its heir, a survivor, holds all that h3 held.
+    let ring = h1.ring();
+    let heirs: Vec<&Option<String>> = ring
+        .reclaims
+        .iter()
+        .filter(|(name, state, _)| *name == h3_name && state == "done")
+        .map(|(_, _, heir)| heir)
+        .collect();
+    let [Some(heir)] = heirs[..] else {
+        panic!("h1's ring has no one finished reclaim of h3: {ring:#?}");
+    };
+    assert!(survivors.contains(heir), "h3's heir {heir} is not h1 or h2");
+    for (first, last) in &h3_ranges {
+        assert_eq!(
+            ring.owners_within(first, last),
+            BTreeSet::from([heir.as_str()]),
+            "{first}-{last}, once h3's, is not all its heir's: {ring:#?}"
+        );
+    }
+    // Allocation is idempotent per ID: the same address again means it was kept.
+    assert_eq!(h1.allocate("before-reset"), kept[0], "h1 lost its allocation");
+    assert_eq!(h2.allocate("before-reset"), kept[1], "h2 lost its allocation");
+    wait_for(
+        &[&h1, &h2],
+        Duration::from_secs(5),
+        "h1 and h2 to stay established",
+        fully_meshed,
+    );
 }
 
 /// Launches routers on hosts 1-3 (2 and 3 given only host 1 as PEER) and waits until all three are established.
@@ -373,17 +523,34 @@ impl<'t> Router<'t> {
 
     /// The ring's ranges as `weft ipam --json` shows them (first, last, owner), in address order.
     fn ring_ranges(&self) -> Vec<(String, String, String)> {
+        self.ring().ranges
+    }
+
+    /// The ring as `weft ipam --json` shows it.
+    fn ring(&self) -> Ring {
         let out = self.cli(&["ipam", "--json"]);
-        assert!(out.status.success(), "weft ipam --json on {}", self.nickname);
-        let value: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
-        value
-            .get("ranges")
-            .and_then(Value::as_array)
-            .expect("ranges")
-            .iter()
-            .map(|r| (text(r, "first"), text(r, "last"), text(r, "owner")))
-            .collect()
+        assert!(
+            out.status.success(),
+            "weft ipam --json on {} ({}): {}",
+            self.nickname,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ring::parse(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// Waits up to `timeout` for the router to exit by itself, and returns how it exited.
+    fn wait_exit(&self, timeout: Duration) -> ExitStatus {
+        let process = self.process.as_ref().expect("the router was started");
+        let mut exit = None;
+        let exited = wait_until(timeout, "the router to exit", || {
+            exit = process.try_wait().unwrap();
+            exit.is_some()
+        });
+        if let Err(err) = exited {
+            panic!("{}: {err}", self.nickname);
+        }
+        exit.expect("it exited")
     }
 
     /// The last lines of its log.
@@ -418,10 +585,19 @@ struct Status {
     nickname: String,
     peers: Vec<Peer>,
     connections_established: u64,
+    ipam: IpamSummary,
+}
+
+/// `status.ipam`: this router's share of the pod range.
+#[derive(Debug, Clone)]
+struct IpamSummary {
+    owned: u64,
+    allocated: u64,
+    /// Why it has no ring, or refuses one; `None` when all is well.
+    problem: Option<String>,
 }
 
 #[derive(Debug, Clone)]
-#[expect(dead_code, reason = "nickname is read through Debug, in failure messages")]
 struct Peer {
     name: Option<String>,
     nickname: Option<String>,
@@ -454,6 +630,19 @@ impl Status {
             name: text(&value, "name").ok_or_else(|| bad("name"))?,
             nickname: text(&value, "nickname").ok_or_else(|| bad("nickname"))?,
             peers,
+            ipam: {
+                let ipam = value.get("ipam").ok_or_else(|| bad("ipam"))?;
+                let count = |key: &str| {
+                    ipam.get(key)
+                        .and_then(Value::as_u64)
+                        .ok_or_else(|| bad(&format!("ipam.{key}")))
+                };
+                IpamSummary {
+                    owned: count("owned")?,
+                    allocated: count("allocated")?,
+                    problem: text(ipam, "problem"),
+                }
+            },
             connections_established: value
                 .get("connections_established")
                 .and_then(Value::as_u64)
@@ -468,6 +657,75 @@ impl Status {
             .filter(|peer| peer.state == "established")
             .map(|peer| peer.name.as_deref().unwrap_or("<established without a name>"))
             .collect()
+    }
+}
+
+/// What the tests read from `weft ipam --json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Ring {
+    /// (first, last, owner), in address order.
+    ranges: Vec<(String, String, String)>,
+    /// The peer names of the routers that own space.
+    owners: BTreeSet<String>,
+    /// (removed router, state, heir) for each reclaim.
+    reclaims: Vec<(String, String, Option<String>)>,
+}
+
+impl Ring {
+    fn parse(json: &str) -> Self {
+        let value: Value =
+            serde_json::from_str(json).unwrap_or_else(|err| panic!("weft ipam --json is not JSON ({err}): {json}"));
+        let list = |key: &str| {
+            value
+                .get(key)
+                .and_then(Value::as_array)
+                .unwrap_or_else(|| panic!("weft ipam --json has no {key}: {json}"))
+        };
+        let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        let must = |v: &Value, k: &str| text(v, k).unwrap_or_else(|| panic!("no {k} in {v} of {json}"));
+        Self {
+            ranges: list("ranges")
+                .iter()
+                .map(|r| (must(r, "first"), must(r, "last"), must(r, "owner")))
+                .collect(),
+            owners: list("owners").iter().map(|o| must(o, "name")).collect(),
+            reclaims: list("reclaims")
+                .iter()
+                .map(|r| (must(r, "name"), must(r, "state"), text(r, "heir")))
+                .collect(),
+        }
+    }
+
+    /// The owners of the ranges that overlap `first..=last`.
+    fn owners_within(&self, first: &str, last: &str) -> BTreeSet<&str> {
+        let ip = |addr: &str| addr.parse::<Ipv4Addr>().unwrap_or_else(|err| panic!("{addr}: {err}"));
+        let (first, last) = (ip(first), ip(last));
+        self.ranges
+            .iter()
+            .filter(|(f, l, _)| ip(f) <= last && first <= ip(l))
+            .map(|(_, _, owner)| owner.as_str())
+            .collect()
+    }
+
+    /// Whether `name` owns any range.
+    fn owns(&self, name: &str) -> bool {
+        self.ranges.iter().any(|(_, _, owner)| owner == name)
+    }
+}
+
+/// Polls every router's ring until they are all equal (in ranges and owners) and `done` holds for it; panics
+/// after `timeout` with the last rings seen.
+fn wait_for_rings(routers: &[&Router<'_>], timeout: Duration, what: &str, mut done: impl FnMut(&Ring) -> bool) {
+    let mut last = Vec::new();
+    let waited = wait_until(timeout, what, || {
+        last = routers.iter().map(|r| (r.nickname.as_str(), r.ring())).collect();
+        let (_, first) = &last[0];
+        last.iter()
+            .all(|(_, ring)| ring.ranges == first.ranges && ring.owners == first.owners)
+            && done(first)
+    });
+    if let Err(err) = waited {
+        panic!("{err} (all rings equal); last rings: {last:#?}");
     }
 }
 
