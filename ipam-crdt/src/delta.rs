@@ -34,7 +34,9 @@
 //! wider or narrower than the owner did; they are advisory everywhere except
 //! on the owner, which recomputes its own from its allocations.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
 
 use crate::peer::PeerName;
 use crate::replica::{MergeOutcome, Replica};
@@ -93,55 +95,185 @@ impl Ring {
         h
     }
 
-    /// What changed since `base`, an earlier state of this replica's ring:
-    /// every entry that differs, with the entries before and after it, and
-    /// the new members. `None` when only the whole ring will do: `base` is of
-    /// another ring, the reclaim records changed, a token was dropped, or the
-    /// delta would carry most of the ring anyway.
-    pub fn delta_since(&self, base: &Self) -> Option<Delta> {
-        if self.pool != base.pool || self.seeds != base.seeds || self.removals != base.removals {
+    /// A flat copy of what [`Ring::changes_since`] compares, much cheaper to
+    /// take and keep than a clone of the ring.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            pool: self.pool,
+            seeds: self.seeds.len(),
+            entries: self.entries.iter().map(|(t, e)| (*t, *e)).collect(),
+            members: self.members.iter().copied().collect(),
+            removals: self.removals.clone(),
+        }
+    }
+
+    /// What changed since `base`, a snapshot of an earlier state of this
+    /// replica's ring: every entry that differs, with the entries before and
+    /// after it, and the new members. `None` when only the whole ring will
+    /// do: `base` is of another ring, the reclaim records changed, a token
+    /// was dropped, or the delta would carry most of the ring anyway.
+    pub fn delta_since(&self, base: &Snapshot) -> Option<Delta> {
+        let changed = self.changes_since(base)?;
+        let tokens: Vec<u128> = changed.iter().map(|s| s.token).collect();
+        let mut delta = self.delta_of(&tokens);
+        if delta.spans.len() * 2 > self.entries.len().max(8) {
             return None;
         }
-        if base.entries.keys().any(|t| !self.entries.contains_key(t)) {
+        // Members only grow, so equal counts mean equal sets.
+        if self.members.len() != base.members.len() {
+            delta
+                .members
+                .extend(self.members.iter().filter(|m| base.members.binary_search(m).is_err()));
+        }
+        Some(delta)
+    }
+
+    /// The stamps of the entries that changed since `base`, a snapshot of an
+    /// earlier state of this replica's ring (what an announcement lists).
+    /// `None` when only the whole ring will do, as for [`Ring::delta_since`].
+    pub fn changes_since(&self, base: &Snapshot) -> Option<Vec<Stamp>> {
+        if self.pool != base.pool || self.seeds.len() != base.seeds || self.removals != base.removals {
             return None;
         }
-        let spans: Vec<(u128, u128, &Entry)> = self.spans().collect();
-        let mut include = vec![false; spans.len()];
-        let mut any = false;
-        for (i, (t, _, e)) in spans.iter().enumerate() {
-            if base.entries.get(t) != Some(*e) {
-                any = true;
-                let last = (i + 1).min(spans.len() - 1);
-                include[i.saturating_sub(1)..=last].fill(true);
+        // Both are sorted: compare them in one walk. Tokens only appear
+        // (split) unless dropped by a takeover, which changes the removals.
+        let mut changed = Vec::new();
+        let mut old = base.entries.iter().peekable();
+        for (t, e) in &self.entries {
+            if old.next_if(|(b, _)| b < t).is_some() {
+                return None; // a base token is gone
+            }
+            if old.next_if(|(b, be)| b == t && be == e).is_none() {
+                old.next_if(|(b, _)| b == t);
+                changed.push(Stamp {
+                    token: *t,
+                    epoch: e.epoch,
+                    version: e.version,
+                });
             }
         }
-        let mut members: BTreeSet<PeerName> = self.members.difference(&base.members).copied().collect();
-        if !any {
-            return Some(Delta {
-                origin: self.origin_hash(),
-                spans: Vec::new(),
-                members,
-            });
-        }
-        let picked: Vec<(u128, u128, Entry)> = spans
-            .iter()
-            .zip(&include)
-            .filter(|(_, inc)| **inc)
-            .map(|((s, e, entry), _)| (*s, *e, **entry))
-            .collect();
-        if picked.len() * 2 > spans.len().max(8) {
+        if old.next().is_some() {
             return None;
         }
-        for (_, _, e) in &picked {
-            members.insert(e.owner);
-            members.insert(e.writer);
-        }
-        Some(Delta {
-            origin: self.origin_hash(),
-            spans: picked,
-            members,
-        })
+        Some(changed)
     }
+
+    /// Whether ownership moved since `base` (a snapshot of an earlier state
+    /// of this replica's ring): a token appeared or went, or an entry changed
+    /// owner or epoch. Otherwise only advertised free counts changed
+    /// (allocations and releases), which other routers use only to choose a
+    /// donor.
+    pub fn owners_changed_since(&self, base: &Snapshot) -> bool {
+        self.entries.len() != base.entries.len()
+            || self.removals != base.removals
+            || self
+                .entries
+                .iter()
+                .zip(&base.entries)
+                .any(|((t, e), (bt, be))| t != bt || e.owner != be.owner || e.epoch != be.epoch)
+    }
+
+    /// Of `stamps` (another replica's announcement), the tokens where that
+    /// replica's entry is newer than ours: what to ask it for.
+    pub fn newer_elsewhere<'a>(&'a self, stamps: &'a [Stamp]) -> impl Iterator<Item = u128> + 'a {
+        stamps
+            .iter()
+            .filter(|s| {
+                self.entries
+                    .get(&s.token)
+                    .is_none_or(|e| e.stamp() < (s.epoch, s.version))
+            })
+            .map(|s| s.token)
+    }
+
+    /// Of our entries, those newer here than in `stamps` (another replica's
+    /// whole list, in token order) or missing there.
+    pub fn newer_here(&self, stamps: &[Stamp]) -> Vec<Stamp> {
+        let mut theirs = stamps.iter().peekable();
+        let mut out = Vec::new();
+        for (t, e) in &self.entries {
+            while theirs.next_if(|s| s.token < *t).is_some() {}
+            let older_there = match theirs.peek() {
+                Some(s) if s.token == *t => (s.epoch, s.version) < e.stamp(),
+                _ => true,
+            };
+            if older_there {
+                out.push(Stamp {
+                    token: *t,
+                    epoch: e.epoch,
+                    version: e.version,
+                });
+            }
+        }
+        out
+    }
+
+    /// Every entry's stamp, in token order (a digest of the entries).
+    pub fn stamps(&self) -> Vec<Stamp> {
+        self.entries
+            .iter()
+            .map(|(t, e)| Stamp {
+                token: *t,
+                epoch: e.epoch,
+                version: e.version,
+            })
+            .collect()
+    }
+
+    /// A delta carrying the entries at `tokens` (those that exist here),
+    /// each with the entries before and after it.
+    pub fn delta_of(&self, tokens: &[u128]) -> Delta {
+        let mut starts = BTreeSet::new();
+        for t in tokens {
+            if !self.entries.contains_key(t) {
+                continue;
+            }
+            starts.insert(*t);
+            if let Some((p, _)) = self.entries.range(..*t).next_back() {
+                starts.insert(*p);
+            }
+            if let Some((n, _)) = self.entries.range(t + 1..).next() {
+                starts.insert(*n);
+            }
+        }
+        let mut members = BTreeSet::new();
+        let spans = starts
+            .into_iter()
+            .map(|s| {
+                let e = self.entries[&s];
+                members.insert(e.owner);
+                members.insert(e.writer);
+                (s, self.end_of(s), e)
+            })
+            .collect();
+        Delta {
+            origin: self.origin_hash(),
+            spans,
+            members,
+        }
+    }
+}
+
+/// A ring's entries, members and reclaim records at one moment: the base
+/// of the next announcement ([`Ring::snapshot`]).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Snapshot {
+    pool: crate::pool::Pool,
+    seeds: usize,
+    entries: Vec<(u128, Entry)>,
+    members: Vec<PeerName>,
+    removals: BTreeMap<PeerName, crate::ring::Removal>,
+}
+
+/// An entry's token and stamp, as announcements list them.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+pub struct Stamp {
+    /// The entry's token (offset into the pool).
+    pub token: u128,
+    /// Its takeover epoch.
+    pub epoch: u32,
+    /// Its version within the epoch.
+    pub version: u64,
 }
 
 impl Replica {
@@ -177,16 +309,16 @@ impl Replica {
                 )));
             }
         }
-        let mut kept: Vec<(u128, u128, Entry)> = delta.spans.clone();
-        let mut skipped = 0;
-        let part = loop {
-            let part = Ring {
-                pool,
-                seeds: ring.seeds.clone(),
-                entries: kept.iter().map(|(s, _, e)| (*s, *e)).collect(),
-                members: delta.members.clone(),
-                removals: Default::default(),
-            };
+        let ends: BTreeMap<u128, u128> = delta.spans.iter().map(|(s, e, _)| (*s, *e)).collect();
+        let mut part = Ring {
+            pool,
+            seeds: ring.seeds.clone(),
+            entries: delta.spans.iter().map(|(s, _, e)| (*s, *e)).collect(),
+            members: delta.members.clone(),
+            removals: Default::default(),
+        };
+        let mut skipped = Vec::new();
+        loop {
             let plan = ring.plan_merge(&part)?;
             // Tokens of the merged view near each applied span: ours (less any
             // dropped) and the new ones the plan inserts.
@@ -200,25 +332,28 @@ impl Replica {
                 let theirs = applied.iter().copied().find(|t| *t > s);
                 [ours, theirs].into_iter().flatten().min().unwrap_or(pool.size())
             };
-            let ends: Vec<(u128, u128)> = kept.iter().map(|(s, e, _)| (*s, *e)).collect();
-            let placed = |s: u128, end: u128| {
+            let placed = |s: u128| {
                 let comes_with_predecessor = ring.entries.contains_key(&s)
-                    || ends
-                        .iter()
-                        .any(|(ps, pe)| *pe == s && applied.binary_search(ps).is_ok());
-                next_after(s) == end && comes_with_predecessor
+                    || part
+                        .entries
+                        .range(..s)
+                        .next_back()
+                        .is_some_and(|(p, _)| ends[p] == s && applied.binary_search(p).is_ok());
+                next_after(s) == ends[&s] && comes_with_predecessor
             };
-            let before = kept.len();
-            kept.retain(|(s, end, _)| applied.binary_search(s).is_err() || placed(*s, *end));
-            if kept.len() == before {
-                drop(plan);
-                break part;
+            let unplaced: Vec<u128> = applied.iter().copied().filter(|s| !placed(*s)).collect();
+            if unplaced.is_empty() {
+                let mut out = self.merge_planned(&part, Some(plan))?;
+                skipped.sort_unstable();
+                out.skipped = skipped;
+                return Ok(out);
             }
-            skipped += before - kept.len();
-        };
-        let mut out = self.merge(&part)?;
-        out.skipped = skipped;
-        Ok(out)
+            drop(plan);
+            for t in unplaced {
+                part.entries.remove(&t);
+                skipped.push(t);
+            }
+        }
     }
 }
 
@@ -260,7 +395,7 @@ mod tests {
     #[test]
     fn an_allocation_travels_as_a_small_delta_and_merges_like_the_ring() {
         let mut r = replicas(3);
-        let base = r[0].ring().unwrap().clone();
+        let base = r[0].ring().unwrap().snapshot();
         r[0].allocate(key(1), Request::Any).unwrap();
         let d = r[0].ring().unwrap().delta_since(&base).unwrap();
         // The changed entry and its two neighbours.
@@ -280,7 +415,7 @@ mod tests {
         let mut r = replicas(2);
         let mut newcomer = Replica::new(p(9));
         let _ = newcomer.merge(r[0].ring().unwrap()).unwrap();
-        let base = r[0].ring().unwrap().clone();
+        let base = r[0].ring().unwrap().snapshot();
         let given = r[0].donate(p(9), Want::Any).unwrap();
         let d = r[0].ring().unwrap().delta_since(&base).unwrap();
         let out = newcomer.merge_delta(&d).unwrap();
@@ -297,7 +432,7 @@ mod tests {
         let _ = newcomer.merge(r[0].ring().unwrap()).unwrap();
         // r0 gives part of its range to a third router, which the newcomer never hears of...
         let _ = r[0].donate(p(8), Want::Any).unwrap();
-        let base = r[0].ring().unwrap().clone();
+        let base = r[0].ring().unwrap().snapshot();
         // ...then a part to the newcomer, ending where the third router's begins.
         let _ = r[0].donate(p(9), Want::Any).unwrap();
         let mut d = r[0].ring().unwrap().delta_since(&base).unwrap();
@@ -307,7 +442,7 @@ mod tests {
         let before = newcomer.clone();
         let out = newcomer.merge_delta(&d).unwrap();
         // Neither the gained range nor the shrunk one before it can be placed.
-        assert_eq!(out.skipped, 2);
+        assert_eq!(out.skipped.len(), 2);
         assert!(out.gained.is_empty());
         assert_eq!(newcomer.free(), 0);
         let ranges = |r: &Replica| r.ring().unwrap().ranges().collect::<Vec<_>>();
@@ -320,7 +455,7 @@ mod tests {
     #[test]
     fn reclaim_records_and_other_rings_need_the_whole_ring() {
         let mut r = replicas(3);
-        let base = r[0].ring().unwrap().clone();
+        let base = r[0].ring().unwrap().snapshot();
         let _ = r[0].begin_reclaim(p(3)).unwrap();
         assert_eq!(r[0].ring().unwrap().delta_since(&base), None);
         let other = Replica::create(p(1), pool(), &[p(1)]).unwrap();

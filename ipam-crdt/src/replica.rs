@@ -8,7 +8,7 @@ use ipnet::IpNet;
 
 use crate::peer::PeerName;
 use crate::pool::{AddrRange, Pool};
-use crate::ring::{CreateError, MergeError, ReclaimStatus, Removal, Ring, Taken, Vote};
+use crate::ring::{CreateError, MergeError, MergePlan, ReclaimStatus, Removal, Ring, Taken, Vote};
 use crate::space::Space;
 
 /// One router's view of the ring and its own allocations. Pure state: no I/O,
@@ -178,9 +178,10 @@ pub struct MergeOutcome {
     pub gained: Vec<AddrRange>,
     /// Removed routers whose ranges this router took as heir.
     pub reclaimed: Vec<PeerName>,
-    /// Spans of a [`Delta`](crate::Delta) left out because this view could
-    /// not place them exactly; fetch the sender's whole ring.
-    pub skipped: usize,
+    /// Tokens of the spans of a [`Delta`](crate::Delta) left out because this
+    /// view could not place them exactly: pull them again once the rest
+    /// arrived, or fetch the sender's whole ring.
+    pub skipped: Vec<u128>,
 }
 
 impl Replica {
@@ -423,9 +424,23 @@ impl Replica {
     /// errors, refuses a ring that changes, splits or drops this router's own
     /// entries: only this router writes those.
     pub fn merge(&mut self, other: &Ring) -> Result<MergeOutcome, MergeError> {
+        let plan = match &self.ring {
+            Some(ring) => Some(ring.plan_merge(other)?),
+            None => None,
+        };
+        self.merge_planned(other, plan)
+    }
+
+    /// [`Replica::merge`] with the plan already made by `plan_merge` on this
+    /// replica's ring (`None`: make it here).
+    pub(crate) fn merge_planned(
+        &mut self,
+        other: &Ring,
+        plan: Option<MergePlan<'_>>,
+    ) -> Result<MergeOutcome, MergeError> {
         let me = self.me;
-        let (changed, arrived) = match &mut self.ring {
-            None => {
+        let (changed, arrived) = match (&mut self.ring, plan) {
+            (None, _) => {
                 let tokens = other
                     .entries
                     .iter()
@@ -435,8 +450,11 @@ impl Replica {
                 self.ring = Some(other.clone());
                 (true, tokens)
             }
-            Some(ring) => {
-                let plan = ring.plan_merge(other)?;
+            (Some(ring), plan) => {
+                let plan = match plan {
+                    Some(plan) => plan,
+                    None => ring.plan_merge(other)?,
+                };
                 let usable = |t: u128, owner: PeerName| owner == me && !self.deferred.contains(&t);
                 let mut tokens = Vec::new();
                 for (t, theirs) in &plan.entries {
@@ -505,7 +523,7 @@ impl Replica {
             changed: changed || voted,
             gained,
             reclaimed,
-            skipped: 0,
+            skipped: Vec::new(),
         })
     }
 

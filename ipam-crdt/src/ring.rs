@@ -395,7 +395,7 @@ impl Ring {
             Some(m) if m.stamp() >= theirs.stamp() => {}
             _ => entries.push((t, theirs)),
         };
-        if other.entries.len() * 16 < self.entries.len() {
+        if other.entries.len() * 8 < self.entries.len() {
             for (&t, theirs) in &other.entries {
                 compare(t, self.entries.get(&t), theirs);
             }
@@ -434,7 +434,16 @@ impl Ring {
         }
         dropped.sort_unstable();
         dropped.dedup();
-        let members = other.members.difference(&self.members).copied().collect();
+        let members = if other.members.len() * 8 < self.members.len() {
+            other
+                .members
+                .iter()
+                .filter(|m| !self.members.contains(m))
+                .copied()
+                .collect()
+        } else {
+            other.members.difference(&self.members).copied().collect()
+        };
         Ok(MergePlan {
             entries,
             removals,

@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use ipam_crdt::{AllocError, AllocKey, DecodeError, Delta, MergeError, PeerName, Pool, Replica, Request, Ring, Want};
+use ipam_crdt::{
+    AllocError, AllocKey, DecodeError, Delta, MergeError, PeerName, Pool, Replica, Request, Ring, Snapshot, Want,
+};
 use ipnet::IpNet;
 use proptest::prelude::*;
 
@@ -92,7 +94,7 @@ struct World {
     /// Ring states seen over the run, by replica.
     snapshots: Vec<(usize, Ring)>,
     /// Each replica's ring when it last announced (the base of its next delta).
-    announced: Vec<Option<Ring>>,
+    announced: Vec<Option<Snapshot>>,
     next: u64,
 }
 
@@ -137,7 +139,7 @@ impl World {
                 // The request/donate/merge round trip, done at once.
                 if let Err(AllocError::AskPeer { peer, want }) = res {
                     let d = (0..REPLICAS).find(|&i| name(i) == peer).unwrap();
-                    let before = self.reps[d].ring().unwrap().clone();
+                    let before = self.reps[d].ring().unwrap().snapshot();
                     if !self.dead[d] && self.reps[d].donate(name(r), want).is_ok() {
                         self.send_since(d, r, &before)?;
                         res = self.reps[r].allocate(key.clone(), req);
@@ -171,10 +173,10 @@ impl World {
                             .map_err(|e| TestCaseError::fail(format!("merge refused: {e}")))?;
                     }
                 }
-                self.announced[from] = Some(now);
+                self.announced[from] = Some(now.snapshot());
             }
             Op::Donate { from, to } if from != to && !self.dead[from] && !self.dead[to] => {
-                let before = self.reps[from].ring().unwrap().clone();
+                let before = self.reps[from].ring().unwrap().snapshot();
                 if self.reps[from].donate(name(to), Want::Any).is_ok() {
                     self.send_since(from, to, &before)?;
                 }
@@ -213,12 +215,12 @@ impl World {
     /// Sends `to` what `from` changed since `base` (an earlier state of its
     /// ring) as a delta through the wire form, as the router does; falls back to
     /// the whole ring when the delta cannot do, as the router does.
-    fn send_since(&mut self, from: usize, to: usize, base: &Ring) -> Result<(), TestCaseError> {
+    fn send_since(&mut self, from: usize, to: usize, base: &Snapshot) -> Result<(), TestCaseError> {
         let ring = self.reps[from].ring().unwrap().clone();
         if let Some(delta) = ring.delta_since(base) {
             let delta = Delta::decode(&delta.encode()).map_err(|e| TestCaseError::fail(e.to_string()))?;
             match self.reps[to].merge_delta(&delta) {
-                Ok(out) if out.skipped == 0 => return Ok(()),
+                Ok(out) if out.skipped.is_empty() => return Ok(()),
                 // The router fetches the whole ring when a delta could not be placed.
                 Ok(_) | Err(MergeError::NoRing) => {}
                 Err(e) => return Err(TestCaseError::fail(format!("delta refused: {e}"))),
@@ -379,7 +381,7 @@ proptest! {
         let mut donor = Replica::create(name(0), pool(), &[name(0), name(1)]).unwrap();
         let mut r = Replica::new(name(2));
         let _ = r.merge(donor.ring().unwrap()).unwrap();
-        let base = donor.ring().unwrap().clone();
+        let base = donor.ring().unwrap().snapshot();
         donor.allocate(AllocKey::new("c", "eth0").unwrap(), Request::Any).unwrap();
         let _ = donor.donate(name(2), Want::Any).unwrap();
         let mut bytes = donor.ring().unwrap().delta_since(&base).unwrap().encode();

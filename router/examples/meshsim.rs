@@ -1,11 +1,17 @@
-//! Deterministic simulation of N routers' mesh cores on virtual time.
+//! Deterministic simulation of N routers' control-plane cores (mesh and IPAM
+//! agent) on virtual time.
 //!
 //! ```text
 //! cargo run --release --example meshsim -- --routers 1000 --seed 1 [--loss 5] [--partition-secs 30]
+//!     [--init-peer-count N] [--allocs K]
 //! ```
 //!
 //! Routers launch one by one, each pointed (`weft launch PEER`) at a random
-//! router already running. Control connections are modelled as QUIC gives
+//! router already running. The IPAM ring is created as `weft launch` creates
+//! it: by consensus among `--init-peer-count` routers, by default the launch
+//! default (PEER arguments + 1, so the first router creates it alone). Every
+//! router allocates `--allocs` addresses as soon as it runs, and one more on
+//! each side of the partition while it lasts. Control connections are modelled as QUIC gives
 //! them: a dial succeeds after a round trip if the other router is up and
 //! reachable, else fails after a timeout; messages on a connection are
 //! reliable, delayed 2-20 ms, and at `--loss` percent each transmission is
@@ -14,9 +20,16 @@
 //! the routers in two for `--partition-secs` (connections across it time
 //! out after 5 s, dials across it fail) and heals.
 //!
+//! IPAM messages travel on the same connections (routed ones hop along
+//! `next_hops`, as the daemon forwards them). The shell's persistence step
+//! is skipped: nothing crashes here, so nothing needs the disk.
+//!
 //! The last output line is a JSON object: `converged` means every router
-//! knows every other with the same versions (equal summaries) and routes to
-//! all of them over confirmed connections. Exits 1 if not converged.
+//! knows every other with the same versions (equal summaries), routes to all
+//! of them over confirmed connections, and holds the same ring.
+//! `duplicate_addresses` counts addresses allocated by more than one router;
+//! `misplaced_addresses` those allocated outside the ring's ranges of their
+//! router. Exits 1 unless converged with none of either.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -24,18 +37,19 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use ipam_crdt::PeerName;
+use ipam_crdt::{AllocKey, PeerName, Pool, Request};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use weft_router::core::Time;
-use weft_router::core::mesh::{Config, ConnId, Failure, Mesh, Message};
+use weft_router::core::ipam_agent::{self, Agent, Dest, Init, IpamMsg, Progress};
+use weft_router::core::mesh::{Config, ConnId, Event, Failure, Mesh, Message};
 
 fn main() -> ExitCode {
     let args = match Args::parse(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(msg) => {
             eprintln!(
-                "meshsim: {msg}\nusage: meshsim --routers N --seed S [--loss PERCENT] [--partition-secs T] [--join-ms MS]"
+                "meshsim: {msg}\nusage: meshsim --routers N --seed S [--loss PERCENT] [--partition-secs T] [--join-ms MS] \\\n               [--init-peer-count N] [--allocs K]"
             );
             return ExitCode::from(2);
         }
@@ -54,9 +68,10 @@ fn main() -> ExitCode {
     sim.run_until(joined_at);
     let first = sim.run_until_converged(joined_at, Duration::from_secs(600));
     println!(
-        "meshsim: all joined at {:?}; views converged {}",
+        "meshsim: all joined at {:?}; views converged {} ({:.1} s run time)",
         joined_at,
-        first.map_or("never".into(), |t| format!("at {t:?}"))
+        first.map_or("never".into(), |t| format!("at {t:?}")),
+        started.elapsed().as_secs_f64()
     );
     let mut after_heal = None;
     if let Some(t) = first {
@@ -64,6 +79,11 @@ fn main() -> ExitCode {
         sim.run_until(split);
         sim.partition();
         println!("meshsim: partition at {split:?} for {} s", args.partition_secs);
+        // Allocation goes on on both sides.
+        sim.run_until(split + Duration::from_secs(args.partition_secs / 2));
+        for i in 0..sim.routers.len() {
+            sim.allocate(i);
+        }
         let heal = split + Duration::from_secs(args.partition_secs);
         sim.run_until(heal);
         sim.heal();
@@ -71,8 +91,9 @@ fn main() -> ExitCode {
             .run_until_converged(heal, Duration::from_secs(600))
             .map(|c| c.since(heal));
         println!(
-            "meshsim: healed at {heal:?}; converged {}",
-            after_heal.map_or("never".into(), |d| format!("{} ms later", d.as_millis()))
+            "meshsim: healed at {heal:?}; converged {} ({:.1} s run time)",
+            after_heal.map_or("never".into(), |d| format!("{} ms later", d.as_millis())),
+            started.elapsed().as_secs_f64()
         );
     }
     // Steady state: bytes over a quiet two minutes.
@@ -82,6 +103,13 @@ fn main() -> ExitCode {
     sim.run_until(from + window);
     let steady = (sim.bytes - bytes_before) as f64 / args.routers as f64 / window.as_secs_f64();
     let converged = first.is_some() && after_heal.is_some() && sim.converged();
+    let (duplicates, misplaced) = sim.address_check();
+    let converged = converged && duplicates == 0 && misplaced == 0;
+    let origins: std::collections::BTreeSet<String> = sim
+        .routers
+        .iter()
+        .filter_map(|r| r.agent.as_ref()?.replica().ring().map(|g| g.origin().to_string()))
+        .collect();
     let degrees: Vec<usize> = sim
         .routers
         .iter()
@@ -101,8 +129,13 @@ fn main() -> ExitCode {
         "messages": sim.messages,
         "max_degree": degrees.iter().max(),
         "mean_degree": degrees.iter().sum::<usize>() as f64 / degrees.len().max(1) as f64,
-        "duplicate_addresses": serde_json::Value::Null,
-        "ipam": "not simulated yet: IPAM over the mesh is the next part of this issue",
+        "ipam_bytes": sim.ipam_bytes,
+        "ipam_messages_and_bytes_by_kind": sim.ipam_kinds,
+        "rings": origins.len(),
+        "allocations": sim.allocations.len(),
+        "allocation_failures": sim.failures,
+        "duplicate_addresses": duplicates,
+        "misplaced_addresses": misplaced,
         "virtual_ms": sim.now.as_millis(),
         "elapsed_ms": started.elapsed().as_millis() as u64,
     });
@@ -120,6 +153,9 @@ struct Args {
     loss: f64,
     partition_secs: u64,
     join_ms: u64,
+    /// `--init-peer-count` of every router; `None` is the launch default.
+    init_peer_count: Option<usize>,
+    allocs: usize,
 }
 
 impl Args {
@@ -130,6 +166,8 @@ impl Args {
             loss: 0.0,
             partition_secs: 30,
             join_ms: 50,
+            init_peer_count: None,
+            allocs: 2,
         };
         let (mut routers, mut seed) = (None, None);
         while let Some(flag) = it.next() {
@@ -144,6 +182,8 @@ impl Args {
                 "--loss" => a.loss = v.parse().map_err(|_| "--loss takes a percentage, e.g. 5".to_owned())?,
                 "--partition-secs" => a.partition_secs = num(&v)?,
                 "--join-ms" => a.join_ms = num(&v)?,
+                "--init-peer-count" => a.init_peer_count = Some((num(&v)? as usize).max(1)),
+                "--allocs" => a.allocs = num(&v)? as usize,
                 _ => return Err(format!("unknown flag {flag}")),
             }
         }
@@ -163,6 +203,16 @@ struct Router {
     name: PeerName,
     addr: SocketAddr,
     mesh: Option<Mesh>,
+    agent: Option<Agent>,
+    /// `next_hops` of the topology, recomputed when first needed after a
+    /// change, at most every [`HOPS_EVERY`] (a breadth-first search over
+    /// 1,000 routers on every gossip merge would dominate the run).
+    hops: Option<BTreeMap<PeerName, PeerName>>,
+    hops_at: Time,
+    /// Routed IPAM messages waiting for a route, as the daemon keeps them.
+    unrouted: ipam_agent::Unrouted<IpamMsg>,
+    /// Allocations asked for so far.
+    asked: usize,
     group: u8,
     /// The wake-up currently scheduled.
     wake: Option<Time>,
@@ -183,6 +233,12 @@ enum Ev {
         to: usize,
         msg: Message,
     },
+    DeliverIpam {
+        conn: ConnId,
+        from: usize,
+        to: usize,
+        msg: IpamMsg,
+    },
     CutAcross,
 }
 
@@ -201,7 +257,17 @@ struct Sim {
     next_conn: u64,
     loss: f64,
     bytes: u64,
+    ipam_bytes: u64,
+    /// IPAM messages and bytes by kind.
+    ipam_kinds: BTreeMap<&'static str, (u64, u64)>,
     messages: u64,
+    init_peer_count: Option<usize>,
+    allocs: usize,
+    /// Acknowledged allocations: (router, key) -> address.
+    allocations: BTreeMap<(usize, String), std::net::IpAddr>,
+    /// Parked allocations: (router, ticket) -> key.
+    waiting: BTreeMap<(usize, ipam_agent::Ticket), String>,
+    failures: u64,
 }
 
 impl Sim {
@@ -212,6 +278,11 @@ impl Sim {
                 name: PeerName::from_u64(rng.random()),
                 addr: SocketAddr::from((Ipv4Addr::from(0x0a00_0000 + i as u32 + 1), 6783)),
                 mesh: None,
+                agent: None,
+                hops: None,
+                hops_at: Time::ZERO,
+                unrouted: ipam_agent::Unrouted::default(),
+                asked: 0,
                 group: 0,
                 wake: None,
             })
@@ -230,7 +301,14 @@ impl Sim {
             next_conn: 0,
             loss: args.loss / 100.0,
             bytes: 0,
+            ipam_bytes: 0,
+            ipam_kinds: BTreeMap::new(),
             messages: 0,
+            init_peer_count: args.init_peer_count,
+            allocs: args.allocs,
+            allocations: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            failures: 0,
         };
         for i in 0..args.routers {
             sim.at(Time::from_millis(i as u64 * args.join_ms), Ev::Launch(i));
@@ -276,10 +354,14 @@ impl Sim {
             return false;
         };
         let summary = first.topology().summary();
+        let Some(ring) = self.routers[0].agent.as_ref().and_then(|a| a.replica().ring()) else {
+            return false;
+        };
         self.routers.iter().all(|r| {
             r.mesh
                 .as_ref()
                 .is_some_and(|m| m.topology().len() == n && m.topology().summary() == summary)
+                && r.agent.as_ref().and_then(|a| a.replica().ring()) == Some(ring)
         }) && first.topology().next_hops().len() == n - 1
     }
 
@@ -289,18 +371,31 @@ impl Sim {
             Ev::Launch(i) => {
                 let r = &self.routers[i];
                 let seed = self.rng.random();
-                let mut mesh = Mesh::new(Config::default(), r.name, format!("r{i}"), vec![r.addr], now, seed);
-                if i > 0 {
+                let name = r.name;
+                let mut mesh = Mesh::new(Config::default(), name, format!("r{i}"), vec![r.addr], now, seed);
+                let peers = if i > 0 {
                     let j = self.rng.random_range(0..i);
                     mesh.connect(now, self.routers[j].addr);
-                }
+                    1
+                } else {
+                    0
+                };
+                let count = self.init_peer_count.unwrap_or(peers + 1);
+                let mut agent =
+                    Agent::new(name, pool(), Init::Consensus(count), None, now).expect("no saved state to mismatch");
+                agent.handle_topology(now, mesh.topology());
                 self.routers[i].mesh = Some(mesh);
+                self.routers[i].agent = Some(agent);
+                for _ in 0..self.allocs {
+                    self.allocate(i);
+                }
                 self.drain(i);
             }
             Ev::Wake(i) => {
                 if self.routers[i].wake == Some(now) {
                     self.routers[i].wake = None;
                     self.mesh(i).handle_timeout(now);
+                    self.agent(i).handle_timeout(now);
                     self.drain(i);
                 }
             }
@@ -309,6 +404,18 @@ impl Sim {
                 if self.links.contains_key(&conn) {
                     let name = self.routers[from].name;
                     self.mesh(to).handle_message(now, name, msg);
+                    self.drain(to);
+                }
+            }
+            Ev::DeliverIpam { conn, from, to, msg } => {
+                if self.links.contains_key(&conn) {
+                    match msg.destination() {
+                        Some(dest) if dest != self.routers[to].name => self.send_ipam(to, Dest::Routed(dest), msg),
+                        _ => {
+                            let name = self.routers[from].name;
+                            self.agent(to).handle_message(now, name, msg);
+                        }
+                    }
                     self.drain(to);
                 }
             }
@@ -383,16 +490,59 @@ impl Sim {
         self.drain(b);
     }
 
-    /// Carries out everything router `i`'s core asked for.
+    /// Carries out everything router `i`'s cores asked for.
     fn drain(&mut self, i: usize) {
         let now = self.now;
+        loop {
+            if let Some(init) = self.agent(i).take_announcement() {
+                self.mesh(i).set_ipam(now, init);
+            }
+            let mut more = false;
+            while let Some((dest, msg)) = self.agent(i).poll_transmit() {
+                self.send_ipam(i, dest, msg);
+            }
+            while let Some(event) = self.agent(i).poll_event() {
+                if let ipam_agent::Event::Allocated(ticket, result) = event {
+                    let key = self.waiting.remove(&(i, ticket)).expect("every ticket was recorded");
+                    self.record(i, key, result.map(|a| a.addr).ok());
+                }
+            }
+            while let Some(event) = self.mesh(i).poll_event() {
+                more = true;
+                match event {
+                    Event::Up(peer) => self.agent(i).neighbour_up(peer),
+                    Event::Down(peer) => self.agent(i).neighbour_down(peer),
+                    Event::TopologyChanged => {
+                        if now.since(self.routers[i].hops_at) >= HOPS_EVERY {
+                            self.routers[i].hops = None;
+                        }
+                        let r = &mut self.routers[i];
+                        let (mesh, agent) = (r.mesh.as_ref().expect("launched"), r.agent.as_mut().expect("launched"));
+                        agent.handle_topology(now, mesh.topology());
+                        if r.unrouted.waits_for_any(|p| mesh.topology().get(p).is_some()) {
+                            let hops = r.hops.get_or_insert_with(|| {
+                                r.hops_at = now;
+                                mesh.topology().next_hops()
+                            });
+                            for (to, msg) in r.unrouted.take_routable(now, |p| hops.contains_key(&p)) {
+                                self.send_ipam(i, Dest::Routed(to), msg);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if !more {
+                break;
+            }
+        }
         while let Some((to_name, msg)) = self.mesh(i).poll_transmit() {
             let Some(conn) = self.conn_between(i, to_name) else {
                 continue;
             };
             let (a, b) = self.links[&conn];
             let to = if a == i { b } else { a };
-            self.bytes += postcard::to_allocvec(&msg).expect("encodes").len() as u64 + FRAME_OVERHEAD;
+            self.bytes += encoded_len(&msg) + FRAME_OVERHEAD;
             self.messages += 1;
             let mut delay = Duration::from_millis(self.rng.random_range(2..=20));
             while self.rng.random_bool(self.loss) {
@@ -416,12 +566,139 @@ impl Sim {
                 },
             );
         }
-        while self.mesh(i).poll_event().is_some() {}
-        let next = self.mesh(i).poll_timeout().max(now + Duration::from_millis(1));
+        let next = self
+            .mesh(i)
+            .poll_timeout()
+            .min(self.agent(i).poll_timeout())
+            .max(now + Duration::from_millis(1));
         if self.routers[i].wake.is_none_or(|w| next < w) {
             self.routers[i].wake = Some(next);
             self.at(next, Ev::Wake(i));
         }
+    }
+
+    /// Sends an IPAM message from router `i` as the daemon does: to neighbours, or one hop
+    /// towards a routed destination.
+    fn send_ipam(&mut self, i: usize, dest: Dest, msg: IpamMsg) {
+        let now = self.now;
+        let dest_copy = dest.clone();
+        let targets: Vec<PeerName> = match dest {
+            Dest::Neighbour(p) => vec![p],
+            Dest::AllNeighbours => self.mesh(i).neighbours().collect(),
+            Dest::Routed(p) => {
+                if self.conn_between(i, p).is_some() {
+                    vec![p]
+                } else {
+                    let r = &mut self.routers[i];
+                    let mesh = r.mesh.as_ref().expect("launched");
+                    let hops = r.hops.get_or_insert_with(|| {
+                        r.hops_at = now;
+                        mesh.topology().next_hops()
+                    });
+                    hops.get(&p).copied().into_iter().collect()
+                }
+            }
+        };
+        if let (Dest::Routed(p), true) = (&dest_copy, targets.is_empty()) {
+            self.routers[i].unrouted.push(now, *p, msg);
+            return;
+        }
+        let size = encoded_len(&msg) + FRAME_OVERHEAD;
+        let kind = match &msg {
+            IpamMsg::Ring(_) => "ring",
+            IpamMsg::Delta(_) => "delta",
+            IpamMsg::Summary(_) => "summary",
+            IpamMsg::Ask { .. } => "ask",
+            IpamMsg::Gave { .. } => "gave",
+            IpamMsg::Fetch { .. } => "fetch",
+            IpamMsg::Have(_) => "have",
+            IpamMsg::Pull(_) => "pull",
+            IpamMsg::Digest { .. } => "digest",
+            IpamMsg::WantRing => "want_ring",
+        };
+        let tally = self.ipam_kinds.entry(kind).or_default();
+        tally.0 += targets.len() as u64;
+        tally.1 += size * targets.len() as u64;
+        for to_name in targets {
+            let Some(conn) = self.conn_between(i, to_name) else {
+                continue;
+            };
+            let (a, b) = self.links[&conn];
+            let to = if a == i { b } else { a };
+            self.bytes += size;
+            self.ipam_bytes += size;
+            self.messages += 1;
+            let delay = self.delay();
+            self.at(
+                now + delay,
+                Ev::DeliverIpam {
+                    conn,
+                    from: i,
+                    to,
+                    msg: msg.clone(),
+                },
+            );
+        }
+    }
+
+    fn delay(&mut self) -> Duration {
+        let mut delay = Duration::from_millis(self.rng.random_range(2..=20));
+        while self.rng.random_bool(self.loss) {
+            delay += Duration::from_millis(200);
+        }
+        delay
+    }
+
+    /// Router `i` asks for one more address.
+    fn allocate(&mut self, i: usize) {
+        let now = self.now;
+        self.routers[i].asked += 1;
+        let key = format!("r{i}-c{}", self.routers[i].asked);
+        let alloc_key = AllocKey::new(key.clone(), "eth0").expect("a valid key");
+        match self.agent(i).allocate(now, alloc_key, Request::Any) {
+            Ok(Progress::Done(a)) => self.record(i, key, Some(a.addr)),
+            Ok(Progress::Waiting(ticket)) => {
+                self.waiting.insert((i, ticket), key);
+            }
+            Err(_) => self.record(i, key, None),
+        }
+    }
+
+    fn record(&mut self, i: usize, key: String, addr: Option<std::net::IpAddr>) {
+        match addr {
+            Some(a) => {
+                self.allocations.insert((i, key), a);
+            }
+            None => self.failures += 1,
+        }
+    }
+
+    /// Addresses held by more than one router, and addresses held outside the
+    /// holder's ranges in router 0's ring. Every replica's own allocations are
+    /// read from the replica itself, not from the acknowledgements.
+    fn address_check(&self) -> (usize, usize) {
+        let mut holders: BTreeMap<std::net::IpAddr, usize> = BTreeMap::new();
+        let mut misplaced = 0;
+        let ring = self.routers[0].agent.as_ref().and_then(|a| a.replica().ring());
+        for r in &self.routers {
+            let Some(agent) = &r.agent else { continue };
+            for (_, addr) in agent.replica().allocations() {
+                *holders.entry(addr).or_default() += 1;
+                if ring.is_none_or(|g| g.owner_of(addr) != Some(r.name)) {
+                    misplaced += 1;
+                }
+            }
+        }
+        for ((i, key), addr) in &self.allocations {
+            let held = self.routers[*i]
+                .agent
+                .as_ref()
+                .and_then(|a| a.replica().lookup(&AllocKey::new(key.clone(), "eth0").expect("valid")));
+            if held != Some(*addr) {
+                misplaced += 1;
+            }
+        }
+        (holders.values().filter(|n| **n > 1).count(), misplaced)
     }
 
     fn conn_between(&self, i: usize, peer: PeerName) -> Option<ConnId> {
@@ -445,7 +722,28 @@ impl Sim {
     fn mesh(&mut self, i: usize) -> &mut Mesh {
         self.routers[i].mesh.as_mut().expect("only launched routers act")
     }
+
+    fn agent(&mut self, i: usize) -> &mut Agent {
+        self.routers[i].agent.as_mut().expect("only launched routers act")
+    }
 }
+
+/// The postcard length of a message, without encoding it.
+fn encoded_len<T: serde::Serialize>(msg: &T) -> u64 {
+    postcard::serialize_with_flavor::<T, postcard::ser_flavors::Size, usize>(
+        msg,
+        postcard::ser_flavors::Size::default(),
+    )
+    .expect("every message encodes") as u64
+}
+
+/// `weft launch`'s default `--ipalloc-range`.
+fn pool() -> Pool {
+    Pool::new("10.32.0.0/12".parse().expect("a valid CIDR")).expect("a valid pool")
+}
+
+/// How stale a router's cached routes may get.
+const HOPS_EVERY: Duration = Duration::from_millis(250);
 
 /// Length prefix and message type on a QUIC stream, roughly.
 const FRAME_OVERHEAD: u64 = 4;

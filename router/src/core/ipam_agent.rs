@@ -46,7 +46,7 @@ use std::time::Duration;
 use blake2::{Blake2s256, Digest};
 use ipam_crdt::{
     AllocError, AllocKey, Allocation, Delta, MergeError, MergeOutcome, PeerName, Pool, ReclaimError, ReclaimStatus,
-    Replica, Request, Ring, Want,
+    Replica, Request, Ring, Snapshot, Stamp, Want,
 };
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -59,6 +59,12 @@ use crate::config::PeerRef;
 /// Ring changes are announced at most this often.
 pub const BATCH: Duration = Duration::from_millis(200);
 
+/// Changes of free counts alone (allocations, releases) are announced at
+/// most this often: other routers use them only to choose a donor, and at
+/// 1,000 routers announcing each allocation at once would make every
+/// allocation cross the whole mesh. Ownership changes go out after [`BATCH`].
+pub const FREE_COUNTS_EVERY: Duration = Duration::from_secs(5);
+
 /// How often a ring summary goes to one neighbour.
 pub const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
@@ -70,6 +76,22 @@ pub const RING_WAIT: Duration = Duration::from_secs(30);
 
 /// Most routers one allocation asks for space.
 pub const MAX_ASKS: usize = 4;
+
+/// How many neighbours hear each announcement of changed entries (as the
+/// topology's gossip fanout).
+pub const FANOUT: usize = 4;
+
+/// How long an entry pulled from one neighbour is not pulled from another.
+pub const PULL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long after a delta that could not be placed its entries are pulled again.
+pub const REPULL_AFTER: Duration = Duration::from_millis(500);
+
+/// How long a routed message waits for a route ([`Unrouted`]).
+pub const ROUTE_WAIT: Duration = ASK_TIMEOUT;
+
+/// Most routed messages waiting for a route ([`Unrouted`]).
+pub const MAX_UNROUTED: usize = 1024;
 
 /// An IPAM message between routers (inside [`ControlMsg::Ipam`](super::wire::ControlMsg)).
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -113,6 +135,20 @@ pub enum IpamMsg {
         /// The donor.
         to: PeerName,
     },
+    /// The entries that changed in the sender's ring: pull those newer than yours.
+    Have(Vec<Stamp>),
+    /// The entries the sender wants (answered with a [`IpamMsg::Delta`]).
+    Pull(Vec<u128>),
+    /// Every entry's stamp, in answer to a [`IpamMsg::Summary`] that
+    /// differs: pull what is newer, announce what is older.
+    Digest {
+        /// The sender's ring hash.
+        hash: u64,
+        /// Its entries' stamps, in token order.
+        stamps: Vec<Stamp>,
+    },
+    /// Send your whole ring (the sender has none, or could not place a delta).
+    WantRing,
 }
 
 /// Ring state inside a [`IpamMsg::Gave`].
@@ -131,7 +167,13 @@ impl IpamMsg {
     pub fn destination(&self) -> Option<PeerName> {
         match self {
             Self::Ask { to, .. } | Self::Gave { to, .. } | Self::Fetch { to, .. } => Some(*to),
-            Self::Ring(_) | Self::Summary(_) | Self::Delta(_) => None,
+            Self::Ring(_)
+            | Self::Summary(_)
+            | Self::Delta(_)
+            | Self::Have(_)
+            | Self::Pull(_)
+            | Self::Digest { .. }
+            | Self::WantRing => None,
         }
     }
 
@@ -312,10 +354,24 @@ pub struct Agent {
     replica: Replica,
     /// The replica changed since the last [`Agent::take_persist`].
     dirty: bool,
+    /// [`ring_hash`] of the current ring, cleared by every change (which
+    /// also sets `dirty`, as every change must be persisted).
+    hash: Option<u64>,
     /// When the pending ring announcement goes out.
     announce_at: Option<Time>,
     /// The ring as last announced: the base of the next delta.
-    announced: Option<Ring>,
+    announced: Option<Snapshot>,
+    /// When the last announcement went out.
+    announced_at: Time,
+    /// Rotates which neighbours hear the next announcement.
+    announce_turn: usize,
+    /// Entries pulled from a neighbour and when, so that one change
+    /// announced by several neighbours is pulled once.
+    pulled: BTreeMap<u128, ((u32, u64), Time)>,
+    /// Pulls to repeat (a delta could not be placed yet): when, from whom, which tokens.
+    repull: Vec<(Time, PeerName, Vec<u128>)>,
+    /// Tokens pulled again, and when.
+    repulled: BTreeMap<u128, Time>,
     next_summary: Time,
     neighbours: BTreeSet<PeerName>,
     summary_turn: usize,
@@ -369,8 +425,14 @@ impl Agent {
             init,
             replica,
             dirty: false,
+            hash: None,
             announce_at: None,
             announced: None,
+            announced_at: now,
+            announce_turn: 0,
+            pulled: BTreeMap::new(),
+            repull: Vec::new(),
+            repulled: BTreeMap::new(),
             next_summary: now + SUMMARY_EVERY,
             neighbours: BTreeSet::new(),
             summary_turn: 0,
@@ -454,6 +516,9 @@ impl Agent {
         for p in self.parked.values() {
             t = t.min(p.until);
         }
+        for r in &self.repull {
+            t = t.min(r.0);
+        }
         t
     }
 
@@ -477,7 +542,7 @@ impl Agent {
                 Ok(r) => {
                     self.replica = r;
                     self.waiting_for = None;
-                    self.dirty = true;
+                    self.mutated();
                     self.events.push_back(Event::Created(seeds));
                     self.schedule_announce(now);
                     self.retry_parked(now);
@@ -501,12 +566,14 @@ impl Agent {
         }
     }
 
-    /// A neighbour connected: it gets our ring at once.
+    /// A neighbour connected: it gets our ring hash at once, or a request
+    /// for its ring if we have none. Routers that already agree exchange
+    /// 8 bytes; others compare digests and pull what differs.
     pub fn neighbour_up(&mut self, peer: PeerName) {
         self.neighbours.insert(peer);
-        if let Some(ring) = self.replica.ring() {
-            self.out
-                .push_back((Dest::Neighbour(peer), IpamMsg::Ring(ring.encode())));
+        match self.ring_hash() {
+            Some(hash) => self.out.push_back((Dest::Neighbour(peer), IpamMsg::Summary(hash))),
+            None => self.ask_for_ring(peer),
         }
     }
 
@@ -597,9 +664,17 @@ impl Agent {
         match msg {
             IpamMsg::Ring(bytes) => self.handle_ring(now, from, &bytes),
             IpamMsg::Summary(hash) => {
-                if let Some(ring) = self.replica.ring()
-                    && ring_hash(ring) != hash
+                if let Some(mine) = self.ring_hash()
+                    && mine != hash
                 {
+                    let stamps = self.replica.ring().expect("hashed above").stamps();
+                    self.out
+                        .push_back((Dest::Neighbour(from), IpamMsg::Digest { hash: mine, stamps }));
+                }
+            }
+            IpamMsg::Digest { hash, stamps } => self.handle_digest(now, from, hash, &stamps),
+            IpamMsg::WantRing => {
+                if let Some(ring) = self.replica.ring() {
                     self.out
                         .push_back((Dest::Neighbour(from), IpamMsg::Ring(ring.encode())));
                 }
@@ -619,6 +694,14 @@ impl Agent {
             } if to == self.me => self.handle_gave(now, id, donor, refused, update),
             IpamMsg::Delta(bytes) => {
                 let _ = self.handle_delta(now, from, &bytes);
+            }
+            IpamMsg::Have(stamps) => self.handle_have(now, from, &stamps),
+            IpamMsg::Pull(tokens) => {
+                if let Some(ring) = self.replica.ring() {
+                    let delta = ring.delta_of(&tokens);
+                    self.out
+                        .push_back((Dest::Neighbour(from), IpamMsg::Delta(delta.encode())));
+                }
             }
             IpamMsg::Fetch { id, from: asker, to } if to == self.me => {
                 let update = self
@@ -642,20 +725,38 @@ impl Agent {
 
     /// Timers: announcements, summaries, parked allocations' deadlines.
     pub fn handle_timeout(&mut self, now: Time) {
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.repull).into_iter().partition(|r| r.0 <= now);
+        self.repull = later;
+        for (_, peer, tokens) in due {
+            if self.neighbours.contains(&peer) {
+                self.out.push_back((Dest::Neighbour(peer), IpamMsg::Pull(tokens)));
+            }
+        }
         if self.announce_at.is_some_and(|t| t <= now) {
             self.announce_at = None;
-            self.announce();
+            let free_counts_only = match (self.replica.ring(), &self.announced) {
+                (Some(ring), Some(base)) => !ring.owners_changed_since(base),
+                _ => false,
+            };
+            let due = self.announced_at + FREE_COUNTS_EVERY;
+            if free_counts_only && now < due {
+                self.announce_at = Some(due);
+            } else {
+                self.announced_at = now;
+                self.announce();
+            }
         }
         if self.next_summary <= now {
             self.next_summary = now + SUMMARY_EVERY;
-            if let Some(ring) = self.replica.ring()
-                && !self.neighbours.is_empty()
+            self.pulled.retain(|_, (_, at)| now.since(*at) <= PULL_TIMEOUT);
+            self.repulled.retain(|_, at| now.since(*at) <= PULL_TIMEOUT);
+            if !self.neighbours.is_empty()
+                && let Some(hash) = self.ring_hash()
             {
                 let i = self.summary_turn % self.neighbours.len();
                 self.summary_turn = self.summary_turn.wrapping_add(1);
                 let peer = *self.neighbours.iter().nth(i).expect("index is in range");
-                self.out
-                    .push_back((Dest::Neighbour(peer), IpamMsg::Summary(ring_hash(ring))));
+                self.out.push_back((Dest::Neighbour(peer), IpamMsg::Summary(hash)));
             }
         }
         let expired: Vec<Ticket> = self
@@ -691,7 +792,7 @@ impl Agent {
     fn set_init(&mut self, init: IpamInit) {
         if init != self.init_state {
             self.init_state = init;
-            self.dirty = true;
+            self.mutated();
             self.announce_init = true;
         }
     }
@@ -774,7 +875,7 @@ impl Agent {
                 Ok(r) => {
                     self.replica = r;
                     self.waiting_for = None;
-                    self.dirty = true;
+                    self.mutated();
                     self.events.push_back(Event::Created(seeds));
                     self.set_init(IpamInit {
                         has_ring: true,
@@ -890,9 +991,14 @@ impl Agent {
                     });
                     self.retry_parked(now);
                 }
-                // Ours holds something theirs lacks: answer, so both end equal.
+                // Ours holds something theirs lacks: announce the entries
+                // (it pulls them), or send the ring if only reclaim records
+                // or members differ.
                 let mine = self.replica.ring().expect("merged");
-                if *mine != ring {
+                let ours = mine.newer_here(&ring.stamps());
+                if !ours.is_empty() && mine.reclaims() == ring.reclaims() {
+                    self.out.push_back((Dest::Neighbour(from), IpamMsg::Have(ours)));
+                } else if *mine != ring {
                     self.out
                         .push_back((Dest::Neighbour(from), IpamMsg::Ring(mine.encode())));
                 }
@@ -902,7 +1008,7 @@ impl Agent {
     }
 
     fn handle_ask(&mut self, now: Time, id: u64, asker: PeerName, want: Want) {
-        let before = self.replica.ring().cloned();
+        let before = self.replica.ring().map(Ring::snapshot);
         let (refused, update) = match self.replica.donate(asker, want) {
             Ok(_) => {
                 self.changed(now);
@@ -940,7 +1046,9 @@ impl Agent {
                 self.handle_ring(now, donor, &bytes);
                 true
             }
-            Update::Delta(bytes) => self.handle_delta(now, donor, &bytes).is_some_and(|o| o.skipped == 0),
+            Update::Delta(bytes) => self
+                .handle_delta(now, donor, &bytes)
+                .is_some_and(|o| o.skipped.is_empty()),
             Update::Nothing => true,
         };
         let Some((&ticket, _)) = self.parked.iter().find(|(_, p)| p.asked.is_some_and(|(i, _)| i == id)) else {
@@ -987,8 +1095,22 @@ impl Agent {
                         reclaimed: out.reclaimed.clone(),
                     });
                 }
-                if out.skipped > 0 {
-                    self.ask_for_ring(from);
+                if !out.skipped.is_empty() {
+                    // What is missing is usually a change pulled from another
+                    // neighbour and still on its way: pull again shortly, and
+                    // fetch the whole ring only if that fails too.
+                    let again = out
+                        .skipped
+                        .iter()
+                        .any(|t| self.repulled.get(t).is_some_and(|at| now.since(*at) <= PULL_TIMEOUT));
+                    if again {
+                        self.ask_for_ring(from);
+                    } else {
+                        for t in &out.skipped {
+                            self.repulled.insert(*t, now);
+                        }
+                        self.repull.push((now + REPULL_AFTER, from, out.skipped.clone()));
+                    }
                 }
                 Some(out)
             }
@@ -1003,37 +1125,194 @@ impl Agent {
         }
     }
 
-    /// Sends `peer` our ring hash (0 without a ring): it answers with its
-    /// whole ring, as its hash differs.
-    fn ask_for_ring(&mut self, peer: PeerName) {
-        let hash = self.replica.ring().map_or(0, ring_hash);
-        self.out.push_back((Dest::Neighbour(peer), IpamMsg::Summary(hash)));
+    /// An announcement from `from`: pull the entries newer there, unless
+    /// another neighbour was asked for them moments ago.
+    fn handle_have(&mut self, now: Time, from: PeerName, stamps: &[Stamp]) {
+        let Some(ring) = self.replica.ring() else {
+            self.ask_for_ring(from);
+            return;
+        };
+        let mut want = Vec::new();
+        for s in stamps {
+            if ring.newer_elsewhere(std::slice::from_ref(s)).next().is_none() {
+                continue;
+            }
+            let asked = self
+                .pulled
+                .get(&s.token)
+                .is_some_and(|(stamp, at)| *stamp >= (s.epoch, s.version) && now.since(*at) <= PULL_TIMEOUT);
+            if !asked {
+                self.pulled.insert(s.token, ((s.epoch, s.version), now));
+                want.push(s.token);
+            }
+        }
+        if !want.is_empty() {
+            self.out.push_back((Dest::Neighbour(from), IpamMsg::Pull(want)));
+        }
     }
 
-    /// Sends every neighbour what changed since the last announcement.
+    /// Asks `peer` for its whole ring.
+    fn ask_for_ring(&mut self, peer: PeerName) {
+        self.out.push_back((Dest::Neighbour(peer), IpamMsg::WantRing));
+    }
+
+    /// `from`'s digest, sent because our hashes differ: pull what is newer
+    /// there, announce to it what is newer here, and if the entries agree
+    /// but the rings do not (reclaim records or members differ), send the
+    /// whole ring.
+    fn handle_digest(&mut self, now: Time, from: PeerName, hash: u64, stamps: &[Stamp]) {
+        let Some(ring) = self.replica.ring() else {
+            self.ask_for_ring(from);
+            return;
+        };
+        let want: Vec<u128> = ring.newer_elsewhere(stamps).collect();
+        let ours = ring.newer_here(stamps);
+        if !want.is_empty() {
+            for s in stamps.iter().filter(|s| want.binary_search(&s.token).is_ok()) {
+                self.pulled.insert(s.token, ((s.epoch, s.version), now));
+            }
+            self.out.push_back((Dest::Neighbour(from), IpamMsg::Pull(want)));
+        }
+        if !ours.is_empty() {
+            self.out.push_back((Dest::Neighbour(from), IpamMsg::Have(ours)));
+        } else if self.ring_hash().is_some_and(|mine| mine != hash) && self.pulled_nothing(stamps) {
+            let ring = self.replica.ring().expect("checked above").encode();
+            self.out.push_back((Dest::Neighbour(from), IpamMsg::Ring(ring)));
+        }
+    }
+
+    /// Whether no entry of `stamps` is newer than ours.
+    fn pulled_nothing(&self, stamps: &[Stamp]) -> bool {
+        self.replica
+            .ring()
+            .is_none_or(|r| r.newer_elsewhere(stamps).next().is_none())
+    }
+
+    /// [`ring_hash`] of our ring, computed once per change.
+    fn ring_hash(&mut self) -> Option<u64> {
+        if self.hash.is_none() {
+            self.hash = self.replica.ring().map(ring_hash);
+        }
+        self.hash
+    }
+
+    /// The replica changed: it must be persisted, and its hash is stale.
+    fn mutated(&mut self) {
+        self.dirty = true;
+        self.hash = None;
+    }
+
+    /// Tells every neighbour which entries changed since the last
+    /// announcement; each pulls those it lacks, so a change crosses each
+    /// router once, not once per neighbour. The whole ring goes instead when
+    /// the reclaim records changed.
     fn announce(&mut self) {
         let Some(ring) = self.replica.ring() else { return };
-        let msg = match self.announced.as_ref().and_then(|base| ring.delta_since(base)) {
-            Some(d) if d.is_empty() => None,
-            Some(d) => Some(IpamMsg::Delta(d.encode())),
+        let base = self.announced.as_ref();
+        let msg = match base.and_then(|b| Some((b, ring.changes_since(b)?))) {
             None => Some(IpamMsg::Ring(ring.encode())),
+            Some((_, stamps)) if !stamps.is_empty() => Some(IpamMsg::Have(stamps)),
+            // Only members grew (a merged ring named routers that own nothing now).
+            Some((b, _)) => ring
+                .delta_since(b)
+                .filter(|d| !d.is_empty())
+                .map(|d| IpamMsg::Delta(d.encode())),
         };
-        self.announced = Some(ring.clone());
-        if let Some(msg) = msg {
-            self.out.push_back((Dest::AllNeighbours, msg));
+        self.announced = Some(ring.snapshot());
+        match msg {
+            // Announcements go to a few neighbours, a different few each
+            // time; each router that pulls announces in turn, so a change
+            // spreads as an epidemic, and digests repair what it misses.
+            Some(IpamMsg::Have(stamps)) => {
+                let n = self.neighbours.len();
+                let every = n.div_ceil(FANOUT).max(1);
+                self.announce_turn = self.announce_turn.wrapping_add(1);
+                let turn = self.announce_turn % every;
+                let chosen: Vec<PeerName> = self
+                    .neighbours
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| i % every == turn)
+                    .map(|(_, p)| *p)
+                    .collect();
+                for peer in chosen {
+                    self.out
+                        .push_back((Dest::Neighbour(peer), IpamMsg::Have(stamps.clone())));
+                }
+            }
+            Some(msg) => self.out.push_back((Dest::AllNeighbours, msg)),
+            None => {}
         }
     }
 
     /// The replica changed: persist, and announce soon.
     fn changed(&mut self, now: Time) {
-        self.dirty = true;
+        self.mutated();
         self.schedule_announce(now);
     }
 
     fn schedule_announce(&mut self, now: Time) {
-        if self.announce_at.is_none() {
-            self.announce_at = Some(now + BATCH);
+        let at = now + BATCH;
+        if self.announce_at.is_none_or(|t| t > at) {
+            self.announce_at = Some(at);
         }
+    }
+}
+
+/// Routed IPAM messages waiting for the mesh to learn a route to their
+/// destination: a router that launched moments ago knows the ring before
+/// its topology shows a path to the donor, and a donor may not know the new
+/// router yet. The shell keeps them here, retries them when the topology
+/// changes, and drops them after [`ROUTE_WAIT`] (the sender's own timeout
+/// then takes over). At most [`MAX_UNROUTED`] wait; the oldest goes first.
+#[derive(Debug)]
+pub struct Unrouted<M> {
+    queue: VecDeque<(Time, PeerName, M)>,
+}
+
+impl<M> Default for Unrouted<M> {
+    fn default() -> Self {
+        Self { queue: VecDeque::new() }
+    }
+}
+
+impl<M> Unrouted<M> {
+    /// Parks `msg` for `to`.
+    pub fn push(&mut self, now: Time, to: PeerName, msg: M) {
+        if self.queue.len() >= MAX_UNROUTED {
+            self.queue.pop_front();
+        }
+        self.queue.push_back((now + ROUTE_WAIT, to, msg));
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Whether a message waits for a router that `known` accepts: worth
+    /// computing routes for (a router must be known before it is routable).
+    pub fn waits_for_any(&self, mut known: impl FnMut(PeerName) -> bool) -> bool {
+        self.queue.iter().any(|(_, to, _)| known(*to))
+    }
+
+    /// Takes the messages whose destination `routable` now accepts, and
+    /// drops those that waited too long.
+    pub fn take_routable(&mut self, now: Time, mut routable: impl FnMut(PeerName) -> bool) -> Vec<(PeerName, M)> {
+        let mut out = Vec::new();
+        let mut keep = VecDeque::with_capacity(self.queue.len());
+        for (until, to, msg) in self.queue.drain(..) {
+            if until <= now {
+                continue;
+            }
+            if routable(to) {
+                out.push((to, msg));
+            } else {
+                keep.push_back((until, to, msg));
+            }
+        }
+        self.queue = keep;
+        out
     }
 }
 
@@ -1158,6 +1437,10 @@ mod tests {
                             } => "gave delta",
                             IpamMsg::Gave { .. } => "gave ring",
                             IpamMsg::Fetch { .. } => "fetch",
+                            IpamMsg::Have(_) => "have",
+                            IpamMsg::Pull(_) => "pull",
+                            IpamMsg::Digest { .. } => "digest",
+                            IpamMsg::WantRing => "want ring",
                         };
                         for j in to.into_iter().filter(|j| !self.deaf.contains(j)) {
                             self.log.push((i, j, kind, bytes.len()));
@@ -1544,9 +1827,24 @@ mod tests {
         net.log.clear();
         let _ = net.agents[0].allocate(net.now, key("c"), Request::Any).unwrap();
         net.advance(BATCH * 2);
-        let from_0: Vec<_> = net.log.iter().filter(|m| m.0 == 0).collect();
-        assert_eq!(from_0.len(), 2, "one announcement to each neighbour: {:?}", net.log);
-        assert!(from_0.iter().all(|m| m.2 == "delta" && m.3 < 100), "{from_0:?}");
+        assert!(net.log.is_empty(), "a change of free counts alone waits: {:?}", net.log);
+        net.advance(FREE_COUNTS_EVERY);
+        // Agent 0 announces the changed entry; each neighbour pulls it once.
+        let from_0: Vec<_> = net.log.iter().filter(|m| m.0 == 0).map(|m| (m.1, m.2)).collect();
+        assert_eq!(
+            from_0,
+            [(1, "have"), (2, "have"), (1, "delta"), (2, "delta")],
+            "{:?}",
+            net.log
+        );
+        let pulls: Vec<_> = net.log.iter().filter(|m| m.2 == "pull").map(|m| (m.0, m.1)).collect();
+        assert_eq!(
+            pulls,
+            [(1, 0), (2, 0)],
+            "a change is pulled once by each router: {:?}",
+            net.log
+        );
+        assert!(net.log.iter().all(|m| m.3 < 100), "{:?}", net.log);
         assert!(
             !net.log.iter().any(|m| m.2 == "ring"),
             "nobody needed a whole ring: {:?}",
@@ -1565,8 +1863,10 @@ mod tests {
         net.deaf.clear();
         net.log.clear();
         donations(&mut net, 1);
+        // The entries are pulled once more (they could have been on their way), then the ring is fetched.
+        net.advance(REPULL_AFTER * 2);
         assert!(net.now < Time::ZERO + SUMMARY_EVERY, "no periodic summary ran yet");
-        let asked = net.log.iter().position(|m| (m.0, m.1, m.2) == (2, 0, "summary"));
+        let asked = net.log.iter().position(|m| (m.0, m.1, m.2) == (2, 0, "want ring"));
         let got = net.log.iter().rposition(|m| (m.0, m.1, m.2) == (0, 2, "ring"));
         assert!(asked.is_some() && got > asked, "{:?}", net.log);
         assert_eq!(net.ring(2), net.ring(0));
@@ -1595,5 +1895,23 @@ mod tests {
             net.log
         );
         assert_eq!(net.ring(0).owner_of(want), Some(p(3)));
+    }
+
+    #[test]
+    fn unrouted_messages_wait_for_a_route_then_expire() {
+        let mut q = Unrouted::default();
+        q.push(Time::ZERO, p(1), "a");
+        q.push(Time::ZERO + Duration::from_secs(1), p(2), "b");
+        assert!(q.take_routable(Time::ZERO, |_| false).is_empty());
+        assert_eq!(q.take_routable(Time::ZERO, |to| to == p(2)), vec![(p(2), "b")]);
+        assert!(!q.is_empty());
+        assert!(q.take_routable(Time::ZERO + ROUTE_WAIT, |_| true).is_empty(), "expired");
+        assert!(q.is_empty());
+        for i in 0..=MAX_UNROUTED as u64 {
+            q.push(Time::ZERO, p(i), "x");
+        }
+        let all = q.take_routable(Time::ZERO, |_| true);
+        assert_eq!(all.len(), MAX_UNROUTED);
+        assert_eq!(all[0].0, p(1), "the oldest was dropped");
     }
 }

@@ -376,6 +376,8 @@ struct Driver {
     ipam_path: PathBuf,
     /// API answers held until the IPAM state is on disk.
     held: Vec<Box<dyn FnOnce() + Send>>,
+    /// Routed IPAM messages waiting for a route.
+    unrouted: ipam_agent::Unrouted<Vec<u8>>,
     /// API allocations waiting for the agent, and when they were asked.
     waiting: BTreeMap<Ticket, (AllocReply, crate::core::Time)>,
     /// Set when the IPAM state could not be written: the router must stop.
@@ -458,6 +460,7 @@ impl Driver {
             pool: config.ipalloc_range,
             ipam_path,
             held: Vec::new(),
+            unrouted: ipam_agent::Unrouted::default(),
             leaving: None,
             ring_refusal: None,
             reset_done: false,
@@ -582,7 +585,12 @@ impl Driver {
         };
         match hop {
             Some(hop) => self.send_ipam(hop, bytes),
-            None => debug!(peer = %to, "no route for an IPAM message; dropped"),
+            None => {
+                // A router that joined moments ago: wait for the topology to show a path.
+                debug!(peer = %to, "no route yet for an IPAM message; holding it");
+                let now = self.clock.now();
+                self.unrouted.push(now, to, bytes);
+            }
         }
     }
 
@@ -839,6 +847,17 @@ impl Driver {
                     Event::TopologyChanged => {
                         trace!(routers = self.mesh.topology().len(), "topology changed");
                         self.agent.handle_topology(now, self.mesh.topology());
+                        let topo = self.mesh.topology();
+                        if self.unrouted.waits_for_any(|p| topo.get(p).is_some()) {
+                            let hops = self.mesh.topology().next_hops();
+                            let by_peer = &self.by_peer;
+                            let ready = self
+                                .unrouted
+                                .take_routable(now, |p| by_peer.contains_key(&p) || hops.contains_key(&p));
+                            for (to, bytes) in ready {
+                                self.route_ipam(to, bytes);
+                            }
+                        }
                     }
                 }
             }
