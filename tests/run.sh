@@ -93,9 +93,12 @@ for seed in 1 2 "$random_seed"; do
     end
 done
 
-# Mesh gossip at the scale the control plane is designed for, and a small
-# lossy mesh on this run's random seed.
-for sim in "--routers 1000 --seed 1" "--routers 100 --seed $random_seed --loss 5"; do
+# Mesh gossip and IPAM at the scale the control plane is designed for, a
+# small lossy mesh on this run's random seed, and a ring created by the
+# consensus of five routers (exit 1 unless converged with no duplicate or
+# misplaced address).
+for sim in "--routers 1000 --seed 1" "--routers 100 --seed $random_seed --loss 5" \
+    "--routers 100 --seed $random_seed --init-peer-count 5"; do
     begin "mesh simulation: $sim"
     out=$(mktemp)
     # shellcheck disable=SC2086 # $sim is a list of flags

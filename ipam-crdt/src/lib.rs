@@ -155,7 +155,7 @@
 #![warn(missing_docs)]
 
 pub mod codec;
-mod delta;
+pub mod delta;
 mod peer;
 mod pool;
 mod replica;

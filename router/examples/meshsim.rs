@@ -743,7 +743,7 @@ fn pool() -> Pool {
 }
 
 /// How stale a router's cached routes may get.
-const HOPS_EVERY: Duration = Duration::from_millis(250);
+const HOPS_EVERY: Duration = Duration::from_secs(1);
 
 /// Length prefix and message type on a QUIC stream, roughly.
 const FRAME_OVERHEAD: u64 = 4;

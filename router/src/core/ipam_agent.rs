@@ -13,17 +13,18 @@
 //! is on disk before any other router sees it (`ipam-crdt`'s persistence
 //! rule).
 //!
-//! **Gossip.** A change is announced to every neighbour, batched over
-//! [`BATCH`], as a [`Delta`]: the entries that changed since the last
-//! announcement, with their neighbours (`ipam-crdt`'s `delta` module says why
-//! that is safe). The whole ring goes instead to a new neighbour, when the
-//! reclaim records changed (votes travel only with the voter's whole state),
-//! and to a router that could not place a delta, which asks for it by sending
-//! its ring hash. A router that merges a whole ring and finds its own state
-//! differs answers with its own ring, so every such exchange leaves both sides
-//! equal. Every [`SUMMARY_EVERY`] a 64-bit hash of the ring goes to one
-//! neighbour in turn; a mismatch is answered with the ring, which repairs
-//! anything a lost delta left out.
+//! **Gossip.** Changes are announced, batched over [`BATCH`], as the stamps
+//! of the changed entries (`Have`) to [`FANOUT`] neighbours in turn; each
+//! pulls what is newer there once (`Pull`, answered by a [`Delta`]) and
+//! announces in turn, so a change crosses each router once. Free-count-only
+//! changes wait up to [`FREE_COUNTS_EVERY`]. The whole ring goes to every
+//! neighbour when the reclaim records changed (votes travel only with the
+//! voter's whole state: `ipam-crdt`'s `delta` module says why), and to a
+//! router that could not place a delta even when pulled again
+//! ([`REPULL_AFTER`]). A new neighbour gets our ring hash; every
+//! [`SUMMARY_EVERY`] a hash goes to one neighbour in turn; a differing hash
+//! is answered with a digest of stamps, from which both sides pull what they
+//! lack, which repairs anything a lost announcement left out.
 //!
 //! **Creating the ring.** From a seed list once every name resolves, or by
 //! the consensus of `docs/control-plane.md` (`--init-peer-count`): proposals,

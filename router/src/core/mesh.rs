@@ -384,8 +384,8 @@ impl Mesh {
                 let changed = self.topo.merge(entries);
                 if !changed.is_empty() {
                     self.events.push_back(Event::TopologyChanged);
-                    for e in changed {
-                        self.pending.entry(e.name).or_insert(Some(from));
+                    for name in changed {
+                        self.pending.entry(name).or_insert(Some(from));
                     }
                     self.schedule_flush(now);
                 }

@@ -147,11 +147,11 @@ impl Topology {
         true
     }
 
-    /// Merges entries received from a neighbour. Returns those that were new
-    /// or newer here (to pass on). An entry about this router that claims a
+    /// Merges entries received from a neighbour. Returns the names of those
+    /// that were new or newer here (to pass on). An entry about this router that claims a
     /// version at or above ours (we restarted and lost count) makes us jump
     /// past it, and our own entry is returned to be re-announced.
-    pub fn merge(&mut self, incoming: impl IntoIterator<Item = PeerEntry>) -> Vec<PeerEntry> {
+    pub fn merge(&mut self, incoming: impl IntoIterator<Item = PeerEntry>) -> Vec<PeerName> {
         let mut changed = Vec::new();
         for e in incoming {
             if e.name == self.me {
@@ -161,14 +161,14 @@ impl Topology {
                 if e.version > own.version || (e.version == own.version && e != *own) {
                     let mut own = self.own().clone();
                     own.version = e.version + 1;
-                    self.put(own.clone());
-                    changed.push(own);
+                    self.put(own);
+                    changed.push(self.me);
                 }
                 continue;
             }
             if self.entries.get(&e.name).is_none_or(|mine| mine.version < e.version) {
-                self.put(e.clone());
-                changed.push(e);
+                changed.push(e.name);
+                self.put(e);
             }
         }
         changed
@@ -279,7 +279,7 @@ mod tests {
         ghost.version = 41;
         let changed = a.merge([ghost]);
         assert_eq!(a.own().version, 42);
-        assert_eq!(changed, vec![a.own().clone()]);
+        assert_eq!(changed, vec![p(1)]);
     }
 
     #[test]
