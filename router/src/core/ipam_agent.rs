@@ -369,6 +369,8 @@ pub struct Agent {
     /// Entries pulled from a neighbour and when, so that one change
     /// announced by several neighbours is pulled once.
     pulled: BTreeMap<u128, ((u32, u64), Time)>,
+    /// Space requests that arrived before the ring: until when, id, asker, want.
+    held_asks: Vec<(Time, u64, PeerName, Want)>,
     /// Pulls to repeat (a delta could not be placed yet): when, from whom, which tokens.
     repull: Vec<(Time, PeerName, Vec<u128>)>,
     /// Tokens pulled again, and when.
@@ -432,6 +434,7 @@ impl Agent {
             announced_at: now,
             announce_turn: 0,
             pulled: BTreeMap::new(),
+            held_asks: Vec::new(),
             repull: Vec::new(),
             repulled: BTreeMap::new(),
             next_summary: now + SUMMARY_EVERY,
@@ -751,6 +754,7 @@ impl Agent {
             self.next_summary = now + SUMMARY_EVERY;
             self.pulled.retain(|_, (_, at)| now.since(*at) <= PULL_TIMEOUT);
             self.repulled.retain(|_, at| now.since(*at) <= PULL_TIMEOUT);
+            self.held_asks.retain(|(until, ..)| *until > now);
             if !self.neighbours.is_empty()
                 && let Some(hash) = self.ring_hash()
             {
@@ -936,8 +940,14 @@ impl Agent {
         }
     }
 
-    /// Retries every allocation waiting for the ring.
+    /// Retries every allocation waiting for the ring, and answers the space
+    /// requests that arrived before it.
     fn retry_parked(&mut self, now: Time) {
+        for (until, id, asker, want) in std::mem::take(&mut self.held_asks) {
+            if until > now {
+                self.handle_ask(now, id, asker, want);
+            }
+        }
         let ready: Vec<Ticket> = self
             .parked
             .iter()
@@ -1009,6 +1019,15 @@ impl Agent {
     }
 
     fn handle_ask(&mut self, now: Time, id: u64, asker: PeerName, want: Want) {
+        if self.replica.ring().is_none() {
+            // The ring was just created and is on its way here (the asker has
+            // it, so it names us as a donor): answer once it arrives.
+            if self.held_asks.len() >= MAX_UNROUTED {
+                self.held_asks.remove(0);
+            }
+            self.held_asks.push((now + ASK_TIMEOUT, id, asker, want));
+            return;
+        }
         let before = self.replica.ring().map(Ring::snapshot);
         let (refused, update) = match self.replica.donate(asker, want) {
             Ok(_) => {
@@ -1914,5 +1933,28 @@ mod tests {
         let all = q.take_routable(Time::ZERO, |_| true);
         assert_eq!(all.len(), MAX_UNROUTED);
         assert_eq!(all[0].0, p(1), "the oldest was dropped");
+    }
+
+    #[test]
+    fn a_space_request_that_arrives_before_the_ring_is_answered_when_it_arrives() {
+        let net = Net::seeded(pool("10.32.0.0/24"), 2);
+        let mut late = Agent::new(p(2), pool("10.32.0.0/24"), Init::Adopt, None, Time::ZERO).unwrap();
+        let ask = IpamMsg::Ask {
+            id: 7,
+            from: p(1),
+            to: p(2),
+            want: WantWire::Any,
+        };
+        late.handle_message(Time::ZERO, p(1), ask);
+        assert_eq!(late.poll_transmit(), None, "no refusal while the ring is on its way");
+        late.handle_message(Time::ZERO, p(1), IpamMsg::Ring(net.ring(0).encode()));
+        let mut answers =
+            std::iter::from_fn(|| late.poll_transmit()).filter(|(_, m)| matches!(m, IpamMsg::Gave { .. }));
+        let (dest, gave) = answers.next().expect("the held request is answered");
+        assert_eq!(dest, Dest::Routed(p(1)));
+        let IpamMsg::Gave { id, refused, .. } = gave else {
+            unreachable!()
+        };
+        assert_eq!((id, refused), (7, None));
     }
 }
