@@ -20,6 +20,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipam_crdt::PeerName;
@@ -28,6 +29,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::Time;
+
 use super::topology::{PeerEntry, Topology};
 
 /// Tuning of the mesh core.
@@ -71,7 +73,7 @@ impl Default for Config {
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum Message {
     /// Entries: merge them and announce what is new to you.
-    Update(Vec<PeerEntry>),
+    Update(Vec<Arc<PeerEntry>>),
     /// `(name, version)` of entries that are new to the sender: request those
     /// that are new to you too.
     Announce(Vec<(PeerName, u64)>),
@@ -422,7 +424,7 @@ impl Mesh {
                 }
             }
             Message::Request(names) => {
-                let entries: Vec<PeerEntry> = names.iter().filter_map(|n| self.topo.get(*n).cloned()).collect();
+                let entries: Vec<Arc<PeerEntry>> = names.iter().filter_map(|n| self.topo.get_shared(*n).cloned()).collect();
                 if !entries.is_empty() {
                     self.transmits.push_back((from, Message::Update(entries)));
                 }
@@ -820,7 +822,7 @@ mod tests {
     fn messages_from_strangers_are_ignored() {
         let mut a = mesh(1);
         let stranger = Topology::new(p(7), "h7".into(), vec![]).own().clone();
-        a.handle_message(Time::ZERO, p(7), Message::Update(vec![stranger]));
+        a.handle_message(Time::ZERO, p(7), Message::Update(vec![Arc::new(stranger)]));
         assert_eq!(a.topology().len(), 1);
     }
 }

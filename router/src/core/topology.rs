@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use ipam_crdt::PeerName;
 use serde::{Deserialize, Serialize};
@@ -56,7 +57,9 @@ impl IpamInit {
 #[derive(Clone, Debug)]
 pub struct Topology {
     me: PeerName,
-    entries: BTreeMap<PeerName, PeerEntry>,
+    /// Shared, so that passing an entry on (gossip) copies a pointer, not
+    /// the entry.
+    entries: BTreeMap<PeerName, Arc<PeerEntry>>,
     /// XOR of `mix(name, version)` over all entries: an order-free summary
     /// two routers compare before exchanging digests.
     summary: u64,
@@ -78,7 +81,7 @@ impl Topology {
             entries: BTreeMap::new(),
             summary: 0,
         };
-        t.put(own);
+        t.put(Arc::new(own));
         t
     }
 
@@ -94,12 +97,17 @@ impl Topology {
 
     /// The entry of `name`, if known.
     pub fn get(&self, name: PeerName) -> Option<&PeerEntry> {
+        self.entries.get(&name).map(|e| &**e)
+    }
+
+    /// The entry of `name` as shared, to pass on.
+    pub fn get_shared(&self, name: PeerName) -> Option<&Arc<PeerEntry>> {
         self.entries.get(&name)
     }
 
     /// Every known entry, by name.
     pub fn entries(&self) -> impl Iterator<Item = &PeerEntry> + '_ {
-        self.entries.values()
+        self.entries.values().map(|e| &**e)
     }
 
     /// Number of known routers, this one included.
@@ -143,7 +151,7 @@ impl Topology {
             return false;
         }
         own.version += 1;
-        self.put(own);
+        self.put(Arc::new(own));
         true
     }
 
@@ -151,17 +159,18 @@ impl Topology {
     /// that were new or newer here (to pass on). An entry about this router that claims a
     /// version at or above ours (we restarted and lost count) makes us jump
     /// past it, and our own entry is returned to be re-announced.
-    pub fn merge(&mut self, incoming: impl IntoIterator<Item = PeerEntry>) -> Vec<PeerName> {
+    pub fn merge<E: Into<Arc<PeerEntry>>>(&mut self, incoming: impl IntoIterator<Item = E>) -> Vec<PeerName> {
         let mut changed = Vec::new();
         for e in incoming {
+            let e: Arc<PeerEntry> = e.into();
             if e.name == self.me {
                 // Our own entry echoed back is nothing new; a different one at
                 // our version or above is from a previous life (we restarted).
                 let own = self.own();
-                if e.version > own.version || (e.version == own.version && e != *own) {
+                if e.version > own.version || (e.version == own.version && *e != *own) {
                     let mut own = self.own().clone();
                     own.version = e.version + 1;
-                    self.put(own);
+                    self.put(Arc::new(own));
                     changed.push(self.me);
                 }
                 continue;
@@ -181,7 +190,7 @@ impl Topology {
 
     /// Given a peer's digest: the entries it lacks or has older, and the names
     /// it has newer or that we lack.
-    pub fn diff(&self, theirs: &[(PeerName, u64)]) -> (Vec<PeerEntry>, Vec<PeerName>) {
+    pub fn diff(&self, theirs: &[(PeerName, u64)]) -> (Vec<Arc<PeerEntry>>, Vec<PeerName>) {
         let theirs: BTreeMap<PeerName, u64> = theirs.iter().copied().collect();
         let send = self
             .entries
@@ -225,7 +234,7 @@ impl Topology {
         hops
     }
 
-    fn put(&mut self, e: PeerEntry) {
+    fn put(&mut self, e: Arc<PeerEntry>) {
         if let Some(old) = self.entries.get(&e.name) {
             self.summary ^= mix(old.name, old.version);
         }
@@ -315,7 +324,7 @@ mod tests {
         b.set_neighbours([p(1)].into());
         assert_ne!(a.summary(), b.summary());
         let (send, want) = b.diff(&a.digest());
-        assert_eq!(send, vec![b.own().clone()]);
+        assert_eq!(send, vec![Arc::new(b.own().clone())]);
         assert!(want.is_empty());
         let (send, want) = a.diff(&b.digest());
         assert!(send.is_empty());
