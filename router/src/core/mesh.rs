@@ -424,7 +424,8 @@ impl Mesh {
                 }
             }
             Message::Request(names) => {
-                let entries: Vec<Arc<PeerEntry>> = names.iter().filter_map(|n| self.topo.get_shared(*n).cloned()).collect();
+                let entries: Vec<Arc<PeerEntry>> =
+                    names.iter().filter_map(|n| self.topo.get_shared(*n).cloned()).collect();
                 if !entries.is_empty() {
                     self.transmits.push_back((from, Message::Update(entries)));
                 }
