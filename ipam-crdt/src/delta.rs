@@ -173,17 +173,14 @@ impl Ring {
                 .any(|((t, e), (bt, be))| t != bt || e.owner != be.owner || e.epoch != be.epoch)
     }
 
-    /// Of `stamps` (another replica's announcement), the tokens where that
+    /// Of `stamps` (another replica's announcement), those where that
     /// replica's entry is newer than ours: what to ask it for.
-    pub fn newer_elsewhere<'a>(&'a self, stamps: &'a [Stamp]) -> impl Iterator<Item = u128> + 'a {
-        stamps
-            .iter()
-            .filter(|s| {
-                self.entries
-                    .get(&s.token)
-                    .is_none_or(|e| e.stamp() < (s.epoch, s.version))
-            })
-            .map(|s| s.token)
+    pub fn newer_elsewhere<'a>(&'a self, stamps: &'a [Stamp]) -> impl Iterator<Item = &'a Stamp> + 'a {
+        stamps.iter().filter(|s| {
+            self.entries
+                .get(&s.token)
+                .is_none_or(|e| e.stamp() < (s.epoch, s.version))
+        })
     }
 
     /// Of our entries, those newer here than in `stamps` (another replica's
@@ -320,18 +317,7 @@ impl Replica {
         let mut skipped = Vec::new();
         loop {
             let plan = ring.plan_merge(&part)?;
-            // Tokens of the merged view near each applied span: ours (less any
-            // dropped) and the new ones the plan inserts.
             let applied: Vec<u128> = plan.entries.iter().map(|(t, _)| *t).collect();
-            let next_after = |s: u128| {
-                let ours = ring
-                    .entries
-                    .range(s + 1..)
-                    .map(|(t, _)| *t)
-                    .find(|t| plan.dropped.binary_search(t).is_err());
-                let theirs = applied.iter().copied().find(|t| *t > s);
-                [ours, theirs].into_iter().flatten().min().unwrap_or(pool.size())
-            };
             let placed = |s: u128| {
                 let comes_with_predecessor = ring.entries.contains_key(&s)
                     || part
@@ -339,7 +325,7 @@ impl Replica {
                         .range(..s)
                         .next_back()
                         .is_some_and(|(p, _)| ends[p] == s && applied.binary_search(p).is_ok());
-                next_after(s) == ends[&s] && comes_with_predecessor
+                plan.next_token(ring, s) == ends[&s] && comes_with_predecessor
             };
             let unplaced: Vec<u128> = applied.iter().copied().filter(|s| !placed(*s)).collect();
             if unplaced.is_empty() {

@@ -475,23 +475,14 @@ impl Replica {
                         _ => {}
                     }
                     if theirs.owner == me {
+                        // Space moves wholly free (donations and takeovers alike).
+                        let end = plan.next_token(ring, *t);
+                        if theirs.free != end - t - ring.pool.reserved_in(*t, end) {
+                            return Err(MergeError::GainedInUse {
+                                at: ring.pool.addr_at(*t),
+                            });
+                        }
                         tokens.push(*t);
-                    }
-                }
-                // Space moves wholly free (donations and takeovers alike).
-                for t in &tokens {
-                    let (_, e) = plan.entries.iter().find(|(x, _)| x == t).expect("listed from the plan");
-                    let ours = ring
-                        .entries
-                        .range(t + 1..)
-                        .map(|(x, _)| *x)
-                        .find(|x| plan.dropped.binary_search(x).is_err());
-                    let theirs = plan.entries.iter().map(|(x, _)| *x).find(|x| x > t);
-                    let end = [ours, theirs].into_iter().flatten().min().unwrap_or(ring.pool.size());
-                    if e.free != end - t - ring.pool.reserved_in(*t, end) {
-                        return Err(MergeError::GainedInUse {
-                            at: ring.pool.addr_at(*t),
-                        });
                     }
                 }
                 if let Some(t) = plan.dropped.iter().find(|t| usable(**t, ring.entries[*t].owner)) {

@@ -678,6 +678,21 @@ pub(crate) struct MergePlan<'a> {
     pub(crate) dropped: Vec<u128>,
 }
 
+impl MergePlan<'_> {
+    /// The token after `t` in the view merging this plan into `ours` (the
+    /// ring it was planned on) would give: the end of the entry at `t`.
+    pub(crate) fn next_token(&self, ours: &Ring, t: u128) -> u128 {
+        let kept = ours
+            .entries
+            .range(t + 1..)
+            .map(|(x, _)| *x)
+            .find(|x| self.dropped.binary_search(x).is_err());
+        let i = self.entries.partition_point(|(x, _)| *x <= t);
+        let new = self.entries.get(i).map(|(x, _)| *x);
+        [kept, new].into_iter().flatten().min().unwrap_or(ours.pool.size())
+    }
+}
+
 /// Why a ring cannot be created.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -581,7 +581,6 @@ impl Sim {
     /// towards a routed destination.
     fn send_ipam(&mut self, i: usize, dest: Dest, msg: IpamMsg) {
         let now = self.now;
-        let dest_copy = dest.clone();
         let targets: Vec<PeerName> = match dest {
             Dest::Neighbour(p) => vec![p],
             Dest::AllNeighbours => self.mesh(i).neighbours().collect(),
@@ -595,27 +594,18 @@ impl Sim {
                         r.hops_at = now;
                         mesh.topology().next_hops()
                     });
-                    hops.get(&p).copied().into_iter().collect()
+                    match hops.get(&p) {
+                        Some(hop) => vec![*hop],
+                        None => {
+                            r.unrouted.push(now, p, msg);
+                            return;
+                        }
+                    }
                 }
             }
         };
-        if let (Dest::Routed(p), true) = (&dest_copy, targets.is_empty()) {
-            self.routers[i].unrouted.push(now, *p, msg);
-            return;
-        }
         let size = encoded_len(&msg) + FRAME_OVERHEAD;
-        let kind = match &msg {
-            IpamMsg::Ring(_) => "ring",
-            IpamMsg::Delta(_) => "delta",
-            IpamMsg::Summary(_) => "summary",
-            IpamMsg::Ask { .. } => "ask",
-            IpamMsg::Gave { .. } => "gave",
-            IpamMsg::Fetch { .. } => "fetch",
-            IpamMsg::Have(_) => "have",
-            IpamMsg::Pull(_) => "pull",
-            IpamMsg::Digest { .. } => "digest",
-            IpamMsg::WantRing => "want_ring",
-        };
+        let kind = msg.kind();
         let tally = self.ipam_kinds.entry(kind).or_default();
         tally.0 += targets.len() as u64;
         tally.1 += size * targets.len() as u64;

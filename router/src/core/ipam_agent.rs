@@ -178,6 +178,26 @@ impl IpamMsg {
         }
     }
 
+    /// A short name of the message's kind, for logs and tallies.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Ring(_) => "ring",
+            Self::Delta(_) => "delta",
+            Self::Summary(_) => "summary",
+            Self::Ask { .. } => "ask",
+            Self::Gave {
+                update: Update::Delta(_),
+                ..
+            } => "gave_delta",
+            Self::Gave { .. } => "gave_ring",
+            Self::Fetch { .. } => "fetch",
+            Self::Have(_) => "have",
+            Self::Pull(_) => "pull",
+            Self::Digest { .. } => "digest",
+            Self::WantRing => "want_ring",
+        }
+    }
+
     /// The wire form.
     pub fn encode(&self) -> Vec<u8> {
         postcard::to_allocvec(self).expect("encoding to a Vec cannot fail")
@@ -1153,10 +1173,7 @@ impl Agent {
             return;
         };
         let mut want = Vec::new();
-        for s in stamps {
-            if ring.newer_elsewhere(std::slice::from_ref(s)).next().is_none() {
-                continue;
-            }
+        for s in ring.newer_elsewhere(stamps) {
             let asked = self
                 .pulled
                 .get(&s.token)
@@ -1185,27 +1202,21 @@ impl Agent {
             self.ask_for_ring(from);
             return;
         };
-        let want: Vec<u128> = ring.newer_elsewhere(stamps).collect();
+        let want: Vec<Stamp> = ring.newer_elsewhere(stamps).copied().collect();
         let ours = ring.newer_here(stamps);
         if !want.is_empty() {
-            for s in stamps.iter().filter(|s| want.binary_search(&s.token).is_ok()) {
+            for s in &want {
                 self.pulled.insert(s.token, ((s.epoch, s.version), now));
             }
-            self.out.push_back((Dest::Neighbour(from), IpamMsg::Pull(want)));
+            let tokens = want.iter().map(|s| s.token).collect();
+            self.out.push_back((Dest::Neighbour(from), IpamMsg::Pull(tokens)));
         }
         if !ours.is_empty() {
             self.out.push_back((Dest::Neighbour(from), IpamMsg::Have(ours)));
-        } else if self.ring_hash().is_some_and(|mine| mine != hash) && self.pulled_nothing(stamps) {
+        } else if want.is_empty() && self.ring_hash().is_some_and(|mine| mine != hash) {
             let ring = self.replica.ring().expect("checked above").encode();
             self.out.push_back((Dest::Neighbour(from), IpamMsg::Ring(ring)));
         }
-    }
-
-    /// Whether no entry of `stamps` is newer than ours.
-    fn pulled_nothing(&self, stamps: &[Stamp]) -> bool {
-        self.replica
-            .ring()
-            .is_none_or(|r| r.newer_elsewhere(stamps).next().is_none())
     }
 
     /// [`ring_hash`] of our ring, computed once per change.
@@ -1446,22 +1457,7 @@ mod tests {
                         // Through the wire form, as the shell carries it.
                         let bytes = msg.encode();
                         let msg = IpamMsg::decode(&bytes).unwrap();
-                        let kind = match &msg {
-                            IpamMsg::Ring(_) => "ring",
-                            IpamMsg::Delta(_) => "delta",
-                            IpamMsg::Summary(_) => "summary",
-                            IpamMsg::Ask { .. } => "ask",
-                            IpamMsg::Gave {
-                                update: Update::Delta(_),
-                                ..
-                            } => "gave delta",
-                            IpamMsg::Gave { .. } => "gave ring",
-                            IpamMsg::Fetch { .. } => "fetch",
-                            IpamMsg::Have(_) => "have",
-                            IpamMsg::Pull(_) => "pull",
-                            IpamMsg::Digest { .. } => "digest",
-                            IpamMsg::WantRing => "want ring",
-                        };
+                        let kind = msg.kind();
                         for j in to.into_iter().filter(|j| !self.deaf.contains(j)) {
                             self.log.push((i, j, kind, bytes.len()));
                             self.agents[j].handle_message(self.now, from, msg.clone());
@@ -1886,7 +1882,7 @@ mod tests {
         // The entries are pulled once more (they could have been on their way), then the ring is fetched.
         net.advance(REPULL_AFTER * 2);
         assert!(net.now < Time::ZERO + SUMMARY_EVERY, "no periodic summary ran yet");
-        let asked = net.log.iter().position(|m| (m.0, m.1, m.2) == (2, 0, "want ring"));
+        let asked = net.log.iter().position(|m| (m.0, m.1, m.2) == (2, 0, "want_ring"));
         let got = net.log.iter().rposition(|m| (m.0, m.1, m.2) == (0, 2, "ring"));
         assert!(asked.is_some() && got > asked, "{:?}", net.log);
         assert_eq!(net.ring(2), net.ring(0));
