@@ -265,6 +265,16 @@ async fn launch_with(nickname: &str, peers: Vec<String>, extra: &[&str]) -> Runn
 }
 
 /// Polls the rings of `routers` until `ok` holds for them, failing after `secs` seconds with the last views.
+/// Routers a, b and c over `range`, seeded `a,b,c`, b and c dialling a.
+async fn seeded_three(range: &str) -> [Running; 3] {
+    let seed = ["--ipalloc-range", range, "--ipalloc-init", "seed=a,b,c"];
+    let a = launch_with("a", vec![], &seed).await;
+    let peer = vec![a.control.to_string()];
+    let b = launch_with("b", peer.clone(), &seed).await;
+    let c = launch_with("c", peer, &seed).await;
+    [a, b, c]
+}
+
 async fn wait_rings(routers: &[&Running], secs: u64, what: &str, ok: impl Fn(&[RingView]) -> bool) -> Vec<RingView> {
     let mut last = None;
     let polled = tokio::time::timeout(Duration::from_secs(secs), async {
@@ -363,12 +373,7 @@ async fn seeded_routers_allocate_unique_addresses_that_survive_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rmpeer_refuses_a_connected_router_and_reclaims_a_dead_one() {
     let _log = subscribe();
-    let seed = ["--ipalloc-range", "10.41.0.0/22", "--ipalloc-init", "seed=a,b,c"];
-    let launch = |nick: &'static str, peers: Vec<String>| launch_with(nick, peers, &seed);
-    let mut a = launch("a", vec![]).await;
-    let peer = vec![a.control.to_string()];
-    let mut b = launch("b", peer.clone()).await;
-    let mut c = launch("c", peer).await;
+    let [mut a, mut b, mut c] = seeded_three("10.41.0.0/22").await;
     let c_name = c.name.clone();
     a.wait_until(20, "b and c established", |s| s.connections_established == 2)
         .await;
@@ -413,12 +418,7 @@ async fn rmpeer_refuses_a_connected_router_and_reclaims_a_dead_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_hands_the_ranges_over_and_removes_the_state() {
     let _log = subscribe();
-    let seed = ["--ipalloc-range", "10.42.0.0/22", "--ipalloc-init", "seed=a,b,c"];
-    let launch = |nick: &'static str, peers: Vec<String>| launch_with(nick, peers, &seed);
-    let mut a = launch("a", vec![]).await;
-    let peer = vec![a.control.to_string()];
-    let mut b = launch("b", peer.clone()).await;
-    let mut c = launch("c", peer).await;
+    let [mut a, mut b, mut c] = seeded_three("10.42.0.0/22").await;
     let c_name = c.name.clone();
     for r in [&a, &b, &c] {
         r.wait_until(20, "full mesh", |s| s.connections_established == 2).await;
