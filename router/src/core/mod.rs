@@ -8,6 +8,7 @@
 //! (`examples/meshsim.rs`) runs a thousand routers in one process on virtual
 //! time, deterministically, and replays any run from its seed.
 
+pub mod data;
 pub mod handshake;
 pub mod ipam;
 pub mod ipam_agent;
