@@ -9,3 +9,4 @@
 pub mod clock;
 pub mod control;
 pub mod daemon;
+pub mod netlink;
