@@ -10,3 +10,4 @@ pub mod clock;
 pub mod control;
 pub mod daemon;
 pub mod netlink;
+pub mod tun;
