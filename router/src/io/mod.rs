@@ -10,4 +10,5 @@ pub mod clock;
 pub mod control;
 pub mod daemon;
 pub mod netlink;
+pub mod sysctl;
 pub mod tun;
