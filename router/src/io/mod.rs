@@ -9,6 +9,7 @@
 pub mod clock;
 pub mod control;
 pub mod daemon;
+pub mod firewall;
 pub mod netlink;
 pub mod sysctl;
 pub mod tun;

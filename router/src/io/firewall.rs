@@ -1,0 +1,510 @@
+//! The host firewall rules pod traffic needs: masquerading out to the rest
+//! of the world, and getting past a host firewall whose forward policy drops.
+//!
+//! # Weft's own table (`table ip weft`, through nftables)
+//!
+//! ```text
+//! table ip weft {
+//!   chain postrouting {            # only with masquerading on (the default)
+//!     type nat hook postrouting priority srcnat; policy accept;
+//!     ip saddr POD ip daddr != POD oifname != "weft" counter masquerade
+//!   }
+//!   chain forward {
+//!     type filter hook forward priority filter; policy accept;
+//!     iifname "weft" counter accept
+//!     oifname "weft" counter accept
+//!     ip saddr POD counter accept
+//!     ip daddr POD ct state established,related counter accept
+//!   }
+//! }
+//! ```
+//!
+//! Pods keep their own address inside the mesh (no NAT between pods, which
+//! is what Kubernetes asks for) and are masqueraded behind the host's
+//! address everywhere else; `--no-masquerade` leaves the chain out, for
+//! networks that route the pod range themselves. [`apply`] writes the whole
+//! table in one `nft` transaction (add, delete, add again: so it works
+//! whether or not the table exists), so re-applying never leaves a moment
+//! without rules and changes of pod range or TUN name take effect whole.
+//!
+//! # Why a second set of rules goes into iptables
+//!
+//! In nftables an `accept` ends only the base chain it is in: the packet
+//! goes on to every other base chain on the same hook, and a `drop` in any
+//! of them is final. Docker (and ufw, and firewalld's iptables backend)
+//! set the filter FORWARD policy to DROP, which with iptables-nft is
+//! `table ip filter { chain FORWARD { ... policy drop; } }`. Tested here
+//! in a namespace with `iptables -P FORWARD DROP`: pod traffic that Weft's
+//! forward chain accepts is still dropped. So Weft's chain alone only
+//! counts the traffic; the verdict that matters must come from inside the
+//! chain that drops.
+//!
+//! Rules written into iptables-nft's table must be rules iptables can read
+//! back. Also tested here (iptables 1.8.9, nft 1.0.6): a rule added with
+//! `nft` that matches interfaces or addresses (`iifname "weft" accept
+//! comment "weft"`) reads back as `-i weft -m comment --comment weft -j
+//! ACCEPT`, but one with `ct state established,related` makes iptables give
+//! up on the whole chain (``chain `FORWARD' in table `filter' is
+//! incompatible, use 'nft' tool``), and Docker, which edits that chain with
+//! iptables, would fail with it. Connection tracking state is exactly what
+//! return traffic to masqueraded pods needs, so those rules go in with
+//! `iptables` itself, the way Docker's, flannel's and Weave's do: a
+//! `WEFT-FORWARD` chain holding the four accepts above (written with
+//! `iptables-restore --noflush`, which replaces the chain's rules in one
+//! step), and one jump to it at the top of `FORWARD`, tagged with the
+//! comment `weft`. At the top, so a terminal `-j REJECT` that some
+//! distributions append cannot shadow it; its rules match only pod
+//! traffic. Going through the `iptables` binary also covers hosts whose
+//! iptables is the legacy backend, where the DROP is invisible to `nft`.
+//! Without an `iptables` binary nothing on the host can have set such a
+//! policy through iptables, and this part is skipped.
+//!
+//! What this does not cover: a native nftables ruleset whose own forward
+//! chain drops (firewalld's nftables backend, a hand-written
+//! `/etc/nftables.conf`). Such a chain is the operator's policy, and
+//! rewriting it would be fought on every reload; allow the TUN device and
+//! the pod range there (for firewalld, add `weft` to the trusted zone).
+//!
+//! # Lifetime
+//!
+//! Rules stay when the router stops, so a restart does not cut the pods'
+//! connections; only [`remove`] (for `weft reset`) deletes them. Both
+//! functions are idempotent. Other programs may flush iptables (a firewalld
+//! reload, an iptables-restore of a saved file), so the daemon should call
+//! [`apply`] again now and then; it is cheap.
+//!
+//! The functions block on child processes (`nft`, `iptables`); call them
+//! from `spawn_blocking` in async code. Children inherit the calling
+//! thread's network namespace.
+
+use std::borrow::Cow;
+use std::io::{self, Write};
+use std::process::{Command, Output, Stdio};
+
+use ipnet::Ipv4Net;
+use nftables::batch::Batch;
+use nftables::expr::{CT, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix};
+use nftables::schema::{Chain, NfListObject, Nftables, Rule, Table};
+use nftables::stmt::{Accept, Counter, Match, Operator, Statement};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+use tracing::{debug, info};
+
+/// What [`apply`] did with iptables.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[must_use]
+pub enum Iptables {
+    /// The `WEFT-FORWARD` chain is filled and `FORWARD` jumps to it.
+    Installed,
+    /// There is no `iptables` binary, so no iptables policy to get past.
+    NotInstalled,
+}
+
+/// What [`remove`] found to remove.
+#[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
+#[must_use]
+pub struct Removed {
+    /// Whether `table ip weft` existed.
+    pub table: bool,
+    /// How many `-j WEFT-FORWARD` jumps tagged `weft` were deleted.
+    pub jumps: usize,
+    /// Whether the `WEFT-FORWARD` chain existed.
+    pub chain: bool,
+}
+
+/// Why the firewall rules could not be applied or removed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FirewallError {
+    /// There is no `nft` binary.
+    #[error(
+        "the `nft` command is not installed; Weft writes its firewall rules with it: install the nftables \
+         package (`apt-get install nftables` on Debian and Ubuntu, `dnf install nftables` on Fedora and RHEL)"
+    )]
+    NftMissing,
+    /// A command could not be started.
+    #[error("running {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: &'static str,
+        /// Why it could not run.
+        #[source]
+        source: io::Error,
+    },
+    /// A command failed.
+    #[error("{program} failed while {doing}: {stderr}")]
+    Failed {
+        /// The program.
+        program: &'static str,
+        /// What it was asked to do.
+        doing: String,
+        /// Its error output.
+        stderr: String,
+    },
+}
+
+/// Installs or updates Weft's rules for `pod_range` and the TUN device
+/// `tun`, with or without masquerading: `table ip weft` in one nftables
+/// transaction, then the `WEFT-FORWARD` chain and its jump in iptables (see
+/// the module docs for why both).
+///
+/// # Errors
+///
+/// [`FirewallError::NftMissing`] without `nft`; [`FirewallError::Failed`]
+/// with the tool's message if it refuses.
+pub fn apply(pod_range: Ipv4Net, tun: &str, masquerade: bool) -> Result<Iptables, FirewallError> {
+    let pod_range = pod_range.trunc();
+    nft_apply(&table(pod_range, tun, masquerade), "replacing table ip weft")?;
+    let iptables = if iptables_installed()? {
+        let rules = forward_rules(pod_range, tun);
+        let mut restore = format!("*filter\n:{CHAIN} - [0:0]\n");
+        for rule in &rules {
+            restore.push_str(&format!("-A {CHAIN} {}\n", rule.join(" ")));
+        }
+        restore.push_str("COMMIT\n");
+        run_with_input(
+            "iptables-restore",
+            &["-w", "--noflush"],
+            &restore,
+            "filling the WEFT-FORWARD chain",
+        )?;
+        if !run("iptables", &jump_args("-C"))?.status.success() {
+            let mut insert = jump_args("-I");
+            insert.insert(3, "1");
+            check(
+                run("iptables", &insert)?,
+                "iptables",
+                "inserting the jump to WEFT-FORWARD",
+            )?;
+        }
+        Iptables::Installed
+    } else {
+        debug!("no iptables binary: nothing to insert into a FORWARD chain");
+        Iptables::NotInstalled
+    };
+    info!(%pod_range, tun, masquerade, ?iptables, "firewall rules applied");
+    Ok(iptables)
+}
+
+/// Deletes everything [`apply`] added: `table ip weft`, the jumps tagged
+/// `weft` from `FORWARD`, and the `WEFT-FORWARD` chain. For `weft reset`;
+/// a clean shutdown keeps the rules. Removing twice is fine.
+///
+/// # Errors
+///
+/// As [`apply`].
+pub fn remove() -> Result<Removed, FirewallError> {
+    let mut removed = Removed {
+        table: run("nft", &["list", "table", "ip", TABLE])
+            .map_err(nft_missing)?
+            .status
+            .success(),
+        ..Removed::default()
+    };
+    // Adding first makes the deletion succeed whether or not it existed.
+    let mut batch = Batch::new();
+    batch.add(NfListObject::Table(weft_table()));
+    batch.delete(NfListObject::Table(weft_table()));
+    nft_apply(&batch.to_nftables(), "deleting table ip weft")?;
+
+    if iptables_installed()? {
+        // Bounded: each successful -D removes one jump.
+        while removed.jumps < 64 && run("iptables", &jump_args("-D"))?.status.success() {
+            removed.jumps += 1;
+        }
+        if run("iptables", &["-w", "-S", CHAIN])?.status.success() {
+            check(
+                run("iptables", &["-w", "-F", CHAIN])?,
+                "iptables",
+                "flushing WEFT-FORWARD",
+            )?;
+            check(
+                run("iptables", &["-w", "-X", CHAIN])?,
+                "iptables",
+                "deleting WEFT-FORWARD",
+            )?;
+            removed.chain = true;
+        }
+    }
+    info!(?removed, "firewall rules removed");
+    Ok(removed)
+}
+
+/// The nftables document [`apply`] sends: create-or-keep, delete, and
+/// create `table ip weft` afresh with its chains and rules.
+pub fn table(pod_range: Ipv4Net, tun: &str, masquerade: bool) -> Nftables<'static> {
+    let pod_range = pod_range.trunc();
+    let mut batch = Batch::new();
+    batch.add(NfListObject::Table(weft_table()));
+    batch.delete(NfListObject::Table(weft_table()));
+    batch.add(NfListObject::Table(weft_table()));
+
+    if masquerade {
+        batch.add(NfListObject::Chain(base_chain(
+            "postrouting",
+            NfChainType::NAT,
+            NfHook::Postrouting,
+            100,
+        )));
+        batch.add(rule(
+            "postrouting",
+            vec![
+                matches(ip_field("saddr"), Operator::EQ, prefix(pod_range)),
+                matches(ip_field("daddr"), Operator::NEQ, prefix(pod_range)),
+                matches(meta(MetaKey::Oifname), Operator::NEQ, string(tun)),
+                counter(),
+                Statement::Masquerade(None),
+            ],
+            "pods to the world, behind the host's address",
+        ));
+    }
+
+    batch.add(NfListObject::Chain(base_chain(
+        "forward",
+        NfChainType::Filter,
+        NfHook::Forward,
+        0,
+    )));
+    let accepts = [
+        (
+            vec![matches(meta(MetaKey::Iifname), Operator::EQ, string(tun))],
+            "from the mesh",
+        ),
+        (
+            vec![matches(meta(MetaKey::Oifname), Operator::EQ, string(tun))],
+            "into the mesh",
+        ),
+        (
+            vec![matches(ip_field("saddr"), Operator::EQ, prefix(pod_range))],
+            "from pods",
+        ),
+        (
+            vec![
+                matches(ip_field("daddr"), Operator::EQ, prefix(pod_range)),
+                matches(
+                    Expression::Named(NamedExpression::CT(CT {
+                        key: "state".into(),
+                        family: None,
+                        dir: None,
+                    })),
+                    Operator::IN,
+                    Expression::List(vec![string("established"), string("related")]),
+                ),
+            ],
+            "replies to pods",
+        ),
+    ];
+    for (mut stmts, comment) in accepts {
+        stmts.push(counter());
+        stmts.push(Statement::Accept(Some(Accept {})));
+        batch.add(rule("forward", stmts, comment));
+    }
+    batch.to_nftables()
+}
+
+/// The rules of the `WEFT-FORWARD` iptables chain, as `iptables` arguments.
+fn forward_rules(pod_range: Ipv4Net, tun: &str) -> Vec<Vec<String>> {
+    let pod = pod_range.to_string();
+    let rule = |args: &[&str]| args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+    vec![
+        rule(&["-i", tun, "-j", "ACCEPT"]),
+        rule(&["-o", tun, "-j", "ACCEPT"]),
+        rule(&["-s", &pod, "-j", "ACCEPT"]),
+        rule(&[
+            "-d",
+            &pod,
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "RELATED,ESTABLISHED",
+            "-j",
+            "ACCEPT",
+        ]),
+    ]
+}
+
+/// `iptables -w <op> FORWARD -m comment --comment weft -j WEFT-FORWARD`.
+fn jump_args(op: &'static str) -> Vec<&'static str> {
+    vec!["-w", op, "FORWARD", "-m", "comment", "--comment", COMMENT, "-j", CHAIN]
+}
+
+fn iptables_installed() -> Result<bool, FirewallError> {
+    match Command::new("iptables")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(FirewallError::Spawn {
+            program: "iptables",
+            source,
+        }),
+    }
+}
+
+fn nft_apply(doc: &Nftables<'_>, doing: &str) -> Result<(), FirewallError> {
+    let json = serde_json::to_string(doc).expect("nftables documents serialize");
+    // Not nftables::helper::apply_ruleset: it leaves nft's stderr to the
+    // daemon's, and the error then has no message to show.
+    run_with_input("nft", &["-j", "-f", "-"], &json, doing).map_err(|e| match e {
+        FirewallError::Spawn { source, .. } if source.kind() == io::ErrorKind::NotFound => FirewallError::NftMissing,
+        e => e,
+    })
+}
+
+fn nft_missing(e: FirewallError) -> FirewallError {
+    match e {
+        FirewallError::Spawn { program: "nft", source } if source.kind() == io::ErrorKind::NotFound => {
+            FirewallError::NftMissing
+        }
+        e => e,
+    }
+}
+
+fn run(program: &'static str, args: &[&str]) -> Result<Output, FirewallError> {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| FirewallError::Spawn { program, source })
+}
+
+fn run_with_input(program: &'static str, args: &[&str], input: &str, doing: &str) -> Result<(), FirewallError> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| FirewallError::Spawn { program, source })?;
+    let mut stdin = child.stdin.take().expect("stdin was piped");
+    let written = stdin.write_all(input.as_bytes());
+    drop(stdin);
+    let output = child
+        .wait_with_output()
+        .map_err(|source| FirewallError::Spawn { program, source })?;
+    check(output, program, doing)?;
+    written.map_err(|source| FirewallError::Spawn { program, source })
+}
+
+fn check(output: Output, program: &'static str, doing: &str) -> Result<(), FirewallError> {
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(FirewallError::Failed {
+        program,
+        doing: doing.to_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+    })
+}
+
+fn weft_table() -> Table<'static> {
+    Table {
+        family: NfFamily::IP,
+        name: TABLE.into(),
+        handle: None,
+    }
+}
+
+fn base_chain(name: &'static str, kind: NfChainType, hook: NfHook, prio: i32) -> Chain<'static> {
+    Chain {
+        family: NfFamily::IP,
+        table: TABLE.into(),
+        name: name.into(),
+        _type: Some(kind),
+        hook: Some(hook),
+        prio: Some(prio),
+        policy: Some(NfChainPolicy::Accept),
+        ..Chain::default()
+    }
+}
+
+fn rule(chain: &'static str, expr: Vec<Statement<'static>>, comment: &'static str) -> NfListObject<'static> {
+    NfListObject::Rule(Rule {
+        family: NfFamily::IP,
+        table: TABLE.into(),
+        chain: chain.into(),
+        expr: Cow::Owned(expr),
+        comment: Some(comment.into()),
+        ..Rule::default()
+    })
+}
+
+fn matches(left: Expression<'static>, op: Operator, right: Expression<'static>) -> Statement<'static> {
+    Statement::Match(Match { left, right, op })
+}
+
+fn ip_field(field: &'static str) -> Expression<'static> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(PayloadField {
+        protocol: "ip".into(),
+        field: field.into(),
+    })))
+}
+
+fn meta(key: MetaKey) -> Expression<'static> {
+    Expression::Named(NamedExpression::Meta(Meta { key }))
+}
+
+fn prefix(net: Ipv4Net) -> Expression<'static> {
+    Expression::Named(NamedExpression::Prefix(Prefix {
+        addr: Box::new(string(&net.network().to_string())),
+        len: u32::from(net.prefix_len()),
+    }))
+}
+
+fn string(s: &str) -> Expression<'static> {
+    Expression::String(s.to_owned().into())
+}
+
+fn counter() -> Statement<'static> {
+    Statement::Counter(Counter::Anonymous(None))
+}
+
+const TABLE: &str = "weft";
+const CHAIN: &str = "WEFT-FORWARD";
+const COMMENT: &str = "weft";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_document_has_the_rules_the_docs_show() {
+        let doc = table("10.32.0.0/12".parse().unwrap(), "weft", true);
+        let json = serde_json::to_value(&doc).unwrap();
+        let cmds = json["nftables"].as_array().unwrap();
+        // add, delete, add the table; two chains; one nat and four filter rules.
+        assert_eq!(cmds.len(), 3 + 2 + 5, "{json:#}");
+        assert!(cmds[1]["delete"]["table"]["name"] == "weft");
+        let masq = &cmds[4]["add"]["rule"];
+        assert_eq!(masq["chain"], "postrouting");
+        assert_eq!(masq["expr"][1]["match"]["op"], "!=");
+        assert_eq!(masq["expr"][1]["match"]["right"]["prefix"]["addr"], "10.32.0.0");
+        assert_eq!(masq["expr"][1]["match"]["right"]["prefix"]["len"], 12);
+        assert_eq!(masq["expr"][2]["match"]["right"], "weft");
+        assert!(masq["expr"][4].get("masquerade").is_some(), "{masq:#}");
+    }
+
+    #[test]
+    fn without_masquerading_there_is_no_nat_chain() {
+        let doc = table("10.32.0.0/12".parse().unwrap(), "weft", false);
+        let json = serde_json::to_string(&doc).unwrap();
+        assert!(!json.contains("postrouting") && !json.contains("masquerade"), "{json}");
+    }
+
+    #[test]
+    fn iptables_rules_match_the_pod_range_and_the_tun() {
+        let rules = forward_rules("10.32.0.0/12".parse().unwrap(), "weft");
+        let lines: Vec<String> = rules.iter().map(|r| r.join(" ")).collect();
+        assert_eq!(
+            lines,
+            [
+                "-i weft -j ACCEPT",
+                "-o weft -j ACCEPT",
+                "-s 10.32.0.0/12 -j ACCEPT",
+                "-d 10.32.0.0/12 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+            ]
+        );
+    }
+}
