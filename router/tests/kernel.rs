@@ -27,6 +27,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
+use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 use tokio::runtime::Runtime;
 use weft_router::core::reconcile::{self, KernelRoute, RTPROT_WEFT};
@@ -100,6 +101,29 @@ fn tun_opens_with_two_queues_offloads_and_no_address() {
 }
 
 #[test]
+fn a_missing_dev_net_tun_is_explained() {
+    require!();
+    // A private mount namespace too, where an empty tmpfs hides /dev/net.
+    let ns = Ns::with(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS);
+    ns.block_on(|| async {
+        let private = MsFlags::MS_REC | MsFlags::MS_PRIVATE;
+        mount(None::<&str>, "/", None::<&str>, private, None::<&str>).unwrap();
+        mount(Some("tmpfs"), "/dev/net", Some("tmpfs"), MsFlags::empty(), None::<&str>).unwrap();
+        let nl = Netlink::new().unwrap();
+        let e = tun::open(&nl, TUN, 1400, 1).await.unwrap_err();
+        assert!(matches!(e, TunError::NoTunDevice), "{e:?}");
+        assert!(
+            e.to_string().contains("modprobe tun") && e.to_string().contains("--device /dev/net/tun"),
+            "{e}"
+        );
+    });
+    assert!(
+        Path::new("/dev/net/tun").exists(),
+        "the host's /dev/net/tun is untouched"
+    );
+}
+
+#[test]
 fn tun_replaces_a_stale_persistent_device_and_refuses_foreign_links() {
     require!("ip");
     let ns = Ns::new();
@@ -136,6 +160,8 @@ fn tun_replaces_a_stale_persistent_device_and_refuses_foreign_links() {
             other => panic!("expected NameTaken, got {other:?}"),
         }
         assert!(nl.link(TUN).await.unwrap().is_some(), "the veth is left alone");
+        assert!(!nl.remove_all(TUN).await.unwrap().link, "so is it by a reset");
+        assert!(nl.link(TUN).await.unwrap().is_some());
         let e = tun::open(&nl, TUN, 1400, 1).await.unwrap_err();
         assert!(
             e.to_string().contains("ip link del weft"),
@@ -153,7 +179,10 @@ fn sync_creates_exactly_our_routes_and_leaves_foreign_ones() {
         let tun = tun::open(&nl, TUN, 1400, 1).await.unwrap();
         // Routes of other protocols, one through our link, one not.
         sh("ip", &["route", "add", "10.40.0.0/16", "dev", TUN, "proto", "static"]);
-        sh("ip", &["route", "add", "unreachable", "10.44.0.0/16", "proto", "static"]);
+        sh(
+            "ip",
+            &["route", "add", "unreachable", "10.44.0.0/16", "proto", "static"],
+        );
         let foreign_before = routes_not_ours();
 
         let d = reconcile::desired(net(POD), &[net("10.32.0.0/14")], Some(ip("10.32.0.1")));
@@ -286,7 +315,10 @@ fn remove_all_removes_only_ours() {
     ns.block_on(|| async {
         let nl = Netlink::new().unwrap();
         let tun = tun::open(&nl, TUN, 1400, 1).await.unwrap();
-        sh("ip", &["route", "add", "unreachable", "10.44.0.0/16", "proto", "static"]);
+        sh(
+            "ip",
+            &["route", "add", "unreachable", "10.44.0.0/16", "proto", "static"],
+        );
         let d = reconcile::desired(
             net(POD),
             &[net("10.32.0.0/14"), net("10.40.0.0/16")],
@@ -528,11 +560,17 @@ struct Ns {
 
 impl Ns {
     fn new() -> Self {
+        Self::with(CloneFlags::CLONE_NEWNET)
+    }
+
+    /// As [`Ns::new`], unsharing `flags` (which should include
+    /// `CLONE_NEWNET`).
+    fn with(flags: CloneFlags) -> Self {
         let (jobs, inbox) = mpsc::channel::<Job>();
         let (ready, started) = mpsc::channel();
         let thread = std::thread::spawn(move || {
-            if let Err(e) = unshare(CloneFlags::CLONE_NEWNET) {
-                ready.send(Err(format!("unshare(CLONE_NEWNET): {e}"))).unwrap();
+            if let Err(e) = unshare(flags) {
+                ready.send(Err(format!("unshare({flags:?}): {e}"))).unwrap();
                 return;
             }
             let rt = tokio::runtime::Builder::new_current_thread()

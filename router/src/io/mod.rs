@@ -5,6 +5,18 @@
 //! - [`control`]: the QUIC endpoint of authenticated control connections.
 //! - [`daemon`]: `weft launch`: the task that drives the mesh core over the
 //!   control endpoint, and serves the local API and metrics.
+//!
+//! The kernel plumbing of the data plane:
+//!
+//! - [`tun`]: the multi-queue TUN device, with virtio-net offloads.
+//! - [`netlink`]: applies [`crate::core::reconcile`]'s diff of routes and
+//!   addresses, and finds or removes the TUN link.
+//! - [`sysctl`]: IPv4 forwarding.
+//! - [`firewall`]: masquerading, and getting pod traffic past a host
+//!   firewall whose forward policy drops (nftables and iptables).
+//!
+//! Each acts on the network namespace of the thread that calls it (a
+//! netlink socket keeps the namespace it was opened in).
 
 pub mod clock;
 pub mod control;

@@ -337,23 +337,38 @@ impl Netlink {
 
     /// Removes everything [`Netlink::sync`] and the TUN set-up added, for
     /// `weft reset`: every route with protocol [`RTPROT_WEFT`] in the main
-    /// table, then the link named `link_name` if it exists (its addresses
-    /// and any route through it go with it).
+    /// table, then the link named `link_name` if it is a TUN device (its
+    /// addresses go with it). A link of another kind with that name is not
+    /// Weft's and stays.
     ///
     /// # Errors
     ///
     /// If a dump or a deletion fails.
     pub async fn remove_all(&self, link_name: &str) -> Result<RemoveReport, NetlinkError> {
-        let index = self.link_index(link_name).await?;
+        let link = self.link(link_name).await?;
         let actual = self.dump(None).await?;
         let mut report = RemoveReport::default();
         for route in &actual.routes {
-            self.delete_route(*route, index.unwrap_or(0)).await?;
+            // The dump had no link to compare with, so every route through
+            // one is a `Stray` that names its own output link.
+            self.delete_route(*route, 0).await?;
             report.routes += 1;
         }
-        if let Some(index) = index {
-            self.delete_link(index).await?;
-            report.link = true;
+        match link {
+            Some(LinkState {
+                index,
+                kind: LinkKind::Tun { .. },
+            }) => {
+                self.delete_link(index).await?;
+                report.link = true;
+            }
+            Some(LinkState {
+                kind: LinkKind::Other(kind),
+                ..
+            }) => {
+                info!(link = link_name, kind, "leaving a link that is not a TUN device alone");
+            }
+            None => {}
         }
         Ok(report)
     }
