@@ -347,10 +347,7 @@ fn nft_apply(doc: &Nftables<'_>, doing: &str) -> Result<(), FirewallError> {
     let json = serde_json::to_string(doc).expect("nftables documents serialize");
     // Not nftables::helper::apply_ruleset: it leaves nft's stderr to the
     // daemon's, and the error then has no message to show.
-    run_with_input("nft", &["-j", "-f", "-"], &json, doing).map_err(|e| match e {
-        FirewallError::Spawn { source, .. } if source.kind() == io::ErrorKind::NotFound => FirewallError::NftMissing,
-        e => e,
-    })
+    run_with_input("nft", &["-j", "-f", "-"], &json, doing).map_err(nft_missing)
 }
 
 fn nft_missing(e: FirewallError) -> FirewallError {
@@ -491,6 +488,21 @@ mod tests {
         let doc = table("10.32.0.0/12".parse().unwrap(), "weft", false);
         let json = serde_json::to_string(&doc).unwrap();
         assert!(!json.contains("postrouting") && !json.contains("masquerade"), "{json}");
+    }
+
+    #[test]
+    fn a_missing_nft_names_the_package() {
+        let e = nft_missing(FirewallError::Spawn {
+            program: "nft",
+            source: io::ErrorKind::NotFound.into(),
+        });
+        assert!(matches!(e, FirewallError::NftMissing));
+        assert!(e.to_string().contains("apt-get install nftables"), "{e}");
+        let other = nft_missing(FirewallError::Spawn {
+            program: "iptables",
+            source: io::ErrorKind::NotFound.into(),
+        });
+        assert!(matches!(other, FirewallError::Spawn { .. }));
     }
 
     #[test]
