@@ -249,6 +249,10 @@ pub struct LaunchConfig {
     pub mtu: Option<Mtu>,
     /// Whether to masquerade pod traffic leaving the pod range (on unless `--no-masquerade`).
     pub masquerade: bool,
+    /// Whether to run the data plane (TUN device, routes, encrypted UDP).
+    /// Always on from the command line; in-process tests of the control
+    /// plane turn it off, since it changes the host's network namespace.
+    pub dataplane: bool,
 }
 
 impl LaunchArgs {
@@ -360,6 +364,7 @@ impl LaunchArgs {
             conn_limit,
             mtu,
             masquerade: !self.no_masquerade,
+            dataplane: true,
         })
     }
 }

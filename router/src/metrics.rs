@@ -13,6 +13,9 @@
 //! | `weft_gossip_bytes_total` | counter | `direction`: `in`, `out` |
 //! | `weft_ipam_addresses` | gauge | `kind`: `owned`, `free`, `allocated` |
 //! | `weft_allocation_duration_seconds` | histogram | |
+//! | `weft_dataplane_drops_total` | counter | `reason`: see `io::dataplane::DropReason` |
+//! | `weft_dataplane_packets_total` | counter | `direction`: `in`, `out` |
+//! | `weft_dataplane_sessions` | gauge | |
 
 use std::fmt::{self, Write as _};
 use std::future::Future;
@@ -172,6 +175,60 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("encoding metrics into a String cannot fail");
         out
+    }
+}
+
+impl Metrics {
+    /// The series of [`Metrics::new`] and the data plane's, read from its
+    /// counters at each scrape.
+    pub fn with_dataplane(stats: Arc<crate::io::dataplane::DataStats>) -> Self {
+        let mut m = Self::new();
+        m.registry.register_collector(Box::new(DataCollector(stats)));
+        m
+    }
+}
+
+/// The data plane's counters, read at scrape time (they are atomics the
+/// packet path bumps; nothing is copied in between).
+#[derive(Debug)]
+struct DataCollector(Arc<crate::io::dataplane::DataStats>);
+
+impl prometheus_client::collector::Collector for DataCollector {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>) -> fmt::Result {
+        use prometheus_client::encoding::EncodeMetric as _;
+        use prometheus_client::metrics::MetricType;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.0;
+        let mut family = encoder.encode_descriptor(
+            "dataplane_drops",
+            "Packets and datagrams the data plane dropped, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in s.drops() {
+            let labels = [("reason", reason)];
+            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "dataplane_packets",
+            "Inner packets the data plane sent (out) to and received (in) from other routers",
+            None,
+            MetricType::Counter,
+        )?;
+        for (direction, n) in [("in", s.rx_packets.load(Relaxed)), ("out", s.tx_packets.load(Relaxed))] {
+            let labels = [("direction", direction)];
+            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+        }
+        let sessions = ConstGauge::new(i64::try_from(s.sessions.load(Relaxed)).unwrap_or(i64::MAX));
+        sessions.encode(encoder.encode_descriptor(
+            "dataplane_sessions",
+            "Routers this router has a data-plane session with",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        Ok(())
     }
 }
 

@@ -126,6 +126,7 @@ impl Backend for Fake {
             ipam: IpamSummary::from_replica(self.pool, &state.replica),
             connections_established: 0,
             host_address: Some("10.32.0.14/28".to_owned()),
+            dataplane: None,
         })
     }
 

@@ -80,7 +80,10 @@ fn config_with(nickname: &str, dir: &Path, peers: &[String], extra: &[&str]) -> 
     let Command::Launch(launch) = Cli::try_parse_from(args).expect("valid flags").command else {
         panic!("not a launch command");
     };
-    launch.into_config().expect("valid launch config")
+    let mut config = launch.into_config().expect("valid launch config");
+    // These daemons share the test's network namespace: control plane only.
+    config.dataplane = false;
+    config
 }
 
 async fn start(nickname: &str, secret: &str, peers: &[String]) -> Running {

@@ -36,6 +36,38 @@ pub fn status(s: &Status) -> String {
     if let Some(problem) = &s.ipam.problem {
         line("IPAM problem", problem);
     }
+    if let Some(d) = &s.dataplane {
+        line(
+            "Data plane",
+            &format!(
+                "udp/{}, MTU {}, {} queue{}, offloads {}",
+                d.port,
+                d.mtu,
+                d.queues,
+                if d.queues == 1 { "" } else { "s" },
+                if d.offload { "on" } else { "off" }
+            ),
+        );
+        line(
+            "Sessions",
+            &format!(
+                "{} of {} routers; packets in {}, out {}",
+                d.sessions, d.peers, d.rx_packets, d.tx_packets
+            ),
+        );
+        let mut drops: Vec<(&String, &u64)> = d.drops.iter().filter(|(_, n)| **n > 0).collect();
+        drops.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let shown = if drops.is_empty() {
+            "none".to_owned()
+        } else {
+            drops
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        line("Dropped", &shown);
+    }
     if !s.peers.is_empty() {
         out.push('\n');
         out.push_str(&peers(&s.peers));
@@ -242,6 +274,7 @@ mod tests {
             },
             connections_established: 1,
             host_address: Some("10.32.0.1/12".into()),
+            dataplane: None,
         }
     }
 

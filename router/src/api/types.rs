@@ -37,6 +37,32 @@ pub struct Status {
     pub connections_established: usize,
     /// The address this router gave itself on the pod network, if any.
     pub host_address: Option<String>,
+    /// The data plane, if this router runs one.
+    #[serde(default)]
+    pub dataplane: Option<DataplaneStatus>,
+}
+
+/// The data plane's state (`Status::dataplane`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataplaneStatus {
+    /// The UDP port of encrypted pod traffic.
+    pub port: u16,
+    /// The MTU of the TUN device and of pods.
+    pub mtu: u16,
+    /// TUN queues, one per packet-path worker.
+    pub queues: usize,
+    /// Whether the TUN device uses virtio-net offloads (TSO/USO/GRO).
+    pub offload: bool,
+    /// Routers with a data-plane session (keys to send with).
+    pub sessions: u64,
+    /// Routers the data plane knows.
+    pub peers: u64,
+    /// Inner packets sent to other routers.
+    pub tx_packets: u64,
+    /// Inner packets received from other routers and delivered.
+    pub rx_packets: u64,
+    /// Packets and datagrams dropped, by reason (every reason listed).
+    pub drops: std::collections::BTreeMap<String, u64>,
 }
 
 /// One router, or one address being dialled, as the local router sees it.
@@ -649,7 +675,18 @@ mod tests {
                 problem: None,
             },
             connections_established: 0,
-            host_address: None,
+            host_address: Some("10.32.0.1".into()),
+            dataplane: Some(DataplaneStatus {
+                port: 6784,
+                mtu: 1440,
+                queues: 2,
+                offload: true,
+                sessions: 1,
+                peers: 2,
+                tx_packets: 10,
+                rx_packets: 9,
+                drops: [("replayed".to_owned(), 3)].into(),
+            }),
         };
         assert_eq!(
             serde_json::to_value(&status).unwrap(),
@@ -663,7 +700,11 @@ mod tests {
                 }],
                 "ipam": {"range": "10.32.0.0/12", "owned": 4, "free": 2, "allocated": 1},
                 "connections_established": 0,
-                "host_address": null
+                "host_address": "10.32.0.1",
+                "dataplane": {
+                    "port": 6784, "mtu": 1440, "queues": 2, "offload": true, "sessions": 1, "peers": 2,
+                    "tx_packets": 10, "rx_packets": 9, "drops": {"replayed": 3}
+                }
             })
         );
     }

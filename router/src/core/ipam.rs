@@ -85,6 +85,7 @@ mod tests {
             endpoints: vec![],
             neighbours: BTreeSet::new(),
             ipam: crate::core::topology::IpamInit::default(),
+            data: None,
         });
         let _ = t.merge(others);
         t

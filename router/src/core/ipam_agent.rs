@@ -1499,6 +1499,7 @@ mod tests {
                     endpoints: vec![],
                     neighbours: BTreeSet::new(),
                     ipam: self.inits[j].clone(),
+                    data: None,
                 });
             let _ = t.merge(others);
             t

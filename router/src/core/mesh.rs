@@ -286,6 +286,14 @@ impl Mesh {
         }
     }
 
+    /// Publishes our data plane (in our own entry).
+    pub fn set_data(&mut self, now: Time, data: Option<crate::core::topology::DataPlane>) {
+        if self.topo.set_data(data) {
+            self.pending.insert(self.topo.me(), None);
+            self.schedule_flush(now);
+        }
+    }
+
     /// Publishes our part in creating the address ring (in our own entry).
     pub fn set_ipam(&mut self, now: Time, ipam: crate::core::topology::IpamInit) {
         if self.topo.set_ipam(ipam) {

@@ -29,6 +29,20 @@ pub struct PeerEntry {
     pub neighbours: BTreeSet<PeerName>,
     /// Where it stands in creating the address ring.
     pub ipam: IpamInit,
+    /// How to reach its data plane, once it has one.
+    pub data: Option<DataPlane>,
+}
+
+/// What a router publishes about its data plane: the static key its
+/// handshakes are made with (its name is a hash of this key, so others can
+/// check that the two belong together) and its UDP port, on the addresses of
+/// its control endpoints.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct DataPlane {
+    /// The static X25519 public key.
+    pub public_key: [u8; 32],
+    /// The data-plane UDP port (`--dataplane-port`).
+    pub port: u16,
 }
 
 /// A router's part in creating the address ring by consensus
@@ -75,6 +89,7 @@ impl Topology {
             endpoints,
             neighbours: BTreeSet::new(),
             ipam: IpamInit::default(),
+            data: None,
         };
         let mut t = Self {
             me,
@@ -135,6 +150,11 @@ impl Topology {
     /// changed. Returns whether they changed.
     pub fn set_endpoints(&mut self, endpoints: Vec<SocketAddr>) -> bool {
         self.update_own(|own| own.endpoints = endpoints)
+    }
+
+    /// Publishes our data plane; bumps the version if it changed.
+    pub fn set_data(&mut self, data: Option<DataPlane>) -> bool {
+        self.update_own(|own| own.data = data)
     }
 
     /// Sets our own ring-creation state; bumps the version if it changed.
@@ -343,6 +363,7 @@ mod tests {
             endpoints: vec![],
             neighbours: nb.iter().map(|&x| p(x)).collect(),
             ipam: IpamInit::default(),
+            data: None,
         };
         v.merge([entry(2, &[1, 3]), entry(3, &[2, 4]), entry(4, &[])]);
         let hops = v.next_hops();

@@ -38,6 +38,20 @@ impl Clock {
         Time::from_millis(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
     }
 
+    /// The wall-clock time of `t`, as time since the Unix epoch (for
+    /// timestamps that must keep growing across restarts).
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the clock module is the one place that reads the clock"
+    )]
+    pub fn wall_at(&self, t: Time) -> Duration {
+        let wall_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let now = self.now();
+        (wall_now + Duration::from_millis(t.as_millis())).saturating_sub(Duration::from_millis(now.as_millis()))
+    }
+
     /// The runtime instant of `t`, for `tokio::time::sleep_until`. Times too
     /// far ahead to represent are clamped to [`FAR_FUTURE`] from the epoch.
     pub fn deadline(&self, t: Time) -> Instant {

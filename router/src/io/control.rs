@@ -253,6 +253,11 @@ impl ControlEndpoint {
         self.shared.name
     }
 
+    /// This router's static public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.shared.identity.public_key()
+    }
+
     /// The counters, shared with the endpoint's tasks.
     pub fn stats(&self) -> Arc<ControlStats> {
         Arc::clone(&self.shared.stats)

@@ -48,6 +48,7 @@ use tracing::{Instrument, debug, info, info_span, trace, warn};
 
 use super::clock::Clock;
 use super::control::{self, ControlEndpoint, ControlError, ControlReceiver, ControlSender, ControlStats};
+use super::host;
 use crate::api::types::{AllocateResponse, ApiError, ErrorCode, IpamSummary, PeerStatus, ReclaimView, ReleaseResponse};
 use crate::api::{self, Backend, RingView, Status};
 use crate::config::IpallocInit;
@@ -87,6 +88,9 @@ pub struct Daemon {
     metrics: Arc<Metrics>,
     /// The IPAM state read from `DATA_DIR/ipam`, if any.
     saved_ipam: Option<ipam_agent::Saved>,
+    clock: Clock,
+    /// The data plane, opened (unless the config turns it off).
+    data: Option<host::Prepared>,
 }
 
 /// Why the daemon could not start or stopped with an error.
@@ -115,6 +119,9 @@ pub enum DaemonError {
         /// Why.
         error: String,
     },
+    /// The data plane cannot start (TUN device, data-plane port, firewall).
+    #[error("data plane: {0}")]
+    DataPlane(#[from] host::HostError),
     /// The metrics listener could not be bound (`--metrics-addr`).
     #[error("--metrics-addr {addr}: cannot listen: {error}")]
     Metrics {
@@ -151,6 +158,12 @@ impl Daemon {
             }
             None => None,
         };
+        let clock = Clock::start();
+        let data = if config.dataplane {
+            Some(host::Prepared::open(&config, &identity, secret, clock).await?)
+        } else {
+            None
+        };
         let endpoint =
             ControlEndpoint::bind(config.listen, Arc::new(identity), secret).map_err(|error| DaemonError::Control {
                 addr: config.listen,
@@ -175,8 +188,13 @@ impl Daemon {
             api,
             metrics_listener,
             metrics_addr,
-            metrics: Arc::new(Metrics::new()),
+            metrics: Arc::new(
+                data.as_ref()
+                    .map_or_else(Metrics::new, |d| Metrics::with_dataplane(d.stats())),
+            ),
             saved_ipam,
+            clock,
+            data,
         })
     }
 
@@ -225,6 +243,8 @@ impl Daemon {
             metrics_addr,
             metrics,
             saved_ipam,
+            clock,
+            data,
         } = self;
         let api_path = config.api_socket.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -246,10 +266,31 @@ impl Daemon {
         );
 
         let endpoint = Arc::new(endpoint);
-        let mut driver = Driver::new(&config, Arc::clone(&endpoint), control_addr, metrics, saved_ipam)?;
+        let data = data.map(|d| d.start(clock)).transpose()?;
+        let mut driver = Driver::new(
+            &config,
+            Arc::clone(&endpoint),
+            control_addr,
+            metrics,
+            saved_ipam,
+            clock,
+            data,
+        )?;
         let outcome = driver.run(cmd_rx, shutdown).await;
         info!("shutting down");
         driver.close_all().await;
+        if let Some(data) = driver.data.as_mut() {
+            data.stop();
+            if let Some(reply) = driver.reset_reply.take() {
+                let removed = data.remove_kernel_state().await.map_err(|e| {
+                    ApiError::new(
+                        ErrorCode::Internal,
+                        format!("the router left the ring, but removing its routes and firewall rules failed: {e}"),
+                    )
+                });
+                let _ = reply.send(removed);
+            }
+        }
         drop(driver);
 
         let _ = stop_tx.send(true);
@@ -388,6 +429,14 @@ struct Driver {
     /// `weft reset` finished: the driver stops.
     reset_done: bool,
     data_dir: PathBuf,
+    /// The data plane, if running.
+    data: Option<host::Running>,
+    /// The host's own address on the pod network, once allocated.
+    host_address: Option<std::net::Ipv4Addr>,
+    /// The allocation of the host address, while it waits for space.
+    host_ticket: Option<Ticket>,
+    /// A finished `weft reset`, answered after the kernel state is removed.
+    reset_reply: Option<oneshot::Sender<Result<(), ApiError>>>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -406,8 +455,9 @@ impl Driver {
         listen: SocketAddr,
         metrics: Arc<Metrics>,
         saved_ipam: Option<ipam_agent::Saved>,
+        clock: Clock,
+        data: Option<host::Running>,
     ) -> Result<Self, DaemonError> {
-        let clock = Clock::start();
         let now = clock.now();
         let ipam_path = config.data_dir.join(IPAM_FILE);
         let init = match &config.ipalloc_init {
@@ -429,7 +479,7 @@ impl Driver {
         } else {
             vec![listen]
         };
-        let mesh = Mesh::new(
+        let mut mesh = Mesh::new(
             mesh_config,
             endpoint.name(),
             config.nickname.to_string(),
@@ -437,6 +487,15 @@ impl Driver {
             now,
             rand::random(),
         );
+        if let Some(d) = &data {
+            mesh.set_data(
+                now,
+                Some(crate::core::topology::DataPlane {
+                    public_key: endpoint.public_key(),
+                    port: d.port(),
+                }),
+            );
+        }
         let (inputs_tx, inputs) = mpsc::channel(INPUT_QUEUE);
         let mut driver = Self {
             mesh,
@@ -467,6 +526,10 @@ impl Driver {
             data_dir: config.data_dir.clone(),
             waiting: BTreeMap::new(),
             fatal: None,
+            data,
+            host_address: None,
+            host_ticket: None,
+            reset_reply: None,
         };
         let endpoint = Arc::clone(&driver.endpoint);
         let tx = driver.inputs_tx.clone();
@@ -769,6 +832,7 @@ impl Driver {
     /// Carries out everything the cores asked for, until they ask for nothing more.
     fn drain(&mut self) {
         loop {
+            self.ensure_host_address();
             // The IPAM state goes to disk before anything leaves the router.
             if let Some(bytes) = self.agent.take_persist()
                 && let Err(e) = store::write_state(&self.ipam_path, Kind::Ipam, &bytes)
@@ -869,7 +933,56 @@ impl Driver {
                 self.disconnect(id, Failure::Lost(format!("closed by this router: {why}")));
             }
         }
+        self.sync_data();
         self.update_metrics();
+    }
+
+    /// The key the host address is allocated under.
+    fn host_key() -> AllocKey {
+        AllocKey::new(HOST_CONTAINER, host::TUN_NAME).unwrap_or_else(|_| unreachable!("a valid key"))
+    }
+
+    /// Gives the host an address from this router's space once there is a
+    /// ring (kept across restarts: the allocation is persisted like a pod's).
+    fn ensure_host_address(&mut self) {
+        if self.data.is_none() || self.host_address.is_some() || self.host_ticket.is_some() || self.leaving.is_some() {
+            return;
+        }
+        if self.agent.replica().ring().is_none() {
+            return;
+        }
+        let key = Self::host_key();
+        if let Some(IpAddr::V4(a)) = self.agent.replica().lookup(&key) {
+            self.host_address = Some(a);
+            return;
+        }
+        let now = self.clock.now();
+        match self.agent.allocate(now, key, Request::Any) {
+            Ok(Progress::Done(a)) => self.set_host_address(a.addr),
+            Ok(Progress::Waiting(ticket)) => self.host_ticket = Some(ticket),
+            Err(e) => debug!(error = %e, "no host address yet"),
+        }
+    }
+
+    fn set_host_address(&mut self, addr: IpAddr) {
+        if let IpAddr::V4(a) = addr {
+            info!(host_address = %a, "the host has an address on the pod network");
+            self.host_address = Some(a);
+        }
+    }
+
+    /// Tells the data plane about the topology and the ring.
+    fn sync_data(&mut self) {
+        let Some(data) = self.data.as_mut() else { return };
+        let conns = &self.conns;
+        let by_peer = &self.by_peer;
+        data.update_peers(self.mesh.topology(), |p| {
+            let id = by_peer.get(&p)?;
+            Some(conns.get(id)?.connection.remote_address().ip())
+        });
+        if let Some(ring) = self.agent.replica().ring() {
+            data.update_ring(self.mesh.topology().me(), ring, self.host_address);
+        }
     }
 
     /// Answers an API call once the IPAM state is on disk (in [`Driver::drain`]).
@@ -949,7 +1062,12 @@ impl Driver {
                 }
             }
         }
-        let _ = reply.send(Ok(()));
+        if self.data.is_some() {
+            // Answered once the kernel state is gone too (`Daemon::run`).
+            self.reset_reply = Some(reply);
+        } else {
+            let _ = reply.send(Ok(()));
+        }
         self.reset_done = true;
     }
 
@@ -998,7 +1116,13 @@ impl Driver {
         use ipam_agent::Event as E;
         match event {
             E::Allocated(ticket, result) => {
-                if let Some((reply, asked)) = self.waiting.remove(&ticket) {
+                if self.host_ticket == Some(ticket) {
+                    self.host_ticket = None;
+                    match result {
+                        Ok(a) => self.set_host_address(a.addr),
+                        Err(e) => debug!(error = %e, "no host address yet; will retry"),
+                    }
+                } else if let Some((reply, asked)) = self.waiting.remove(&ticket) {
                     self.metrics.observe_allocation(self.clock.now().since(asked));
                     let _ = reply.send(result.map(Into::into).map_err(alloc_failure));
                 }
@@ -1128,6 +1252,11 @@ impl Driver {
 
     fn status(&self) -> Status {
         let peers = self.peer_list();
+        let mut ipam_summary = IpamSummary::from_replica(self.pool, self.agent.replica());
+        if self.agent.replica().lookup(&Self::host_key()).is_some() {
+            // The host address is the router's own, not a pod's.
+            ipam_summary.allocated = ipam_summary.allocated.saturating_sub(1);
+        }
         let connections_established = peers.iter().filter(|p| p.state == api::PeerState::Established).count();
         Status {
             name: self.mesh.topology().me().to_string(),
@@ -1136,10 +1265,11 @@ impl Driver {
             peers,
             ipam: IpamSummary {
                 problem: self.ring_refusal.clone().or_else(|| self.agent.no_ring_reason()),
-                ..IpamSummary::from_replica(self.pool, self.agent.replica())
+                ..ipam_summary
             },
             connections_established,
-            host_address: None,
+            host_address: self.host_address.map(|a| a.to_string()),
+            dataplane: self.data.as_ref().map(host::Running::status),
         }
     }
 
@@ -1314,6 +1444,10 @@ impl Backend for ApiBackend {
         self.ask(Command::Reset).await?
     }
 }
+
+/// The container id the host address is allocated under (not a valid
+/// container id for runtimes, which use hex).
+const HOST_CONTAINER: &str = "weft:host";
 
 /// How long `weft reset` waits for the heir to confirm the handover.
 const RESET_CONFIRM: Duration = Duration::from_secs(10);

@@ -21,7 +21,9 @@
 pub mod clock;
 pub mod control;
 pub mod daemon;
+pub mod dataplane;
 pub mod firewall;
+pub mod host;
 pub mod netlink;
 pub mod sysctl;
 pub mod tun;

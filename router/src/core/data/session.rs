@@ -378,6 +378,11 @@ impl Sessions {
         self.changed = true;
     }
 
+    /// This router's name.
+    pub fn me(&self) -> PeerName {
+        self.me
+    }
+
     /// The id of a peer, if known.
     pub fn peer_id(&self, name: PeerName) -> Option<PeerId> {
         self.by_name.get(&name).copied()
@@ -556,10 +561,10 @@ impl Sessions {
         let p = self.peer_mut(id);
         let mut dropped = Vec::new();
         for slot in [&mut p.current, &mut p.previous, &mut p.next] {
-            if slot.as_ref().is_some_and(|k| now.since(k.created) >= REJECT_AFTER_TIME) {
-                if let Some(k) = slot.take() {
-                    dropped.push(k.local_index);
-                }
+            if slot.as_ref().is_some_and(|k| now.since(k.created) >= REJECT_AFTER_TIME)
+                && let Some(k) = slot.take()
+            {
+                dropped.push(k.local_index);
             }
         }
         if !dropped.is_empty() {

@@ -129,7 +129,7 @@ pub enum Packet<'a> {
 }
 
 /// Why a datagram is not one of ours. Each reason is its own drop counter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, thiserror::Error)]
 pub enum Malformed {
     /// Shorter than a header.
     #[error("too short")]

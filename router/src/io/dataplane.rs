@@ -1,0 +1,1029 @@
+//! The data plane's I/O: the packet path threads and the session driver.
+//!
+//! # Threads
+//!
+//! Per TUN queue there is one *worker*: a queue of the multi-queue TUN
+//! device and a UDP socket bound to the data-plane port with `SO_REUSEPORT`,
+//! served by two plain OS threads:
+//!
+//! - **outbound** (TUN → UDP): reads a batch from its queue (with
+//!   `IFF_VNET_HDR`, one read returns a TCP or UDP super-packet of up to
+//!   64 KB, which tun-rs splits into MTU-sized packets), looks up each
+//!   destination's owner in the [`ForwardTable`], seals each packet in place
+//!   with that peer's [`Keypair`], and sends each run of datagrams to one
+//!   endpoint with one `sendmsg` using UDP GSO.
+//! - **inbound** (UDP → TUN): receives batches with `recvmmsg` and UDP GRO
+//!   (quinn-udp), opens each datagram in place, drops inner packets whose
+//!   source is not in the sending router's ranges, and writes the batch to
+//!   the TUN queue, where tun-rs coalesces TCP segments back into
+//!   super-packets (GRO) so the kernel sees few, large packets.
+//!
+//! The threads share one immutable [`View`] (forwarding table, keys and
+//! endpoints), swapped whole by the driver whenever something changes
+//! (`arc-swap`: a load is a few atomic operations, once per batch). Buffers
+//! are allocated once per thread; the packet path allocates nothing except
+//! a copy of a packet that has to wait for a handshake.
+//!
+//! # Driver
+//!
+//! A tokio task owns the sans-IO [`Sessions`]. The threads hand it what the
+//! packet path cannot decide alone, over one bounded channel (a full channel
+//! drops and counts, so a flood of handshakes cannot grow memory): handshake
+//! datagrams, packets waiting for a session, datagrams for unknown sessions,
+//! and the first datagram on new keys or from a new address. The daemon
+//! hands it the peers (from the topology) and the ring (as ranges).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, IoSliceMut};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use arc_swap::ArcSwap;
+use ipam_crdt::PeerName;
+use ipnet::Ipv4Net;
+use quinn_udp::{RecvMeta, Transmit as UdpTransmit, UdpSockRef, UdpSocketState};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+use tun_rs::{GROTable, InterruptEvent, SyncDevice};
+
+use super::clock::Clock;
+use crate::core::Time;
+use crate::core::data::forward::{Decision, ForwardTable, Owner};
+use crate::core::data::keypair::{Activity, Keypair, OpenError, PeerId};
+use crate::core::data::session::{self, Event, HandshakeDrop, REKEY_AFTER_TIME, Sessions};
+use crate::core::data::wire::{self, Malformed, Packet, TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD};
+
+/// Packets per TUN read batch (tun-rs splits one super-packet into at most
+/// this many).
+const TUN_BATCH: usize = 128;
+/// Room in front of a packet written to the TUN device (at least the
+/// virtio-net header).
+const TUN_OFFSET: usize = 16;
+/// Inner packets written to the TUN device per batch.
+const TUN_WRITE_BATCH: usize = 128;
+/// The most bytes of datagrams one GSO send carries.
+const GSO_MAX_BYTES: usize = 65_000;
+/// Events from the packet path the driver may have waiting.
+const PATH_QUEUE: usize = 4096;
+/// How long the inbound thread waits in `poll` before looking at the stop flag.
+const POLL_MS: u16 = 200;
+/// UDP socket buffers (set with the *FORCE options, as root).
+const SOCKET_BUFFER: usize = 8 << 20;
+
+/// What the packet path sees, replaced whole on every change.
+#[derive(Debug, Default)]
+pub struct View {
+    forward: ForwardTable,
+    peers: Vec<Option<PeerView>>,
+    recv: HashMap<u32, Arc<Keypair>>,
+}
+
+#[derive(Debug)]
+struct PeerView {
+    send: Option<Arc<Keypair>>,
+    endpoint: Option<SocketAddr>,
+    activity: Arc<Activity>,
+}
+
+impl View {
+    fn peer(&self, id: PeerId) -> Option<&PeerView> {
+        self.peers.get(id.0 as usize).and_then(Option::as_ref)
+    }
+}
+
+/// Why the packet path dropped a packet. One counter each, shown in
+/// `weft status` and as `weft_dataplane_drops_total{reason}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DropReason {
+    /// A datagram that is not one of ours ([`Malformed`]).
+    Malformed(Malformed),
+    /// A transport datagram that did not authenticate.
+    AuthFailed,
+    /// A transport datagram seen before (or too far behind).
+    Replayed,
+    /// A transport datagram for keys past their lifetime.
+    ExpiredKeys,
+    /// A transport datagram for no session we have.
+    UnknownSession,
+    /// An inner packet whose source is not the sending router's.
+    SpoofedSource,
+    /// A decrypted inner packet that is not a well-formed IPv4 packet.
+    BadInnerPacket,
+    /// A packet from the TUN device that is not IPv4.
+    NotIpv4,
+    /// A packet for an address of ours that has no pod.
+    NoLocalPod,
+    /// A packet for a router we cannot reach.
+    Unreachable,
+    /// A packet for an address outside the pod range.
+    OutsideRange,
+    /// A packet that could not wait for a handshake (queue full).
+    NoSession,
+    /// A handshake datagram the driver had no room for.
+    HandshakeOverload,
+    /// A handshake datagram the session core refused.
+    Handshake(HandshakeDrop),
+    /// The UDP socket refused a send.
+    SendFailed,
+    /// The TUN device refused a write.
+    TunWriteFailed,
+}
+
+impl DropReason {
+    /// The reason's name in metrics and `weft status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed(Malformed::Truncated) => "truncated",
+            Self::Malformed(Malformed::Oversized) => "oversized",
+            Self::Malformed(Malformed::UnknownType) => "unknown_type",
+            Self::Malformed(Malformed::BadLength) => "bad_length",
+            Self::AuthFailed => "auth_failed",
+            Self::Replayed => "replayed",
+            Self::ExpiredKeys => "expired_keys",
+            Self::UnknownSession => "unknown_session",
+            Self::SpoofedSource => "spoofed_source",
+            Self::BadInnerPacket => "bad_inner_packet",
+            Self::NotIpv4 => "not_ipv4",
+            Self::NoLocalPod => "no_local_pod",
+            Self::Unreachable => "unreachable",
+            Self::OutsideRange => "outside_range",
+            Self::NoSession => "no_session",
+            Self::HandshakeOverload => "handshake_overload",
+            Self::Handshake(h) => h.as_str(),
+            Self::SendFailed => "send_failed",
+            Self::TunWriteFailed => "tun_write_failed",
+        }
+    }
+
+    /// Every reason, in a fixed order.
+    pub fn all() -> impl Iterator<Item = Self> {
+        [
+            Malformed::Truncated,
+            Malformed::Oversized,
+            Malformed::UnknownType,
+            Malformed::BadLength,
+        ]
+        .into_iter()
+        .map(Self::Malformed)
+        .chain([
+            Self::AuthFailed,
+            Self::Replayed,
+            Self::ExpiredKeys,
+            Self::UnknownSession,
+            Self::SpoofedSource,
+            Self::BadInnerPacket,
+            Self::NotIpv4,
+            Self::NoLocalPod,
+            Self::Unreachable,
+            Self::OutsideRange,
+            Self::NoSession,
+            Self::HandshakeOverload,
+        ])
+        .chain(HandshakeDrop::ALL.into_iter().map(Self::Handshake))
+        .chain([Self::SendFailed, Self::TunWriteFailed])
+    }
+
+    fn slot(self) -> usize {
+        Self::all().position(|d| d == self).unwrap_or(0)
+    }
+}
+
+const DROP_KINDS: usize = 4 + 12 + HandshakeDrop::ALL.len() + 2;
+
+/// Counters of the packet path, shared by its threads.
+#[derive(Debug)]
+pub struct DataStats {
+    drops: [AtomicU64; DROP_KINDS],
+    /// Inner packets sent to peers.
+    pub tx_packets: AtomicU64,
+    /// Inner packets received from peers and written to the TUN device.
+    pub rx_packets: AtomicU64,
+    /// UDP sends (one per GSO batch).
+    pub udp_sends: AtomicU64,
+    /// TUN reads.
+    pub tun_reads: AtomicU64,
+    /// Peers with keys to send with (as of the last change).
+    pub sessions: AtomicU64,
+    /// Peers known to the data plane.
+    pub peers: AtomicU64,
+}
+
+impl Default for DataStats {
+    fn default() -> Self {
+        Self {
+            drops: std::array::from_fn(|_| AtomicU64::new(0)),
+            tx_packets: AtomicU64::new(0),
+            rx_packets: AtomicU64::new(0),
+            udp_sends: AtomicU64::new(0),
+            tun_reads: AtomicU64::new(0),
+            sessions: AtomicU64::new(0),
+            peers: AtomicU64::new(0),
+        }
+    }
+}
+
+impl DataStats {
+    /// Counts a drop.
+    pub fn count(&self, why: DropReason) {
+        self.drops[why.slot()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every drop reason with its count (zeros included).
+    pub fn drops(&self) -> BTreeMap<&'static str, u64> {
+        DropReason::all()
+            .map(|d| (d.as_str(), self.drops[d.slot()].load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+/// What the packet path tells the driver.
+#[derive(Debug)]
+enum FromPath {
+    Handshake { from: SocketAddr, bytes: Vec<u8> },
+    Need { peer: PeerId, packet: Option<Vec<u8>> },
+    Unknown { from: SocketAddr, receiver: u32 },
+    Authenticated { peer: PeerId, index: u32, from: SocketAddr },
+}
+
+/// A range of the ring: first and last address, and its owner.
+pub type RingRange = (Ipv4Addr, Ipv4Addr, PeerName);
+
+/// A peer as the topology describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Its name.
+    pub name: PeerName,
+    /// Its static public key.
+    pub public_key: [u8; 32],
+    /// Its data-plane endpoint, from its entry.
+    pub endpoint: Option<SocketAddr>,
+}
+
+/// A snapshot for `weft status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DataStatus {
+    /// Peers with a session (keys to send with).
+    pub sessions: u64,
+    /// Peers known.
+    pub peers: u64,
+    /// Drops by reason.
+    pub drops: BTreeMap<&'static str, u64>,
+    /// Inner packets sent.
+    pub tx_packets: u64,
+    /// Inner packets received.
+    pub rx_packets: u64,
+}
+
+/// What the daemon tells the driver.
+#[derive(Debug)]
+enum Control {
+    Peers(Vec<PeerInfo>),
+    Ring { pod_range: Ipv4Net, ranges: Vec<RingRange> },
+}
+
+/// How the data plane was set up.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// MTU of the TUN device (inner packets).
+    pub mtu: u16,
+    /// Whether the TUN queues carry virtio-net headers (offloads).
+    pub vnet_hdr: bool,
+}
+
+/// A handle on the running data plane.
+#[derive(Debug, Clone)]
+pub struct DataPlane {
+    control: mpsc::Sender<Control>,
+    stats: Arc<DataStats>,
+}
+
+/// What stops the data plane's threads.
+pub struct Stopper {
+    stop: Arc<AtomicBool>,
+    events: Vec<Arc<InterruptEvent>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Stopper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stopper")
+            .field("threads", &self.threads.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stopper {
+    /// Stops the threads and waits for them.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for e in &self.events {
+            let _ = e.trigger();
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Binds `workers` UDP sockets to `port` on every address with
+/// `SO_REUSEPORT`, non-blocking, with large buffers.
+///
+/// # Errors
+/// If the port is taken by another program, or sockets cannot be made.
+pub fn bind_sockets(port: u16, workers: usize) -> io::Result<Vec<UdpSocket>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    (0..workers.max(1))
+        .map(|_| {
+            let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+            s.set_reuse_port(true)?;
+            s.set_nonblocking(true)?;
+            force_buffers(&s);
+            s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
+            Ok(s.into())
+        })
+        .collect()
+}
+
+/// Large socket buffers: with root the *FORCE options pass `rmem_max`; if
+/// they fail, the plain options get what the system allows.
+fn force_buffers(s: &socket2::Socket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(s, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+    }
+    if setsockopt(s, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+    }
+}
+
+/// Starts the packet path on `queues` (one TUN queue each) and `sockets`
+/// (as many), and returns the handle, the stopper, and the driver to spawn.
+///
+/// # Errors
+/// If a socket cannot be set up for batching, or a thread cannot start.
+pub fn start(
+    settings: Settings,
+    queues: Vec<SyncDevice>,
+    sockets: Vec<UdpSocket>,
+    sessions: Sessions,
+    clock: Clock,
+    stats: Arc<DataStats>,
+) -> io::Result<(DataPlane, Stopper, impl Future<Output = ()> + Send + 'static)> {
+    let view = Arc::new(ArcSwap::from_pointee(View::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (path_tx, path_rx) = mpsc::channel(PATH_QUEUE);
+    let (control_tx, control_rx) = mpsc::channel(64);
+    let driver_socket = sockets
+        .first()
+        .ok_or_else(|| io::Error::other("no UDP socket"))?
+        .try_clone()?;
+    let mut threads = Vec::new();
+    let mut events = Vec::new();
+    let queues: Vec<Arc<SyncDevice>> = queues.into_iter().map(Arc::new).collect();
+    for (i, (queue, socket)) in queues.iter().zip(sockets).enumerate() {
+        let socket = Arc::new(socket);
+        let state = Arc::new(UdpSocketState::new(UdpSockRef::from(&*socket))?);
+        let event = Arc::new(InterruptEvent::new()?);
+        events.push(event.clone());
+        let out = Outbound {
+            settings,
+            queue: queue.clone(),
+            socket: socket.clone(),
+            state: state.clone(),
+            view: view.clone(),
+            stats: stats.clone(),
+            path: path_tx.clone(),
+            clock,
+            event,
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("weft-out-{i}"))
+                .spawn(move || out.run())?,
+        );
+        let inb = Inbound {
+            queue: queue.clone(),
+            socket,
+            state,
+            view: view.clone(),
+            stats: stats.clone(),
+            path: path_tx.clone(),
+            clock,
+            stop: stop.clone(),
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("weft-in-{i}"))
+                .spawn(move || inb.run())?,
+        );
+    }
+    let driver = Driver {
+        sessions,
+        view,
+        stats: stats.clone(),
+        socket: driver_socket,
+        clock,
+        ring: None,
+    };
+    let fut = driver.run(path_rx, control_rx);
+    Ok((
+        DataPlane {
+            control: control_tx,
+            stats,
+        },
+        Stopper { stop, events, threads },
+        fut,
+    ))
+}
+
+impl DataPlane {
+    /// Replaces the set of peers (from the topology).
+    pub fn set_peers(&self, peers: Vec<PeerInfo>) {
+        let _ = self.control.try_send(Control::Peers(peers));
+    }
+
+    /// Replaces the ring's ranges.
+    pub fn set_ring(&self, pod_range: Ipv4Net, ranges: Vec<RingRange>) {
+        let _ = self.control.try_send(Control::Ring { pod_range, ranges });
+    }
+
+    /// A snapshot for `weft status`.
+    pub fn snapshot(&self) -> DataStatus {
+        let s = &self.stats;
+        DataStatus {
+            sessions: s.sessions.load(Ordering::Relaxed),
+            peers: s.peers.load(Ordering::Relaxed),
+            drops: s.drops(),
+            tx_packets: s.tx_packets.load(Ordering::Relaxed),
+            rx_packets: s.rx_packets.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The packet path's counters.
+    pub fn stats(&self) -> &Arc<DataStats> {
+        &self.stats
+    }
+}
+
+// ---- the driver ----
+
+struct Driver {
+    sessions: Sessions,
+    view: Arc<ArcSwap<View>>,
+    stats: Arc<DataStats>,
+    socket: UdpSocket,
+    clock: Clock,
+    ring: Option<(Ipv4Net, Vec<RingRange>)>,
+}
+
+impl Driver {
+    async fn run(mut self, mut path: mpsc::Receiver<FromPath>, mut control: mpsc::Receiver<Control>) {
+        loop {
+            let deadline = self.clock.deadline(self.sessions.poll_timeout());
+            let mut publish = false;
+            tokio::select! {
+                ev = path.recv() => match ev {
+                    Some(ev) => self.handle_path(ev),
+                    None => return,
+                },
+                c = control.recv() => match c {
+                    Some(Control::Peers(peers)) => { self.set_peers(peers); publish = true; }
+                    Some(Control::Ring { pod_range, ranges }) => { self.ring = Some((pod_range, ranges)); publish = true; }
+                    None => return,
+                },
+                () = tokio::time::sleep_until(deadline) => {
+                    self.sessions.handle_timeout(self.clock.now());
+                }
+            }
+            self.drain(publish);
+        }
+    }
+
+    fn handle_path(&mut self, ev: FromPath) {
+        let now = self.clock.now();
+        match ev {
+            FromPath::Handshake { from, bytes } => self.sessions.handle_datagram(now, from, &bytes),
+            FromPath::Need { peer, packet } => self.sessions.need_session(now, peer, packet),
+            FromPath::Unknown { from, receiver } => self.sessions.unknown_index(now, from, receiver),
+            FromPath::Authenticated { peer, index, from } => self.sessions.authenticated(now, peer, index, from),
+        }
+    }
+
+    fn set_peers(&mut self, peers: Vec<PeerInfo>) {
+        let keep: std::collections::HashSet<PeerName> = peers.iter().map(|p| p.name).collect();
+        let gone: Vec<PeerName> = self
+            .sessions
+            .peers()
+            .map(|(_, name, _, _)| name)
+            .filter(|n| !keep.contains(n))
+            .collect();
+        for name in gone {
+            self.sessions.remove_peer(name);
+        }
+        for p in peers {
+            if let Err(e) = self.sessions.upsert_peer(p.name, p.public_key, p.endpoint) {
+                warn!(peer = %p.name, "ignoring a peer's data plane: {e}");
+            }
+        }
+    }
+
+    fn drain(&mut self, mut publish: bool) {
+        while let Some(t) = self.sessions.poll_transmit() {
+            if self.socket.send_to(&t.bytes, t.to).is_err() {
+                self.stats.count(DropReason::SendFailed);
+            }
+        }
+        while let Some(ev) = self.sessions.poll_event() {
+            match ev {
+                Event::Dropped(why) => self.stats.count(DropReason::Handshake(why)),
+                Event::Established { peer, initiator } => debug!(%peer, initiator, "data-plane session established"),
+                Event::GaveUp { peer, dropped } => {
+                    info!(%peer, dropped, "no answer to data-plane handshakes for 90 s; giving up until there is traffic again");
+                }
+                Event::Roamed { peer, to } => info!(%peer, %to, "peer's data-plane endpoint moved"),
+                Event::Unsendable { packets, .. } => {
+                    for _ in 0..packets {
+                        self.stats.count(DropReason::NoSession);
+                    }
+                }
+            }
+        }
+        if self.sessions.take_changed() || publish {
+            publish = true;
+        }
+        if publish {
+            self.publish();
+        }
+    }
+
+    fn publish(&mut self) {
+        let now = self.clock.now();
+        let mut peers: Vec<Option<PeerView>> = Vec::new();
+        for (id, _, endpoint, activity) in self.sessions.peers() {
+            let i = id.0 as usize;
+            if peers.len() <= i {
+                peers.resize_with(i + 1, || None);
+            }
+            peers[i] = Some(PeerView {
+                send: self.sessions.send_keys(id, now).cloned(),
+                endpoint,
+                activity: activity.clone(),
+            });
+        }
+        let recv = self.sessions.recv_keys().map(|k| (k.local_index, k.clone())).collect();
+        let forward = match &self.ring {
+            Some((pod_range, ranges)) => ForwardTable::new(
+                *pod_range,
+                ranges.iter().map(|&(a, b, owner)| {
+                    let o = if Some(owner) == self.me() {
+                        Owner::Local
+                    } else {
+                        self.sessions.peer_id(owner).map_or(Owner::Unknown, Owner::Peer)
+                    };
+                    (a, b, o)
+                }),
+            ),
+            None => ForwardTable::default(),
+        };
+        let sessions = peers.iter().flatten().filter(|p| p.send.is_some()).count();
+        self.stats.sessions.store(sessions as u64, Ordering::Relaxed);
+        self.stats
+            .peers
+            .store(peers.iter().flatten().count() as u64, Ordering::Relaxed);
+        self.view.store(Arc::new(View { forward, peers, recv }));
+    }
+
+    fn me(&self) -> Option<PeerName> {
+        Some(self.sessions.me())
+    }
+}
+
+// ---- outbound: TUN -> UDP ----
+
+struct Outbound {
+    settings: Settings,
+    queue: Arc<SyncDevice>,
+    socket: Arc<UdpSocket>,
+    state: Arc<UdpSocketState>,
+    view: Arc<ArcSwap<View>>,
+    stats: Arc<DataStats>,
+    path: mpsc::Sender<FromPath>,
+    clock: Clock,
+    event: Arc<InterruptEvent>,
+}
+
+/// A run of sealed datagrams to one endpoint, gathered for one GSO send.
+struct Run {
+    to: Option<SocketAddr>,
+    segment: usize,
+    count: usize,
+    closed: bool,
+    bytes: Vec<u8>,
+}
+
+impl Outbound {
+    fn run(self) {
+        let stride = usize::from(self.settings.mtu) + TRANSPORT_OVERHEAD;
+        let mut big = vec![0u8; TUN_BATCH * stride];
+        let mut original = vec![0u8; tun_rs::VIRTIO_NET_HDR_LEN + 65_535];
+        let mut sizes = [0usize; TUN_BATCH];
+        let max_segments = self.state.max_gso_segments().max(1);
+        let mut run = Run {
+            to: None,
+            segment: 0,
+            count: 0,
+            closed: false,
+            bytes: Vec::with_capacity(GSO_MAX_BYTES + stride),
+        };
+        loop {
+            let n = {
+                let mut chunks = big.chunks_mut(stride);
+                let mut bufs: [&mut [u8]; TUN_BATCH] = std::array::from_fn(|_| chunks.next().unwrap_or_default());
+                match self.queue.recv_multiple_intr(
+                    &mut original,
+                    &mut bufs,
+                    &mut sizes,
+                    TRANSPORT_HEADER_LEN,
+                    &self.event,
+                ) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted && self.event.is_trigger() => return,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted || e.kind() == io::ErrorKind::WouldBlock => {
+                        continue;
+                    }
+                    Err(e) => {
+                        debug!("TUN read: {e}");
+                        self.stats.count(DropReason::NotIpv4);
+                        continue;
+                    }
+                }
+            };
+            self.stats.tun_reads.fetch_add(1, Ordering::Relaxed);
+            let now = self.clock.now();
+            let view = self.view.load();
+            for (i, &len) in sizes.iter().enumerate().take(n) {
+                let buf = &mut big[i * stride..(i + 1) * stride];
+                let Some(sealed) = self.seal_one(&view, now, buf, len) else {
+                    continue;
+                };
+                let (to, dlen) = sealed;
+                let fits = run.to == Some(to)
+                    && !run.closed
+                    && dlen <= run.segment
+                    && run.count < max_segments
+                    && run.bytes.len() + dlen <= GSO_MAX_BYTES;
+                if !fits {
+                    self.flush(&mut run);
+                    run.to = Some(to);
+                    run.segment = dlen;
+                }
+                run.bytes.extend_from_slice(&buf[..dlen]);
+                run.count += 1;
+                if dlen < run.segment {
+                    run.closed = true;
+                }
+            }
+            self.flush(&mut run);
+        }
+    }
+
+    /// Seals the packet in `buf` (at [`TRANSPORT_HEADER_LEN`], `len` bytes)
+    /// for its destination, or drops it or hands it to the driver. Returns
+    /// where to send the datagram now in `buf[..n]`.
+    fn seal_one(&self, view: &View, now: Time, buf: &mut [u8], len: usize) -> Option<(SocketAddr, usize)> {
+        let inner = &buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len];
+        let Some(dst) = ipv4_dst(inner) else {
+            self.stats.count(DropReason::NotIpv4);
+            return None;
+        };
+        let via = match view.forward.decide(dst) {
+            Decision::Send { via, .. } => via,
+            Decision::Local => return self.dropped(DropReason::NoLocalPod),
+            Decision::Unreachable => return self.dropped(DropReason::Unreachable),
+            Decision::OutsideRange => return self.dropped(DropReason::OutsideRange),
+        };
+        let Some(peer) = view.peer(via) else {
+            return self.dropped(DropReason::Unreachable);
+        };
+        let keys = peer.send.as_ref().filter(|k| k.usable(now));
+        let (Some(keys), Some(to)) = (keys, peer.endpoint) else {
+            // Hand a copy to the driver, which queues it until a handshake.
+            let packet = session::staged_packet(inner);
+            if self
+                .path
+                .try_send(FromPath::Need {
+                    peer: via,
+                    packet: Some(packet),
+                })
+                .is_err()
+            {
+                self.stats.count(DropReason::NoSession);
+            }
+            return None;
+        };
+        if keys.wants_rekey(now, REKEY_AFTER_TIME) && ask_once(&peer.activity, now) {
+            let _ = self.path.try_send(FromPath::Need {
+                peer: via,
+                packet: None,
+            });
+        }
+        match keys.seal(now, buf, len) {
+            Ok(n) => {
+                self.stats.tx_packets.fetch_add(1, Ordering::Relaxed);
+                Some((to, n))
+            }
+            Err(_) => {
+                let _ = self.path.try_send(FromPath::Need {
+                    peer: via,
+                    packet: Some(session::staged_packet(
+                        &buf[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len],
+                    )),
+                });
+                None
+            }
+        }
+    }
+
+    fn dropped(&self, why: DropReason) -> Option<(SocketAddr, usize)> {
+        self.stats.count(why);
+        None
+    }
+
+    fn flush(&self, run: &mut Run) {
+        if let Some(to) = run.to
+            && run.count > 0
+        {
+            let t = UdpTransmit {
+                destination: to,
+                ecn: None,
+                contents: &run.bytes,
+                segment_size: (run.count > 1).then_some(run.segment),
+                src_ip: None,
+            };
+            if send_with_retry(&self.state, &self.socket, &t).is_err() {
+                self.stats.count(DropReason::SendFailed);
+            }
+            self.stats.udp_sends.fetch_add(1, Ordering::Relaxed);
+        }
+        run.to = None;
+        run.count = 0;
+        run.closed = false;
+        run.bytes.clear();
+    }
+}
+
+/// Sends, waiting (briefly) for room if the socket buffer is full.
+fn send_with_retry(state: &UdpSocketState, socket: &UdpSocket, t: &UdpTransmit<'_>) -> io::Result<()> {
+    for _ in 0..50 {
+        match state.send(UdpSockRef::from(socket), t) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut fds = [nix::poll::PollFd::new(socket.as_fd(), nix::poll::PollFlags::POLLOUT)];
+                let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(10u16));
+            }
+            other => return other,
+        }
+    }
+    Err(io::ErrorKind::WouldBlock.into())
+}
+
+/// Whether the packet path should ask for a new handshake now (at most
+/// every 100 ms per peer).
+fn ask_once(activity: &Activity, now: Time) -> bool {
+    let last = activity.last_asked.load(Ordering::Relaxed);
+    if now.as_millis().saturating_sub(last) < 100 {
+        return false;
+    }
+    activity.last_asked.store(now.as_millis(), Ordering::Relaxed);
+    true
+}
+
+/// The destination of an IPv4 packet, if it is one.
+fn ipv4_dst(p: &[u8]) -> Option<Ipv4Addr> {
+    if p.len() < 20 || p[0] >> 4 != 4 {
+        return None;
+    }
+    Some(Ipv4Addr::new(p[16], p[17], p[18], p[19]))
+}
+
+/// The source and total length of a well-formed IPv4 packet of at most
+/// `p.len()` bytes.
+fn ipv4_src_len(p: &[u8]) -> Option<(Ipv4Addr, usize)> {
+    if p.len() < 20 || p[0] >> 4 != 4 || usize::from(p[0] & 0x0f) * 4 < 20 {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([p[2], p[3]]));
+    if total < usize::from(p[0] & 0x0f) * 4 || total > p.len() {
+        return None;
+    }
+    Some((Ipv4Addr::new(p[12], p[13], p[14], p[15]), total))
+}
+
+// ---- inbound: UDP -> TUN ----
+
+struct Inbound {
+    queue: Arc<SyncDevice>,
+    socket: Arc<UdpSocket>,
+    state: Arc<UdpSocketState>,
+    view: Arc<ArcSwap<View>>,
+    stats: Arc<DataStats>,
+    path: mpsc::Sender<FromPath>,
+    clock: Clock,
+    stop: Arc<AtomicBool>,
+}
+
+impl Inbound {
+    fn run(self) {
+        let batch = quinn_udp::BATCH_SIZE;
+        let mut bufs: Vec<Vec<u8>> = (0..batch).map(|_| vec![0u8; 65_535]).collect();
+        let mut metas = [RecvMeta::default(); quinn_udp::BATCH_SIZE];
+        let mut out: Vec<Vec<u8>> = (0..TUN_WRITE_BATCH)
+            .map(|_| Vec::with_capacity(TUN_OFFSET + 65_535))
+            .collect();
+        let mut gro = GROTable::default();
+        while !self.stop.load(Ordering::Relaxed) {
+            let mut fds = [nix::poll::PollFd::new(
+                self.socket.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(POLL_MS)) {
+                Ok(0) | Err(_) => continue,
+                Ok(_) => {}
+            }
+            loop {
+                let n = {
+                    let mut it = bufs.iter_mut();
+                    let mut slices: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
+                        std::array::from_fn(|_| IoSliceMut::new(it.next().map_or(&mut [][..], |b| &mut b[..])));
+                    match self
+                        .state
+                        .recv(UdpSockRef::from(&*self.socket), &mut slices, &mut metas)
+                    {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            debug!("UDP receive: {e}");
+                            break;
+                        }
+                    }
+                };
+                let now = self.clock.now();
+                let view = self.view.load();
+                let mut k = 0;
+                for (meta, buf) in metas.iter().zip(bufs.iter_mut()).take(n) {
+                    let stride = meta.stride.max(1);
+                    for seg in buf[..meta.len].chunks_mut(stride) {
+                        if let Some(len) = self.open_one(&view, now, meta.addr, seg) {
+                            let o = &mut out[k];
+                            o.clear();
+                            o.resize(TUN_OFFSET, 0);
+                            o.extend_from_slice(&seg[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len]);
+                            k += 1;
+                            if k == out.len() {
+                                self.write(&mut gro, &mut out[..k]);
+                                k = 0;
+                            }
+                        }
+                    }
+                }
+                if k > 0 {
+                    self.write(&mut gro, &mut out[..k]);
+                }
+            }
+        }
+    }
+
+    fn write(&self, gro: &mut GROTable, out: &mut [Vec<u8>]) {
+        let n = out.len() as u64;
+        match self.queue.send_multiple(gro, out, TUN_OFFSET) {
+            Ok(_) => {
+                self.stats.rx_packets.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => {
+                debug!("TUN write: {e}");
+                self.stats.count(DropReason::TunWriteFailed);
+            }
+        }
+    }
+
+    /// Handles one datagram; returns the length of the inner packet now at
+    /// `seg[TRANSPORT_HEADER_LEN..]` if it is to be written to the TUN device.
+    fn open_one(&self, view: &View, now: Time, from: SocketAddr, seg: &mut [u8]) -> Option<usize> {
+        let (receiver, counter) = match wire::parse(seg) {
+            Ok(Packet::Transport { receiver, counter }) => (receiver, counter),
+            Ok(_) => {
+                if self
+                    .path
+                    .try_send(FromPath::Handshake {
+                        from,
+                        bytes: seg.to_vec(),
+                    })
+                    .is_err()
+                {
+                    self.stats.count(DropReason::HandshakeOverload);
+                }
+                return None;
+            }
+            Err(m) => {
+                self.stats.count(DropReason::Malformed(m));
+                return None;
+            }
+        };
+        let Some(keys) = view.recv.get(&receiver) else {
+            self.stats.count(DropReason::UnknownSession);
+            let _ = self.path.try_send(FromPath::Unknown { from, receiver });
+            return None;
+        };
+        let was_confirmed = keys.confirmed();
+        let len = match keys.open(now, counter, seg) {
+            Ok(len) => len,
+            Err(e) => {
+                self.stats.count(match e {
+                    OpenError::Auth => DropReason::AuthFailed,
+                    OpenError::Replayed => DropReason::Replayed,
+                    OpenError::Expired => DropReason::ExpiredKeys,
+                });
+                return None;
+            }
+        };
+        let moved = view.peer(keys.peer).is_none_or(|p| p.endpoint != Some(from));
+        let promote = !was_confirmed || view.peer(keys.peer).is_none_or(|p| p.send.is_none());
+        if (moved || promote) && ask_once_roam(view, keys.peer, now) {
+            let _ = self.path.try_send(FromPath::Authenticated {
+                peer: keys.peer,
+                index: keys.local_index,
+                from,
+            });
+        }
+        if len == 0 {
+            return None; // keepalive
+        }
+        let inner = &seg[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len];
+        let Some((src, total)) = ipv4_src_len(inner) else {
+            self.stats.count(DropReason::BadInnerPacket);
+            return None;
+        };
+        if !view.forward.may_send_from(keys.peer, src) {
+            self.stats.count(DropReason::SpoofedSource);
+            return None;
+        }
+        Some(total)
+    }
+}
+
+/// Rate-limits "authenticated" notices per peer to one per 50 ms, so a
+/// burst does not flood the driver before the new view is published.
+fn ask_once_roam(view: &View, peer: PeerId, now: Time) -> bool {
+    view.peer(peer).is_none_or(|p| {
+        let last = p.activity.last_asked.load(Ordering::Relaxed);
+        if now.as_millis().saturating_sub(last) < 50 {
+            return false;
+        }
+        p.activity.last_asked.store(now.as_millis(), Ordering::Relaxed);
+        true
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_drop_reason_has_a_distinct_name_and_slot() {
+        let names: std::collections::BTreeSet<_> = DropReason::all().map(DropReason::as_str).collect();
+        assert_eq!(names.len(), DropReason::all().count());
+        assert_eq!(DropReason::all().count(), DROP_KINDS);
+        let stats = DataStats::default();
+        stats.count(DropReason::SpoofedSource);
+        stats.count(DropReason::Handshake(HandshakeDrop::BadMac));
+        let d = stats.drops();
+        assert_eq!(d["spoofed_source"], 1);
+        assert_eq!(d["bad_mac"], 1);
+        assert_eq!(d.values().sum::<u64>(), 2);
+    }
+
+    #[test]
+    fn inner_packets_are_checked_before_use() {
+        let mut p = [0u8; 28];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&28u16.to_be_bytes());
+        p[12..16].copy_from_slice(&[10, 32, 1, 2]);
+        p[16..20].copy_from_slice(&[10, 32, 2, 2]);
+        assert_eq!(ipv4_src_len(&p), Some((Ipv4Addr::new(10, 32, 1, 2), 28)));
+        assert_eq!(ipv4_dst(&p), Some(Ipv4Addr::new(10, 32, 2, 2)));
+        // Trailing bytes beyond the total length are cut off.
+        let mut long = p.to_vec();
+        long.extend_from_slice(&[0; 5]);
+        assert_eq!(ipv4_src_len(&long).map(|x| x.1), Some(28));
+        // Claims more than it has; IPv6; too short; bad header length.
+        p[2..4].copy_from_slice(&100u16.to_be_bytes());
+        assert_eq!(ipv4_src_len(&p), None);
+        assert_eq!(ipv4_dst(&[0x60; 40]), None);
+        assert_eq!(ipv4_src_len(&[0x45; 10]), None);
+        let mut bad_ihl = [0u8; 28];
+        bad_ihl[0] = 0x44;
+        assert_eq!(ipv4_src_len(&bad_ihl), None);
+    }
+}

@@ -1,0 +1,394 @@
+//! The data plane as the daemon runs it: the TUN device, the kernel's
+//! routes and firewall, the host address, and the packet path.
+//!
+//! [`Prepared::open`] does everything that can fail at launch, before the
+//! router announces itself: it picks the MTU, opens the TUN device (one
+//! queue per core), binds the data-plane sockets, enables IPv4 forwarding
+//! and installs the firewall rules. [`Prepared::start`] then starts the
+//! packet path ([`super::dataplane`]) and a *kernel task* that keeps the
+//! routes and the host address in step with the ring: the daemon sends it
+//! the desired state ([`Desired`]) whenever the ring changes, and it applies
+//! the difference through netlink, and again every [`RESYNC`] so that a
+//! route someone deleted by hand comes back.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipam_crdt::{PeerName, Ring};
+use ipnet::{IpNet, Ipv4Net};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::clock::Clock;
+use super::dataplane::{self, DataPlane, DataStats, PeerInfo, Settings, Stopper};
+use super::netlink::Netlink;
+use crate::config::LaunchConfig;
+use crate::core::data::session::Sessions;
+use crate::core::data::wire::TRANSPORT_OVERHEAD;
+use crate::core::reconcile::{self, Desired};
+use crate::core::topology::Topology;
+use crate::identity::Identity;
+use crate::secret::{ClusterSecret, DATA_PSK_LABEL};
+
+/// The TUN device's name.
+pub const TUN_NAME: &str = "weft";
+/// How often the kernel task re-applies the desired state.
+pub const RESYNC: Duration = Duration::from_secs(30);
+/// IPv4 and UDP headers in front of every data-plane datagram.
+const UDP_IPV4_OVERHEAD: u16 = 28;
+
+/// Why the data plane cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostError {
+    /// The TUN device cannot be made.
+    #[error(transparent)]
+    Tun(#[from] super::tun::TunError),
+    /// Netlink cannot be opened or refused a change.
+    #[error(transparent)]
+    Netlink(#[from] super::netlink::NetlinkError),
+    /// The data-plane port cannot be bound.
+    #[error(
+        "cannot bind the data-plane port udp/{port}: {error}; is another router running? Choose another port with \
+         --dataplane-port"
+    )]
+    Bind {
+        /// The port.
+        port: u16,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// Forwarding cannot be enabled.
+    #[error(transparent)]
+    Forwarding(#[from] super::sysctl::SysctlError),
+    /// The firewall rules cannot be installed.
+    #[error(transparent)]
+    Firewall(#[from] super::firewall::FirewallError),
+    /// The packet path cannot start.
+    #[error("cannot start the packet path: {0}")]
+    Start(std::io::Error),
+}
+
+/// The data plane, opened but not started.
+#[derive(Debug)]
+pub struct Prepared {
+    netlink: Netlink,
+    tun: super::tun::Tun,
+    sockets: Vec<std::net::UdpSocket>,
+    sessions: Sessions,
+    settings: Settings,
+    port: u16,
+    pod_range: Ipv4Net,
+    masquerade: bool,
+    stats: Arc<DataStats>,
+}
+
+impl Prepared {
+    /// The packet path's counters (for metrics).
+    pub fn stats(&self) -> Arc<DataStats> {
+        self.stats.clone()
+    }
+
+    /// Opens the TUN device and sockets and installs the firewall rules.
+    ///
+    /// # Errors
+    /// [`HostError`], saying what to fix.
+    pub async fn open(
+        config: &LaunchConfig,
+        identity: &Identity,
+        secret: &ClusterSecret,
+        clock: Clock,
+    ) -> Result<Self, HostError> {
+        let IpNet::V4(pod_range) = config.ipalloc_range.net() else {
+            unreachable!("pools are IPv4 (Pool::new refuses IPv6)")
+        };
+        let mtu = config.mtu.map_or_else(default_mtu, |m| m.get());
+        let queues = std::thread::available_parallelism().map_or(1, usize::from).min(8);
+        let netlink = Netlink::new()?;
+        let tun = super::tun::open(&netlink, TUN_NAME, mtu, queues).await?;
+        let port = config.dataplane_port.get();
+        let sockets =
+            dataplane::bind_sockets(port, tun.queues.len()).map_err(|error| HostError::Bind { port, error })?;
+        if super::sysctl::enable_ip_forwarding()? == super::sysctl::Forwarding::Enabled {
+            info!("enabled IPv4 forwarding");
+        }
+        let masquerade = config.masquerade;
+        let iptables = tokio::task::spawn_blocking(move || super::firewall::apply(pod_range, TUN_NAME, masquerade))
+            .await
+            .map_err(|e| HostError::Start(std::io::Error::other(e)))??;
+        debug!(?iptables, "firewall rules installed");
+        // The pod network is IPv4: without this the kernel sends router
+        // solicitations and the like into the TUN device, only to be dropped.
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{TUN_NAME}/disable_ipv6"), "1\n");
+        let now = clock.now();
+        let sessions = Sessions::new(
+            identity,
+            secret.derive(DATA_PSK_LABEL),
+            clock.wall_at(crate::core::Time::ZERO),
+            rand::random(),
+            now,
+        );
+        info!(
+            mtu,
+            queues = tun.queues.len(),
+            vnet_hdr = tun.vnet_hdr,
+            tcp_offload = tun.tcp_gso,
+            udp_offload = tun.udp_gso,
+            port,
+            "data plane ready"
+        );
+        Ok(Self {
+            netlink,
+            settings: Settings {
+                mtu,
+                vnet_hdr: tun.vnet_hdr,
+            },
+            tun,
+            sockets,
+            sessions,
+            port,
+            pod_range,
+            masquerade,
+            stats: Arc::new(DataStats::default()),
+        })
+    }
+
+    /// Starts the packet path and the kernel task.
+    ///
+    /// # Errors
+    /// If a thread cannot start.
+    pub fn start(self, clock: Clock) -> Result<Running, HostError> {
+        let Self {
+            netlink,
+            tun,
+            sockets,
+            sessions,
+            settings,
+            port,
+            pod_range,
+            masquerade,
+            stats,
+        } = self;
+        let queues = tun.queues.len();
+        let index = tun.index;
+        let vnet_hdr = tun.vnet_hdr;
+        let (plane, stopper, driver) =
+            dataplane::start(settings, tun.queues, sockets, sessions, clock, stats).map_err(HostError::Start)?;
+        tokio::spawn(driver);
+        let (want_tx, want_rx) = watch::channel(None);
+        tokio::spawn(kernel_task(
+            netlink,
+            index,
+            settings.mtu,
+            want_rx,
+            pod_range,
+            masquerade,
+        ));
+        Ok(Running {
+            plane,
+            stopper: Some(stopper),
+            want: want_tx,
+            port,
+            mtu: settings.mtu,
+            queues,
+            vnet_hdr,
+            pod_range,
+            peers_summary: None,
+            ring_hash: None,
+            host_address: None,
+        })
+    }
+}
+
+/// The running data plane, as the daemon's driver holds it.
+#[derive(Debug)]
+pub struct Running {
+    plane: DataPlane,
+    stopper: Option<Stopper>,
+    want: watch::Sender<Option<Desired>>,
+    port: u16,
+    mtu: u16,
+    queues: usize,
+    vnet_hdr: bool,
+    pod_range: Ipv4Net,
+    peers_summary: Option<u64>,
+    ring_hash: Option<u64>,
+    host_address: Option<Ipv4Addr>,
+}
+
+impl Running {
+    /// Tells the packet path about the routers in the topology, if it
+    /// changed. `control_peer` gives the address of a direct control
+    /// connection, preferred over the advertised endpoints.
+    pub fn update_peers(&mut self, topology: &Topology, control_peer: impl Fn(PeerName) -> Option<IpAddr>) {
+        let summary = topology.summary();
+        if self.peers_summary == Some(summary) {
+            return;
+        }
+        self.peers_summary = Some(summary);
+        let me = topology.me();
+        let peers = topology
+            .entries()
+            .filter(|e| e.name != me)
+            .filter_map(|e| {
+                let data = e.data?;
+                let ip = control_peer(e.name).or_else(|| e.endpoints.first().map(SocketAddr::ip));
+                Some(PeerInfo {
+                    name: e.name,
+                    public_key: data.public_key,
+                    endpoint: ip.map(|ip| SocketAddr::new(ip, data.port)),
+                })
+            })
+            .collect();
+        self.plane.set_peers(peers);
+    }
+
+    /// Forces the next [`Running::update_peers`] to push (a control
+    /// connection came or went, which may change a peer's address).
+    pub fn peers_may_have_moved(&mut self) {
+        self.peers_summary = None;
+    }
+
+    /// Tells the packet path and the kernel task about the ring and the
+    /// host address, if either changed.
+    pub fn update_ring(&mut self, me: PeerName, ring: &Ring, host_address: Option<Ipv4Addr>) {
+        let hash = crate::core::ipam_agent::ring_hash(ring);
+        if self.ring_hash == Some(hash) && self.host_address == host_address {
+            return;
+        }
+        self.ring_hash = Some(hash);
+        self.host_address = host_address;
+        let mut ranges = Vec::new();
+        let mut own = Vec::new();
+        for r in ring.ranges() {
+            let (IpAddr::V4(first), IpAddr::V4(last)) = (r.range.first, r.range.last) else {
+                continue;
+            };
+            ranges.push((first, last, r.owner));
+            if r.owner == me {
+                own.push(first..=last);
+            }
+        }
+        let own_blocks = reconcile::cidr_blocks(own);
+        self.plane.set_ring(self.pod_range, ranges);
+        let _ = self
+            .want
+            .send(Some(reconcile::desired(self.pod_range, &own_blocks, host_address)));
+    }
+
+    /// The data-plane port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// What `weft status` shows.
+    pub fn status(&self) -> crate::api::types::DataplaneStatus {
+        let snap = self.plane.snapshot();
+        crate::api::types::DataplaneStatus {
+            port: self.port,
+            mtu: self.mtu,
+            queues: self.queues,
+            offload: self.vnet_hdr,
+            sessions: snap.sessions,
+            peers: snap.peers,
+            tx_packets: snap.tx_packets,
+            rx_packets: snap.rx_packets,
+            drops: snap.drops.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        }
+    }
+
+    /// The packet path's counters, for metrics.
+    pub fn plane(&self) -> &DataPlane {
+        &self.plane
+    }
+
+    /// Removes what the data plane put in the kernel: our routes, the TUN
+    /// device and the firewall rules (`weft reset`).
+    pub async fn remove_kernel_state(&mut self) -> Result<(), String> {
+        self.stop();
+        let netlink = Netlink::new().map_err(|e| e.to_string())?;
+        let routes = netlink.remove_all(TUN_NAME).await.map_err(|e| e.to_string())?;
+        let firewall = tokio::task::spawn_blocking(super::firewall::remove)
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        info!(?routes, ?firewall, "removed the data plane's kernel state");
+        Ok(())
+    }
+
+    /// Stops the packet path's threads (the kernel state stays: pods keep
+    /// their routes while the router restarts).
+    pub fn stop(&mut self) {
+        if let Some(s) = self.stopper.take() {
+            s.stop();
+        }
+    }
+}
+
+/// The MTU for pods when `--mtu` is not given: the underlay's (the link of
+/// the default route, else 1500) less the tunnel's overhead.
+fn default_mtu() -> u16 {
+    let underlay = underlay_mtu().unwrap_or(1500);
+    underlay
+        .saturating_sub(UDP_IPV4_OVERHEAD + TRANSPORT_OVERHEAD as u16)
+        .max(crate::config::Mtu::MIN)
+}
+
+/// The MTU of the link the default IPv4 route leaves through.
+fn underlay_mtu() -> Option<u16> {
+    let routes = std::fs::read_to_string("/proc/net/route").ok()?;
+    let dev = routes.lines().skip(1).find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (dev, dst) = (f.next()?, f.next()?);
+        (dst == "00000000").then(|| dev.to_owned())
+    })?;
+    std::fs::read_to_string(format!("/sys/class/net/{dev}/mtu"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Applies the desired kernel state whenever it changes, and every
+/// [`RESYNC`].
+async fn kernel_task(
+    netlink: Netlink,
+    link: u32,
+    mtu: u16,
+    mut want: watch::Receiver<Option<Desired>>,
+    pod_range: Ipv4Net,
+    masquerade: bool,
+) {
+    if let Err(e) = netlink.set_link(link, u32::from(mtu), true).await {
+        warn!(error = %e, "cannot bring the TUN device up");
+    }
+    loop {
+        let desired = want.borrow_and_update().clone();
+        if let Some(desired) = desired {
+            match netlink.sync(link, &desired).await {
+                Ok(r) if r.added + r.replaced + r.removed > 0 => {
+                    info!(
+                        added = r.added,
+                        replaced = r.replaced,
+                        removed = r.removed,
+                        "kernel routes updated"
+                    );
+                }
+                Ok(_) => debug!("kernel routes in step"),
+                Err(e) => warn!(error = %e, "cannot update kernel routes; retrying"),
+            }
+        }
+        tokio::select! {
+            changed = want.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(RESYNC) => {
+                // A firewall reload (firewalld, iptables-restore) may have
+                // wiped our rules: put them back.
+                let fw = tokio::task::spawn_blocking(move || super::firewall::apply(pod_range, TUN_NAME, masquerade)).await;
+                if let Ok(Err(e)) = fw {
+                    warn!(error = %e, "cannot re-apply the firewall rules");
+                }
+            }
+        }
+    }
+}
