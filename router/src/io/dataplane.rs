@@ -130,6 +130,9 @@ pub enum DropReason {
     SendFailed,
     /// The TUN device refused a write.
     TunWriteFailed,
+    /// A read from the TUN device failed (for example a super-packet
+    /// tun-rs cannot split).
+    TunReadFailed,
 }
 
 impl DropReason {
@@ -155,6 +158,7 @@ impl DropReason {
             Self::Handshake(h) => h.as_str(),
             Self::SendFailed => "send_failed",
             Self::TunWriteFailed => "tun_write_failed",
+            Self::TunReadFailed => "tun_read_failed",
         }
     }
 
@@ -183,7 +187,7 @@ impl DropReason {
             Self::HandshakeOverload,
         ])
         .chain(HandshakeDrop::ALL.into_iter().map(Self::Handshake))
-        .chain([Self::SendFailed, Self::TunWriteFailed])
+        .chain([Self::SendFailed, Self::TunWriteFailed, Self::TunReadFailed])
     }
 
     fn slot(self) -> usize {
@@ -191,7 +195,7 @@ impl DropReason {
     }
 }
 
-const DROP_KINDS: usize = 4 + 12 + HandshakeDrop::ALL.len() + 2;
+const DROP_KINDS: usize = 4 + 12 + HandshakeDrop::ALL.len() + 3;
 
 /// Counters of the packet path, shared by its threads.
 #[derive(Debug)]
@@ -656,7 +660,7 @@ impl Outbound {
                     }
                     Err(e) => {
                         debug!("TUN read: {e}");
-                        self.stats.count(DropReason::NotIpv4);
+                        self.stats.count(DropReason::TunReadFailed);
                         continue;
                     }
                 }
