@@ -145,7 +145,9 @@ pub struct Mesh {
     topo: Topology,
     rng: ChaCha8Rng,
     /// Established neighbours: the connection, and the address we dialed (if we dialed).
-    conns: BTreeMap<PeerName, (ConnId, Option<SocketAddr>)>,
+    /// Per neighbour: the connection, the address we dialed (`None`:
+    /// inbound), and when it came up.
+    conns: BTreeMap<PeerName, (ConnId, Option<SocketAddr>, Time)>,
     /// Addresses the operator asked for: dialed until connected, whatever the degree.
     persistent: BTreeSet<SocketAddr>,
     /// Dial state per address.
@@ -236,7 +238,7 @@ impl Mesh {
             }
             out.push((d.expect, Some(*addr), state));
         }
-        for (n, (_, addr)) in &self.conns {
+        for (n, (_, addr, _)) in &self.conns {
             seen.insert(*n);
             out.push((Some(*n), *addr, PeerState::Established));
         }
@@ -326,7 +328,7 @@ impl Mesh {
     ) -> Result<Option<ConnId>, Refused> {
         let me = self.topo.me();
         let mut replaced = None;
-        if let Some(&(old, old_dialed)) = self.conns.get(&peer) {
+        if let Some(&(old, old_dialed, old_since)) = self.conns.get(&peer) {
             let old_by_lower = old_dialed.is_some() == (me < peer);
             let new_by_lower = dialed.is_some() == (me < peer);
             // The peer dialed us again although we hold a connection it
@@ -335,7 +337,12 @@ impl Mesh {
             // one rather than wait for the old one to time out. Simultaneous
             // opens pair one inbound with one outbound connection on each
             // side, so the tie-break below still decides those.
-            let peer_redialed = old_dialed.is_none() && dialed.is_none();
+            // Likewise when it dials us while we hold a connection we dialed
+            // long ago: a simultaneous open completes within the handshake
+            // timeout, so an inbound connection later than that means the
+            // peer lost ours (a restart), and ours is dead too.
+            let peer_redialed =
+                dialed.is_none() && (old_dialed.is_none() || now.since(old_since) > SIMULTANEOUS_OPEN_WINDOW);
             if !peer_redialed && (old_by_lower || !new_by_lower) {
                 if let Some(addr) = dialed {
                     self.mark_connected(addr, peer);
@@ -349,7 +356,7 @@ impl Mesh {
             }
             return Err(Refused(Failure::ConnectionLimit));
         }
-        self.conns.insert(peer, (conn, dialed));
+        self.conns.insert(peer, (conn, dialed, now));
         if let Some(addr) = dialed {
             self.mark_connected(addr, peer);
         }
@@ -364,7 +371,7 @@ impl Mesh {
 
     /// Control connection `conn` to `peer` closed (a replaced duplicate is ignored).
     pub fn handle_disconnected(&mut self, now: Time, peer: PeerName, conn: ConnId, reason: Failure) {
-        let Some(&(current, dialed)) = self.conns.get(&peer) else {
+        let Some(&(current, dialed, _)) = self.conns.get(&peer) else {
             return;
         };
         if current != conn {
@@ -624,6 +631,11 @@ impl Mesh {
 }
 
 /// How long an entry requested from one announcer is not requested from others.
+/// How far apart the two connections of a simultaneous open come up, at
+/// most, in practice (both dials start together and complete in a round
+/// trip or two). A connection from a peer later than this after ours came up
+/// means the peer restarted. Erring here costs one reconnect, not safety.
+const SIMULTANEOUS_OPEN_WINDOW: Duration = Duration::from_secs(2);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[cfg(test)]
@@ -715,6 +727,23 @@ mod tests {
         for w in delays.windows(2) {
             assert!(w[1] > w[0], "backoff grows: {delays:?}");
         }
+    }
+
+    #[test]
+    fn a_restarted_peer_replaces_the_dead_connection_we_dialed() {
+        // 1 < 2: the connection 1 dialed wins every tie-break.
+        let mut a = mesh(1);
+        a.connect(Time::ZERO, addr(2));
+        assert_eq!(a.poll_dial(), Some(addr(2)));
+        assert_eq!(a.handle_connected(Time::ZERO, p(2), ConnId(1), Some(addr(2))), Ok(None));
+        // A simultaneous open: 2's inbound connection loses the tie-break.
+        let soon = Time::from_millis(500);
+        assert!(a.handle_connected(soon, p(2), ConnId(2), None).is_err());
+        // Router 2 restarts and dials again long after: ours is dead; keep
+        // the new one now instead of waiting for ours to time out.
+        let later = Time::from_millis(30_000);
+        assert_eq!(a.handle_connected(later, p(2), ConnId(3), None), Ok(Some(ConnId(1))));
+        assert_eq!(a.neighbours().collect::<Vec<_>>(), vec![p(2)]);
     }
 
     #[test]
