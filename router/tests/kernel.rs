@@ -30,7 +30,7 @@ use ipnet::Ipv4Net;
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 use tokio::runtime::Runtime;
-use weft_router::core::reconcile::{self, KernelRoute, RTPROT_WEFT};
+use weft_router::core::reconcile::{self, GUARD_METRIC, KernelRoute, RTPROT_WEFT, RouteKind};
 use weft_router::io::firewall::{self, Iptables, Removed};
 use weft_router::io::netlink::{LinkKind, Netlink, NetlinkError, RemoveReport, SyncReport};
 use weft_router::io::sysctl::{self, Forwarding};
@@ -190,7 +190,7 @@ fn sync_creates_exactly_our_routes_and_leaves_foreign_ones() {
         assert_eq!(
             report,
             SyncReport {
-                added: 3,
+                added: 4,
                 replaced: 0,
                 removed: 0
             }
@@ -209,7 +209,7 @@ fn sync_creates_exactly_our_routes_and_leaves_foreign_ones() {
             ],
         );
         let lines: Vec<&str> = ours.lines().map(str::trim).collect();
-        assert_eq!(lines.len(), 2, "{ours}");
+        assert_eq!(lines.len(), 3, "{ours}");
         assert!(
             lines
                 .iter()
@@ -220,12 +220,15 @@ fn sync_creates_exactly_our_routes_and_leaves_foreign_ones() {
             lines.iter().any(|l| l.starts_with("unreachable 10.32.0.0/14")),
             "{ours}"
         );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("unreachable 10.32.0.0/12") && l.ends_with(&format!("metric {GUARD_METRIC}"))),
+            "the leak guard: {ours}"
+        );
         let actual = nl.dump(Some(tun.index)).await.unwrap();
         assert_eq!(actual.addresses, d.addresses);
-        assert_eq!(
-            actual.routes,
-            d.routes.iter().map(|(&dst, &kind)| KernelRoute { dst, kind }).collect()
-        );
+        assert_eq!(actual.routes, d.kernel_routes());
         assert_eq!(routes_not_ours(), foreign_before, "foreign routes are untouched");
         assert!(
             foreign_before
@@ -270,7 +273,7 @@ fn a_ring_change_converges_with_a_minimal_diff() {
         let tun = tun::open(&nl, TUN, 1400, 1).await.unwrap();
         let host = Some(ip("10.32.0.1"));
         let before = reconcile::desired(net(POD), &[net("10.32.0.0/14"), net("10.36.0.0/15")], host);
-        assert_eq!(nl.sync(tun.index, &before).await.unwrap().added, 4);
+        assert_eq!(nl.sync(tun.index, &before).await.unwrap().added, 5);
 
         // Ownership of one block moves to another router, another arrives.
         let after = reconcile::desired(net(POD), &[net("10.32.0.0/14"), net("10.38.0.0/15")], host);
@@ -299,12 +302,14 @@ fn a_ring_change_converges_with_a_minimal_diff() {
                 removed: 1
             }
         );
-        let shown = sh("ip", &["-o", "route", "show", POD]);
+        let shown = sh("ip", &["-o", "route", "show", POD, "dev", TUN]);
         assert!(
             shown.contains("src 10.32.0.9") && !shown.contains("10.32.0.1 "),
             "{shown}"
         );
         assert_eq!(shown.lines().count(), 1, "exactly one pod range route: {shown}");
+        let guard = sh("ip", &["-o", "route", "show", "type", "unreachable", POD]);
+        assert_eq!(guard.lines().count(), 1, "and the guard, untouched: {guard}");
     });
 }
 
@@ -324,10 +329,10 @@ fn remove_all_removes_only_ours() {
             &[net("10.32.0.0/14"), net("10.40.0.0/16")],
             Some(ip("10.32.0.1")),
         );
-        assert_eq!(nl.sync(tun.index, &d).await.unwrap().added, 4);
+        assert_eq!(nl.sync(tun.index, &d).await.unwrap().added, 5);
 
         let report = nl.remove_all(TUN).await.unwrap();
-        assert_eq!(report, RemoveReport { routes: 3, link: true });
+        assert_eq!(report, RemoveReport { routes: 4, link: true });
         assert!(nl.dump(None).await.unwrap().routes.is_empty());
         assert!(nl.link(TUN).await.unwrap().is_none());
         let left = sh("ip", &["-o", "route", "show", "table", "main"]);
@@ -336,6 +341,185 @@ fn remove_all_removes_only_ours() {
         // Again, with nothing left: nothing to do.
         drop(tun);
         assert_eq!(nl.remove_all(TUN).await.unwrap(), RemoveReport::default());
+    });
+}
+
+/// The leak guard. The namespace plays a host with an underlay link and a
+/// default route through it, and a pod on a veth:
+///
+/// ```text
+/// pod0 (10.32.1.2/32 route, as the CNI plugin adds) -- host -- under0 192.168.99.1/24, default via 192.168.99.2
+/// ```
+///
+/// Without the guard, a packet for a pod on another host (10.40.0.5) takes
+/// the default route in clear once the TUN device is gone. With it, the
+/// lookup says unreachable, for the pod's forwarded packets and for the
+/// host's own, until `weft reset`.
+#[test]
+fn the_leak_guard_outlives_the_tun_device_and_only_a_reset_removes_it() {
+    require!("ip");
+    let ns = Ns::new();
+    ns.block_on(|| async {
+        const REMOTE: &str = "10.40.0.5";
+        const POD_ADDR: &str = "10.32.1.2";
+        let nl = Netlink::new().unwrap();
+        sh("ip", &["link", "set", "lo", "up"]);
+        sh(
+            "ip",
+            &["link", "add", "under0", "type", "veth", "peer", "name", "under1"],
+        );
+        sh("ip", &["link", "add", "pod0", "type", "veth", "peer", "name", "pod1"]);
+        for dev in ["under0", "under1", "pod0", "pod1"] {
+            sh("ip", &["link", "set", dev, "up"]);
+        }
+        sh("ip", &["addr", "add", "192.168.99.1/24", "dev", "under0"]);
+        sh("ip", &["route", "add", "default", "via", "192.168.99.2"]);
+        sh("ip", &["route", "add", POD_ADDR, "dev", "pod0", "proto", "static"]);
+        // Someone else's route at the guard's metric: it must survive every
+        // change to ours.
+        sh(
+            "ip",
+            &[
+                "route",
+                "add",
+                "10.44.0.0/16",
+                "via",
+                "192.168.99.2",
+                "proto",
+                "static",
+                "metric",
+                "4096",
+            ],
+        );
+        assert_eq!(sysctl::enable_ip_forwarding().unwrap(), Forwarding::Enabled);
+        let from_pod = ["route", "get", REMOTE, "from", POD_ADDR, "iif", "pod0"];
+
+        // The leak the guard is for: with no Weft route, both lookups take
+        // the default route (the only route that covers REMOTE).
+        let leaks = |args: &[&str]| {
+            let (ok, out, err) = try_sh("ip", args);
+            assert!(
+                ok && out.contains("via 192.168.99.2 dev under0"),
+                "{args:?} takes the default route: {out}{err}"
+            );
+        };
+        leaks(&["route", "get", REMOTE]);
+        leaks(&from_pod);
+
+        let tun = tun::open(&nl, TUN, 1400, 1).await.unwrap();
+        let index = tun.index;
+        nl.set_link(index, 1400, true).await.unwrap();
+        let d = reconcile::desired(net(POD), &[net("10.32.0.0/14")], Some(ip("10.32.0.1")));
+        assert_eq!(nl.sync(index, &d).await.unwrap().added, 4);
+        let foreign_before = routes_not_ours();
+        let guard = KernelRoute {
+            dst: net(POD),
+            metric: GUARD_METRIC,
+            kind: RouteKind::Unreachable,
+        };
+        assert!(nl.dump(None).await.unwrap().routes.contains(&guard));
+        let shown = sh(
+            "ip",
+            &["-o", "route", "show", "type", "unreachable", POD, "proto", "87"],
+        );
+        assert_eq!(
+            shown.trim(),
+            format!("unreachable {POD} metric {GUARD_METRIC}"),
+            "{shown}"
+        );
+
+        // The router runs: the TUN route wins over the guard.
+        for args in [&["route", "get", REMOTE][..], &from_pod[..]] {
+            let (ok, out, err) = try_sh("ip", args);
+            assert!(ok && out.contains("dev weft"), "{args:?}: {out}{err}");
+        }
+
+        // The router stops: the device goes, and the kernel flushes its routes.
+        drop(tun);
+        poll("the TUN link to vanish", || async {
+            nl.link(TUN).await.unwrap().is_none()
+        })
+        .await;
+        let left = nl.dump(None).await.unwrap().routes;
+        assert!(left.contains(&guard), "the guard stays: {left:?}");
+        assert!(
+            !left
+                .iter()
+                .any(|r| matches!(r.kind, RouteKind::Tun { .. } | RouteKind::Stray { .. })),
+            "the TUN route went with the device: {left:?}"
+        );
+        for args in [&["route", "get", REMOTE][..], &from_pod[..]] {
+            let (ok, out, err) = try_sh("ip", args);
+            assert!(
+                !ok && err.contains("No route to host") && !out.contains("via"),
+                "{args:?} is refused, not sent via the default route: {out}{err}"
+            );
+        }
+        // The host's own sockets get EHOSTUNREACH at once, too.
+        let e = std::net::UdpSocket::bind("0.0.0.0:0")
+            .unwrap()
+            .send_to(b"secret", (ip(REMOTE), 9))
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EHOSTUNREACH), "{e}");
+        assert_eq!(routes_not_ours(), foreign_before, "foreign routes are untouched");
+
+        // A reset removes the guard (and the own ranges' routes), and only ours.
+        let report = nl.remove_all(TUN).await.unwrap();
+        assert_eq!(report, RemoveReport { routes: 2, link: false });
+        assert!(nl.dump(None).await.unwrap().routes.is_empty());
+        assert_eq!(routes_not_ours(), foreign_before, "foreign routes are untouched");
+        leaks(&["route", "get", REMOTE]);
+    });
+}
+
+/// Our routes that share the pod range and differ in metric: the kernel
+/// reads metric 0 in a deletion as "any metric", so removing a metric-0
+/// route must not take the guard instead.
+#[test]
+fn routes_that_differ_in_metric_are_deleted_exactly() {
+    require!("ip");
+    let ns = Ns::new();
+    ns.block_on(|| async {
+        let nl = Netlink::new().unwrap();
+        let tun = tun::open(&nl, TUN, 1400, 1).await.unwrap();
+        let guard = KernelRoute {
+            dst: net(POD),
+            metric: GUARD_METRIC,
+            kind: RouteKind::Unreachable,
+        };
+        // What an older version leaves for a single router: the whole
+        // range `unreachable` at metric 0. The sync adds the guard and
+        // removes the old route, not the guard.
+        let proto = RTPROT_WEFT.to_string();
+        sh("ip", &["route", "add", "unreachable", POD, "proto", &proto]);
+        let single = reconcile::desired(net(POD), &[net(POD)], None);
+        assert_eq!(
+            nl.sync(tun.index, &single).await.unwrap(),
+            SyncReport {
+                added: 1,
+                replaced: 0,
+                removed: 1
+            }
+        );
+        assert_eq!(
+            nl.dump(Some(tun.index)).await.unwrap().routes,
+            [guard].into_iter().collect()
+        );
+
+        // A peer arrives and the single router's range shrinks: the TUN
+        // route joins the guard; then it goes again, and the guard stays.
+        let multi = reconcile::desired(net(POD), &[net("10.32.0.0/14")], None);
+        assert_eq!(nl.sync(tun.index, &multi).await.unwrap().added, 2);
+        assert_eq!(nl.dump(Some(tun.index)).await.unwrap().routes, multi.kernel_routes());
+        assert_eq!(nl.sync(tun.index, &single).await.unwrap().removed, 2);
+        assert_eq!(
+            nl.dump(Some(tun.index)).await.unwrap().routes,
+            [guard].into_iter().collect()
+        );
+        assert_eq!(
+            sh("ip", &["-o", "route", "show", POD]).trim(),
+            format!("unreachable {POD} proto {RTPROT_WEFT} metric {GUARD_METRIC}")
+        );
     });
 }
 
@@ -665,6 +849,20 @@ fn sh(program: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a command in the calling thread's namespace; whether it succeeded,
+/// its stdout and its stderr.
+fn try_sh(program: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Polls `check` until it holds, failing after 10 s.

@@ -20,8 +20,26 @@
 //!   route and the sender gets an immediate ICMP host unreachable, instead of
 //!   the packet entering the router, which would only send it back to the
 //!   kernel (a loop that ends when the TTL does). When an owned block is the
-//!   whole pod range (a single router), the `unreachable` route wins over the
-//!   TUN route: nothing is remote then.
+//!   whole pod range (a single router), nothing is remote: there is no TUN
+//!   route then, and the leak guard below is the `unreachable` route for the
+//!   whole range.
+//! - **A leak guard: the whole pod range as `unreachable`, at metric
+//!   [`GUARD_METRIC`]** (`unreachable 10.32.0.0/12 metric 4096`). While the
+//!   router runs, the TUN route (metric 0) wins over it. When the router
+//!   stops or crashes, the TUN device goes and the kernel flushes every
+//!   route through it; without the guard, a pod's packet for a pod on
+//!   another host would then match the host's default route and leave on
+//!   the underlay in clear, which Weft promises never happens. The guard is
+//!   bound to no device, so it stays; the router's stop path does not
+//!   remove it, and only `weft reset` (`Netlink::remove_all`) does. `unreachable` rather than `blackhole`: both keep the packet off
+//!   the wire, but `unreachable` answers ICMP host unreachable at once (a
+//!   local sender gets `EHOSTUNREACH`), so a pod's connection fails fast and
+//!   its retries or error handling start, where a `blackhole` would leave it
+//!   waiting out TCP's timeouts with no sign of why. The own ranges'
+//!   `unreachable` routes are more specific than the guard and do not meet
+//!   it, except for a single router's whole-range block, which the guard
+//!   stands for (above), so the desired state never holds two routes that
+//!   differ in their metric alone (see *Metrics* below).
 //! - **The host address as a /32 on the TUN link**, so the kernel accepts it
 //!   as a preferred source and delivers replies to it locally. A /32 adds no
 //!   subnet route of its own.
@@ -45,15 +63,27 @@
 //! `/etc/iproute2/rt_protos.d/weft.conf` so that `ip route` shows
 //! `proto weft`.
 //!
+//! # Metrics
+//!
+//! A route is keyed by destination *and* metric ([`RouteKey`]), as the
+//! kernel keys it (with the table and TOS, which are fixed here): the TUN
+//! route and the guard share their destination. Every route but the guard
+//! has metric 0. A deletion names the metric, but the kernel reads a metric
+//! of 0 in a deletion as "any metric" and deletes the first match in metric
+//! order, which is the metric-0 route itself as long as it exists. Since no
+//! two desired routes differ in their metric alone, a metric-0 deletion can
+//! only meet the guard if its own route vanished between dump and apply; the
+//! check dump of `sync` then reports it, and the next sync puts it back.
+//!
 //! # Order of changes
 //!
 //! [`diff`] returns every addition before any removal, so traffic never has
 //! a gap: addresses first (the kernel refuses a preferred source that is not
 //! a local address), then new and replaced routes, then removed routes, then
 //! removed addresses last (removing an address flushes the routes that use
-//! it as their source). A route whose destination stays but whose shape
-//! changes (an owned block that becomes remote, a new host address) is one
-//! [`Op::ReplaceRoute`]: the shell puts the new route in front of the old one
+//! it as their source). A route whose destination and metric stay but
+//! whose shape changes (an owned block that becomes remote, a new host
+//! address) is one [`Op::ReplaceRoute`]: the shell puts the new route in front of the old one
 //! and then deletes the old one by its exact shape, never with
 //! `NLM_F_REPLACE`, which replaces whichever route with that destination and
 //! metric comes first, ours or not.
@@ -67,6 +97,13 @@ use ipnet::Ipv4Net;
 /// The route protocol (`rtm_protocol`) of every route Weft adds. See the
 /// module docs for why 87 and what it guarantees.
 pub const RTPROT_WEFT: u8 = 87;
+
+/// The metric (`priority`) of the leak guard, the `unreachable` route for
+/// the whole pod range that catches its traffic while the TUN route is gone
+/// (see the module docs). High, so that the TUN route (metric 0) wins over
+/// it, and so does any route an admin adds for part of the range by hand
+/// with a usual metric; below the 2^32 - 1 that some tools treat as "none".
+pub const GUARD_METRIC: u32 = 4096;
 
 /// What a route does with the packets it matches.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
@@ -92,13 +129,44 @@ pub enum RouteKind {
     },
 }
 
+/// What tells two of our routes apart in the main table: the destination
+/// and the metric. Two routes with the same key differ in their shape.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct RouteKey {
+    /// The destination prefix.
+    pub dst: Ipv4Net,
+    /// The metric (`RTA_PRIORITY`); 0 when the route has none.
+    pub metric: u32,
+}
+
 /// One route in the main table, as Weft sees it.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct KernelRoute {
     /// The destination prefix.
     pub dst: Ipv4Net,
+    /// The metric (`RTA_PRIORITY`); 0 when the route has none.
+    pub metric: u32,
     /// What the route does.
     pub kind: RouteKind,
+}
+
+impl KernelRoute {
+    /// The route with this key and shape.
+    pub fn new(key: RouteKey, kind: RouteKind) -> Self {
+        Self {
+            dst: key.dst,
+            metric: key.metric,
+            kind,
+        }
+    }
+
+    /// Its destination and metric.
+    pub fn key(&self) -> RouteKey {
+        RouteKey {
+            dst: self.dst,
+            metric: self.metric,
+        }
+    }
 }
 
 /// The kernel state the data plane needs. Built by [`desired`].
@@ -107,14 +175,24 @@ pub struct Desired {
     /// Addresses on the TUN link.
     pub addresses: BTreeSet<Ipv4Net>,
     /// Routes in the main table with protocol [`RTPROT_WEFT`], one per
-    /// destination.
-    pub routes: BTreeMap<Ipv4Net, RouteKind>,
+    /// destination and metric.
+    pub routes: BTreeMap<RouteKey, RouteKind>,
+}
+
+impl Desired {
+    /// The routes as [`KernelRoute`]s, as a dump would find them.
+    pub fn kernel_routes(&self) -> BTreeSet<KernelRoute> {
+        self.routes
+            .iter()
+            .map(|(&k, &kind)| KernelRoute::new(k, kind))
+            .collect()
+    }
 }
 
 /// The kernel state a dump found: the addresses on the TUN link, and the
 /// routes in the main table with protocol [`RTPROT_WEFT`] (there may be more
-/// than one per destination, for example after a crash halfway through a
-/// replacement).
+/// than one per destination and metric, for example after a crash halfway
+/// through a replacement).
 #[derive(Clone, PartialEq, Eq, Default, Debug)]
 pub struct Actual {
     /// Addresses on the TUN link.
@@ -129,17 +207,18 @@ pub struct Actual {
 pub enum Op {
     /// Add an address to the TUN link.
     AddAddress(Ipv4Net),
-    /// Add a route (there is none of ours for this destination).
+    /// Add a route (there is none of ours with its destination and metric).
     AddRoute(KernelRoute),
-    /// Put `new` in place of `old`, which has the same destination: add
-    /// `new` in front, then delete `old` by its exact shape.
+    /// Put `new` in place of `old`, which has the same destination and
+    /// metric: add `new` in front, then delete `old` by its exact shape.
     ReplaceRoute {
         /// The route found.
         old: KernelRoute,
         /// The route wanted.
         new: KernelRoute,
     },
-    /// Delete one of our routes, matched by destination, shape and protocol.
+    /// Delete one of our routes, matched by destination, metric, shape and
+    /// protocol.
     DelRoute(KernelRoute),
     /// Remove an address from the TUN link.
     DelAddress(Ipv4Net),
@@ -151,18 +230,23 @@ pub enum Op {
 /// ranges into them); blocks outside `pod_range` are ignored, since a route
 /// for them would capture traffic that is not Weft's. `host_address`, when
 /// given, becomes a /32 on the TUN link and the preferred source of the pod
-/// range route.
+/// range route. The leak guard ([`GUARD_METRIC`]) is always there.
 pub fn desired(pod_range: Ipv4Net, own_ranges: &[Ipv4Net], host_address: Option<Ipv4Addr>) -> Desired {
     let pod_range = pod_range.trunc();
+    let key = |dst, metric| RouteKey { dst, metric };
     let mut routes = BTreeMap::new();
-    routes.insert(pod_range, RouteKind::Tun { src: host_address });
+    routes.insert(key(pod_range, 0), RouteKind::Tun { src: host_address });
     for block in own_ranges {
         let block = block.trunc();
-        if pod_range.contains(&block) {
-            // Overwrites the TUN route when a block is the whole pod range.
-            routes.insert(block, RouteKind::Unreachable);
+        if block == pod_range {
+            // Nothing is remote: no TUN route, and the guard is the
+            // whole range's `unreachable` (see the module docs).
+            routes.remove(&key(pod_range, 0));
+        } else if pod_range.contains(&block) {
+            routes.insert(key(block, 0), RouteKind::Unreachable);
         }
     }
+    routes.insert(key(pod_range, GUARD_METRIC), RouteKind::Unreachable);
     let addresses = host_address
         .map(|a| Ipv4Net::new(a, 32).expect("32 is a valid IPv4 prefix length"))
         .into_iter()
@@ -176,28 +260,25 @@ pub fn diff(desired: &Desired, actual: &Actual) -> Vec<Op> {
     let mut adds = Vec::new();
     let mut dels = Vec::new();
 
-    let mut found: BTreeMap<Ipv4Net, Vec<RouteKind>> = BTreeMap::new();
+    let mut found: BTreeMap<RouteKey, Vec<RouteKind>> = BTreeMap::new();
     for r in &actual.routes {
-        found.entry(r.dst).or_default().push(r.kind);
+        found.entry(r.key()).or_default().push(r.kind);
     }
-    for (&dst, &want) in &desired.routes {
-        let new = KernelRoute { dst, kind: want };
-        let mut have = found.remove(&dst).unwrap_or_default();
+    for (&key, &want) in &desired.routes {
+        let new = KernelRoute::new(key, want);
+        let mut have = found.remove(&key).unwrap_or_default();
         if let Some(i) = have.iter().position(|&k| k == want) {
             have.remove(i);
         } else if !have.is_empty() {
-            let old = KernelRoute {
-                dst,
-                kind: have.remove(0),
-            };
+            let old = KernelRoute::new(key, have.remove(0));
             adds.push(Op::ReplaceRoute { old, new });
         } else {
             adds.push(Op::AddRoute(new));
         }
-        dels.extend(have.into_iter().map(|kind| Op::DelRoute(KernelRoute { dst, kind })));
+        dels.extend(have.into_iter().map(|kind| Op::DelRoute(KernelRoute::new(key, kind))));
     }
-    for (dst, kinds) in found {
-        dels.extend(kinds.into_iter().map(|kind| Op::DelRoute(KernelRoute { dst, kind })));
+    for (key, kinds) in found {
+        dels.extend(kinds.into_iter().map(|kind| Op::DelRoute(KernelRoute::new(key, kind))));
     }
 
     let mut ops: Vec<Op> = desired
@@ -276,7 +357,24 @@ mod tests {
     }
 
     fn route(dst: &str, kind: RouteKind) -> KernelRoute {
-        KernelRoute { dst: net(dst), kind }
+        KernelRoute {
+            dst: net(dst),
+            metric: 0,
+            kind,
+        }
+    }
+
+    fn key(dst: &str, metric: u32) -> RouteKey {
+        RouteKey { dst: net(dst), metric }
+    }
+
+    /// The leak guard for `pod`.
+    fn guard(pod: &str) -> KernelRoute {
+        KernelRoute {
+            dst: net(pod),
+            metric: GUARD_METRIC,
+            kind: RouteKind::Unreachable,
+        }
     }
 
     fn actual(addresses: &[&str], routes: &[KernelRoute]) -> Actual {
@@ -293,23 +391,39 @@ mod tests {
                 Op::AddAddress(n) => assert!(a.addresses.insert(n), "{op:?}: address already there"),
                 Op::DelAddress(n) => assert!(a.addresses.remove(&n), "{op:?}: no such address"),
                 Op::AddRoute(r) => {
-                    assert!(a.routes.iter().all(|x| x.dst != r.dst), "{op:?}: would hit EEXIST");
+                    // EEXIST is per destination and metric (NLM_F_EXCL).
+                    assert!(a.routes.iter().all(|x| x.key() != r.key()), "{op:?}: would hit EEXIST");
                     a.routes.insert(r);
                 }
                 Op::ReplaceRoute { old, new } => {
-                    assert_eq!(old.dst, new.dst, "{op:?}");
+                    assert_eq!(old.key(), new.key(), "{op:?}");
                     assert!(a.routes.insert(new), "{op:?}: new route already there");
-                    assert!(a.routes.remove(&old), "{op:?}: no such route");
+                    kernel_delete(a, old, op);
                 }
-                Op::DelRoute(r) => assert!(a.routes.remove(&r), "{op:?}: no such route"),
+                Op::DelRoute(r) => kernel_delete(a, r, op),
             }
         }
+    }
+
+    /// A deletion as the kernel's `fib_table_delete` does it: metric 0
+    /// matches any metric, and the first match in metric order goes. A
+    /// diff that relied on an exact metric-0 match where the kernel would
+    /// take another route ends in the wrong state, which the proptests see.
+    fn kernel_delete(a: &mut Actual, r: KernelRoute, op: &Op) {
+        let hit = a
+            .routes
+            .iter()
+            .copied()
+            .filter(|x| x.dst == r.dst && x.kind == r.kind && (r.metric == 0 || x.metric == r.metric))
+            .min_by_key(|x| x.metric);
+        let hit = hit.unwrap_or_else(|| panic!("{op:?}: no such route"));
+        a.routes.remove(&hit);
     }
 
     fn as_actual(d: &Desired) -> Actual {
         Actual {
             addresses: d.addresses.clone(),
-            routes: d.routes.iter().map(|(&dst, &kind)| KernelRoute { dst, kind }).collect(),
+            routes: d.kernel_routes(),
         }
     }
 
@@ -335,9 +449,10 @@ mod tests {
         assert_eq!(
             d.routes,
             BTreeMap::from([
-                (net("10.32.0.0/12"), tun(Some("10.32.0.1"))),
-                (net("10.32.0.0/14"), RouteKind::Unreachable),
-                (net("10.40.0.0/16"), RouteKind::Unreachable),
+                (key("10.32.0.0/12", 0), tun(Some("10.32.0.1"))),
+                (key("10.32.0.0/12", GUARD_METRIC), RouteKind::Unreachable),
+                (key("10.32.0.0/14", 0), RouteKind::Unreachable),
+                (key("10.40.0.0/16", 0), RouteKind::Unreachable),
             ])
         );
     }
@@ -346,22 +461,98 @@ mod tests {
     fn desired_without_host_address_has_no_address_and_no_source() {
         let d = desired(net("10.32.0.0/12"), &[], None);
         assert!(d.addresses.is_empty());
-        assert_eq!(d.routes, BTreeMap::from([(net("10.32.0.0/12"), tun(None))]));
+        assert_eq!(
+            d.kernel_routes(),
+            BTreeSet::from([route("10.32.0.0/12", tun(None)), guard("10.32.0.0/12")])
+        );
     }
 
     #[test]
     fn a_single_router_owning_everything_gets_unreachable_for_the_whole_range() {
+        // The guard is that route: no TUN route, and no second
+        // `unreachable` that would differ from the guard in its metric alone.
         let d = desired(net("10.32.0.0/12"), &[net("10.32.0.0/12")], None);
-        assert_eq!(
-            d.routes,
-            BTreeMap::from([(net("10.32.0.0/12"), RouteKind::Unreachable)])
-        );
+        assert_eq!(d.kernel_routes(), BTreeSet::from([guard("10.32.0.0/12")]));
     }
 
     #[test]
     fn blocks_outside_the_pod_range_are_ignored() {
         let d = desired(net("10.32.0.0/12"), &[net("192.168.0.0/24"), net("10.0.0.0/8")], None);
-        assert_eq!(d.routes.len(), 1);
+        assert_eq!(
+            d.kernel_routes(),
+            BTreeSet::from([route("10.32.0.0/12", tun(None)), guard("10.32.0.0/12")])
+        );
+    }
+
+    #[test]
+    fn the_leak_guard_catches_the_pod_range_when_the_tun_route_is_gone() {
+        let pod = "10.32.0.0/12";
+        let d = desired(net(pod), &[net("10.32.0.0/14")], Some(ip("10.32.0.1")));
+        // Lower metric wins: while the router runs, the TUN route does.
+        let tun_route = route(pod, tun(Some("10.32.0.1")));
+        assert!(d.kernel_routes().contains(&tun_route));
+        assert!(d.kernel_routes().contains(&guard(pod)));
+        assert!(tun_route.metric < GUARD_METRIC);
+
+        // The router stopped: its device went, and the kernel flushed the
+        // TUN route and the address with it. The guard is still there, and
+        // the restarted router puts back only what went.
+        let mut after_crash = as_actual(&d);
+        after_crash.routes.remove(&tun_route);
+        after_crash.addresses.clear();
+        assert!(after_crash.routes.contains(&guard(pod)));
+        assert_eq!(
+            diff(&d, &after_crash),
+            vec![Op::AddAddress(net("10.32.0.1/32")), Op::AddRoute(tun_route)]
+        );
+
+        // A router of an older version left no guard: the next sync adds it.
+        let mut old = as_actual(&d);
+        old.routes.remove(&guard(pod));
+        assert_eq!(diff(&d, &old), vec![Op::AddRoute(guard(pod))]);
+    }
+
+    #[test]
+    fn routes_with_one_destination_and_different_metrics_are_told_apart() {
+        let pod = "10.32.0.0/12";
+        let d = desired(net(pod), &[], None);
+        let high = KernelRoute {
+            metric: 100,
+            ..route(pod, RouteKind::Unreachable)
+        };
+        let stray_guard = KernelRoute {
+            kind: RouteKind::Stray {
+                route_type: 6,
+                oif: None,
+            },
+            ..guard(pod)
+        };
+        // A guard of another shape is replaced at its metric; an
+        // `unreachable` at a metric we do not use goes, by its metric.
+        let a = actual(&[], &[route(pod, tun(None)), high, stray_guard]);
+        assert_eq!(
+            diff(&d, &a),
+            vec![
+                Op::ReplaceRoute {
+                    old: stray_guard,
+                    new: guard(pod)
+                },
+                Op::DelRoute(high),
+            ]
+        );
+        // A single router that grows a peer gets its TUN route back, in
+        // front of the guard, which stays.
+        let single = desired(net(pod), &[net(pod)], None);
+        assert_eq!(diff(&d, &as_actual(&single)), vec![Op::AddRoute(route(pod, tun(None)))]);
+        assert_eq!(diff(&single, &as_actual(&d)), vec![Op::DelRoute(route(pod, tun(None)))]);
+        // An older version's whole-range `unreachable` at metric 0 goes;
+        // the kernel's metric-0 deletion takes it, not the guard.
+        let mut old = as_actual(&single);
+        old.routes.insert(route(pod, RouteKind::Unreachable));
+        let ops = diff(&single, &old);
+        assert_eq!(ops, vec![Op::DelRoute(route(pod, RouteKind::Unreachable))]);
+        apply(&mut old, &ops);
+        assert_eq!(old, as_actual(&single));
     }
 
     #[test]
@@ -373,6 +564,7 @@ mod tests {
             vec![
                 Op::AddAddress(net("10.32.0.1/32")),
                 Op::AddRoute(route("10.32.0.0/12", tun(Some("10.32.0.1")))),
+                Op::AddRoute(guard("10.32.0.0/12")),
                 Op::AddRoute(route("10.32.0.0/14", RouteKind::Unreachable)),
             ]
         );
@@ -425,6 +617,7 @@ mod tests {
             &[
                 route("10.32.0.0/12", stray),
                 route("10.32.0.0/12", tun(None)),
+                guard("10.32.0.0/12"),
                 route("10.48.0.0/16", RouteKind::Unreachable),
             ],
         );
@@ -509,7 +702,12 @@ mod tests {
         (
             prop::collection::btree_set(arb_net(pod).prop_map(|n| Ipv4Net::new(n.network(), 32).unwrap()), 0..4),
             prop::collection::btree_set(
-                (arb_net(pod), arb_kind()).prop_map(|(dst, kind)| KernelRoute { dst, kind }),
+                (
+                    arb_net(pod),
+                    prop::sample::select(vec![0, 100, GUARD_METRIC]),
+                    arb_kind(),
+                )
+                    .prop_map(|(dst, metric, kind)| KernelRoute { dst, metric, kind }),
                 0..8,
             ),
         )
@@ -528,6 +726,28 @@ mod tests {
         #[test]
         fn the_diff_of_a_state_with_itself_is_empty(d in arb_desired()) {
             prop_assert!(diff(&d, &as_actual(&d)).is_empty());
+        }
+
+        #[test]
+        fn the_guard_is_always_desired_and_never_removed(d in arb_desired(), a in arb_actual()) {
+            let pod = "10.32.0.0/12";
+            prop_assert_eq!(d.routes.get(&key(pod, GUARD_METRIC)), Some(&RouteKind::Unreachable));
+            // No two desired routes differ in their metric alone, so no
+            // metric-0 deletion can be read by the kernel as the guard's.
+            for r in d.kernel_routes() {
+                prop_assert!(
+                    d.kernel_routes().iter().all(|x| x == &r || x.dst != r.dst || x.kind != r.kind),
+                    "{:?}", d
+                );
+            }
+            // Nothing deletes a guard the kernel has.
+            let mut with_guard = a;
+            with_guard.routes.insert(guard(pod));
+            prop_assert!(
+                !diff(&d, &with_guard).iter().any(|op| matches!(op,
+                    Op::DelRoute(r) | Op::ReplaceRoute { old: r, .. } if *r == guard(pod))),
+                "{:?}", diff(&d, &with_guard)
+            );
         }
 
         #[test]

@@ -19,9 +19,11 @@
 //! # Never touching other routes
 //!
 //! Every request that adds or deletes a route names protocol
-//! [`RTPROT_WEFT`], and a deletion also names the route's type and output
-//! link, so the kernel matches only the route the dump found (the kernel's
-//! `fib_table_delete` compares exactly the attributes a request gives). A
+//! [`RTPROT_WEFT`] and the route's metric, and a deletion also names the
+//! route's type and output link, so the kernel matches only the route the
+//! dump found (the kernel's `fib_table_delete` compares exactly the
+//! attributes a request gives; a metric of 0 is the one it reads as "any",
+//! see [`reconcile`]'s *Metrics* for why that still hits the right route). A
 //! replacement adds the new route in front of the old one (`NLM_F_CREATE`
 //! without `NLM_F_EXCL` or `NLM_F_REPLACE`, like `ip route prepend`), then
 //! deletes the old one: `NLM_F_REPLACE` would replace the first route with
@@ -337,8 +339,9 @@ impl Netlink {
 
     /// Removes everything [`Netlink::sync`] and the TUN set-up added, for
     /// `weft reset`: every route with protocol [`RTPROT_WEFT`] in the main
-    /// table, then the link named `link_name` if it is a TUN device (its
-    /// addresses go with it). A link of another kind with that name is not
+    /// table (the leak guard too: this is the only place it goes), then the
+    /// link named `link_name` if it is a TUN device (its addresses go with
+    /// it). A link of another kind with that name is not
     /// Weft's and stays.
     ///
     /// # Errors
@@ -414,6 +417,8 @@ fn route_message(route: KernelRoute, link: u32) -> RouteMessage {
         .destination_prefix(route.dst.network(), route.dst.prefix_len())
         .table_id(u32::from(RouteHeader::RT_TABLE_MAIN))
         .protocol(RouteProtocol::Other(RTPROT_WEFT));
+    // No attribute is metric 0, as the kernel reads it.
+    let b = if route.metric == 0 { b } else { b.priority(route.metric) };
     match route.kind {
         RouteKind::Tun { src } => {
             let b = b
@@ -453,10 +458,11 @@ fn our_route(msg: &RouteMessage, link: Option<u32>) -> Option<KernelRoute> {
         return None;
     }
     let mut dst = Ipv4Addr::UNSPECIFIED;
-    let (mut oif, mut src, mut has_gateway) = (None, None, false);
+    let (mut oif, mut src, mut has_gateway, mut metric) = (None, None, false, 0);
     for a in &msg.attributes {
         match a {
             RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
+            RouteAttribute::Priority(p) => metric = *p,
             RouteAttribute::Oif(i) => oif = Some(*i),
             RouteAttribute::PrefSource(RouteAddress::Inet(a)) => src = Some(*a),
             RouteAttribute::Gateway(_) | RouteAttribute::MultiPath(_) | RouteAttribute::Via(_) => has_gateway = true,
@@ -472,7 +478,7 @@ fn our_route(msg: &RouteMessage, link: Option<u32>) -> Option<KernelRoute> {
             oif,
         },
     };
-    Some(KernelRoute { dst, kind })
+    Some(KernelRoute { dst, metric, kind })
 }
 
 fn ipv4_address(msg: &AddressMessage) -> Option<Ipv4Net> {
