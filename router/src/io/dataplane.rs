@@ -402,6 +402,7 @@ pub fn start(
             path: path_tx.clone(),
             clock,
             event,
+            stop: stop.clone(),
         };
         threads.push(
             std::thread::Builder::new()
@@ -617,6 +618,7 @@ struct Outbound {
     path: mpsc::Sender<FromPath>,
     clock: Clock,
     event: Arc<InterruptEvent>,
+    stop: Arc<AtomicBool>,
 }
 
 /// A run of sealed datagrams to one endpoint, gathered for one GSO send.
@@ -642,20 +644,35 @@ impl Outbound {
             closed: false,
             bytes: Vec::with_capacity(GSO_MAX_BYTES + stride),
         };
+        // After a batch of more than one packet, more are likely waiting:
+        // read again at once (one syscall). After a single packet, wait in
+        // poll (which a shutdown interrupts) rather than spend a read that
+        // finds nothing.
+        let mut busy = false;
         loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
             let n = {
                 let mut chunks = big.chunks_mut(stride);
                 let mut bufs: [&mut [u8]; TUN_BATCH] = std::array::from_fn(|_| chunks.next().unwrap_or_default());
-                match self.queue.recv_multiple_intr(
-                    &mut original,
-                    &mut bufs,
-                    &mut sizes,
-                    TRANSPORT_HEADER_LEN,
-                    &self.event,
-                ) {
+                let read = if busy {
+                    self.queue
+                        .recv_multiple(&mut original, &mut bufs, &mut sizes, TRANSPORT_HEADER_LEN)
+                } else {
+                    self.queue.recv_multiple_intr(
+                        &mut original,
+                        &mut bufs,
+                        &mut sizes,
+                        TRANSPORT_HEADER_LEN,
+                        &self.event,
+                    )
+                };
+                match read {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted && self.event.is_trigger() => return,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted || e.kind() == io::ErrorKind::WouldBlock => {
+                        busy = false;
                         continue;
                     }
                     Err(e) => {
@@ -665,6 +682,7 @@ impl Outbound {
                     }
                 }
             };
+            busy = n > 1;
             self.stats.tun_reads.fetch_add(1, Ordering::Relaxed);
             let now = self.clock.now();
             let view = self.view.load();
@@ -847,16 +865,21 @@ impl Inbound {
             .map(|_| Vec::with_capacity(TUN_OFFSET + 65_535))
             .collect();
         let mut gro = GROTable::default();
+        // As outbound: receive again at once after a batch of several or
+        // coalesced datagrams; otherwise wait in poll.
+        let mut busy = false;
         while !self.stop.load(Ordering::Relaxed) {
-            let mut fds = [nix::poll::PollFd::new(
-                self.socket.as_fd(),
-                nix::poll::PollFlags::POLLIN,
-            )];
-            match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(POLL_MS)) {
-                Ok(0) | Err(_) => continue,
-                Ok(_) => {}
+            if !busy {
+                let mut fds = [nix::poll::PollFd::new(
+                    self.socket.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(POLL_MS)) {
+                    Ok(0) | Err(_) => continue,
+                    Ok(_) => {}
+                }
             }
-            loop {
+            {
                 let n = {
                     let mut it = bufs.iter_mut();
                     let mut slices: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
@@ -866,13 +889,16 @@ impl Inbound {
                         .recv(UdpSockRef::from(&*self.socket), &mut slices, &mut metas)
                     {
                         Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) => {
-                            debug!("UDP receive: {e}");
-                            break;
+                            if e.kind() != io::ErrorKind::WouldBlock {
+                                debug!("UDP receive: {e}");
+                            }
+                            busy = false;
+                            continue;
                         }
                     }
                 };
+                busy = n > 1 || metas[..n].iter().any(|m| m.len > m.stride);
                 let now = self.clock.now();
                 let view = self.view.load();
                 let mut k = 0;
