@@ -6,18 +6,23 @@
 //! - [`core`]: sans-IO state machines that take events and `now` and return
 //!   actions: `topology` and `mesh` (membership and gossip), `handshake`
 //!   (control-connection authentication), `wire` (the control codec), `ipam`
-//!   (agreeing on the address ring). Still to come: data-plane `session`,
-//!   `forward` and `reconcile`.
+//!   (agreeing on the address ring), `data` (data-plane datagrams, Noise IK
+//!   sessions, replay window, forwarding decision) and `reconcile` (kernel
+//!   routes as a diff).
 //! - [`io`]: thin shells that drive the cores: `control` (quinn), `daemon`
-//!   (the `weft launch` event loop) and `clock`, the only module allowed to
-//!   read the clock (enforced by `clippy.toml`). Still to come: `udp`,
-//!   `tun`, `netlink`.
+//!   (the `weft launch` event loop), `dataplane` (the packet path threads),
+//!   `host` (TUN, routes, firewall as the daemon runs them), `tun`,
+//!   `netlink`, `sysctl`, `firewall`, and `clock`, the only module allowed
+//!   to read the clock (enforced by `clippy.toml`).
 //! - [`api`] and [`metrics`]: the local API on a unix socket and Prometheus
 //!   metrics. [`config`], [`identity`], [`secret`] and [`store`]: command
 //!   line, keys and durable state.
-//! - `sys/` (to come) will be the only module allowed to use `unsafe`.
 //!
-//! The design and its status are in `docs/control-plane.md`.
+//! There is no `unsafe` code: the OS interfaces come through tun-rs,
+//! quinn-udp, rtnetlink, socket2 and nix.
+//!
+//! The design and its status are in `docs/control-plane.md` and
+//! `docs/data-plane.md`.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
