@@ -241,7 +241,8 @@ fn decode_bounded<'de, T: Deserialize<'de>>(bytes: &'de [u8], versions: u64) -> 
     }
     let tag = read_varint(bytes).ok_or_else(|| DecodeError::Malformed("missing version tag".into()))?;
     if tag >= versions {
-        return Err(DecodeError::UnsupportedVersion(tag + 1));
+        // Versions count from 1; a tag of u64::MAX (found by fuzz/ipam_ring) must not overflow.
+        return Err(DecodeError::UnsupportedVersion(tag.saturating_add(1)));
     }
     let (value, rest) = postcard::take_from_bytes(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
@@ -781,6 +782,9 @@ mod tests {
         let mut bytes = small_ring().encode();
         bytes[0] = 2;
         assert_eq!(Ring::decode(&bytes), Err(DecodeError::UnsupportedVersion(3)));
+        // The largest tag a varint can hold (the input fuzz/ipam_ring found).
+        let max_tag = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        assert_eq!(Ring::decode(&max_tag), Err(DecodeError::UnsupportedVersion(u64::MAX)));
         let big = vec![0u8; MAX_ENCODED_LEN + 1];
         assert!(matches!(Ring::decode(&big), Err(DecodeError::TooLarge { .. })));
         let mut trailing = small_ring().encode();
