@@ -12,6 +12,7 @@
 #![no_main]
 
 use std::net::SocketAddr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
@@ -22,16 +23,17 @@ use weft_router::core::data::wire::{self, Packet};
 use weft_router::identity::Identity;
 
 const PSK: [u8; 32] = [7; 32];
-const ME: [u8; 32] = [1; 32];
-const PEER: [u8; 32] = [2; 32];
+
+// Made once: deriving a public key is a scalar multiplication per input otherwise.
+static ME: LazyLock<Identity> = LazyLock::new(|| Identity::from_private_key([1; 32]).unwrap());
+static PEER: LazyLock<Identity> = LazyLock::new(|| Identity::from_private_key([2; 32]).unwrap());
 
 fuzz_target!(|input: &[u8]| {
-    let me = Identity::from_private_key(ME).unwrap();
-    let peer = Identity::from_private_key(PEER).unwrap();
+    let (me, peer) = (&*ME, &*PEER);
     let peer_at: SocketAddr = ([10, 0, 0, 2], 6784).into();
     let stranger: SocketAddr = ([192, 0, 2, 9], 40000).into();
     let mut now = Time::from_millis(1_000);
-    let mut sessions = Sessions::new(&me, PSK, Duration::from_secs(1_700_000_000), 1, now);
+    let mut sessions = Sessions::new(me, PSK, Duration::from_secs(1_700_000_000), 1, now);
     let peer_id = sessions
         .upsert_peer(peer.name(), peer.public_key(), Some(peer_at))
         .unwrap();
