@@ -66,6 +66,7 @@ trap 'echo "==> FAILED: $step_name (after $((SECONDS - step_start))s)" >&2' ERR
 
 begin "format: cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 end
 
 begin "lint: cargo clippy -D warnings"

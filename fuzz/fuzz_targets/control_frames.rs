@@ -11,7 +11,9 @@ use libfuzzer_sys::fuzz_target;
 use weft_router::core::wire::{self, ControlMsg, Decoded, FrameReader, HEADER_LEN, MAX_FRAME_LEN};
 
 fuzz_target!(|input: &[u8]| {
-    let Some((&chunk, stream)) = input.split_first() else { return };
+    let Some((&chunk, stream)) = input.split_first() else {
+        return;
+    };
     let chunk = usize::from(chunk) + 1;
     let mut reader = FrameReader::new();
     for piece in stream.chunks(chunk) {

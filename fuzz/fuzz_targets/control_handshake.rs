@@ -18,7 +18,9 @@ const PSK: [u8; 32] = [9; 32];
 static ME: LazyLock<Identity> = LazyLock::new(|| Identity::from_private_key([3; 32]).unwrap());
 
 fuzz_target!(|input: &[u8]| {
-    let Some((&role, mut rest)) = input.split_first() else { return };
+    let Some((&role, mut rest)) = input.split_first() else {
+        return;
+    };
     let me = &*ME;
     let binding = [5u8; BINDING_LEN];
     let mut hs = if role & 1 == 0 {

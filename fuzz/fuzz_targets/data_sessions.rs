@@ -19,7 +19,7 @@ use libfuzzer_sys::fuzz_target;
 use weft_router::core::Time;
 use weft_router::core::data::cookie::MacKeys;
 use weft_router::core::data::session::Sessions;
-use weft_router::core::data::wire::{self, Packet};
+use weft_router::core::data::wire;
 use weft_router::identity::Identity;
 
 const PSK: [u8; 32] = [7; 32];
@@ -64,10 +64,7 @@ fuzz_target!(|input: &[u8]| {
 fn drain(sessions: &mut Sessions) {
     while let Some(t) = sessions.poll_transmit() {
         assert!(
-            matches!(
-                wire::parse(&t.bytes),
-                Ok(Packet::Initiation(_) | Packet::Response(_) | Packet::Cookie(_) | Packet::Stale { .. } | Packet::Transport { .. })
-            ),
+            wire::parse(&t.bytes).is_ok(),
             "the sessions sent a datagram that does not parse: {:?}",
             t.bytes
         );

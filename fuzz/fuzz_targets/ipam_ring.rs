@@ -11,7 +11,10 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {
     let Ok(ring) = Ring::decode(bytes) else { return };
-    assert!(Ring::decode(&ring.encode()).unwrap() == ring, "a ring changed across encode and decode");
+    assert!(
+        Ring::decode(&ring.encode()).unwrap() == ring,
+        "a ring changed across encode and decode"
+    );
 
     let origin = ring.origin();
     // A replica of every seed, and one of a router the ring does not name.

@@ -15,7 +15,9 @@ use weft_router::core::Time;
 use weft_router::core::mesh::{self, ConnId, Mesh, Message};
 
 fuzz_target!(|bytes: &[u8]| {
-    let Ok(msg) = postcard::from_bytes::<Message>(bytes) else { return };
+    let Ok(msg) = postcard::from_bytes::<Message>(bytes) else {
+        return;
+    };
     let again: Message = postcard::from_bytes(&postcard::to_allocvec(&msg).unwrap()).unwrap();
     assert_eq!(again, msg);
 
