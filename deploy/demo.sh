@@ -294,10 +294,9 @@ for h in "${HOSTS[@]}"; do
         ip -n "$pns" route add default via "$GATEWAY" dev eth0
         ip -n "$hns" addr add "$GATEWAY/32" dev "pod-$p" scope link
         ip -n "$hns" link set "pod-$p" up
-        # `replace`, not `add`: where a router's range does not start or end
-        # on a CIDR boundary it owns single addresses as `unreachable .../32`
-        # routes (metric 0, proto 87), which an `add` of the same /32 collides with.
-        ip -n "$hns" route replace "$ip/32" dev "pod-$p" scope link
+        # As a CNI plugin does; the router's own `unreachable` routes sit at
+        # metric 1024, so this /32 at metric 0 wins and never collides.
+        ip -n "$hns" route add "$ip/32" dev "pod-$p" scope link
         info "pod $pns: eth0 $ip/32 (host side: pod-$p on $hns)"
     done
 done

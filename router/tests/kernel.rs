@@ -253,7 +253,22 @@ fn a_foreign_route_in_the_way_is_reported_not_replaced() {
     ns.block_on(|| async {
         let nl = Netlink::new().unwrap();
         let tun = tun::open(&nl, TUN, 1400, 1).await.unwrap();
-        sh("ip", &["route", "add", "10.32.0.0/14", "dev", TUN, "proto", "static"]);
+        // A route of someone else's where ours goes: same destination, same metric.
+        let metric = reconcile::OWN_METRIC.to_string();
+        sh(
+            "ip",
+            &[
+                "route",
+                "add",
+                "10.32.0.0/14",
+                "dev",
+                TUN,
+                "proto",
+                "static",
+                "metric",
+                &metric,
+            ],
+        );
         let d = reconcile::desired(net(POD), &[net("10.32.0.0/14")], None);
         match nl.sync(tun.index, &d).await {
             Err(NetlinkError::Unconverged { remaining }) => assert_eq!(remaining.len(), 1, "{remaining:?}"),

@@ -105,6 +105,13 @@ pub const RTPROT_WEFT: u8 = 87;
 /// with a usual metric; below the 2^32 - 1 that some tools treat as "none".
 pub const GUARD_METRIC: u32 = 4096;
 
+/// The metric of the `unreachable` routes for this router's own ranges.
+/// Not 0: the CNI plugin adds a `/32` route for each local pod at metric 0,
+/// and a range that does not start on a CIDR boundary gives `/32` blocks of
+/// our own; at the same metric the two would collide (`EEXIST`), at this
+/// one the pod's route wins and ours only catches addresses with no pod.
+pub const OWN_METRIC: u32 = 1024;
+
 /// What a route does with the packets it matches.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub enum RouteKind {
@@ -243,7 +250,7 @@ pub fn desired(pod_range: Ipv4Net, own_ranges: &[Ipv4Net], host_address: Option<
             // whole range's `unreachable` (see the module docs).
             routes.remove(&key(pod_range, 0));
         } else if pod_range.contains(&block) {
-            routes.insert(key(block, 0), RouteKind::Unreachable);
+            routes.insert(key(block, OWN_METRIC), RouteKind::Unreachable);
         }
     }
     routes.insert(key(pod_range, GUARD_METRIC), RouteKind::Unreachable);
@@ -369,6 +376,14 @@ mod tests {
     }
 
     /// The leak guard for `pod`.
+    fn own(dst: &str) -> KernelRoute {
+        KernelRoute {
+            dst: net(dst),
+            metric: OWN_METRIC,
+            kind: RouteKind::Unreachable,
+        }
+    }
+
     fn guard(pod: &str) -> KernelRoute {
         KernelRoute {
             dst: net(pod),
@@ -451,8 +466,8 @@ mod tests {
             BTreeMap::from([
                 (key("10.32.0.0/12", 0), tun(Some("10.32.0.1"))),
                 (key("10.32.0.0/12", GUARD_METRIC), RouteKind::Unreachable),
-                (key("10.32.0.0/14", 0), RouteKind::Unreachable),
-                (key("10.40.0.0/16", 0), RouteKind::Unreachable),
+                (key("10.32.0.0/14", OWN_METRIC), RouteKind::Unreachable),
+                (key("10.40.0.0/16", OWN_METRIC), RouteKind::Unreachable),
             ])
         );
     }
@@ -565,7 +580,7 @@ mod tests {
                 Op::AddAddress(net("10.32.0.1/32")),
                 Op::AddRoute(route("10.32.0.0/12", tun(Some("10.32.0.1")))),
                 Op::AddRoute(guard("10.32.0.0/12")),
-                Op::AddRoute(route("10.32.0.0/14", RouteKind::Unreachable)),
+                Op::AddRoute(own("10.32.0.0/14")),
             ]
         );
     }
@@ -579,10 +594,7 @@ mod tests {
         let ops = diff(&after, &as_actual(&before));
         assert_eq!(
             ops,
-            vec![
-                Op::AddRoute(route("10.38.0.0/15", RouteKind::Unreachable)),
-                Op::DelRoute(route("10.36.0.0/15", RouteKind::Unreachable)),
-            ]
+            vec![Op::AddRoute(own("10.38.0.0/15")), Op::DelRoute(own("10.36.0.0/15")),]
         );
     }
 
