@@ -12,6 +12,8 @@
 //!
 //! Tests never sleep to wait for a state: they poll it with [`wait_until`].
 //!
+//! [`router`] launches the real `weft` binary in a host and reads its status.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use weft_tests::{InNamespace as _, testbed_or_skip, wait_until};
@@ -34,6 +36,7 @@
 mod error;
 mod netns;
 mod process;
+pub mod router;
 mod skip;
 mod testbed;
 mod wait;
