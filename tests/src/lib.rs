@@ -12,7 +12,8 @@
 //!
 //! Tests never sleep to wait for a state: they poll it with [`wait_until`].
 //!
-//! [`router`] launches the real `weft` binary in a host and reads its status.
+//! [`router`] launches the real `weft` binary in a host and reads its status; [`pcap`] reads what `tcpdump -w`
+//! captured on the underlay.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -35,6 +36,7 @@
 
 mod error;
 mod netns;
+pub mod pcap;
 mod process;
 pub mod router;
 mod skip;
