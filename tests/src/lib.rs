@@ -13,7 +13,7 @@
 //! Tests never sleep to wait for a state: they poll it with [`wait_until`].
 //!
 //! [`router`] launches the real `weft` binary in a host and reads its status; [`pcap`] reads what `tcpdump -w`
-//! captured on the underlay.
+//! captured on the underlay. The `weft-probe` binary of this crate sends and echoes pod traffic.
 //!
 //! ```no_run
 //! use std::time::Duration;
