@@ -44,7 +44,7 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
         die "rustfmt or clippy is missing and 'rustup component add rustfmt clippy' failed"
 fi
 
-need_apt iproute2 busybox-static nftables iptables # ip netns, busybox ping; nft and iptables for the router's firewall rules
+need_apt iproute2 busybox-static nftables iptables tcpdump iputils-ping # ip netns, busybox ping; nft and iptables for the router's firewall rules; captures and ping -M do for the data-plane tests
 start_all=$SECONDS
 step_name=""
 step_start=0
