@@ -232,7 +232,7 @@ fn the_underlay_carries_only_well_formed_ciphertext() {
     plain.wait_for("the marker in the plaintext capture on h3's pod veth", |bytes| {
         contains(bytes, MARKER.as_bytes())
     });
-    let sentinel = underlay.sentinel(tb.host(1), tb.host(2), &mesh.dir);
+    let sentinel = underlay.sentinel(tb.host(1), tb.host(2), &mesh.dir, "end");
     let frames = underlay.stop();
     drop(plain);
 
@@ -285,7 +285,7 @@ fn the_first_packet_waits_for_the_handshake_and_arrives() {
         "the very first",
         &["--tries", "1", "--timeout-ms", "5000"],
     );
-    underlay.sentinel(tb.host(1), tb.host(2), &mesh.dir);
+    underlay.sentinel(tb.host(1), tb.host(2), &mesh.dir, "end");
     let frames = underlay.stop();
     let captured = describe_dataplane(&frames);
     let counts = check_dataplane_datagrams(&frames);
@@ -321,35 +321,45 @@ fn replayed_datagrams_are_dropped_and_not_delivered() {
     let b = mesh.plug(2, "b");
     let _a_servers = echo_servers(&a);
     let b_servers = echo_servers(&b);
+    // From the start, to have the handshake in it for the initiations replayed below.
     let underlay = Capture::start(tb.underlay(), "br0", &mesh.dir.path().join("underlay.pcap"));
+    mesh.wait_for_sessions();
+    udp_ask(&a, udp_addr(&b), "warming up", &[]).unwrap();
+    // The datagrams to replay are those after this mark: of a session both routers hold.
+    let settled = underlay.sentinel(tb.host(1), tb.host(2), &mesh.dir, "settled");
+    let unknown_before = mesh.dataplane(2).drops("unknown_session");
     for i in 0..5 {
         udp_ask(&a, udp_addr(&b), &format!("original {i}"), &[]).unwrap();
     }
-    underlay.sentinel(tb.host(1), tb.host(2), &mesh.dir);
+    underlay.sentinel(tb.host(1), tb.host(2), &mesh.dir, "done");
     let frames = underlay.stop();
+    assert_eq!(
+        mesh.dataplane(2).drops("unknown_session"),
+        unknown_before,
+        "h2 did not know the session of some of the originals, so replaying them would not be a replay"
+    );
     let (h1, h2) = (tb.host(1).underlay_ip(), tb.host(2).underlay_ip());
     let captured = describe_dataplane(&frames);
-    // The datagrams of the session that carried the originals: the one the last datagram used. (A datagram of
-    // a session h2 no longer has would count as unknown_session, not replayed.)
-    let receiver = |d: &[u8]| match wire::parse(d) {
-        Ok(Packet::Transport { receiver, .. }) => Some(receiver),
-        _ => None,
-    };
-    let transport: Vec<Vec<u8>> = dataplane_payloads(&frames, h1, h2)
+    let mark = frames
+        .iter()
+        .position(|f| contains(&f.data, settled.as_bytes()))
+        .expect("the sentinel is in the capture");
+    let to_h2: Vec<Vec<u8>> = dataplane_payloads(&frames[mark..], h1, h2)
         .into_iter()
-        .filter(|d| receiver(d).is_some())
+        .filter(|d| matches!(wire::parse(d), Ok(Packet::Transport { .. })))
         .collect();
-    let session = transport.last().and_then(|d| receiver(d));
-    let to_h2: Vec<Vec<u8>> = transport.into_iter().filter(|d| receiver(d) == session).collect();
     assert!(
         to_h2.len() >= 5,
-        "only {} transport datagrams of the last session from h1 to h2 captured:\n{captured}",
+        "only {} transport datagrams from h1 to h2 captured after the mark:\n{captured}",
         to_h2.len()
     );
 
+    // Printed only if the test fails.
+    eprintln!("the capture:\n{captured}");
     let server = &b_servers[0];
     let delivered = server.count("recv ");
     let before = mesh.dataplane(2);
+    eprintln!("h2 before the replay: {before:?}");
     send_datagrams(tb.host(1), SocketAddr::from((h2, DATAPLANE_PORT)), &to_h2, &mesh.dir);
     let n = to_h2.len() as u64;
     let after = mesh.wait_for_dataplane(2, "h2 to drop the replayed datagrams", |dp| {
@@ -404,6 +414,86 @@ fn replayed_datagrams_are_dropped_and_not_delivered() {
         assert_eq!(out, "ok attempts=1", "{} -> {} after the replay", from.ip(), to.ip());
     }
 }
+
+/// Datagrams that arrive out of order, but within the replay window, are each delivered once: host 2 is
+/// unplugged while host 1 seals a burst for it (captured on host 1's side of the bridge), then the burst is
+/// delivered in reverse order. Sent once more, every one is refused as replayed. The session then carries on
+/// both ways (the reversed datagrams came from another port, so router 2 followed them there and back).
+#[test]
+fn reordered_datagrams_within_the_window_are_delivered_once() {
+    require_program!("busybox");
+    require_program!("tcpdump");
+    let Some(tb) = Testbed::for_test(2) else { return };
+    let mesh = Mesh::launch(&tb, 2);
+    let a = mesh.plug(1, "a");
+    let b = mesh.plug(2, "b");
+    let _a_servers = echo_servers(&a);
+    let b_servers = echo_servers(&b);
+    mesh.wait_for_sessions();
+    udp_ask(&a, udp_addr(&b), "before the burst", &[]).unwrap();
+
+    let capture = Capture::start(tb.underlay(), "h1", &mesh.dir.path().join("h1-port.pcap"));
+    tb.cut(2).unwrap();
+    let burst: Vec<Vec<u8>> = (0..BURST).map(|i| format!("burst {i:03}").into_bytes()).collect();
+    send_datagrams(&a, udp_addr(&b), &burst, &mesh.dir);
+    capture.sentinel(tb.host(1), tb.host(2), &mesh.dir, "end");
+    let frames = capture.stop();
+    tb.restore(2).unwrap();
+    let (h1, h2) = (tb.host(1).underlay_ip(), tb.host(2).underlay_ip());
+    let mut sealed: Vec<Vec<u8>> = dataplane_payloads(&frames, h1, h2)
+        .into_iter()
+        .filter(|d| matches!(wire::parse(d), Ok(Packet::Transport { .. })) && d.len() > wire::TRANSPORT_OVERHEAD)
+        .collect();
+    assert_eq!(
+        sealed.len(),
+        BURST,
+        "router 1 should have sealed the burst while h2 was away:\n{}",
+        describe_dataplane(&frames)
+    );
+    sealed.reverse();
+
+    let server = &b_servers[0];
+    let before = mesh.dataplane(2);
+    send_datagrams(tb.host(1), SocketAddr::from((h2, DATAPLANE_PORT)), &sealed, &mesh.dir);
+    wait_until(SETTLE, "the reversed burst to reach pod b", || {
+        server.count("recv ") > BURST
+    })
+    .unwrap_or_else(|err| panic!("{err}; {:#?}", mesh.dataplane(2)));
+    let received: Vec<String> = server
+        .lines()
+        .into_iter()
+        .filter_map(|(_, line)| line.split_once(" burst ").map(|(_, n)| n.to_owned()))
+        .collect();
+    let mut expected: Vec<String> = (0..BURST).map(|i| format!("{i:03}")).collect();
+    expected.reverse();
+    assert_eq!(received, expected, "each datagram once, in the order they came");
+    let after = mesh.dataplane(2);
+    assert_eq!(
+        after.drops_since(&before),
+        BTreeMap::new(),
+        "h2 dropped some of the reordered datagrams"
+    );
+
+    send_datagrams(tb.host(1), SocketAddr::from((h2, DATAPLANE_PORT)), &sealed, &mesh.dir);
+    let again = mesh.wait_for_dataplane(2, "h2 to refuse the burst sent again", |dp| {
+        dp.total_drops() >= after.total_drops() + BURST as u64
+    });
+    assert_eq!(
+        again.drops_since(&after),
+        BTreeMap::from([("replayed".to_owned(), BURST as u64)]),
+        "the second time, each datagram is a replay"
+    );
+    assert_eq!(server.count("recv "), BURST + 1, "a replay reached the pod");
+    // Router 2 follows authenticated datagrams to their source port; a's next datagram brings it back.
+    for (from, to) in [(&a, &b), (&b, &a)] {
+        udp_ask(from, udp_addr(to), "after the burst", &[]).unwrap_or_else(|err| {
+            panic!("{} -> {} after the burst: {err}", from.ip(), to.ip());
+        });
+    }
+}
+
+/// Datagrams in the reordering test's burst.
+const BURST: usize = 40;
 
 /// A pod on host 1 sends with a source address from host 2's range (and one from host 3's own): router 1
 /// seals it, and router 3 drops it as spoofed instead of delivering it.
@@ -550,22 +640,27 @@ fn garbage_on_the_dataplane_port_is_counted_and_harmless() {
     let a = mesh.plug(1, "a");
     let b = mesh.plug(2, "b");
     let _servers: Vec<Running> = [&a, &b].into_iter().flat_map(echo_servers).collect();
+    // From the start, for a handshake initiation; then a transport datagram of the settled session, which
+    // router 1 has seen (so that sending it again is a replay).
     let underlay = Capture::start(tb.underlay(), "br0", &mesh.dir.path().join("underlay.pcap"));
-    for i in 0..3 {
-        udp_ask(&b, udp_addr(&a), &format!("to learn an index {i}"), &[]).unwrap();
-    }
-    underlay.sentinel(tb.host(1), tb.host(2), &mesh.dir);
+    mesh.wait_for_sessions();
+    udp_ask(&b, udp_addr(&a), "warming up", &[]).unwrap();
+    let settled = underlay.sentinel(tb.host(1), tb.host(2), &mesh.dir, "settled");
+    udp_ask(&b, udp_addr(&a), "to learn an index", &[]).unwrap();
+    underlay.sentinel(tb.host(1), tb.host(2), &mesh.dir, "end");
     let frames = underlay.stop();
     let (h1, h2) = (tb.host(1).underlay_ip(), tb.host(2).underlay_ip());
-    let captured = dataplane_payloads(&frames, h2, h1);
-    let transport = captured
+    let mark = frames
         .iter()
+        .position(|f| contains(&f.data, settled.as_bytes()))
+        .expect("the sentinel is in the capture");
+    let transport = dataplane_payloads(&frames[mark..], h2, h1)
+        .into_iter()
         .find(|d| d.len() > wire::TRANSPORT_OVERHEAD && matches!(wire::parse(d), Ok(Packet::Transport { .. })))
-        .expect("a transport datagram from h2 to h1 was captured")
-        .clone();
+        .expect("a transport datagram from h2 to h1 was captured");
     let initiation = dataplane_payloads(&frames, h1, h2)
         .into_iter()
-        .chain(captured.iter().cloned())
+        .chain(dataplane_payloads(&frames, h2, h1))
         .find(|d| matches!(wire::parse(d), Ok(Packet::Initiation(_))))
         .expect("a handshake initiation was captured");
 
@@ -1125,9 +1220,9 @@ impl Capture {
     }
 
     /// Sends a datagram in clear from host `from` to host `to` across the capture, and waits until it is in
-    /// the file: everything that crossed before it is in there too. Returns its text.
-    fn sentinel(&self, from: &Host, to: &Host, dir: &TempDir) -> String {
-        let text = format!("weft-capture-sentinel-{}", self.file.display());
+    /// the file: everything that crossed before it is in there too. Returns its text, which holds `label`.
+    fn sentinel(&self, from: &Host, to: &Host, dir: &TempDir, label: &str) -> String {
+        let text = format!("weft-capture-sentinel-{label}-{}", self.file.display());
         send_datagrams(
             from,
             SocketAddr::from((to.underlay_ip(), 9)),
