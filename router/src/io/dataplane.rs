@@ -535,7 +535,13 @@ impl Driver {
         }
     }
 
-    fn drain(&mut self, mut publish: bool) {
+    fn drain(&mut self, publish: bool) {
+        // Keys before datagrams: a handshake response must not reach the
+        // initiator before the packet path knows the keys its first
+        // datagram will use (it would be dropped as unknown_session).
+        if self.sessions.take_changed() || publish {
+            self.publish();
+        }
         while let Some(t) = self.sessions.poll_transmit() {
             if self.socket.send_to(&t.bytes, t.to).is_err() {
                 self.stats.count(DropReason::SendFailed);
@@ -556,10 +562,7 @@ impl Driver {
                 }
             }
         }
-        if self.sessions.take_changed() || publish {
-            publish = true;
-        }
-        if publish {
+        if self.sessions.take_changed() {
             self.publish();
         }
     }
@@ -903,6 +906,10 @@ impl Inbound {
                 let view = self.view.load();
                 let mut k = 0;
                 for (meta, buf) in metas.iter().zip(bufs.iter_mut()).take(n) {
+                    if meta.len == 0 {
+                        self.stats.count(DropReason::Malformed(Malformed::Truncated));
+                        continue;
+                    }
                     let stride = meta.stride.max(1);
                     for seg in buf[..meta.len].chunks_mut(stride) {
                         if let Some(len) = self.open_one(&view, now, meta.addr, seg) {
