@@ -1220,7 +1220,7 @@ impl Agent {
     }
 
     /// [`ring_hash`] of our ring, computed once per change.
-    fn ring_hash(&mut self) -> Option<u64> {
+    pub fn ring_hash(&mut self) -> Option<u64> {
         if self.hash.is_none() {
             self.hash = self.replica.ring().map(ring_hash);
         }

@@ -980,8 +980,10 @@ impl Driver {
             let id = by_peer.get(&p)?;
             Some(conns.get(id)?.connection.remote_address().ip())
         });
-        if let Some(ring) = self.agent.replica().ring() {
-            data.update_ring(self.mesh.topology().me(), ring, self.host_address);
+        if let Some(hash) = self.agent.ring_hash()
+            && let Some(ring) = self.agent.replica().ring()
+        {
+            data.update_ring(self.mesh.topology().me(), ring, hash, self.host_address);
         }
     }
 

@@ -190,8 +190,28 @@ impl DropReason {
         .chain([Self::SendFailed, Self::TunWriteFailed, Self::TunReadFailed])
     }
 
+    /// The counter's index: its place in [`DropReason::all`], by a match
+    /// rather than a search, since every drop on the packet path counts.
     fn slot(self) -> usize {
-        Self::all().position(|d| d == self).unwrap_or(0)
+        match self {
+            Self::Malformed(m) => m as usize,
+            Self::AuthFailed => 4,
+            Self::Replayed => 5,
+            Self::ExpiredKeys => 6,
+            Self::UnknownSession => 7,
+            Self::SpoofedSource => 8,
+            Self::BadInnerPacket => 9,
+            Self::NotIpv4 => 10,
+            Self::NoLocalPod => 11,
+            Self::Unreachable => 12,
+            Self::OutsideRange => 13,
+            Self::NoSession => 14,
+            Self::HandshakeOverload => 15,
+            Self::Handshake(h) => 16 + h as usize,
+            Self::SendFailed => 16 + HandshakeDrop::ALL.len(),
+            Self::TunWriteFailed => 17 + HandshakeDrop::ALL.len(),
+            Self::TunReadFailed => 18 + HandshakeDrop::ALL.len(),
+        }
     }
 }
 
@@ -586,7 +606,7 @@ impl Driver {
             Some((pod_range, ranges)) => ForwardTable::new(
                 *pod_range,
                 ranges.iter().map(|&(a, b, owner)| {
-                    let o = if Some(owner) == self.me() {
+                    let o = if owner == self.sessions.me() {
                         Owner::Local
                     } else {
                         self.sessions.peer_id(owner).map_or(Owner::Unknown, Owner::Peer)
@@ -602,10 +622,6 @@ impl Driver {
             .peers
             .store(peers.iter().flatten().count() as u64, Ordering::Relaxed);
         self.view.store(Arc::new(View { forward, peers, recv }));
-    }
-
-    fn me(&self) -> Option<PeerName> {
-        Some(self.sessions.me())
     }
 }
 
@@ -749,7 +765,7 @@ impl Outbound {
             }
             return None;
         };
-        if keys.wants_rekey(now, REKEY_AFTER_TIME) && ask_once(&peer.activity, now) {
+        if keys.wants_rekey(now, REKEY_AFTER_TIME) && once_per(&peer.activity.last_asked, now, 100) {
             let _ = self.path.try_send(FromPath::Need {
                 peer: via,
                 packet: None,
@@ -814,14 +830,14 @@ fn send_with_retry(state: &UdpSocketState, socket: &UdpSocket, t: &UdpTransmit<'
     Err(io::ErrorKind::WouldBlock.into())
 }
 
-/// Whether the packet path should ask for a new handshake now (at most
-/// every 100 ms per peer).
-fn ask_once(activity: &Activity, now: Time) -> bool {
-    let last = activity.last_asked.load(Ordering::Relaxed);
-    if now.as_millis().saturating_sub(last) < 100 {
+/// Whether at least `every_ms` passed since the time in `last`, which then
+/// becomes `now`: the packet path tells the driver something at most that
+/// often per peer (racing threads may both tell it, which is harmless).
+fn once_per(last: &AtomicU64, now: Time, every_ms: u64) -> bool {
+    if now.as_millis().saturating_sub(last.load(Ordering::Relaxed)) < every_ms {
         return false;
     }
-    activity.last_asked.store(now.as_millis(), Ordering::Relaxed);
+    last.store(now.as_millis(), Ordering::Relaxed);
     true
 }
 
@@ -987,7 +1003,11 @@ impl Inbound {
         };
         let moved = view.peer(keys.peer).is_none_or(|p| p.endpoint != Some(from));
         let promote = !was_confirmed || view.peer(keys.peer).is_none_or(|p| p.send.is_none());
-        if (moved || promote) && ask_once_roam(view, keys.peer, now) {
+        if (moved || promote)
+            && view
+                .peer(keys.peer)
+                .is_none_or(|p| once_per(&p.activity.last_noticed, now, 50))
+        {
             let _ = self.path.try_send(FromPath::Authenticated {
                 peer: keys.peer,
                 index: keys.local_index,
@@ -1010,19 +1030,6 @@ impl Inbound {
     }
 }
 
-/// Rate-limits "authenticated" notices per peer to one per 50 ms, so a
-/// burst does not flood the driver before the new view is published.
-fn ask_once_roam(view: &View, peer: PeerId, now: Time) -> bool {
-    view.peer(peer).is_none_or(|p| {
-        let last = p.activity.last_asked.load(Ordering::Relaxed);
-        if now.as_millis().saturating_sub(last) < 50 {
-            return false;
-        }
-        p.activity.last_asked.store(now.as_millis(), Ordering::Relaxed);
-        true
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1032,6 +1039,9 @@ mod tests {
         let names: std::collections::BTreeSet<_> = DropReason::all().map(DropReason::as_str).collect();
         assert_eq!(names.len(), DropReason::all().count());
         assert_eq!(DropReason::all().count(), DROP_KINDS);
+        for (i, d) in DropReason::all().enumerate() {
+            assert_eq!(d.slot(), i, "{d:?}");
+        }
         let stats = DataStats::default();
         stats.count(DropReason::SpoofedSource);
         stats.count(DropReason::Handshake(HandshakeDrop::BadMac));

@@ -252,8 +252,10 @@ impl Running {
 
     /// Tells the packet path and the kernel task about the ring and the
     /// host address, if either changed.
-    pub fn update_ring(&mut self, me: PeerName, ring: &Ring, host_address: Option<Ipv4Addr>) {
-        let hash = crate::core::ipam_agent::ring_hash(ring);
+    /// `hash` is the ring's hash, which the IPAM agent caches between
+    /// changes (this runs after every event, so the ring is not walked here
+    /// unless it changed).
+    pub fn update_ring(&mut self, me: PeerName, ring: &Ring, hash: u64, host_address: Option<Ipv4Addr>) {
         if self.ring_hash == Some(hash) && self.host_address == host_address {
             return;
         }

@@ -52,6 +52,9 @@ pub struct Activity {
     pub unanswered_since: AtomicU64,
     /// When the packet path last asked for a handshake (to ask once).
     pub last_asked: AtomicU64,
+    /// When the packet path last told the driver of keys in use or an
+    /// address moved (to tell once).
+    pub last_noticed: AtomicU64,
     /// Bytes of inner packets sent to it.
     pub tx_bytes: AtomicU64,
     /// Bytes of inner packets received from it.

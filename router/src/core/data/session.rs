@@ -784,7 +784,7 @@ impl Sessions {
             return;
         };
         let mut payload = [0u8; 16];
-        if hs_read(&mut pending.hs, resp.noise, &mut payload) != Some(0) {
+        if pending.hs.read_message(resp.noise, &mut payload).ok() != Some(0) {
             return self.drop(HandshakeDrop::HandshakeFailed);
         }
         let Some(mut pending) = p.pending.take() else {
@@ -951,10 +951,6 @@ impl Sessions {
             .as_mut()
             .unwrap_or_else(|| unreachable!("ids given out point at live peers"))
     }
-}
-
-fn hs_read(hs: &mut snow::HandshakeState, msg: &[u8], out: &mut [u8]) -> Option<usize> {
-    hs.read_message(msg, out).ok()
 }
 
 /// The PSK of the pair of routers with these public keys (same either way).
