@@ -16,9 +16,13 @@ BENCH_DIR=${BENCH_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../../shared/bench" 
 [ "$(id -u)" -eq 0 ] || { echo "needs root (network namespaces)" >&2; exit 1; }
 # shellcheck source=/dev/null
 . "$BENCH_DIR/testbed.sh"
+# shellcheck disable=SC2034,SC2317 # the variants read V_* and call pb_* (peers.sh API)
 PB_PIDS=() PB_LAST_PID="" V_PIDS="" V_MTU=""
+# shellcheck disable=SC2317
 pb_spawn() { local ns="$1" log="$2"; shift 2; ip netns exec "$ns" "$@" >"$log" 2>&1 </dev/null & PB_LAST_PID=$!; PB_PIDS+=("$PB_LAST_PID"); }
+# shellcheck disable=SC2317
 pb_wait() { local deadline=$((SECONDS + $1)); shift; until "$@" >/dev/null 2>&1; do [ "$SECONDS" -ge "$deadline" ] && return 1; sleep 0.1; done; }
+# shellcheck disable=SC2317
 pb_kill() { local pid; for pid in "$@"; do kill "$pid" 2>/dev/null; done; for pid in "$@"; do wait "$pid" 2>/dev/null; done; return 0; }
 for f in "$BENCH_DIR"/variants/*.sh "$(dirname "${BASH_SOURCE[0]}")/weft.sh"; do
     # shellcheck source=/dev/null
@@ -27,6 +31,7 @@ done
 v=${1:?usage: sockperf-ab.sh VARIANT [RUNS]} n=${2:-3}
 NS1=$(tb_ns_host 1) NS2=$(tb_ns_host 2) UL1=$(tb_ul_ip 1) UL2=$(tb_ul_ip 2) PODC1=$(tb_pod_cidr 1) PODC2=$(tb_pod_cidr 2)
 SP=""
+# shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
     [ -n "$SP" ] && kill "$SP" 2>/dev/null
     "variant_${v}_down" "$NS1" "$NS2" "$UL1" "$UL2" "$PODC1" "$PODC2" >/dev/null 2>&1
