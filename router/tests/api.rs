@@ -22,9 +22,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use weft_router::api::types::{Health, cidr};
 use weft_router::api::{
-    AllocateRequest, AllocateResponse, ApiError, Backend, BindError, Client, ClientError, ErrorCode, IpamSummary,
-    PeerState, PeerStatus, ReclaimState, ReclaimView, ReleaseRequest, ReleaseResponse, RingView, Status, bind_socket,
-    serve,
+    AllocateRequest, AllocateResponse, AllocationView, ApiError, Backend, BindError, Client, ClientError, ErrorCode,
+    IpamSummary, PeerState, PeerStatus, ReclaimState, ReclaimView, ReleaseRequest, ReleaseResponse, RingView, Status,
+    bind_socket, serve,
 };
 use weft_router::config::{Cli, PeerAddr, PeerRef};
 
@@ -154,6 +154,16 @@ impl Backend for Fake {
         let prefix = self.pool.net().prefix_len();
         let address = self.lock().replica.release(&key).map(|a| cidr(a, prefix));
         Ok(ReleaseResponse { address })
+    }
+
+    async fn allocations(&self) -> Result<Vec<AllocationView>, ApiError> {
+        let prefix = self.pool.net().prefix_len();
+        let state = self.lock();
+        let mut list: Vec<AllocationView> = (state.replica.allocations())
+            .map(|(key, addr)| AllocationView::new(key, addr, prefix))
+            .collect();
+        list.sort_by(|a, b| (&a.id, &a.iface).cmp(&(&b.id, &b.iface)));
+        Ok(list)
     }
 
     async fn connect(&self, addr: PeerAddr) -> Result<(), ApiError> {
@@ -339,11 +349,35 @@ async fn every_route_round_trips() {
         assert_eq!(ring.owners[0].allocated, Some(3));
         assert_eq!(ring.owners[0].nickname.as_deref(), Some("node-1"));
 
+        let listed = c.allocations().await.unwrap();
+        let view = |id: &str, iface: &str, address: &str| AllocationView {
+            id: id.to_owned(),
+            iface: iface.to_owned(),
+            address: address.to_owned(),
+        };
+        assert_eq!(
+            listed,
+            vec![
+                view("c1", "ethwe", "10.32.0.1/28"),
+                view("c2", "eth1", "10.32.0.5/28"),
+                view("c3", "ethwe", "10.32.0.4/28"),
+            ]
+        );
+        let (status, body) = raw(
+            &h.path,
+            b"GET /v1/ipam/allocations HTTP/1.1\r\nHost: weft\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(body["allocations"][1]["iface"], "eth1");
+
         let released = c.release(&ReleaseRequest::new("c1")).await.unwrap();
         assert_eq!(released.address.as_deref(), Some("10.32.0.1/28"));
         let twice = c.release(&ReleaseRequest::new("c1")).await.unwrap();
         assert_eq!(twice.address, None);
         assert_eq!(c.status().await.unwrap().ipam.allocated, 2);
+        let ids: Vec<String> = c.allocations().await.unwrap().into_iter().map(|a| a.id).collect();
+        assert_eq!(ids, ["c2", "c3"]);
 
         let reclaim = c.rmpeer(&PeerRef::Name(other())).await.unwrap();
         assert_eq!(reclaim.name, other().to_string());

@@ -23,8 +23,8 @@ use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
 use super::types::{
-    AllocateRequest, AllocateResponse, ApiError, Health, PeerRequest, PeerStatus, Peers, ReclaimView, ReleaseRequest,
-    ReleaseResponse, RingView, RmpeerRequest, Status,
+    AllocateRequest, AllocateResponse, AllocationView, Allocations, ApiError, Health, PeerRequest, PeerStatus, Peers,
+    ReclaimView, ReleaseRequest, ReleaseResponse, RingView, RmpeerRequest, Status,
 };
 use crate::config::{PeerAddr, PeerRef};
 
@@ -97,6 +97,16 @@ impl Client {
     /// if the ring still did not exist after the router's wait.
     pub async fn allocate(&self, req: &AllocateRequest) -> Result<AllocateResponse, ClientError> {
         self.post("/v1/ipam/allocate", req).await
+    }
+
+    /// `GET /v1/ipam/allocations`.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn allocations(&self) -> Result<Vec<AllocationView>, ClientError> {
+        self.get::<Allocations>("/v1/ipam/allocations")
+            .await
+            .map(|a| a.allocations)
     }
 
     /// `POST /v1/ipam/release`.

@@ -22,6 +22,6 @@ pub mod types;
 pub use client::{Client, ClientError, ProtocolError};
 pub use server::{Backend, BindError, bind_socket, serve};
 pub use types::{
-    AllocateRequest, AllocateResponse, ApiError, ErrorCode, IpamSummary, OwnerView, PeerState, PeerStatus, RangeView,
-    ReclaimState, ReclaimView, ReleaseRequest, ReleaseResponse, RingView, Status,
+    AllocateRequest, AllocateResponse, AllocationView, Allocations, ApiError, ErrorCode, IpamSummary, OwnerView,
+    PeerState, PeerStatus, RangeView, ReclaimState, ReclaimView, ReleaseRequest, ReleaseResponse, RingView, Status,
 };

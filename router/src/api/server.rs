@@ -26,8 +26,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
 use super::types::{
-    AllocateRequest, AllocateResponse, ApiError, ErrorCode, Health, PeerRequest, PeerStatus, Peers, ReclaimView,
-    ReleaseRequest, ReleaseResponse, RingView, RmpeerRequest, Status,
+    AllocateRequest, AllocateResponse, AllocationView, Allocations, ApiError, ErrorCode, Health, PeerRequest,
+    PeerStatus, Peers, ReclaimView, ReleaseRequest, ReleaseResponse, RingView, RmpeerRequest, Status,
 };
 use crate::config::{PeerAddr, PeerRef};
 
@@ -62,6 +62,10 @@ pub trait Backend: Send + Sync + 'static {
         key: AllocKey,
         request: Request,
     ) -> impl Future<Output = Result<AllocateResponse, ApiError>> + Send;
+
+    /// `GET /v1/ipam/allocations`: this router's allocations, ordered by
+    /// container id then interface, without the router's own host address.
+    fn allocations(&self) -> impl Future<Output = Result<Vec<AllocationView>, ApiError>> + Send;
 
     /// `POST /v1/ipam/release`: frees `key`'s address, if it has one. Idempotent.
     fn release(&self, key: AllocKey) -> impl Future<Output = Result<ReleaseResponse, ApiError>> + Send;
@@ -104,6 +108,7 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/v1/peers", get(peers::<B>))
         .route("/v1/ipam", get(ring::<B>))
         .route("/v1/ipam/allocate", post(allocate::<B>))
+        .route("/v1/ipam/allocations", get(allocations::<B>))
         .route("/v1/ipam/release", post(release::<B>))
         .route("/v1/connect", post(connect::<B>))
         .route("/v1/forget", post(forget::<B>))
@@ -270,6 +275,12 @@ async fn allocate<B: Backend>(
 ) -> Result<Json<AllocateResponse>, ApiError> {
     let (key, request) = req.parse()?;
     deadline(b.allocate(key, request)).await.map(Json)
+}
+
+async fn allocations<B: Backend>(State(b): State<Arc<B>>) -> Result<Json<Allocations>, ApiError> {
+    deadline(b.allocations())
+        .await
+        .map(|allocations| Json(Allocations { allocations }))
 }
 
 async fn release<B: Backend>(

@@ -370,6 +370,36 @@ impl From<Allocation> for AllocateResponse {
     }
 }
 
+/// `GET /v1/ipam/allocations`: the addresses this router gave to containers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocations {
+    /// Every allocation of this router, ordered by container id then
+    /// interface; the router's own host address is not listed.
+    pub allocations: Vec<AllocationView>,
+}
+
+/// One allocation (`Allocations::allocations`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocationView {
+    /// The container id it was allocated for.
+    pub id: String,
+    /// The interface inside the container.
+    pub iface: String,
+    /// The address with the pod range's prefix length (`10.32.0.5/12`).
+    pub address: String,
+}
+
+impl AllocationView {
+    /// The view of `key`'s allocation of `addr` in a pool of `prefix_len`.
+    pub fn new(key: &AllocKey, addr: IpAddr, prefix_len: u8) -> Self {
+        Self {
+            id: key.container().to_owned(),
+            iface: key.iface().to_owned(),
+            address: cidr(addr, prefix_len),
+        }
+    }
+}
+
 /// `POST /v1/ipam/release`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -49,7 +49,9 @@ use tracing::{Instrument, debug, info, info_span, trace, warn};
 use super::clock::Clock;
 use super::control::{self, ControlEndpoint, ControlError, ControlReceiver, ControlSender, ControlStats};
 use super::host;
-use crate::api::types::{AllocateResponse, ApiError, ErrorCode, IpamSummary, PeerStatus, ReclaimView, ReleaseResponse};
+use crate::api::types::{
+    AllocateResponse, AllocationView, ApiError, ErrorCode, IpamSummary, PeerStatus, ReclaimView, ReleaseResponse,
+};
 use crate::api::{self, Backend, RingView, Status};
 use crate::config::IpallocInit;
 use crate::config::{Host, LaunchConfig, PeerAddr, PeerRef};
@@ -357,6 +359,7 @@ enum Command {
     Ring(oneshot::Sender<RingView>),
     Allocate(AllocKey, Request, AllocReply),
     Release(AllocKey, oneshot::Sender<ReleaseResponse>),
+    Allocations(oneshot::Sender<Vec<AllocationView>>),
     Rmpeer(PeerRef, oneshot::Sender<Result<ReclaimView, ApiError>>),
     Reset(oneshot::Sender<Result<(), ApiError>>),
 }
@@ -707,6 +710,16 @@ impl Driver {
             Command::Rmpeer(name, reply) => {
                 let answer = self.rmpeer(&name);
                 self.hold(reply, answer);
+            }
+            Command::Allocations(reply) => {
+                let prefix = self.pool.net().prefix_len();
+                let host = Self::host_key();
+                let mut list: Vec<AllocationView> = (self.agent.replica().allocations())
+                    .filter(|(key, _)| **key != host)
+                    .map(|(key, addr)| AllocationView::new(key, addr, prefix))
+                    .collect();
+                list.sort_by(|a, b| (&a.id, &a.iface).cmp(&(&b.id, &b.iface)));
+                let _ = reply.send(list);
             }
             Command::Release(key, reply) => {
                 let now = self.clock.now();
@@ -1428,6 +1441,10 @@ impl Backend for ApiBackend {
 
     async fn release(&self, key: AllocKey) -> Result<ReleaseResponse, ApiError> {
         self.ask(|reply| Command::Release(key, reply)).await
+    }
+
+    async fn allocations(&self) -> Result<Vec<AllocationView>, ApiError> {
+        self.ask(Command::Allocations).await
     }
 
     async fn connect(&self, addr: PeerAddr) -> Result<(), ApiError> {
