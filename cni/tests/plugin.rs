@@ -18,7 +18,7 @@ use tempfile::TempDir;
 use weft_cni::api::RouterClient;
 use weft_cni::link::host_veth_name;
 use weft_tests::router::{Router, wait_for, workdir, write_secret};
-use weft_tests::{InNamespace as _, Testbed};
+use weft_tests::{InNamespace as _, Testbed, require_program};
 
 const RANGE: &str = "10.44.0.0/16";
 const NETWORK: &str = "weftnet";
@@ -197,6 +197,7 @@ const IPAM: &str = env!("CARGO_BIN_EXE_weft-ipam");
 /// containerd's second DEL (no netns, no prevResult) succeeds.
 #[test]
 fn add_check_del_against_a_real_router() {
+    require_program!("busybox");
     let Some(tb) = Testbed::for_test(1) else { return };
     let mut bed = Bed::start(&tb);
     let netns = bed.pod("a");
@@ -223,7 +224,12 @@ fn add_check_del_against_a_real_router() {
     assert!(pod_addr.contains(&format!("inet {address} ")), "{pod_addr}");
     let pod_routes = in_pod(&netns, &["-4", "route", "show"]);
     assert!(pod_routes.contains("default via 169.254.1.1 dev eth0"), "{pod_routes}");
-    assert!(pod_routes.contains("169.254.1.1 dev eth0 scope link"), "{pod_routes}");
+    assert!(
+        pod_routes
+            .lines()
+            .any(|l| l.starts_with("169.254.1.1 dev eth0 ") && l.contains("scope link")),
+        "{pod_routes}"
+    );
     let status = bed.router.status().unwrap();
     let mtu = in_pod(&netns, &["-o", "link", "show", "dev", "eth0"]);
     if let Some(dp) = &status.dataplane {
@@ -236,6 +242,14 @@ fn add_check_del_against_a_real_router() {
     let ip = address.trim_end_matches("/32");
     let host_route = bed.host_ip(&["-4", "route", "show", ip]).unwrap();
     assert!(host_route.contains(&format!("dev {host_veth}")), "{host_route}");
+    // The host reaches the pod through its /32 route, and the pod the host's pod-network address through the
+    // link-local gateway (the permanent neighbour entry for 169.254.1.1).
+    let host_address = status.host_address.unwrap().to_string();
+    tb.host(1)
+        .exec_ok(["busybox", "ping", "-c1", "-W2", ip])
+        .expect("host -> pod");
+    let pod_ns = netns.file_name().unwrap().to_str().unwrap();
+    run(Command::new("ip").args(["netns", "exec", pod_ns, "busybox", "ping", "-c1", "-W2", &host_address]));
     let forward = tb.host(1).exec_ok(["cat", "/proc/sys/net/ipv4/ip_forward"]).unwrap();
     assert_eq!(forward.trim(), "1");
     let id = format!("cni:{NETWORK}:{cid}");
@@ -342,7 +356,10 @@ fn bad_requests_get_spec_errors_and_leave_nothing() {
         "add",
         "eth0",
         "type",
-        "dummy",
+        "veth",
+        "peer",
+        "name",
+        "other0",
     ]));
     let taken = bed
         .net("ADD", "taken", &netns, &bed.conf("1.0.0"))
