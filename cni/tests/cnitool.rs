@@ -1,5 +1,5 @@
 //! A real CNI runtime (upstream `cnitool`, libcni 1.1.2) drives `weft-net` chained with the reference
-//! `portmap` plugin on pods of two hosts, which then reach each other through the mesh.
+//! `portmap` and `bandwidth` plugins on pods of two hosts, which then reach each other through the mesh.
 //!
 //! Needs root, `cnitool` (`/work/shared/clients/build-cnitool.sh`, or any build of upstream cnitool on
 //! `PATH`), the reference plugins in `/usr/lib/cni` (Debian package `containernetworking-plugins`), `busybox`,
@@ -59,6 +59,12 @@ fn cnitool_pods_on_two_hosts_ping_each_other_through_the_mesh() {
     // portmap ran after weft-net, with weft-net's result as its prevResult: its DNAT chain names the pod.
     let nat = tb.host(1).exec_ok(["iptables", "-t", "nat", "-S"]).unwrap();
     assert!(nat.contains("CNI-HOSTPORT-DNAT") && nat.contains(&a.ip), "{nat}");
+    // bandwidth found weft-net's host veth in its prevResult and shaped the pod's ingress there.
+    let qdisc = tb
+        .host(1)
+        .exec_ok(["tc", "qdisc", "show", "dev", &a.host_veth])
+        .unwrap();
+    assert!(qdisc.contains("tbf"), "{qdisc}");
     for pod in &pods {
         pod.cnitool("del")
             .unwrap_or_else(|e| panic!("cnitool del on h{}: {e}", pod.host));
@@ -79,6 +85,7 @@ struct Pod<'t> {
     netns: String,
     confdir: PathBuf,
     ip: String,
+    host_veth: String,
 }
 
 impl<'t> Pod<'t> {
@@ -92,6 +99,7 @@ impl<'t> Pod<'t> {
         })];
         if portmap {
             plugins.push(json!({"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}));
+            plugins.push(json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}));
         }
         let conflist = json!({"cniVersion": "1.0.0", "name": NETWORK, "plugins": plugins});
         std::fs::write(confdir.join("10-weft.conflist"), conflist.to_string()).unwrap();
@@ -104,10 +112,12 @@ impl<'t> Pod<'t> {
             netns,
             confdir,
             ip: String::new(),
+            host_veth: String::new(),
         };
         let result: Value = serde_json::from_str(&pod.cnitool("add").unwrap()).unwrap();
         let address = result["ips"][0]["address"].as_str().unwrap();
         pod.ip = address.trim_end_matches("/32").to_owned();
+        pod.host_veth = result["interfaces"][0]["name"].as_str().unwrap().to_owned();
         pod
     }
 
@@ -125,8 +135,12 @@ impl<'t> Pod<'t> {
             .env("CNI_PATH", format!("{}:{REFERENCE_PLUGINS}", plugins.display()))
             .env(
                 "CAP_ARGS",
-                json!({"portMappings": [{"hostPort": 8080 + self.host, "containerPort": 80, "protocol": "tcp"}]})
-                    .to_string(),
+                json!({
+                    "portMappings": [{"hostPort": 8080 + self.host, "containerPort": 80, "protocol": "tcp"}],
+                    // Pod ingress only: shaped on the host veth, so no ifb device is needed.
+                    "bandwidth": {"ingressRate": 8_000_000, "ingressBurst": 1_000_000},
+                })
+                .to_string(),
             )
             .output()
             .map_err(|e| e.to_string())?;
