@@ -296,8 +296,12 @@ impl RouterClient {
     }
 }
 
-/// Splits an HTTP/1.1 response read to its end into status and body.
-fn parse_response(reply: &[u8]) -> Result<(u16, Vec<u8>), String> {
+/// Splits an HTTP/1.1 response read to its end into status and body
+/// (de-chunked). Public for the fuzz target.
+///
+/// # Errors
+/// Says what is wrong with the reply.
+pub fn parse_response(reply: &[u8]) -> Result<(u16, Vec<u8>), String> {
     let head_end = find(reply, b"\r\n\r\n").ok_or("the reply has no complete header")?;
     let head = std::str::from_utf8(&reply[..head_end]).map_err(|_| "the reply header is not text")?;
     let mut lines = head.split("\r\n");
