@@ -180,8 +180,10 @@ impl Request<'_> {
         let (cid, ifname) = (self.env.container_id(), self.env.ifname());
         let id = allocation_id(&self.conf.name, cid)?;
         let netns = Path::new(self.env.netns.as_deref().unwrap_or_default());
-        // Before allocating, so a missing namespace leaves nothing behind.
+        // Everything that can be refused is checked before allocating, so a
+        // bad request leaves nothing behind.
         drop(link::open_netns(netns)?);
+        let prev = self.conf.prev_result.as_ref().map(CniResult::from_value).transpose()?;
         let status = self.ready_status()?;
         let mtu = status.dataplane.map(|d| d.mtu).or(self.conf.mtu).unwrap_or(DEFAULT_MTU);
         let alloc = self
@@ -247,7 +249,14 @@ impl Request<'_> {
             }],
             dns: self.conf.dns.clone(),
         };
-        Ok(self.chained(ours)?.to_value(&self.conf.cni_version))
+        let all = match prev {
+            Some(mut prev) => {
+                prev.extend(ours);
+                prev
+            }
+            None => ours,
+        };
+        Ok(all.to_value(&self.conf.cni_version))
     }
 
     /// ADD of weft-ipam: the address, the gateway and the configured routes.
@@ -467,18 +476,6 @@ impl Request<'_> {
             ));
         }
         Ok(status)
-    }
-
-    /// `ours` after the prevResult of the plugins before this one, if any.
-    fn chained(&self, ours: CniResult) -> Result<CniResult, CniError> {
-        match &self.conf.prev_result {
-            None => Ok(ours),
-            Some(prev) => {
-                let mut all = CniResult::from_value(prev)?;
-                all.extend(ours);
-                Ok(all)
-            }
-        }
     }
 }
 

@@ -311,6 +311,20 @@ fn results_follow_the_requested_version() {
         assert_eq!(result["ips"][0].get("version").is_some(), old, "{version}: {result}");
         bed.net("DEL", &cid, &netns, &bed.conf(version)).success(version);
     }
+    // Chained after another plugin: its result comes first, and ours points at our interfaces.
+    let netns = bed.pod("chain");
+    let mut chained = bed.conf("1.0.0");
+    chained["prevResult"] = json!({
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "earlier0"}],
+        "ips": [{"address": "192.0.2.9/24", "interface": 0}],
+    });
+    let result = bed.net("ADD", "chained", &netns, &chained).success("chained ADD");
+    assert_eq!(result["interfaces"].as_array().unwrap().len(), 3, "{result}");
+    assert_eq!(result["ips"][0]["address"], "192.0.2.9/24");
+    assert_eq!(result["ips"][1]["interface"], 2);
+    assert_eq!(result["interfaces"][2]["name"], "eth0");
+    bed.net("DEL", "chained", &netns, &chained).success("chained DEL");
 }
 
 /// Bad input gets the spec's codes and leaves nothing behind.
@@ -342,6 +356,12 @@ fn bad_requests_get_spec_errors_and_leave_nothing() {
     );
     let gone = gone.failure("ADD into a missing netns");
     assert_eq!(gone["code"], 4);
+    let mut bad_prev = bed.conf("1.0.0");
+    bad_prev["prevResult"] = json!({"ips": "not a list"});
+    let prev = bed
+        .net("ADD", "badprev", &netns, &bad_prev)
+        .failure("a prevResult that is not a result");
+    assert_eq!(prev["code"], 6);
     let long = "x".repeat(300);
     let too_long = bed
         .net("ADD", &long, &netns, &bed.conf("1.0.0"))
