@@ -116,7 +116,8 @@ impl Env {
                 format!("{} needs {} (not set or empty)", command.as_str(), missing.join(", ")),
             ));
         }
-        if let Some(ifname) = &env.ifname
+        // DEL checks nothing more: a name that could never have been attached has nothing to remove.
+        if let Some(ifname) = env.ifname.as_ref().filter(|_| command != Command::Del)
             && (ifname.len() > MAX_IFNAME_LEN || ifname.contains(['/', ':']) || ifname.chars().any(char::is_whitespace))
         {
             return Err(CniError::new(
@@ -480,8 +481,15 @@ mod tests {
         assert_eq!(env(&[("CNI_COMMAND", "GC")]).unwrap().command, Command::Gc);
         assert_eq!(env(&[]).unwrap_err().code, code::INVALID_ENV);
         assert_eq!(env(&[("CNI_COMMAND", "UP")]).unwrap_err().code, code::INVALID_ENV);
-        let long = env(&[
+        let long_del = env(&[
             ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "abc"),
+            ("CNI_IFNAME", "a-very-long-interface"),
+        ]);
+        assert!(long_del.is_ok(), "DEL of what could never be attached succeeds");
+        let long = env(&[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_NETNS", "/run/netns/x"),
             ("CNI_CONTAINERID", "abc"),
             ("CNI_IFNAME", "a-very-long-interface"),
         ]);

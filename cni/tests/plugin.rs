@@ -532,3 +532,43 @@ fn version_lists_the_five_versions() {
         assert_eq!(err["code"], 4);
     }
 }
+
+/// A router that accepts and never answers fails ADD with code 11 within 10 s: the plugin never hangs a runtime.
+/// Needs no root: the namespace is this process's own, and the failure comes before any netlink work.
+#[test]
+fn a_silent_router_fails_add_within_ten_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("silent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let conf = json!({"cniVersion": "1.0.0", "name": NETWORK, "type": "weft-net", "apiSocket": socket,
+                      "logFile": dir.path().join("cni.log")});
+    let started = Instant::now();
+    let mut child = Command::new(NET)
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", "silent")
+        .env("CNI_NETNS", "/proc/self/ns/net")
+        .env("CNI_IFNAME", "eth0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    // Accept the plugin's connection and hold it open without a word until the plugin hangs up. On a thread,
+    // so a plugin that never connects fails the asserts below instead of blocking the test.
+    std::thread::spawn(move || {
+        if let Ok((conn, _)) = listener.accept() {
+            let _ = std::io::Read::read_to_end(&mut &conn, &mut Vec::new());
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    let took = started.elapsed();
+    assert!(!out.status.success());
+    let err: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(err["code"], 11, "{err}");
+    assert!(took < Duration::from_secs(10), "ADD took {took:?}");
+}
