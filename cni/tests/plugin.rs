@@ -253,9 +253,14 @@ fn add_check_del_against_a_real_router() {
     let forward = tb.host(1).exec_ok(["cat", "/proc/sys/net/ipv4/ip_forward"]).unwrap();
     assert_eq!(forward.trim(), "1");
     let id = format!("cni:{NETWORK}:{cid}");
+    let listed = bed.allocation_ids();
     assert!(
-        bed.allocation_ids()
-            .contains(&(id.clone(), address.replace("/32", "/16")))
+        listed.contains(&(id.clone(), address.replace("/32", "/16"))),
+        "{listed:?}"
+    );
+    assert!(
+        listed.iter().all(|(i, _)| !i.starts_with("weft:")),
+        "the router's own host address is not listed: {listed:?}"
     );
 
     let again = bed.net("ADD", cid, &netns, &conf).success("repeated ADD");
