@@ -13,6 +13,7 @@ pub mod handshake;
 pub mod ipam;
 pub mod ipam_agent;
 pub mod mesh;
+pub mod nodes;
 pub mod reconcile;
 pub mod time;
 pub mod topology;
