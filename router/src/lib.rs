@@ -16,7 +16,10 @@
 //!   to read the clock (enforced by `clippy.toml`).
 //! - [`api`] and [`metrics`]: the local API on a unix socket and Prometheus
 //!   metrics. [`config`], [`identity`], [`secret`] and [`store`]: command
-//!   line, keys and durable state.
+//!   line, keys and durable state. [`install_cni`]: `weft install-cni`.
+//! - With the cargo feature `kube`, `io::kube` feeds Kubernetes Node objects
+//!   to the `core::nodes` discovery core and keeps the cluster secret in a
+//!   Secret (`weft launch --kube`; docs/kubernetes.md).
 //!
 //! There is no `unsafe` code: the OS interfaces come through tun-rs,
 //! quinn-udp, rtnetlink, socket2 and nix.
@@ -31,6 +34,7 @@ pub mod api;
 pub mod config;
 pub mod core;
 pub mod identity;
+pub mod install_cni;
 pub mod io;
 pub mod metrics;
 pub mod secret;
