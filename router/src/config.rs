@@ -53,8 +53,13 @@ pub enum Command {
     Ipam(IpamArgs),
     /// Stop the local router and delete its persisted state.
     Reset(ApiArgs),
+    /// Exit 0 if the local router answers and has an address ring (a readiness probe).
+    Ready(ApiArgs),
     /// Print a new random cluster secret, e.g. `weft secret > /etc/weft/secret`.
     Secret,
+    /// Copy the CNI plugins next to `weft` into the host's plugin directory and write the network
+    /// configuration (the DaemonSet's init container runs this).
+    InstallCni(InstallCniArgs),
 }
 
 impl Command {
@@ -62,7 +67,7 @@ impl Command {
     /// `None` for `launch` and `secret`.
     pub fn api_socket(&self) -> Option<&Path> {
         let api = match self {
-            Self::Launch(_) | Self::Secret => return None,
+            Self::Launch(_) | Self::Secret | Self::InstallCni(_) => return None,
             Self::Status(a) | Self::Peers(a) => &a.api,
             Self::Connect(a) | Self::Forget(a) => &a.api,
             Self::Rmpeer(a) => &a.api,
@@ -70,10 +75,21 @@ impl Command {
                 None => &a.api,
                 Some(IpamCommand::Allocate { api, .. } | IpamCommand::Release { api, .. }) => api,
             },
-            Self::Reset(a) => a,
+            Self::Reset(a) | Self::Ready(a) => a,
         };
         Some(&api.api_socket)
     }
+}
+
+/// Arguments of `install-cni`.
+#[derive(Debug, Clone, Args)]
+pub struct InstallCniArgs {
+    /// Where the container runtime looks for CNI plugins (the host's /opt/cni/bin, mounted).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_CNI_BIN_DIR)]
+    pub bin_dir: PathBuf,
+    /// Where the container runtime reads network configurations (the host's /etc/cni/net.d, mounted).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_CNI_CONF_DIR)]
+    pub conf_dir: PathBuf,
 }
 
 /// Where to find the local router.
@@ -184,7 +200,7 @@ pub struct LaunchArgs {
     #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// The address range that pods get their addresses from; the same on every router.
-    #[arg(long, value_name = "CIDR", default_value = Pool::DEFAULT_CIDR)]
+    #[arg(long, env = "IPALLOC_RANGE", value_name = "CIDR", default_value = Pool::DEFAULT_CIDR)]
     pub ipalloc_range: String,
     /// Split the range at once among the named routers (nicknames or peer names) instead of waiting
     /// for --init-peer-count routers to meet.
@@ -210,7 +226,7 @@ pub struct LaunchArgs {
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_METRICS_ADDR)]
     pub metrics_addr: String,
     /// Most connections to other routers at once.
-    #[arg(long, value_name = "N", default_value = DEFAULT_CONN_LIMIT)]
+    #[arg(long, env = "CONN_LIMIT", value_name = "N", default_value = DEFAULT_CONN_LIMIT)]
     pub conn_limit: String,
     /// MTU of the pod network, in bytes [default: chosen from the underlay].
     #[arg(long, value_name = "BYTES")]
@@ -218,6 +234,22 @@ pub struct LaunchArgs {
     /// Do not masquerade traffic from pods to outside the pod range.
     #[arg(long)]
     pub no_masquerade: bool,
+    /// Kubernetes mode, for the DaemonSet: connect to the router of every Node object, reclaim the
+    /// address space of deleted nodes' routers, and take the cluster secret from a Secret (created
+    /// if absent) unless --password-file or WEFT_PASSWORD gives one. Needs a weft built with the
+    /// `kube` feature.
+    #[arg(long)]
+    pub kube: bool,
+    /// With --kube: this router's Node name (set it from spec.nodeName) [default: the hostname].
+    /// Also the default --name, so that the router of a deleted node can be found.
+    #[arg(long, env = "WEFT_NODE_NAME", value_name = "NODE")]
+    pub kube_node_name: Option<String>,
+    /// With --kube: the Secret that holds the cluster secret (key `weft-passwd`).
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_KUBE_SECRET)]
+    pub kube_secret: String,
+    /// With --kube: the Secret's namespace [default: the pod's namespace].
+    #[arg(long, env = "WEFT_NAMESPACE", value_name = "NS")]
+    pub kube_namespace: Option<String>,
 }
 
 /// A finished `weft launch` configuration: every value parsed and checked.
@@ -253,6 +285,22 @@ pub struct LaunchConfig {
     /// Always on from the command line; in-process tests of the control
     /// plane turn it off, since it changes the host's network namespace.
     pub dataplane: bool,
+    /// Kubernetes mode (`--kube`), if on.
+    pub kube: Option<KubeConfig>,
+}
+
+/// `weft launch --kube`: where the router's Node and Secret are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeConfig {
+    /// This router's Node name: never connected to, never reclaimed.
+    pub node_name: String,
+    /// The Secret holding the cluster secret.
+    pub secret_name: String,
+    /// The Secret's namespace; `None` for the pod's own.
+    pub namespace: Option<String>,
+    /// Whether `--init-peer-count` is to be the number of Node objects at
+    /// start (neither it nor `--ipalloc-init` was given).
+    pub init_from_nodes: bool,
 }
 
 impl LaunchArgs {
@@ -268,13 +316,33 @@ impl LaunchArgs {
 
     /// [`LaunchArgs::into_config`] with the hostname lookup passed in, for tests.
     fn into_config_with(self, hostname: impl FnOnce() -> io::Result<String>) -> Result<LaunchConfig, ConfigError> {
-        let nickname = match self.name {
-            Some(given) => given.parse().map_err(|_| ConfigError::Name { given })?,
-            None => {
-                let host = hostname().map_err(|source| ConfigError::HostnameUnreadable { source })?;
-                host.parse()
-                    .map_err(|_| ConfigError::HostnameNotNickname { hostname: host })?
-            }
+        if self.kube && !cfg!(feature = "kube") {
+            return Err(ConfigError::KubeUnsupported);
+        }
+        let given_node = self
+            .kube_node_name
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty());
+        // The hostname is the default nickname, and with --kube the default node name.
+        let host = if self.name.is_none() || (self.kube && given_node.is_none()) {
+            Some(hostname().map_err(|source| ConfigError::HostnameUnreadable { source })?)
+        } else {
+            None
+        };
+        let kube_node_name = if self.kube {
+            given_node.or_else(|| host.clone())
+        } else {
+            None
+        };
+        let nickname = match (self.name, &kube_node_name, host) {
+            (Some(given), _, _) => given.parse().map_err(|_| ConfigError::Name { given })?,
+            (None, Some(node), _) => node
+                .parse()
+                .map_err(|_| ConfigError::NodeNameNotNickname { node: node.clone() })?,
+            (None, None, Some(host)) => host
+                .parse()
+                .map_err(|_| ConfigError::HostnameNotNickname { hostname: host })?,
+            (None, None, None) => unreachable!("the hostname is read whenever --name is missing"),
         };
 
         let peers = self
@@ -306,6 +374,7 @@ impl LaunchArgs {
                     .map_err(|_| ConfigError::InitPeerCount { given })
             })
             .transpose()?;
+        let init_given = self.ipalloc_init.is_some() || init_peer_count.is_some();
         let ipalloc_init = match (self.ipalloc_init, init_peer_count) {
             (Some(_), Some(_)) => return Err(ConfigError::InitPeerCountWithSeed),
             (Some(given), None) => IpallocInit::parse_flag(&given)?,
@@ -365,6 +434,12 @@ impl LaunchArgs {
             mtu,
             masquerade: !self.no_masquerade,
             dataplane: true,
+            kube: kube_node_name.map(|node_name| KubeConfig {
+                node_name,
+                secret_name: self.kube_secret,
+                namespace: self.kube_namespace,
+                init_from_nodes: !init_given,
+            }),
         })
     }
 }
@@ -474,6 +549,15 @@ pub enum ConfigError {
     ConnLimit {
         /// What was given.
         given: String,
+    },
+    /// `--kube` was given to a `weft` built without the `kube` feature.
+    #[error("--kube: this weft was built without Kubernetes support; build it with `--features kube`")]
+    KubeUnsupported,
+    /// With `--kube` and no `--name`, the Node name cannot be a nickname.
+    #[error("the node name {node:?} cannot be a nickname ({NICKNAME_RULE}); pass --name NICKNAME")]
+    NodeNameNotNickname {
+        /// The Node name.
+        node: String,
     },
     /// `--mtu` is not a number in range.
     #[error(
@@ -807,6 +891,13 @@ fn system_hostname() -> io::Result<String> {
     }
     Err(last_err)
 }
+
+/// Default `install-cni --bin-dir`: the host's /opt/cni/bin as the init container mounts it.
+pub const DEFAULT_CNI_BIN_DIR: &str = "/host/opt/cni/bin";
+/// Default `install-cni --conf-dir`: the host's /etc/cni/net.d as the init container mounts it.
+pub const DEFAULT_CNI_CONF_DIR: &str = "/host/etc/cni/net.d";
+/// Default `--kube-secret`.
+pub const DEFAULT_KUBE_SECRET: &str = "weft-passwd";
 
 /// The environment variable that may set `--api-socket`.
 pub const API_SOCKET_ENV: &str = "WEFT_API_SOCKET";
@@ -1202,6 +1293,94 @@ mod tests {
         assert!(Cli::try_parse_from(["weft", "ipam", "allocate", ""]).is_err());
         assert!(Cli::try_parse_from(["weft", "ipam", "allocate", "x", "--ip", "nope"]).is_err());
         assert!(Cli::try_parse_from(["weft", "ipam", "--json", "release", "x"]).is_err());
+    }
+
+    #[test]
+    fn kube_mode() {
+        assert_eq!(config(&[]).unwrap().kube, None);
+        if !cfg!(feature = "kube") {
+            assert!(matches!(config(&["--kube"]), Err(ConfigError::KubeUnsupported)));
+            return;
+        }
+        // The router is named after its node, so a deleted node's router can be found.
+        let c = config(&["--kube", "--kube-node-name", "worker-7"]).unwrap();
+        assert_eq!(c.nickname.as_str(), "worker-7");
+        assert_eq!(
+            c.kube,
+            Some(KubeConfig {
+                node_name: "worker-7".to_owned(),
+                secret_name: "weft-passwd".to_owned(),
+                namespace: None,
+                init_from_nodes: true,
+            })
+        );
+        // The node name defaults to the hostname; --name still wins for the nickname.
+        let c = config(&["--kube", "--name", "r1", "--kube-secret", "s", "--kube-namespace", "ns"]).unwrap();
+        assert_eq!(c.nickname.as_str(), "r1");
+        let k = c.kube.unwrap();
+        assert_eq!((k.node_name.as_str(), k.secret_name.as_str()), ("node-1", "s"));
+        assert_eq!(k.namespace.as_deref(), Some("ns"));
+        // An explicit ring start is kept.
+        assert!(
+            !config(&["--kube", "--init-peer-count", "3"])
+                .unwrap()
+                .kube
+                .unwrap()
+                .init_from_nodes
+        );
+        assert!(
+            !config(&["--kube", "--ipalloc-init", "seed=a"])
+                .unwrap()
+                .kube
+                .unwrap()
+                .init_from_nodes
+        );
+        assert_eq!(
+            error(&["--kube", "--kube-node-name", &"n".repeat(65)]),
+            format!(
+                "the node name {:?} cannot be a nickname ({NICKNAME_RULE}); pass --name NICKNAME",
+                "n".repeat(65)
+            )
+        );
+    }
+
+    #[test]
+    fn weave_environment_names() {
+        let cmd = Cli::command();
+        let launch = cmd.find_subcommand("launch").unwrap();
+        let env = |id: &str| {
+            launch
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_env())
+                .map(|e| e.to_string_lossy().into_owned())
+        };
+        assert_eq!(env("ipalloc_range").as_deref(), Some("IPALLOC_RANGE"));
+        assert_eq!(env("conn_limit").as_deref(), Some("CONN_LIMIT"));
+        assert_eq!(env("kube_node_name").as_deref(), Some("WEFT_NODE_NAME"));
+        assert_eq!(env("kube_namespace").as_deref(), Some("WEFT_NAMESPACE"));
+    }
+
+    #[test]
+    fn install_cni_and_ready() {
+        let c = cli(&["install-cni"]);
+        let Command::InstallCni(args) = &c.command else {
+            panic!("{c:?}")
+        };
+        assert_eq!(args.bin_dir, Path::new("/host/opt/cni/bin"));
+        assert_eq!(args.conf_dir, Path::new("/host/etc/cni/net.d"));
+        assert_eq!(c.command.api_socket(), None);
+        let c = cli(&["install-cni", "--bin-dir", "/b", "--conf-dir", "/c"]);
+        let Command::InstallCni(args) = &c.command else {
+            panic!("{c:?}")
+        };
+        assert_eq!(
+            (args.bin_dir.as_path(), args.conf_dir.as_path()),
+            (Path::new("/b"), Path::new("/c"))
+        );
+        let c = cli(&["ready", "--api-socket", "/tmp/s"]);
+        assert!(matches!(c.command, Command::Ready(_)));
+        assert_eq!(c.command.api_socket(), Some(Path::new("/tmp/s")));
     }
 
     #[test]

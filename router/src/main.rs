@@ -13,10 +13,12 @@ use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 use weft_router::api;
-use weft_router::config::{Cli, Command, LaunchArgs};
+use weft_router::config::{Cli, Command, InstallCniArgs, LaunchArgs, LaunchConfig};
 use weft_router::identity::Identity;
 use weft_router::io::daemon::Daemon;
 use weft_router::secret::ClusterSecret;
+#[cfg(feature = "kube")]
+use weft_router::secret::SecretError;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -40,13 +42,34 @@ fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", ClusterSecret::generate());
             Ok(())
         }
+        Command::InstallCni(args) => install_cni(&args),
         other => bail!("`{other:?}` is not handled yet"),
     }
 }
 
 fn launch(args: LaunchArgs) -> anyhow::Result<()> {
     let config = args.into_config()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(launch_async(config))
+}
+
+async fn launch_async(#[allow(unused_mut)] mut config: LaunchConfig) -> anyhow::Result<()> {
+    #[cfg(feature = "kube")]
+    let kube = match &config.kube {
+        Some(_) => Some(kube_mode::prepare(&mut config).await?),
+        None => None,
+    };
     // Loaded before anything is written, so a missing secret stops the launch early.
+    #[cfg(feature = "kube")]
+    let secret = match (ClusterSecret::load(&config.secret), &kube) {
+        (Err(SecretError::Missing), Some(client)) => kube_mode::secret(&config, client.clone()).await?,
+        (other, _) => other?,
+    };
+    #[cfg(not(feature = "kube"))]
     let secret = ClusterSecret::load(&config.secret)?;
     let (identity, created) = Identity::load_or_create(&config.data_dir)
         .with_context(|| format!("cannot set up the router's identity in {}", config.data_dir.display()))?;
@@ -57,17 +80,86 @@ fn launch(args: LaunchArgs) -> anyhow::Result<()> {
         data_dir = %config.data_dir.display(),
         "identity ready"
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        let daemon = Daemon::bind(config, identity, &secret).await?;
-        drop(secret);
-        daemon.run(shutdown_signal()).await
-    })?;
+    let daemon = Daemon::bind(config.clone(), identity, &secret).await?;
+    drop(secret);
+    #[cfg(feature = "kube")]
+    let discovery = kube.map(|client| kube_mode::spawn_discovery(client, &config));
+    let outcome = daemon.run(shutdown_signal()).await;
+    #[cfg(feature = "kube")]
+    if let Some(task) = discovery {
+        task.abort();
+    }
+    outcome?;
     Ok(())
+}
+
+/// `weft install-cni`: the plugins come from the directory `weft` itself is in.
+fn install_cni(args: &InstallCniArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the weft binary's own path")?;
+    let dir = exe.parent().context("the weft binary's path has no directory")?;
+    let done = weft_router::install_cni::install(dir, &args.bin_dir, &args.conf_dir)?;
+    for plugin in &done.plugins {
+        info!(path = %plugin.display(), "installed CNI plugin");
+    }
+    info!(path = %done.conflist.display(), "wrote CNI network configuration");
+    Ok(())
+}
+
+/// `weft launch --kube`: the Kubernetes client, the Secret, and Node discovery.
+#[cfg(feature = "kube")]
+mod kube_mode {
+    use std::num::NonZeroUsize;
+
+    use anyhow::Context;
+    use tracing::info;
+    use weft_router::api;
+    use weft_router::config::{IpallocInit, LaunchConfig};
+    use weft_router::core::nodes;
+    use weft_router::io::kube::{self, START_TIMEOUT};
+    use weft_router::secret::ClusterSecret;
+
+    /// Connects to the API; without --ipalloc-init or --init-peer-count, the
+    /// routers that start the ring are as many as the Node objects.
+    pub(super) async fn prepare(config: &mut LaunchConfig) -> anyhow::Result<kube::KubeClient> {
+        let client = kube::client().await?;
+        let Some(k) = &config.kube else { return Ok(client) };
+        if k.init_from_nodes {
+            let nodes = tokio::time::timeout(START_TIMEOUT, kube::node_names(client.clone()))
+                .await
+                .context("listing the nodes took too long")??;
+            let peers = NonZeroUsize::new(nodes.len()).unwrap_or(NonZeroUsize::MIN);
+            info!(
+                nodes = peers,
+                "the address ring starts when the routers of all nodes have met"
+            );
+            config.ipalloc_init = IpallocInit::Consensus { peers };
+        }
+        Ok(client)
+    }
+
+    /// The cluster secret from the Secret, created if absent.
+    pub(super) async fn secret(config: &LaunchConfig, client: kube::KubeClient) -> anyhow::Result<ClusterSecret> {
+        let k = config.kube.as_ref().context("not in Kubernetes mode")?;
+        let namespace = k
+            .namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_owned());
+        let (secret, origin) =
+            tokio::time::timeout(START_TIMEOUT, kube::cluster_secret(client, &namespace, &k.secret_name))
+                .await
+                .context("reading the cluster Secret took too long")??;
+        info!(%origin, namespace, name = %k.secret_name, "cluster secret from the Secret");
+        Ok(secret)
+    }
+
+    /// Starts Node discovery, acting through the router's own API socket.
+    pub(super) fn spawn_discovery(client: kube::KubeClient, config: &LaunchConfig) -> tokio::task::AbortHandle {
+        let node = config.kube.as_ref().map(|k| k.node_name.clone()).unwrap_or_default();
+        let mut discovery = nodes::Config::new(node);
+        discovery.port = config.listen.port();
+        let router = api::Client::new(config.api_socket.clone());
+        tokio::spawn(kube::run_discovery(client, discovery, router, std::future::pending())).abort_handle()
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

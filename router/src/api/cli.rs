@@ -79,7 +79,14 @@ pub async fn run(command: Command, out: &mut impl Write) -> Result<(), CliError>
             Ok(())
         }
         Command::Reset(_) => Ok(client.reset().await?),
-        Command::Launch(_) | Command::Secret => Err(CliError::NotAClientCommand),
+        Command::Ready(_) => {
+            let status = client.status().await?;
+            match status.ipam.problem {
+                None => print(out, "ready\n"),
+                Some(problem) => Err(CliError::NotReady(problem)),
+            }
+        }
+        Command::Launch(_) | Command::Secret | Command::InstallCni(_) => Err(CliError::NotAClientCommand),
     }
 }
 
@@ -93,6 +100,9 @@ pub enum CliError {
     /// The answer could not be written.
     #[error("cannot write the output: {0}")]
     Output(#[source] io::Error),
+    /// `weft ready`: the router answers but has no usable address ring yet.
+    #[error("not ready: {0}")]
+    NotReady(String),
     /// The command does not talk to a router (a bug in the caller).
     #[error("this command does not talk to a running router")]
     NotAClientCommand,

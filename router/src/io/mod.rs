@@ -5,6 +5,8 @@
 //! - [`control`]: the QUIC endpoint of authenticated control connections.
 //! - [`daemon`]: `weft launch`: the task that drives the mesh core over the
 //!   control endpoint, and serves the local API and metrics.
+//! - `kube` (cargo feature `kube`): Node discovery and the cluster Secret
+//!   from the Kubernetes API.
 //!
 //! The kernel plumbing of the data plane:
 //!
@@ -24,6 +26,8 @@ pub mod daemon;
 pub mod dataplane;
 pub mod firewall;
 pub mod host;
+#[cfg(feature = "kube")]
+pub mod kube;
 pub mod netlink;
 pub mod sysctl;
 pub mod tun;
