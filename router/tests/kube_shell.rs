@@ -304,14 +304,18 @@ async fn discovery_connects_to_nodes_and_reclaims_only_dead_deleted_ones() {
     assert!(router.calls().contains(&Call::Forget("10.0.0.3:6783".into())));
     // n2 was judged on the same peers lists all along; give it several more
     // looks past its grace period, and it must still not be reclaimed.
+    let n2 = PeerName::from_u64(2);
     let seen = router.queries();
     let grace_polls = 300 / 20;
     eventually("the peers list was read past n2's grace", || {
+        let calls = router.calls();
+        assert!(
+            !calls.contains(&Call::Rmpeer(n2)),
+            "a live router was reclaimed: {calls:?}"
+        );
         router.queries() >= seen + 2 * grace_polls
     })
     .await;
-    let n2 = PeerName::from_u64(2);
-    assert!(!router.calls().contains(&Call::Rmpeer(n2)), "{:?}", router.calls());
 
     // n2's router dies: now it is reclaimed, once.
     router.set_peers(vec![peer(2, "n2", "10.0.0.2", false)]);
@@ -366,4 +370,17 @@ async fn a_secret_without_the_key_is_an_error() {
     );
     let err = kube::cluster_secret(client, "ns", "s").await.unwrap_err();
     assert!(err.to_string().contains("has no key \"weft-passwd\""), "{err}");
+}
+
+#[tokio::test]
+async fn node_names_counts_every_node_for_the_ring_start() {
+    let (fake, client) = start_fake().await;
+    {
+        let mut f = fake.lock().unwrap();
+        f.put_node("n1", &[("InternalIP", "10.0.0.1")]);
+        f.put_node("n2", &[]);
+    }
+    let mut names = kube::node_names(client).await.unwrap();
+    names.sort();
+    assert_eq!(names, ["n1", "n2"]);
 }
