@@ -123,7 +123,14 @@ impl Backend for Fake {
             nickname: "node-1".to_owned(),
             version: "9.9.9".to_owned(),
             peers: Self::peer_list(&state),
-            ipam: IpamSummary::from_replica(self.pool, &state.replica),
+            ipam: IpamSummary {
+                problem: state
+                    .replica
+                    .ring()
+                    .is_none()
+                    .then(|| "waiting for the 3 routers of --init-peer-count to meet".to_owned()),
+                ..IpamSummary::from_replica(self.pool, &state.replica)
+            },
             connections_established: 0,
             host_address: Some("10.32.0.14/28".to_owned()),
             dataplane: None,
@@ -716,6 +723,24 @@ async fn commands_print_what_scripts_expect() {
 
         assert_eq!(weft(&h, &["reset"]).await.unwrap(), "");
         assert!(h.backend.lock().reset);
+        h.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ready_means_the_router_has_a_ring() {
+    within(async {
+        let h = Harness::start(Fake::with_ring()).await;
+        assert_eq!(weft(&h, &["ready"]).await.unwrap(), "ready\n");
+        h.shutdown().await;
+
+        let h = Harness::start(Fake::without_ring()).await;
+        let err = weft(&h, &["ready"]).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "not ready: waiting for the 3 routers of --init-peer-count to meet"
+        );
         h.shutdown().await;
     })
     .await;
