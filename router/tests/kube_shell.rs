@@ -41,6 +41,10 @@ struct Fake {
     secret_conflicts: usize,
     /// Holds Secret GETs until this many have arrived (to force a create race).
     get_barrier: Option<Arc<Barrier>>,
+    /// Answer the next watch with `410 Expired`, as the API server does when
+    /// the resource version is too old; the watcher must then relist.
+    expire_next_watch: bool,
+    lists: usize,
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -94,6 +98,13 @@ struct NodeQuery {
 async fn nodes(State(fake): State<Shared>, Query(q): Query<NodeQuery>) -> Response {
     let mut f = fake.lock().unwrap();
     if q.watch.as_deref() == Some("true") || q.watch.as_deref() == Some("1") {
+        if std::mem::take(&mut f.expire_next_watch) {
+            let gone = json!({"type": "ERROR", "object": {
+                "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                "message": "too old resource version", "reason": "Expired", "code": 410,
+            }});
+            return ([("content-type", "application/json")], format!("{gone}\n")).into_response();
+        }
         let (tx, rx) = mpsc::unbounded_channel::<String>();
         f.watchers.push(tx);
         let lines = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -101,6 +112,7 @@ async fn nodes(State(fake): State<Shared>, Query(q): Query<NodeQuery>) -> Respon
         });
         return ([("content-type", "application/json")], Body::from_stream(lines)).into_response();
     }
+    f.lists += 1;
     let list = json!({
         "apiVersion": "v1",
         "kind": "NodeList",
@@ -383,4 +395,41 @@ async fn node_names_counts_every_node_for_the_ring_start() {
     let mut names = kube::node_names(client).await.unwrap();
     names.sort();
     assert_eq!(names, ["n1", "n2"]);
+}
+
+#[tokio::test]
+async fn a_node_deleted_while_the_watch_was_down_is_found_by_the_relist() {
+    let (fake, client) = start_fake().await;
+    {
+        let mut f = fake.lock().unwrap();
+        f.put_node("n2", &[("InternalIP", "10.0.0.2")]);
+        f.put_node("n3", &[("InternalIP", "10.0.0.3")]);
+    }
+    let router = Arc::new(Recorder::default());
+    let task = tokio::spawn(kube::run_discovery(
+        client,
+        nodes::Config::new("n1"),
+        Handle(Arc::clone(&router)),
+        std::future::pending(),
+    ));
+    eventually("the watch is open", || !fake.lock().unwrap().watchers.is_empty()).await;
+    assert_eq!(router.calls(), [connect("10.0.0.2:6783"), connect("10.0.0.3:6783")]);
+
+    // The watch breaks; n3 goes and n4 comes while nobody watches; the
+    // resource version the watcher holds has expired by the time it returns.
+    {
+        let mut f = fake.lock().unwrap();
+        f.watchers.clear();
+        f.nodes.remove("n3");
+        f.put_node("n4", &[("InternalIP", "10.0.0.4")]);
+        f.expire_next_watch = true;
+    }
+    eventually("the relist forgets n3 and connects n4", || {
+        let calls = router.calls();
+        calls.contains(&Call::Forget("10.0.0.3:6783".into())) && calls.contains(&connect("10.0.0.4:6783"))
+    })
+    .await;
+    assert!(fake.lock().unwrap().lists >= 2, "the nodes were listed again");
+    assert!(!router.calls().contains(&Call::Forget("10.0.0.2:6783".into())));
+    task.abort();
 }
