@@ -200,6 +200,8 @@ struct Recorder {
     calls: Mutex<Vec<Call>>,
     peers: Mutex<Vec<PeerView>>,
     peer_queries: Mutex<usize>,
+    /// Refuse this many connects (a router still starting).
+    refuse_connects: Mutex<usize>,
 }
 
 /// The recorder as the router discovery talks to.
@@ -207,6 +209,13 @@ struct Handle(Arc<Recorder>);
 
 impl PeerControl for Handle {
     async fn connect(&self, addr: &PeerAddr) -> Result<(), String> {
+        {
+            let mut refuse = self.0.refuse_connects.lock().unwrap();
+            if *refuse > 0 {
+                *refuse -= 1;
+                return Err("no weft router is running".to_owned());
+            }
+        }
         self.0.calls.lock().unwrap().push(Call::Connect(addr.to_string()));
         Ok(())
     }
@@ -431,5 +440,27 @@ async fn a_node_deleted_while_the_watch_was_down_is_found_by_the_relist() {
     .await;
     assert!(fake.lock().unwrap().lists >= 2, "the nodes were listed again");
     assert!(!router.calls().contains(&Call::Forget("10.0.0.2:6783".into())));
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_connect_the_router_refused_is_retried() {
+    let (fake, client) = start_fake().await;
+    fake.lock().unwrap().put_node("n2", &[("InternalIP", "10.0.0.2")]);
+    let router = Arc::new(Recorder::default());
+    *router.refuse_connects.lock().unwrap() = 2;
+    let config = nodes::Config {
+        poll: Duration::from_millis(20),
+        ..nodes::Config::new("n1")
+    };
+    let task = tokio::spawn(kube::run_discovery(
+        client,
+        config,
+        Handle(Arc::clone(&router)),
+        std::future::pending(),
+    ));
+    eventually("the connect got through", || !router.calls().is_empty()).await;
+    assert_eq!(router.calls(), [connect("10.0.0.2:6783")]);
+    assert_eq!(*router.refuse_connects.lock().unwrap(), 0, "refused twice first");
     task.abort();
 }

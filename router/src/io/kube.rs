@@ -38,6 +38,7 @@ use tracing::{debug, info, warn};
 use super::clock::Clock;
 use crate::api::{self, ErrorCode, PeerState};
 use crate::config::{PeerAddr, PeerRef};
+use crate::core::Time;
 use crate::core::nodes::{self, Action, Discovery, Node, NodeAddress, PeerView, ReclaimOutcome};
 use crate::secret::ClusterSecret;
 
@@ -257,10 +258,17 @@ pub async fn run_discovery(
     let mut listing: Vec<Node> = Vec::new();
     // Connects and forgets the router did not take (it was starting or stopping).
     let mut retry: VecDeque<Action> = VecDeque::new();
+    // When the kept actions are tried again (fixed when the first is kept,
+    // so a busy watch cannot keep pushing it back).
+    let mut retry_at: Option<Time> = None;
     loop {
-        let now = clock.now();
+        if retry.is_empty() {
+            retry_at = None;
+        } else if retry_at.is_none() {
+            retry_at = Some(clock.now() + retry_after);
+        }
         let peers_due = core.poll_timeout().map(|t| clock.deadline(t));
-        let retry_due = (!retry.is_empty()).then(|| clock.deadline(now + retry_after));
+        let retry_due = retry_at.map(|t| clock.deadline(t));
         tokio::select! {
             () = &mut shutdown => return,
             event = events.next() => match event {
@@ -286,6 +294,7 @@ pub async fn run_discovery(
                 }
             },
             () = sleep_until(retry_due) => {
+                retry_at = None;
                 let failed: Vec<Action> = retry.drain(..).collect();
                 for action in failed {
                     carry_out(&mut core, &clock, &router, action, &mut retry).await;
