@@ -107,16 +107,18 @@ impl PeerControl for api::Client {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KubeError {
+    // kube's errors spell out their whole chain in their message, so they
+    // are shown, not chained as a `source` (which would print each cause twice).
     /// No cluster configuration: not in a pod, and no kubeconfig.
     #[error("cannot find the Kubernetes API (not in a pod, and no kubeconfig): {0}")]
-    Config(#[source] kube::Error),
+    Config(kube::Error),
     /// An API request failed.
-    #[error("Kubernetes API: {what}: {source}")]
+    #[error("Kubernetes API: {what}: {error}")]
     Api {
         /// What was being done.
         what: String,
         /// Why it failed.
-        source: kube::Error,
+        error: kube::Error,
     },
     /// The Secret exists but holds no usable secret.
     #[error("Secret {namespace}/{name}: {problem}")]
@@ -173,7 +175,7 @@ pub async fn cluster_secret(
     let api: Api<Secret> = Api::namespaced(client, namespace);
     let failed = |what: &str| {
         let what = format!("{what} Secret {namespace}/{name}");
-        move |source| KubeError::Api { what, source }
+        move |error| KubeError::Api { what, error }
     };
     if let Some(secret) = api.get_opt(name).await.map_err(failed("read"))? {
         return Ok((read_secret(&secret, namespace, name)?, SecretOrigin::Read));
@@ -231,9 +233,9 @@ pub async fn node_names(client: Client) -> Result<Vec<String>, KubeError> {
     let list = api
         .list_metadata(&ListParams::default())
         .await
-        .map_err(|source| KubeError::Api {
+        .map_err(|error| KubeError::Api {
             what: "list nodes".to_owned(),
-            source,
+            error,
         })?;
     Ok(list.items.iter().map(ResourceExt::name_any).collect())
 }
