@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Weft container image (default tag weft:latest) through the docker
 # daemon that DOCKER_HOST names, with no base image to pull: static Weft
-# binaries plus the firewall tools the router runs, in a FROM scratch image
+# CNI plugins, the router and the firewall tools it runs, each with exactly the
+# shared libraries it loads, in a FROM scratch image
 # (deploy/Dockerfile says what goes in).
 #
 #   deploy/build-image.sh                 # then: docker run --rm weft:latest weft --version
@@ -15,7 +16,6 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tag=${WEFT_IMAGE:-weft:latest}
 target=x86_64-unknown-linux-gnu
-bins=(weft weft-net weft-ipam)
 
 die() {
     echo "build-image: $*" >&2
@@ -40,36 +40,44 @@ if ((${#missing[@]})); then
         die "apt-get install ${missing[*]} failed"
 fi
 
-say "building static binaries: ${bins[*]} (cargo build --release --target $target, crt-static)"
+# The CNI plugins are static: `weft install-cni` copies them onto the node,
+# where they run on whatever C library the node has. The router runs in the
+# image, next to the C library that nft and iptables need anyway, so it is the
+# ordinary release build (which the test suite has built already).
+say "building weft (release) and the static CNI plugins (--target $target, crt-static)"
+(cd "$root" && cargo build --release --locked --quiet -p weft-router --bin weft) || die "cargo build failed"
 # RUSTFLAGS with an explicit --target apply to the binaries only, not to build
 # scripts and proc macros, and the artifacts land apart from the ordinary release build.
 (cd "$root" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --quiet \
-    --target "$target" -p weft-router -p weft-cni --bins) || die "cargo build failed"
+    --target "$target" -p weft-cni --bins) || die "cargo build of the CNI plugins failed"
 out=$(cd "$root" && cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-out="${out:-$root/target}/$target/release"
+out="${out:-$root/target}"
 
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 fs=$ctx/rootfs
 mkdir -p "$fs"/{usr/bin,usr/sbin,etc,run,tmp,var/lib/weft,var/log/weft}
 chmod 1777 "$fs/tmp"
-for b in "${bins[@]}"; do
-    [[ -x "$out/$b" ]] || die "no binary $out/$b after the build"
-    if ldd "$out/$b" >/dev/null 2>&1; then die "$b is not statically linked"; fi
-    install -m 0755 "$out/$b" "$fs/usr/bin/$b"
+for b in weft-net weft-ipam; do
+    bin=$out/$target/release/$b
+    [[ -x "$bin" ]] || die "no binary $bin after the build"
+    if ldd "$bin" >/dev/null 2>&1; then die "$b is not statically linked"; fi
+    install -m 0755 "$bin" "$fs/usr/bin/$b"
 done
 
-# copy_elf FILE: FILE and every shared library it loads, at the same paths.
+# copy_elf FILE [DEST]: FILE (at DEST, default its own path) and every shared
+# library it loads, at their own paths.
 copy_elf() {
-    local f=$1 lib
-    mkdir -p "$fs$(dirname "$f")"
-    cp -L "$f" "$fs$f"
+    local f=$1 dest=${2:-$1} lib
+    mkdir -p "$fs$(dirname "$dest")"
+    cp -L "$f" "$fs$dest"
     for lib in $(ldd "$f" | awk '/=> \//{print $3} /^\t\/[^ ]*ld-linux/{print $1}'); do
         [[ -e "$fs$lib" ]] && continue
         mkdir -p "$fs$(dirname "$lib")"
         cp -L "$lib" "$fs$lib"
     done
 }
+copy_elf "$out/release/weft" /usr/bin/weft
 nft=$(command -v nft)
 xt=$(readlink -f "$(command -v iptables)")
 case "$xt" in *xtables-nft-multi) ;; *) die "iptables is $xt; the image carries the nftables backend (xtables-nft-multi)" ;; esac

@@ -45,6 +45,14 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
 fi
 
 need_apt iproute2 busybox-static nftables iptables tcpdump iputils-ping # ip netns, busybox ping; nft and iptables for the router's firewall rules; captures and ping -M do for the data-plane tests
+# The CNI tests: the reference plugins (portmap, bandwidth, bridge,
+# host-local) and what cnitool is built from; systemd-analyze for the unit
+# file; dockerd for the image; a venv for kubernetes-validate.
+need_apt containernetworking-plugins golang-go golang-github-appc-cni-dev dpkg-dev systemd docker.io python3-venv
+if ! command -v cnitool >/dev/null 2>&1; then
+    echo "==> building cnitool (tests/clients/build-cnitool.sh)"
+    tests/clients/build-cnitool.sh /usr/local/sbin/cnitool || die "cannot build cnitool"
+fi
 start_all=$SECONDS
 step_name=""
 step_start=0
@@ -75,6 +83,19 @@ end
 
 begin "docs: cargo doc -Dwarnings"
 RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps --locked
+RUSTDOCFLAGS=-Dwarnings cargo doc -p weft-router --no-deps --locked --features kube
+end
+
+begin "deploy: systemd unit (systemd-analyze verify)"
+tests/deploy.sh systemd
+end
+
+begin "deploy: Kubernetes manifests (kubernetes-validate --strict, 1.30 and 1.37)"
+deploy/kubernetes/validate.sh
+end
+
+begin "deploy: container image (deploy/build-image.sh through a dockerd in a test namespace)"
+tests/deploy.sh image
 end
 
 # Two fixed seeds, and one new seed every run: the ring must hold for any
@@ -117,8 +138,8 @@ done
 # (fuzz/README.md). Stable Rust: `-s none` leaves out AddressSanitizer, the
 # one part that needs nightly. Targets run as many at once as there are
 # cores; a crash fails the suite and prints the command that replays it.
-# Measured on 2 cores: about 3 min with fuzz/target warm (build 70 s, nine
-# targets 110 s); a cold build of the instrumented dependencies adds about
+# Measured on 2 cores: about 3 min with fuzz/target warm (build 70 s, ten
+# targets 120 s); a cold build of the instrumented dependencies adds about
 # 9 min of CPU. FUZZ_SECONDS=0 skips the step.
 fuzz_seconds=${FUZZ_SECONDS:-20}
 

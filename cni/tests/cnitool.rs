@@ -1,7 +1,7 @@
 //! A real CNI runtime (upstream `cnitool`, libcni 1.1.2) drives `weft-net` chained with the reference
 //! `portmap` and `bandwidth` plugins on pods of two hosts, which then reach each other through the mesh.
 //!
-//! Needs root, `cnitool` (`/work/shared/clients/build-cnitool.sh`, or any build of upstream cnitool on
+//! Needs root, `cnitool` (`tests/clients/build-cnitool.sh`, or any build of upstream cnitool on
 //! `PATH`), the reference plugins in `/usr/lib/cni` (Debian package `containernetworking-plugins`), `busybox`,
 //! iptables (for `portmap`) and the router binary (`cargo build -p weft-router --bin weft`). What is missing
 //! is reported by `weft_tests::skip_or_fail`: a skip locally, a failure under CI.
