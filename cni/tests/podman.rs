@@ -152,6 +152,8 @@ struct Podman<'t> {
     dir: PathBuf,
     conf: PathBuf,
     storage_conf: PathBuf,
+    made_var_lib_containers: bool,
+    made_run_runc: bool,
 }
 
 impl<'t> Podman<'t> {
@@ -197,6 +199,8 @@ impl<'t> Podman<'t> {
             dir: dir.to_owned(),
             conf: conf_path,
             storage_conf,
+            made_var_lib_containers: !Path::new(VAR_LIB_CONTAINERS).exists(),
+            made_run_runc: !Path::new("/run/runc").exists(),
         }
     }
 
@@ -204,6 +208,10 @@ impl<'t> Podman<'t> {
         let mut cmd = nsenter(&self.host.netns_path(), "podman");
         cmd.env("CONTAINERS_CONF", &self.conf)
             .env("CONTAINERS_STORAGE_CONF", &self.storage_conf)
+            .env("TMPDIR", self.dir.join("tmp"))
+            // runc's state, else in /run/runc.
+            .arg("--runtime-flag")
+            .arg(format!("root={}", self.dir.join("runc").display()))
             .args(args);
         cmd
     }
@@ -224,8 +232,20 @@ impl Drop for Podman<'_> {
             eprintln!("cleanup: {e}");
         }
         unmount_under(&self.dir);
+        // Podman 4.3 makes /run/runc (empty, since runc's root is ours) and keeps a blob cache in /var/lib/containers/cache whatever its configuration says (`podman
+        // import` writes it): removed if this test made it.
+        if self.made_run_runc {
+            let _ = fs::remove_dir("/run/runc");
+        }
+        if self.made_var_lib_containers {
+            let _ = fs::remove_file(Path::new(VAR_LIB_CONTAINERS).join("cache/blob-info-cache-v1.boltdb"));
+            let _ = fs::remove_dir(Path::new(VAR_LIB_CONTAINERS).join("cache"));
+            let _ = fs::remove_dir(VAR_LIB_CONTAINERS);
+        }
     }
 }
+
+const VAR_LIB_CONTAINERS: &str = "/var/lib/containers";
 
 /// The hard limit of open files, which the container may not exceed without CAP_SYS_RESOURCE.
 fn hard_nofile() -> u64 {
