@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use common::{
     Daemon, DirectPod, NETWORK, REFERENCE_PLUGINS, SETTLE, WEFT_NET, allocated_ip, allocations, launch_mesh,
-    link_plugin, nat_rules, output, pings, rootfs_tar, run, socket, unmount_under, weft_veths,
+    link_plugin, nat_rules, output, pings, remove_cgroup, rootfs_tar, run, socket, unmount_under, weft_veths,
 };
 use serde_json::{Value, json};
 use weft_tests::router::workdir;
@@ -314,14 +314,8 @@ impl Drop for Cri {
         for pid in shims_of(&self.socket) {
             let _ = Command::new("kill").args(["-KILL", &pid]).status();
         }
+        remove_cgroup(self.cgroup_parent.trim_start_matches('/'));
         unmount_under(&self.dir);
-        let name = self.cgroup_parent.trim_start_matches('/');
-        if let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") {
-            for hierarchy in hierarchies.flatten() {
-                let _ = fs::remove_dir(hierarchy.path().join(name));
-            }
-        }
-        let _ = fs::remove_dir(Path::new("/sys/fs/cgroup").join(name));
         // Only if empty: another containerd may have started to use them meanwhile.
         for made in self.made_dirs.iter().rev() {
             let _ = fs::remove_dir(made);

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use common::{
     DirectPod, NETWORK, REFERENCE_PLUGINS, REMOTE_NETWORK, SETTLE, WEFT_NET, allocated_ip, allocations, launch_mesh,
-    nat_rules, nsenter, output, pings, rootfs_tar, run, socket, unmount_under, weft_veths,
+    nat_rules, nsenter, output, pings, remove_cgroup, rootfs_tar, run, socket, unmount_under, weft_veths,
 };
 use serde_json::json;
 use weft_tests::router::workdir;
@@ -63,6 +63,8 @@ fn podman_container_reaches_a_pod_on_another_host_and_leaves_nothing() {
         "-d",
         "--name",
         CONTAINER,
+        "--cgroup-parent",
+        &podman.cgroup_parent,
         "--network",
         NETWORK,
         "-p",
@@ -154,6 +156,8 @@ struct Podman<'t> {
     storage_conf: PathBuf,
     made_var_lib_containers: bool,
     made_run_runc: bool,
+    /// The cgroup of its containers (and of their conmon), instead of the shared `/libpod_parent`.
+    cgroup_parent: String,
 }
 
 impl<'t> Podman<'t> {
@@ -201,6 +205,7 @@ impl<'t> Podman<'t> {
             storage_conf,
             made_var_lib_containers: !Path::new(VAR_LIB_CONTAINERS).exists(),
             made_run_runc: !Path::new("/run/runc").exists(),
+            cgroup_parent: format!("/weft-podman-{}", std::process::id()),
         }
     }
 
@@ -231,6 +236,7 @@ impl Drop for Podman<'_> {
         if let Err(e) = self.output(&["rm", "-a", "-f", "-t", "0"]) {
             eprintln!("cleanup: {e}");
         }
+        remove_cgroup(self.cgroup_parent.trim_start_matches('/'));
         unmount_under(&self.dir);
         // Podman 4.3 makes /run/runc (empty, since runc's root is ours) and keeps a blob cache in /var/lib/containers/cache whatever its configuration says (`podman
         // import` writes it): removed if this test made it.

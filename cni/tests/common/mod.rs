@@ -362,3 +362,62 @@ pub(crate) fn link_plugin(dir: &Path, name: &str, target: &Path) {
     fs::create_dir_all(dir).unwrap();
     symlink(target, dir.join(name)).unwrap();
 }
+
+/// Kills every process left in the top-level cgroup `name` (in any hierarchy: a runtime's containers and
+/// monitors, when the runtime could not remove them), then removes that cgroup and the ones under it.
+pub(crate) fn remove_cgroup(name: &str) {
+    let inside = || -> Vec<String> {
+        let top = format!("/{name}");
+        let sub = format!("/{name}/");
+        fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+            .filter(|entry| {
+                fs::read_to_string(entry.path().join("cgroup")).is_ok_and(|cgroups| {
+                    cgroups
+                        .lines()
+                        .filter_map(|line| line.splitn(3, ':').nth(2))
+                        .any(|path| path == top || path.starts_with(&sub))
+                })
+            })
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let pids = inside();
+    if !pids.is_empty() {
+        eprintln!("cleanup: killing {pids:?}, left in cgroup {name}");
+        let _ = Command::new("kill").arg("-KILL").args(&pids).status();
+        let _ = wait_until(Duration::from_secs(5), "the cgroup's processes to exit", || {
+            inside().is_empty()
+        });
+    }
+    let roots = fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|hierarchy| hierarchy.path())
+        .chain([PathBuf::from("/sys/fs/cgroup")]);
+    for root in roots {
+        let mut dirs = Vec::new();
+        collect_dirs(&root.join(name), &mut dirs);
+        // Children before parents.
+        for dir in dirs.iter().rev() {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+}
+
+/// `dir` and every directory under it, parents before children.
+fn collect_dirs(dir: &Path, dirs: &mut Vec<PathBuf>) {
+    if !dir.is_dir() || dir.is_symlink() {
+        return;
+    }
+    dirs.push(dir.to_owned());
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            collect_dirs(&entry.path(), dirs);
+        }
+    }
+}
