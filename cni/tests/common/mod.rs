@@ -104,7 +104,7 @@ pub(crate) fn nat_rules(host: &Host) -> String {
     host.exec_ok(["iptables", "-t", "nat", "-S"]).unwrap()
 }
 
-/// `args` in the network namespace at `path`, through `nsenter --net` (no new mount namespace).
+/// `program` in the network namespace at `netns`, through `nsenter --net` (no new mount namespace).
 pub(crate) fn nsenter(netns: &Path, program: &str) -> Command {
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net={}", netns.display())).arg(program);
