@@ -49,6 +49,18 @@ need_apt iproute2 busybox-static nftables iptables tcpdump iputils-ping # ip net
 # host-local) and what cnitool is built from; systemd-analyze for the unit
 # file; dockerd for the image; a venv for kubernetes-validate.
 need_apt containernetworking-plugins golang-go golang-github-appc-cni-dev dpkg-dev systemd docker.io python3-venv
+# The CNI runtime tests (cni/tests/podman.rs, cni/tests/cri.rs): podman with
+# its CNI backend, and containerd's CRI plugin driven by
+# tests/clients/cri/cri.py, whose grpcio-tools lives in the same venv as
+# kubernetes-validate.
+need_apt podman conmon runc containerd
+venv=${WEFT_TEST_VENV:-/tmp/ct-venv}
+if ! "$venv/bin/python3" -c 'import grpc, grpc_tools.protoc' >/dev/null 2>&1; then
+    echo "==> installing grpcio-tools into $venv"
+    python3 -m venv "$venv" || die "cannot create a Python venv in $venv (python3-venv)"
+    "$venv/bin/pip" install --quiet grpcio-tools </dev/null || die "cannot install grpcio-tools from PyPI"
+fi
+export WEFT_TEST_VENV=$venv
 if ! command -v cnitool >/dev/null 2>&1; then
     echo "==> building cnitool (tests/clients/build-cnitool.sh)"
     tests/clients/build-cnitool.sh /usr/local/sbin/cnitool || die "cannot build cnitool"
