@@ -27,6 +27,7 @@ use std::time::Duration;
 use common::{
     Daemon, DirectPod, NETWORK, REFERENCE_PLUGINS, SETTLE, WEFT_NET, allocated_ip, allocations, launch_mesh,
     link_plugin, nat_rules, output, pings, remove_cgroup, rootfs_tar, run, socket, unmount_under, weft_veths,
+    write_weft_conflist,
 };
 use serde_json::{Value, json};
 use weft_tests::router::workdir;
@@ -176,15 +177,7 @@ impl Cri {
         for plugin in ["portmap", "loopback"] {
             link_plugin(&bin, plugin, &Path::new(REFERENCE_PLUGINS).join(plugin));
         }
-        let conflist = json!({
-            "cniVersion": "1.0.0",
-            "name": NETWORK,
-            "plugins": [
-                {"type": "weft-net", "apiSocket": router_socket, "logFile": dir.join("cni.log")},
-                {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
-            ],
-        });
-        fs::write(conf.join("10-weft.conflist"), conflist.to_string()).unwrap();
+        write_weft_conflist(&conf, router_socket, dir);
         let socket = dir.join("containerd.sock");
         let text = |path: &Path| path.to_str().expect("test paths are UTF-8").to_owned();
         let config = include_str!("../../tests/clients/cri/containerd.toml")

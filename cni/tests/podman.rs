@@ -23,8 +23,8 @@ use std::time::Duration;
 use common::{
     DirectPod, NETWORK, REFERENCE_PLUGINS, REMOTE_NETWORK, SETTLE, WEFT_NET, allocated_ip, allocations, launch_mesh,
     nat_rules, nsenter, output, pings, remove_cgroup, rootfs_tar, run, socket, unmount_under, weft_veths,
+    write_weft_conflist,
 };
-use serde_json::json;
 use weft_tests::router::workdir;
 use weft_tests::{Host, InNamespace as _, Testbed, skip_or_fail, wait_until};
 
@@ -167,15 +167,7 @@ impl<'t> Podman<'t> {
         for sub in [&netconf, &tmp] {
             fs::create_dir_all(sub).unwrap();
         }
-        let conflist = json!({
-            "cniVersion": "1.0.0",
-            "name": NETWORK,
-            "plugins": [
-                {"type": "weft-net", "apiSocket": router_socket, "logFile": dir.join("cni.log")},
-                {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
-            ],
-        });
-        fs::write(netconf.join("10-weft.conflist"), conflist.to_string()).unwrap();
+        write_weft_conflist(&netconf, router_socket, dir);
         let plugins = Path::new(WEFT_NET).parent().unwrap();
         let conf = include_str!("../../tests/clients/podman/containers.conf")
             .replace("@TMP@", path_str(&tmp))

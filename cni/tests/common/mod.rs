@@ -42,6 +42,20 @@ pub(crate) fn missing(programs: &[&str]) -> Option<String> {
     None
 }
 
+/// Writes `10-weft.conflist` into `conf_dir`: network [`NETWORK`], weft-net on `router_socket` (logging to
+/// `log_dir/cni.log`) chained with portmap, as a runtime's CNI configuration would have it.
+pub(crate) fn write_weft_conflist(conf_dir: &Path, router_socket: &Path, log_dir: &Path) {
+    let conflist = json!({
+        "cniVersion": "1.0.0",
+        "name": NETWORK,
+        "plugins": [
+            {"type": "weft-net", "apiSocket": router_socket, "logFile": log_dir.join("cni.log")},
+            {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
+        ],
+    });
+    fs::write(conf_dir.join("10-weft.conflist"), conflist.to_string()).unwrap();
+}
+
 /// The API socket of host `index`'s router.
 pub(crate) fn socket(dir: &Path, index: usize) -> PathBuf {
     dir.join(format!("h{index}.sock"))
