@@ -1,0 +1,3 @@
+//! `weft-proxy`: the Docker API proxy on its own. Not written yet.
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! The embedded `weft-wait` binary.
+//!
+//! Not written yet.
