@@ -170,8 +170,12 @@ impl Attacher {
         }
     }
 
-    /// Whether container `id` still runs as process `pid`.
+    /// Whether container `id` still runs as process `pid`. The kernel is
+    /// asked first: dockerd learns of an exit a moment after it happens.
     async fn runs_as(&self, id: &str, pid: u64) -> bool {
+        if std::fs::metadata(format!("/proc/{pid}/ns/net")).is_err() {
+            return false;
+        }
         let Ok(info) = self.docker.inspect_container(id).await else {
             return false;
         };
