@@ -140,7 +140,7 @@ fn containers_join_the_mesh() {
     let none = p1.run(&[
         "run",
         "--name",
-        "none",
+        "unattached",
         "-e",
         "WEFT_CIDR=none",
         BUSYBOX,
@@ -150,7 +150,7 @@ fn containers_join_the_mesh() {
     ]);
     assert_eq!(none, "no-ethwe\n", "WEFT_CIDR=none: not attached");
     assert_eq!(
-        site.allocated(1, &p1.id("none")),
+        site.allocated(1, &p1.id("unattached")),
         Vec::<Ipv4Addr>::new(),
         "WEFT_CIDR=none: no address"
     );
@@ -242,7 +242,40 @@ fn containers_join_the_mesh() {
         Vec::<Ipv4Addr>::new(),
         "--network host: no address"
     );
-    assert_eq!(links(tb.host(1)), links_before, "host 1's interfaces are as they were");
+    let added: Vec<String> = links(tb.host(1))
+        .into_iter()
+        .filter(|l| !links_before.contains(l))
+        .collect();
+    assert_eq!(
+        added,
+        Vec::<String>::new(),
+        "--network host: no interface was added to host 1"
+    );
+    // --network container:client: the client's namespace, its one address, nothing allocated.
+    let shown = p1.run(&[
+        "run",
+        "--name",
+        "joiner",
+        "--network",
+        "container:client",
+        BUSYBOX,
+        "ip",
+        "-o",
+        "-4",
+        "addr",
+        "show",
+        "ethwe",
+    ]);
+    assert_eq!(
+        inet(&shown).iter().map(Ipv4Net::addr).collect::<Vec<_>>(),
+        [client_ip],
+        "{shown}"
+    );
+    assert_eq!(
+        site.allocated(1, &p1.id("joiner")),
+        Vec::<Ipv4Addr>::new(),
+        "--network container: no address of its own"
+    );
 
     // 6. Kept across restart and stop/start, released on rm -f.
     let id = p1.id("client");
@@ -683,7 +716,8 @@ impl Dockerd {
         let root = dir.join(&name);
         fs::create_dir_all(&root).unwrap();
         let socket = root.join("docker.sock");
-        let cgroup = format!("weft-docker-{}-{name}", std::process::id());
+        // The namespace name is unique to the testbed, so tests running side by side have cgroups of their own.
+        let cgroup = format!("weft-docker-{}", host.name());
         let (data, exec, pidfile) = (root.join("data"), root.join("exec"), root.join("dockerd.pid"));
         let host_arg = format!("unix://{}", socket.display());
         let cgroup_parent = format!("/{cgroup}");
@@ -707,6 +741,7 @@ impl Dockerd {
                 "--ip-forward=false",
                 "--ip-masq=false",
                 "--storage-driver=overlay2",
+                "--log-level=warn",
             ],
             root.join("dockerd.log"),
         );
