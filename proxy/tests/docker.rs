@@ -6,8 +6,9 @@
 //! `containers_join_the_mesh`: the container's first instruction sees `ethwe` (busybox and FROM-scratch
 //! images), containers reach each other across hosts by mesh address (ping, TCP), `WEFT_CIDR` /
 //! `WEAVE_CIDR` do what Weave's did, `--network host` is left alone, addresses are released on `rm` and
-//! `--rm` and kept across restarts, a bad `WEFT_CIDR` is an API error, and `weft env` points the CLI at the
-//! proxy.
+//! `--rm` and kept across restarts, a bad `WEFT_CIDR` is an API error, `weft env` points the CLI at the
+//! proxy, the loopback TCP listener answers, and a restarted proxy releases the address of a container
+//! removed while it was down and keeps the others.
 //!
 //! `the_docker_cli_works_through_the_proxy`: `docker run -i` gets all of its output after stdin's EOF
 //! (half-close), `logs -f`, `exec`, `events` and `build` work, an unreachable daemon gives the CLI's own
@@ -34,7 +35,9 @@ use ipnet::Ipv4Net;
 use tempfile::TempDir;
 use weft_cni::api::{AllocationView, RouterClient};
 use weft_tests::router::{Router, weft_binary, workdir};
-use weft_tests::runtime::{Daemon, SETTLE, launch_mesh, output, remove_cgroup, rootfs_tar, run, unmount_under};
+use weft_tests::runtime::{
+    Daemon, SETTLE, launch_mesh, nsenter, output, remove_cgroup, rootfs_tar, run, static_busybox, unmount_under,
+};
 use weft_tests::{Host, InNamespace as _, Testbed, missing_program, skip_or_fail, wait_until};
 
 const PROXY: &str = env!("CARGO_BIN_EXE_weft-proxy");
@@ -47,6 +50,8 @@ const SCRATCH: &str = "weft-scratch:latest";
 const START: Duration = Duration::from_secs(30);
 /// How long one docker CLI command may take before `timeout` kills it: a hung request fails the test.
 const CLI_TIMEOUT: &str = "120";
+/// weft-proxy's loopback TCP listener on host 1.
+const TCP_PORT: u16 = 12375;
 
 #[test]
 fn containers_join_the_mesh() {
@@ -351,13 +356,34 @@ fn containers_join_the_mesh() {
         .unwrap();
     assert_eq!(env.status.code(), Some(1), "weft env with nothing at the socket fails");
 
-    // The standalone proxy removes its socket when it stops.
+    // The loopback TCP listener, inside host 1's namespace.
+    let over_tcp = Docker::over_tcp(tb.host(1), TCP_PORT, &site.docker_config);
+    let version = over_tcp.run(&["version", "--format", "{{.Server.Version}}"]);
+    assert_eq!(version, direct, "--tcp 127.0.0.1:{TCP_PORT} reaches host 1's daemon");
+
+    // Restarting the proxy: it removed its socket on SIGTERM; started again it releases the address of a
+    // container removed meanwhile and keeps the address of one that is still there.
+    p1.run(&["run", "-d", "--name", "keeper", BUSYBOX, "sleep", "600"]);
+    p1.run(&["run", "-d", "--name", "goner", BUSYBOX, "sleep", "600"]);
+    let (keeper, goner) = (p1.id("keeper"), p1.id("goner"));
+    let keeper_ip = p1.ethwe("keeper")[0].addr();
+    assert_eq!(site.allocated(1, &goner).len(), 1);
     let mut site = site;
     drop(site.proxy.take());
     assert!(
         !site.proxy_sockets[0].exists(),
         "weft-proxy removed its socket on SIGTERM"
     );
+    site.direct[0].run(&["rm", "-f", "goner"]);
+    site.start_proxy();
+    site.wait_released(1, &goner);
+    assert_eq!(
+        site.allocated(1, &keeper),
+        [keeper_ip],
+        "the running container keeps its address"
+    );
+    let p1 = &site.proxied[0];
+    assert_eq!(p1.ethwe("keeper")[0].addr(), keeper_ip);
 }
 
 #[test]
@@ -491,20 +517,14 @@ fn the_docker_cli_works_through_the_proxy() {
     // 7. A proxy whose daemon is not there answers as the CLI would say of a missing daemon.
     let lost = site.dir.path().join("lost-proxy.sock");
     let missing = format!("unix://{}", site.dir.path().join("no-dockerd.sock").display());
-    let mut lost_proxy = Daemon::start(
+    let mut lost_proxy = spawn_proxy(
         tb.host(1),
-        PROXY,
-        &[
-            "--socket",
-            path_str(&lost),
-            "--docker-host",
-            &missing,
-            "--api-socket",
-            path_str(&site.api_socket(1)),
-            "--wait-binary",
-            path_str(&site.dir.path().join("lost-weft-wait")),
-        ],
-        site.dir.path().join("lost-proxy.log"),
+        &lost,
+        &missing,
+        &site.api_socket(1),
+        &site.dir.path().join("lost-weft-wait"),
+        &site.dir.path().join("lost-proxy.log"),
+        &[],
     );
     // Only once the proxy accepts: the CLI says the same of a socket nobody listens on.
     wait_until(START, "the proxy without a daemon to listen", || {
@@ -552,10 +572,11 @@ fn testbed() -> Option<Testbed> {
 /// host 2), and both images loaded. Fields drop in order: proxy, routers, daemons (which remove their
 /// containers, mounts and cgroups first), directories.
 struct Site<'t> {
+    tb: &'t Testbed,
     /// `weft-proxy` on host 1.
     proxy: Option<Daemon>,
     routers: [Router<'t>; 2],
-    /// Only dropped: the CLIs below talk to them.
+    /// Only their sockets are used: the CLIs below talk to them.
     _daemons: [Dockerd; 2],
     /// The CLI through each host's proxy.
     proxied: [Docker; 2],
@@ -586,7 +607,7 @@ impl<'t> Site<'t> {
         let busybox = rootfs_tar(dir.path(), "busybox", &[], &[]);
         let scratch = dir.path().join("scratch");
         fs::create_dir_all(&scratch).unwrap();
-        fs::copy(weft_tests::runtime::static_busybox(), scratch.join("busybox")).unwrap();
+        fs::copy(static_busybox(), scratch.join("busybox")).unwrap();
         fs::write(scratch.join("Dockerfile"), "FROM scratch\nCOPY busybox /bin/busybox\n").unwrap();
         for docker in &direct {
             docker.run(&["import", "-c", r#"CMD ["/bin/sh"]"#, path_str(&busybox), BUSYBOX]);
@@ -603,25 +624,10 @@ impl<'t> Site<'t> {
             &docker_host_2,
         ];
         let routers = launch_mesh(tb, dir.path(), RANGE, [&[], &in_router]);
-        let api_socket = dir.path().join("h1.sock");
-        let proxy = Daemon::start(
-            tb.host(1),
-            PROXY,
-            &[
-                "--socket",
-                path_str(&proxy_sockets[0]),
-                "--docker-host",
-                &format!("unix://{}", daemons[0].socket.display()),
-                "--api-socket",
-                path_str(&api_socket),
-                "--wait-binary",
-                path_str(&dir.path().join("h1-weft-wait")),
-            ],
-            dir.path().join("h1-proxy.log"),
-        );
         let proxied = [0, 1].map(|i| Docker::new(&proxy_sockets[i], &docker_config));
         let mut site = Self {
-            proxy: Some(proxy),
+            tb,
+            proxy: None,
             routers,
             _daemons: daemons,
             proxied,
@@ -631,27 +637,43 @@ impl<'t> Site<'t> {
             _docker_dir: docker_dir,
             dir,
         };
-        for i in 0..2 {
-            let docker = &site.proxied[i];
-            let mut last = String::new();
-            let ready = wait_until(START, &format!("the proxy on host {} to answer", i + 1), || {
-                if i == 0 {
-                    site.proxy.as_mut().unwrap().assert_running();
-                }
-                assert!(!site.routers[i].exited(), "router {} exited", i + 1);
-                match docker.output(&["version"]) {
-                    Ok(_) => true,
-                    Err(e) => {
-                        last = e;
-                        false
-                    }
-                }
-            });
-            if let Err(e) = ready {
-                panic!("{e}: {last}");
-            }
+        site.start_proxy();
+        let docker = &site.proxied[1];
+        let mut last = String::new();
+        let ready = wait_until(START, "the proxy in router 2 to answer", || {
+            assert!(!site.routers[1].exited(), "router 2 exited");
+            docker.output(&["version"]).map_err(|e| last = e).is_ok()
+        });
+        if let Err(e) = ready {
+            panic!("{e}: {last}");
         }
         site
+    }
+
+    /// Starts `weft-proxy` on host 1 (also on loopback TCP port [`TCP_PORT`] in host 1's namespace) and
+    /// waits until it answers.
+    fn start_proxy(&mut self) {
+        assert!(self.proxy.is_none(), "weft-proxy is running already");
+        let docker_host = format!("unix://{}", self._daemons[0].socket.display());
+        let proxy = spawn_proxy(
+            self.tb.host(1),
+            &self.proxy_sockets[0],
+            &docker_host,
+            &self.api_socket(1),
+            &self.dir.path().join("h1-weft-wait"),
+            &self.dir.path().join("h1-proxy.log"),
+            &["--tcp", &format!("127.0.0.1:{TCP_PORT}")],
+        );
+        let proxy = self.proxy.insert(proxy);
+        let docker = &self.proxied[0];
+        let mut last = String::new();
+        let ready = wait_until(START, "weft-proxy on host 1 to answer", || {
+            proxy.assert_running();
+            docker.output(&["version"]).map_err(|e| last = e).is_ok()
+        });
+        if let Err(e) = ready {
+            panic!("{e}: {last}");
+        }
     }
 
     fn range(&self) -> Ipv4Net {
@@ -698,6 +720,30 @@ impl<'t> Site<'t> {
             panic!("{e}: router {host} still holds {left:?} for {id}");
         }
     }
+}
+
+/// Starts `weft-proxy` in `host`'s namespace (it makes the host ends of the veths where it runs).
+fn spawn_proxy(
+    host: &Host,
+    socket: &Path,
+    docker_host: &str,
+    api_socket: &Path,
+    wait_binary: &Path,
+    log: &Path,
+    extra: &[&str],
+) -> Daemon {
+    let mut args = vec![
+        "--socket",
+        path_str(socket),
+        "--docker-host",
+        docker_host,
+        "--api-socket",
+        path_str(api_socket),
+        "--wait-binary",
+        path_str(wait_binary),
+    ];
+    args.extend(extra);
+    Daemon::start(host, PROXY, &args, log.to_owned())
 }
 
 /// A dockerd inside a host's namespace, with its own socket, data and exec roots and cgroup parent. Dropping
@@ -788,6 +834,8 @@ impl Drop for Dockerd {
 struct Docker {
     host: String,
     config: PathBuf,
+    /// The network namespace to run the CLI in, if not this process's.
+    netns: Option<PathBuf>,
 }
 
 impl Docker {
@@ -795,11 +843,24 @@ impl Docker {
         Self {
             host: format!("unix://{}", socket.display()),
             config: config.to_owned(),
+            netns: None,
+        }
+    }
+
+    /// The CLI inside `host`'s namespace, to TCP `127.0.0.1:port` there.
+    fn over_tcp(host: &Host, port: u16, config: &Path) -> Self {
+        Self {
+            host: format!("tcp://127.0.0.1:{port}"),
+            config: config.to_owned(),
+            netns: Some(host.netns_path()),
         }
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("timeout");
+        let mut cmd = match &self.netns {
+            Some(netns) => nsenter(netns, "timeout"),
+            None => Command::new("timeout"),
+        };
         cmd.args(["-k", "5", CLI_TIMEOUT, "docker"])
             .args(args)
             .env("DOCKER_HOST", &self.host)
