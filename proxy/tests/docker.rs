@@ -84,7 +84,7 @@ fn containers_join_the_mesh() {
             site.wait_released(host, &id);
         }
     }
-    // The wrapper keeps the command's exit status, and the image's own CMD.
+    // The wait step keeps the command's exit status, and an --entrypoint.
     let status = p1.output_of(&["run", "--rm", BUSYBOX, "sh", "-c", "exit 3"]).status;
     assert_eq!(status.code(), Some(3), "the container's exit status comes back");
     let out = p1.run(&[
