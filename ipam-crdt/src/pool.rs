@@ -111,6 +111,16 @@ impl Pool {
         Some((start, start + len))
     }
 
+    /// The offsets a container in `net` may have, `[start, end)`: the span
+    /// of `net` without its own network and broadcast addresses (an address
+    /// taken from `net:10.32.4.0/24` sits on an interface as a /24, where
+    /// those two are not host addresses). Subnets of 2 or 1 addresses have
+    /// none to spare and keep their whole span.
+    pub(crate) fn host_span_of(&self, net: IpNet) -> Option<(u128, u128)> {
+        let (start, end) = self.span_of(net)?;
+        Some(if end - start > 2 { (start + 1, end - 1) } else { (start, end) })
+    }
+
     /// Whether `offset` is the network or broadcast address.
     pub(crate) fn is_reserved(&self, offset: u128) -> bool {
         offset == 0 || offset == self.size() - 1
@@ -234,6 +244,8 @@ mod tests {
     fn span_of_subnet() {
         let p = pool("10.32.0.0/22");
         assert_eq!(p.span_of("10.32.1.0/24".parse().unwrap()), Some((256, 512)));
+        assert_eq!(p.host_span_of("10.32.1.0/24".parse().unwrap()), Some((257, 511)));
+        assert_eq!(p.host_span_of("10.32.1.4/31".parse().unwrap()), Some((260, 262)));
         assert_eq!(p.span_of("10.32.0.0/21".parse().unwrap()), None);
     }
 

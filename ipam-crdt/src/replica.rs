@@ -123,7 +123,8 @@ pub enum Request {
     Any,
     /// This address (`ip:ADDR`).
     Addr(IpAddr),
-    /// Any address in this subnet (`net:CIDR`).
+    /// Any address in this subnet (`net:CIDR`), other than the subnet's
+    /// own network and broadcast addresses.
     Within(IpNet),
 }
 
@@ -315,7 +316,7 @@ impl Replica {
             }
             Request::Within(net) => {
                 let (s, e) = pool
-                    .span_of(net)
+                    .host_span_of(net)
                     .ok_or(AllocError::OutsidePool { requested: net, pool })?;
                 match self.space.lowest_free_in(s, e) {
                     Some(off) => off,
@@ -394,7 +395,7 @@ impl Replica {
                 (off, off + 1)
             }
             Want::Within(net) => {
-                let (s, e) = pool.span_of(net).ok_or(DonateError::OutsidePool(net))?;
+                let (s, e) = pool.host_span_of(net).ok_or(DonateError::OutsidePool(net))?;
                 self.space
                     .first_free_span_in(s, e)
                     .ok_or(DonateError::NothingFreeIn(net))?
@@ -1204,10 +1205,11 @@ mod tests {
         };
         assert_eq!(peer, p(2));
         let d = b.donate(p(1), want).unwrap();
-        assert_eq!(d.range.to_string(), "10.32.3.0-10.32.3.15");
+        // The subnet's own network and broadcast addresses are not host addresses in it.
+        assert_eq!(d.range.to_string(), "10.32.3.1-10.32.3.14");
         let _ = a.merge(b.ring().unwrap()).unwrap();
         let got = a.allocate(key("c"), Request::Within(net)).unwrap();
-        assert!(net.contains(&got.addr));
+        assert_eq!(got.addr.to_string(), "10.32.3.1");
         sync(&mut a, &mut b);
     }
 

@@ -30,5 +30,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod attach;
+pub mod cidr;
+pub mod create;
+pub mod docker;
+pub mod error;
 pub mod link;
+pub mod path;
+pub mod router;
+pub mod server;
 pub mod wait;
+
+pub use error::{ProxyError, StartError};
+pub use server::{Config, Proxy};

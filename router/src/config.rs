@@ -60,6 +60,8 @@ pub enum Command {
     /// Copy the CNI plugins next to `weft` into the host's plugin directory and write the network
     /// configuration (the DaemonSet's init container runs this).
     InstallCni(InstallCniArgs),
+    /// Print shell commands that point the docker CLI at the Docker API proxy: `eval $(weft env)`.
+    Env(EnvArgs),
 }
 
 impl Command {
@@ -67,7 +69,7 @@ impl Command {
     /// `None` for `launch` and `secret`.
     pub fn api_socket(&self) -> Option<&Path> {
         let api = match self {
-            Self::Launch(_) | Self::Secret | Self::InstallCni(_) => return None,
+            Self::Launch(_) | Self::Secret | Self::InstallCni(_) | Self::Env(_) => return None,
             Self::Status(a) | Self::Peers(a) => &a.api,
             Self::Connect(a) | Self::Forget(a) => &a.api,
             Self::Rmpeer(a) => &a.api,
@@ -90,6 +92,17 @@ pub struct InstallCniArgs {
     /// Where the container runtime reads network configurations (the host's /etc/cni/net.d, mounted).
     #[arg(long, value_name = "DIR", default_value = DEFAULT_CNI_CONF_DIR)]
     pub conf_dir: PathBuf,
+}
+
+/// Arguments of `env`.
+#[derive(Debug, Clone, Args)]
+pub struct EnvArgs {
+    /// The Docker API proxy's socket (`weft launch --proxy-socket`, `weft-proxy --socket`).
+    #[arg(long, env = "WEFT_PROXY_SOCKET", value_name = "PATH", default_value = weft_proxy::server::DEFAULT_SOCKET)]
+    pub proxy_socket: PathBuf,
+    /// Print commands that point the docker CLI back where it pointed before `eval $(weft env)`.
+    #[arg(long)]
+    pub restore: bool,
 }
 
 /// Where to find the local router.
@@ -250,6 +263,30 @@ pub struct LaunchArgs {
     /// With --kube: the Secret's namespace [default: the pod's namespace].
     #[arg(long, env = "WEFT_NAMESPACE", value_name = "NS")]
     pub kube_namespace: Option<String>,
+    /// Also run the Docker API proxy: containers made with `docker run` through it join the mesh
+    /// (point the docker CLI at it with `eval $(weft env)`).
+    #[arg(long)]
+    pub proxy: bool,
+    /// With --proxy: the unix socket it listens on (mode 0660, group docker).
+    #[arg(long, env = "WEFT_PROXY_SOCKET", value_name = "PATH", default_value = weft_proxy::server::DEFAULT_SOCKET, requires = "proxy")]
+    pub proxy_socket: PathBuf,
+    /// With --proxy: also listen on TCP (127.0.0.1:12375 if no address is given). Loopback only,
+    /// unless --dangerous-proxy-tcp-any-address.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = weft_proxy::server::DEFAULT_TCP, requires = "proxy")]
+    pub proxy_tcp: Option<String>,
+    /// With --proxy-tcp: allow an address other hosts can reach. Anyone who reaches it controls
+    /// this host (there is no TLS).
+    #[arg(long, requires = "proxy_tcp")]
+    pub dangerous_proxy_tcp_any_address: bool,
+    /// With --proxy: the real Docker daemon, unix:///PATH or tcp://HOST:PORT.
+    #[arg(
+        long,
+        env = "WEFT_DOCKER_HOST",
+        value_name = "URL",
+        default_value = "unix:///var/run/docker.sock",
+        requires = "proxy"
+    )]
+    pub docker_host: String,
 }
 
 /// A finished `weft launch` configuration: every value parsed and checked.
@@ -287,6 +324,8 @@ pub struct LaunchConfig {
     pub dataplane: bool,
     /// Kubernetes mode (`--kube`), if on.
     pub kube: Option<KubeConfig>,
+    /// The Docker API proxy (`--proxy`), if on.
+    pub proxy: Option<weft_proxy::Config>,
 }
 
 /// `weft launch --kube`: where the router's Node and Secret are.
@@ -418,6 +457,37 @@ impl LaunchArgs {
                     .ok_or(ConfigError::Mtu { given })
             })
             .transpose()?;
+        let proxy = if self.proxy {
+            let tcp = self
+                .proxy_tcp
+                .map(|given| {
+                    let addr: SocketAddr = given.trim().parse().map_err(|_| ConfigError::ProxyTcp {
+                        given: given.clone(),
+                        reason: "not an IP address and port, like 127.0.0.1:12375".into(),
+                    })?;
+                    weft_proxy::server::check_tcp(
+                        addr,
+                        self.dangerous_proxy_tcp_any_address,
+                        "--dangerous-proxy-tcp-any-address",
+                    )
+                    .map_err(|reason| ConfigError::ProxyTcp { given, reason })
+                })
+                .transpose()?;
+            let docker_host = self
+                .docker_host
+                .trim()
+                .parse()
+                .map_err(|reason| ConfigError::DockerHost { reason })?;
+            Some(weft_proxy::Config {
+                socket: self.proxy_socket,
+                tcp,
+                docker_host,
+                router_socket: self.api_socket.clone(),
+                wait_binary: self.data_dir.join("weft-wait"),
+            })
+        } else {
+            None
+        };
 
         Ok(LaunchConfig {
             nickname,
@@ -440,6 +510,7 @@ impl LaunchArgs {
                 namespace: self.kube_namespace,
                 init_from_nodes: !init_given,
             }),
+            proxy,
         })
     }
 }
@@ -553,6 +624,20 @@ pub enum ConfigError {
     /// `--kube` was given to a `weft` built without the `kube` feature.
     #[error("--kube: this weft was built without Kubernetes support; build it with `--features kube`")]
     KubeUnsupported,
+    /// `--proxy-tcp` is not a usable address.
+    #[error("--proxy-tcp {given:?}: {reason}")]
+    ProxyTcp {
+        /// What was given.
+        given: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `--docker-host` is not a Docker host URL.
+    #[error("--docker-host {reason}")]
+    DockerHost {
+        /// What is wrong, and how to write it.
+        reason: String,
+    },
     /// With `--kube` and no `--name`, the Node name cannot be a nickname.
     #[error("the node name {node:?} cannot be a nickname ({NICKNAME_RULE}); pass --name NICKNAME")]
     NodeNameNotNickname {
@@ -942,6 +1027,48 @@ mod tests {
 
     fn error(args: &[&str]) -> String {
         config(args).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn proxy_flags() {
+        assert_eq!(config(&[]).unwrap().proxy, None);
+        let p = config(&["--proxy", "--data-dir", "/d"]).unwrap().proxy.unwrap();
+        assert_eq!(p.socket, Path::new("/run/weft/docker.sock"));
+        assert_eq!(p.tcp, None);
+        assert_eq!(p.docker_host.to_string(), "unix:///var/run/docker.sock");
+        assert_eq!(p.router_socket, Path::new(DEFAULT_API_SOCKET));
+        assert_eq!(p.wait_binary, Path::new("/d/weft-wait"));
+        let p = config(&["--proxy", "--proxy-tcp", "--docker-host", "tcp://127.0.0.1:2375"])
+            .unwrap()
+            .proxy
+            .unwrap();
+        assert_eq!(p.tcp, Some("127.0.0.1:12375".parse().unwrap()));
+        assert_eq!(p.docker_host.to_string(), "tcp://127.0.0.1:2375");
+        assert!(error(&["--proxy", "--proxy-tcp", "0.0.0.0:12375"]).contains("--dangerous-proxy-tcp-any-address"));
+        let p = config(&[
+            "--proxy",
+            "--proxy-tcp",
+            "0.0.0.0:1",
+            "--dangerous-proxy-tcp-any-address",
+        ])
+        .unwrap();
+        assert_eq!(p.proxy.unwrap().tcp, Some("0.0.0.0:1".parse().unwrap()));
+        assert!(error(&["--proxy", "--proxy-tcp", "nope"]).starts_with("--proxy-tcp \"nope\": not an IP address"));
+        assert!(error(&["--proxy", "--docker-host", "/var/run/docker.sock"]).contains("unix:///PATH"));
+        // The proxy's flags mean nothing without --proxy: an error, not a silent no-op.
+        let argv = ["weft", "launch", "--proxy-socket", "/x"];
+        assert!(Cli::try_parse_from(argv).is_err());
+    }
+
+    #[test]
+    fn env_command() {
+        match cli(&["env", "--proxy-socket", "/p", "--restore"]).command {
+            Command::Env(a) => {
+                assert_eq!(a.proxy_socket, Path::new("/p"));
+                assert!(a.restore);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //! - [`api`] and [`metrics`]: the local API on a unix socket and Prometheus
 //!   metrics. [`config`], [`identity`], [`secret`] and [`store`]: command
 //!   line, keys and durable state. [`install_cni`]: `weft install-cni`.
+//!   [`docker_env`]: `weft env`. `weft launch --proxy` runs the Docker API
+//!   proxy of the `weft-proxy` crate inside the router.
 //! - With the cargo feature `kube`, `io::kube` feeds Kubernetes Node objects
 //!   to the `core::nodes` discovery core and keeps the cluster secret in a
 //!   Secret (`weft launch --kube`; docs/kubernetes.md).
@@ -33,6 +35,7 @@
 pub mod api;
 pub mod config;
 pub mod core;
+pub mod docker_env;
 pub mod identity;
 pub mod install_cni;
 pub mod io;

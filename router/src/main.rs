@@ -43,6 +43,17 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::InstallCni(args) => install_cni(&args),
+        Command::Env(args) => {
+            let var = |name| std::env::var(name).ok();
+            let commands = weft_router::docker_env::commands(
+                &args.proxy_socket,
+                args.restore,
+                var("DOCKER_HOST").as_deref(),
+                var("ORIG_DOCKER_HOST").as_deref(),
+            )?;
+            println!("{commands}");
+            Ok(())
+        }
         other => bail!("`{other:?}` is not handled yet"),
     }
 }
@@ -82,9 +93,30 @@ async fn launch_async(#[allow(unused_mut)] mut config: LaunchConfig) -> anyhow::
     );
     let daemon = Daemon::bind(config.clone(), identity, &secret).await?;
     drop(secret);
+    // The proxy serves until the router stops, then removes its socket.
+    let (stop_proxy, proxy_stopped) = tokio::sync::oneshot::channel::<()>();
+    let proxy = match config.proxy.clone() {
+        Some(proxy) => {
+            let proxy = weft_proxy::Proxy::bind(proxy)
+                .await
+                .context("cannot start the Docker API proxy (--proxy)")?;
+            Some(tokio::spawn(proxy.run(async {
+                let _ = proxy_stopped.await;
+            })))
+        }
+        None => None,
+    };
     #[cfg(feature = "kube")]
     let discovery = kube.map(|client| kube_mode::spawn_discovery(client, &config));
     let outcome = daemon.run(shutdown_signal()).await;
+    let _ = stop_proxy.send(());
+    if let Some(proxy) = proxy {
+        match proxy.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "the Docker API proxy failed"),
+            Err(e) => warn!(error = %e, "the Docker API proxy's task failed"),
+        }
+    }
     #[cfg(feature = "kube")]
     if let Some(task) = discovery {
         task.abort();

@@ -86,7 +86,9 @@ pub async fn run(command: Command, out: &mut impl Write) -> Result<(), CliError>
                 Some(problem) => Err(CliError::NotReady(problem)),
             }
         }
-        Command::Launch(_) | Command::Secret | Command::InstallCni(_) => Err(CliError::NotAClientCommand),
+        Command::Launch(_) | Command::Secret | Command::InstallCni(_) | Command::Env(_) => {
+            Err(CliError::NotAClientCommand)
+        }
     }
 }
 
