@@ -38,6 +38,15 @@ check_systemd() {
         fail "systemd-analyze verify: $out"
     [[ -z "$out" ]] || fail "systemd-analyze verify warns: $out"
     echo "ok: deploy/systemd/weft.service verifies clean"
+    # With the Docker proxy drop-in, which must reach the command line.
+    cp -r deploy/systemd/weft.service.d "$root/etc/systemd/system/"
+    out=$(systemd-analyze verify --root="$root" /etc/systemd/system/weft.service 2>&1) ||
+        fail "systemd-analyze verify with weft.service.d/proxy.conf: $out"
+    [[ -z "$out" ]] || fail "systemd-analyze verify warns with weft.service.d/proxy.conf: $out"
+    grep -q '^Environment=WEFT_PROXY=--proxy$' deploy/systemd/weft.service.d/proxy.conf &&
+        grep -q '^ExecStart=.* \$WEFT_PROXY ' deploy/systemd/weft.service ||
+        fail "weft.service.d/proxy.conf sets WEFT_PROXY, but weft.service's ExecStart does not use it"
+    echo "ok: deploy/systemd/weft.service.d/proxy.conf verifies clean"
 }
 
 check_image() {

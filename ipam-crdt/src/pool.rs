@@ -118,7 +118,11 @@ impl Pool {
     /// none to spare and keep their whole span.
     pub(crate) fn host_span_of(&self, net: IpNet) -> Option<(u128, u128)> {
         let (start, end) = self.span_of(net)?;
-        Some(if end - start > 2 { (start + 1, end - 1) } else { (start, end) })
+        Some(if end - start > 2 {
+            (start + 1, end - 1)
+        } else {
+            (start, end)
+        })
     }
 
     /// Whether `offset` is the network or broadcast address.

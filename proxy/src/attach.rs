@@ -158,6 +158,29 @@ impl Attacher {
         if !running || pid == 0 {
             return Ok(Outcome::NotRunning);
         }
+        match self.wire(id, pid, &entries).await {
+            // A short-lived container may be done before its second attach
+            // (the start reply and the start event both attach): its
+            // namespace is gone with it, and there is nothing left to do.
+            Err(AttachError::Link(e)) if !self.runs_as(id, pid).await => {
+                debug!(container = %short(id), error = %e, "exited while being attached");
+                Ok(Outcome::NotRunning)
+            }
+            other => other,
+        }
+    }
+
+    /// Whether container `id` still runs as process `pid`.
+    async fn runs_as(&self, id: &str, pid: u64) -> bool {
+        let Ok(info) = self.docker.inspect_container(id).await else {
+            return false;
+        };
+        let state = info.get("State");
+        state.and_then(|s| s.get("Running")).and_then(Value::as_bool) == Some(true)
+            && state.and_then(|s| s.get("Pid")).and_then(Value::as_u64) == Some(pid)
+    }
+
+    async fn wire(&self, id: &str, pid: u64, entries: &[Entry]) -> Result<Outcome, AttachError> {
         let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
         if link::is_attached(&netns).await? {
             return Ok(Outcome::Existing);
