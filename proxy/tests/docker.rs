@@ -6,7 +6,8 @@
 //! `containers_join_the_mesh`: the container's first instruction sees `ethwe` (busybox and FROM-scratch
 //! images), containers reach each other across hosts by mesh address (ping, TCP), `WEFT_CIDR` /
 //! `WEAVE_CIDR` do what Weave's did, `--network host` is left alone, addresses are released on `rm` and
-//! `--rm` and kept across restarts, a bad `WEFT_CIDR` is an API error, `weft env` points the CLI at the
+//! `--rm` and kept across restarts, a bad `WEFT_CIDR` and an address in use are API errors, a container
+//! started straight on dockerd is attached from the event stream, `weft env` points the CLI at the
 //! proxy, the loopback TCP listener answers, and a restarted proxy releases the address of a container
 //! removed while it was down and keeps the others.
 //!
@@ -281,6 +282,25 @@ fn containers_join_the_mesh() {
         Vec::<Ipv4Addr>::new(),
         "--network container: no address of its own"
     );
+
+    // An address in use is an API error at start, and the container is not left running.
+    let taken = format!("WEFT_CIDR=ip:{client_ip}/16");
+    let out = p1.output_of(&["run", "--name", "taken", "-e", &taken, BUSYBOX, "true"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{taken} while the client holds it must fail");
+    assert!(
+        stderr.contains("Error response from daemon: weft:"),
+        "{taken}: {stderr}"
+    );
+    let running = p1.run(&["inspect", "-f", "{{.State.Running}}", "taken"]);
+    assert_eq!(running.trim(), "false", "the container that got no address was stopped");
+
+    // A container created through the proxy but started straight on dockerd is attached from the event
+    // stream.
+    p1.run(&["create", "--name", "latecomer", BUSYBOX, "sleep", "600"]);
+    site.direct[0].run(&["start", "latecomer"]);
+    let late = p1.ethwe("latecomer");
+    assert_eq!(site.allocated(1, &p1.id("latecomer")), [late[0].addr()]);
 
     // 6. Kept across restart and stop/start, released on rm -f.
     let id = p1.id("client");
