@@ -25,12 +25,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    Daemon, DirectPod, NETWORK, REFERENCE_PLUGINS, SETTLE, WEFT_NET, allocated_ip, allocations, launch_mesh,
-    link_plugin, nat_rules, output, pings, remove_cgroup, rootfs_tar, run, socket, unmount_under, weft_veths,
-    write_weft_conflist,
+    DirectPod, NETWORK, REFERENCE_PLUGINS, WEFT_NET, allocated_ip, allocations, launch_mesh, link_plugin, nat_rules,
+    pings, socket, weft_veths, write_weft_conflist,
 };
 use serde_json::{Value, json};
 use weft_tests::router::workdir;
+use weft_tests::runtime::{Daemon, SETTLE, nsenter, output, remove_cgroup, rootfs_tar, run, unmount_under};
 use weft_tests::{Host, Testbed, skip_or_fail, wait_until};
 
 const RANGE: &str = "10.48.0.0/16";
@@ -78,7 +78,7 @@ fn cri_pod_sandbox_gets_its_address_reaches_host_2_and_is_torn_down() {
     );
     let netns = PathBuf::from(status["netns"].as_str().unwrap());
     assert!(netns.exists(), "the sandbox's network namespace {}", netns.display());
-    let eth0 = run(common::nsenter(&netns, "ip").args(["-4", "-o", "addr", "show", "eth0"]));
+    let eth0 = run(nsenter(&netns, "ip").args(["-4", "-o", "addr", "show", "eth0"]));
     assert!(eth0.contains(&format!(" {ip}/32 ")), "eth0 lacks {ip}/32: {eth0}");
     wait_until(SETTLE, &format!("the CRI pod to ping {} on host 2", remote.ip), || {
         pings(&netns, &remote.ip)

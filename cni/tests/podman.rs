@@ -21,11 +21,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    DirectPod, NETWORK, REFERENCE_PLUGINS, REMOTE_NETWORK, SETTLE, WEFT_NET, allocated_ip, allocations, launch_mesh,
-    nat_rules, nsenter, output, pings, remove_cgroup, rootfs_tar, run, socket, unmount_under, weft_veths,
-    write_weft_conflist,
+    DirectPod, NETWORK, REFERENCE_PLUGINS, REMOTE_NETWORK, WEFT_NET, allocated_ip, allocations, launch_mesh, nat_rules,
+    pings, socket, weft_veths, write_weft_conflist,
 };
 use weft_tests::router::workdir;
+use weft_tests::runtime::{SETTLE, nsenter, output, remove_cgroup, rootfs_tar, run, unmount_under};
 use weft_tests::{Host, InNamespace as _, Testbed, skip_or_fail, wait_until};
 
 const RANGE: &str = "10.47.0.0/16";

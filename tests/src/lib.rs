@@ -13,7 +13,8 @@
 //! Tests never sleep to wait for a state: they poll it with [`wait_until`].
 //!
 //! [`router`] launches the real `weft` binary in a host and reads its status; [`pcap`] reads what `tcpdump -w`
-//! captured on the underlay. The `weft-probe` binary of this crate sends and echoes pod traffic.
+//! captured on the underlay. [`runtime`] has what tests of container runtimes share (daemons in a host's
+//! namespace, busybox images, cleanup of mounts and cgroups). The `weft-probe` binary of this crate sends and echoes pod traffic.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -39,6 +40,7 @@ mod netns;
 pub mod pcap;
 mod process;
 pub mod router;
+pub mod runtime;
 mod skip;
 mod testbed;
 mod wait;
