@@ -111,39 +111,76 @@ end
 
 # Two fixed seeds, and one new seed every run: the ring must hold for any
 # seed, and a failure prints the command that replays it.
-random_seed=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')
-for seed in 1 2 "$random_seed"; do
-    begin "ring simulation: 300 peers, 100000 steps, seed $seed"
-    out=$(mktemp)
-    if ! cargo run --release --locked -p ipam-crdt --example ringsim -- \
-        --peers 300 --steps 100000 --seed "$seed" </dev/null >"$out"; then
-        tail -n 40 "$out" >&2
-        rm -f "$out"
-        die "ring simulation failed with seed $seed (replay: cargo run --release -p ipam-crdt --example ringsim -- --peers 300 --steps 100000 --seed $seed)"
-    fi
-    tail -n 1 "$out"
-    rm -f "$out"
-    end
-done
-
+#
 # Mesh gossip and IPAM at the scale the control plane is designed for, a
 # small lossy mesh on this run's random seed, and a ring created by the
 # consensus of five routers (exit 1 unless converged with no duplicate or
 # misplaced address).
-for sim in "--routers 1000 --seed 1" "--routers 100 --seed $random_seed --loss 5" \
-    "--routers 100 --seed $random_seed --init-peer-count 5"; do
-    begin "mesh simulation: $sim"
-    out=$(mktemp)
-    # shellcheck disable=SC2086 # $sim is a list of flags
-    if ! cargo run --release --locked -p weft-router --example meshsim -- $sim </dev/null >"$out"; then
-        tail -n 20 "$out" >&2
-        rm -f "$out"
-        die "mesh simulation failed (replay: cargo run --release -p weft-router --example meshsim -- $sim)"
-    fi
-    tail -n 1 "$out"
-    rm -f "$out"
-    end
+#
+# Each simulation is one thread, so they run as many at once as there are
+# cores, the longest first (on 2 cores: the 1000-router mesh, about 2 min,
+# next to the three rings, about 45 s each). Each reports, when it ends, what
+# it printed, and a failure prints its output and the command that replays it.
+random_seed=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+begin "simulations: build (release)"
+# The same two cargo invocations as `cargo run` below, so that those build nothing.
+cargo build --release --locked -p ipam-crdt --example ringsim
+cargo build --release --locked -p weft-router --example meshsim
+end
+
+sim_names=() sim_cmds=() sim_tails=()
+# add_sim NAME TAIL_LINES CARGO_RUN_ARGS: a simulation; TAIL_LINES of its output are shown if it fails.
+add_sim() {
+    sim_names+=("$1")
+    sim_tails+=("$2")
+    sim_cmds+=("$3")
+}
+add_sim "mesh simulation: --routers 1000 --seed 1" 20 "-p weft-router --example meshsim -- --routers 1000 --seed 1"
+for seed in 1 2 "$random_seed"; do
+    add_sim "ring simulation: 300 peers, 100000 steps, seed $seed" 40 \
+        "-p ipam-crdt --example ringsim -- --peers 300 --steps 100000 --seed $seed"
 done
+for sim in "--routers 100 --seed $random_seed --loss 5" "--routers 100 --seed $random_seed --init-peer-count 5"; do
+    add_sim "mesh simulation: $sim" 20 "-p weft-router --example meshsim -- $sim"
+done
+
+# sim_start I: run simulation I in the background, its output in $sim_dir/I.{out,err}.
+sim_start() {
+    sim_begun[$1]=$SECONDS
+    # shellcheck disable=SC2086 # the command is a list of flags
+    cargo run --release --locked ${sim_cmds[$1]} </dev/null >"$sim_dir/$1.out" 2>"$sim_dir/$1.err" &
+    sim_pids[$!]=$1
+}
+
+begin "simulations: ring and mesh, ${#sim_names[@]} runs, $(nproc 2>/dev/null || echo 1) at a time"
+sim_dir=$(mktemp -d)
+sim_begun=() sim_pids=() sim_failed=()
+sim_jobs=$(nproc 2>/dev/null || echo 1)
+next=0 running=0
+while ((next < ${#sim_names[@]} || running > 0)); do
+    while ((running < sim_jobs && next < ${#sim_names[@]})); do
+        sim_start "$next"
+        next=$((next + 1)) running=$((running + 1))
+    done
+    status=0
+    wait -n -p done_pid || status=$?
+    running=$((running - 1))
+    i=${sim_pids[$done_pid]}
+    echo "--- ${sim_names[i]}"
+    if ((status == 0)); then
+        cat "$sim_dir/$i.err"
+        tail -n 1 "$sim_dir/$i.out"
+        echo "--- ${sim_names[i]}: ok in $((SECONDS - sim_begun[i]))s"
+    else
+        cat "$sim_dir/$i.err" >&2
+        tail -n "${sim_tails[i]}" "$sim_dir/$i.out" >&2
+        echo "--- ${sim_names[i]}: FAILED after $((SECONDS - sim_begun[i]))s (replay: cargo run --release ${sim_cmds[i]})" >&2
+        sim_failed+=("${sim_names[i]}")
+    fi
+done
+rm -rf "$sim_dir"
+((${#sim_failed[@]} == 0)) || die "${#sim_failed[@]} simulation(s) failed, each with its replay command above"
+end
 
 # Every decoder of network and disk input under libFuzzer for a short while
 # (fuzz/README.md). Stable Rust: `-s none` leaves out AddressSanitizer, the
