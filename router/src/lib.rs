@@ -19,6 +19,10 @@
 //!   line, keys and durable state. [`install_cni`]: `weft install-cni`.
 //!   [`docker_env`]: `weft env`. `weft launch --proxy` runs the Docker API
 //!   proxy of the `weft-proxy` crate inside the router.
+//! - `api`, `metrics` and `io` need the cargo feature `daemon` (on by
+//!   default, and needed for the `weft` binary); without it the crate is the
+//!   sans-IO cores and what they use, without quinn, rustls, axum, nftables
+//!   or TUN (what the fuzz targets build).
 //! - With the cargo feature `kube`, `io::kube` feeds Kubernetes Node objects
 //!   to the `core::nodes` discovery core and keeps the cluster secret in a
 //!   Secret (`weft launch --kube`; docs/kubernetes.md).
@@ -32,13 +36,16 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "daemon")]
 pub mod api;
 pub mod config;
 pub mod core;
 pub mod docker_env;
 pub mod identity;
 pub mod install_cni;
+#[cfg(feature = "daemon")]
 pub mod io;
+#[cfg(feature = "daemon")]
 pub mod metrics;
 pub mod secret;
 pub mod store;
