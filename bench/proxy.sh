@@ -6,8 +6,8 @@
 # runs each way (default 30), medians and the ratio through/direct. Root;
 # needs dockerd (Debian package docker.io), the docker CLI and busybox-static.
 #
-#   sudo bench/proxy.sh                  # N=30 R=3
-#   sudo N=100 bench/proxy.sh
+#   bench/proxy.sh                       # as root; N=30 R=3
+#   N=100 bench/proxy.sh
 #
 # It builds `weft` and `weft-proxy` (release) unless WEFT_BIN and PROXY_BIN
 # name binaries to use. The router runs alone (a one-router ring, data plane

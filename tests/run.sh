@@ -65,6 +65,9 @@ if ! command -v cnitool >/dev/null 2>&1; then
     echo "==> building cnitool (tests/clients/build-cnitool.sh)"
     tests/clients/build-cnitool.sh /usr/local/sbin/cnitool || die "cannot build cnitool"
 fi
+# Test builds keep line tables (backtraces still name file and line) but not
+# full debug info: less to generate, write and link, on CI's two cores.
+export CARGO_PROFILE_DEV_DEBUG=${CARGO_PROFILE_DEV_DEBUG:-line-tables-only}
 start_all=$SECONDS
 step_name=""
 step_start=0
