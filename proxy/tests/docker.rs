@@ -562,8 +562,20 @@ fn the_docker_cli_works_through_the_proxy() {
     assert!(stderr.contains("Cannot connect to the Docker daemon"), "{stderr}");
     drop(lost_proxy);
 
-    // A stopped router is named in the error, and a started one serves again.
+    // A stopped router is named in the error, and a started one serves again; a container removed while
+    // it was down has its address released once it is back (reconciliation), one still there keeps it.
+    p1.run(&["run", "-d", "--name", "gone", BUSYBOX, "sleep", "600"]);
+    p1.run(&["run", "-d", "--name", "stays", BUSYBOX, "sleep", "600"]);
+    let (gone, stays) = (p1.id("gone"), p1.id("stays"));
+    assert_eq!(
+        site.allocated(1, &gone).len(),
+        1,
+        "the container to remove has its address"
+    );
+    let kept = site.allocated(1, &stays);
+    assert_eq!(kept.len(), 1, "the container that stays has its address");
     site.routers[0].kill();
+    p1.run(&["rm", "-f", "gone"]);
     let out = p1.output_of(&["run", "--rm", BUSYBOX, "true"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "docker run with router 1 stopped must fail");
@@ -576,6 +588,14 @@ fn the_docker_cli_works_through_the_proxy() {
         p1.output(&["run", "--rm", BUSYBOX, "true"]).is_ok()
     })
     .unwrap();
+    site.wait_released(1, &gone);
+    assert_eq!(
+        site.allocated(1, &stays),
+        kept,
+        "a container that still exists keeps its address"
+    );
+    p1.run(&["rm", "-f", "stays"]);
+    site.wait_released(1, &stays);
 }
 
 /// The testbed, if everything the tests need is here.

@@ -325,3 +325,24 @@ async fn a_second_proxy_on_the_same_socket_is_refused() {
             .contains("also its --docker-host")
     );
 }
+
+#[tokio::test]
+async fn the_socket_has_dockerds_permissions() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let f = fixture(true).await;
+    let meta = std::fs::metadata(&f.proxy).unwrap();
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o660,
+        "mode of {}",
+        f.proxy.display()
+    );
+    // Group docker where there is one (docker.io makes it), as dockerd's own socket.
+    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let docker_gid = group
+        .lines()
+        .find_map(|l| l.strip_prefix("docker:x:")?.split(':').next()?.parse::<u32>().ok());
+    if let Some(gid) = docker_gid {
+        assert_eq!(meta.gid(), gid, "group of {}", f.proxy.display());
+    }
+}
