@@ -126,9 +126,12 @@ end
 # it printed, and a failure prints its output and the command that replays it.
 random_seed=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')
 begin "simulations: build (release)"
-# The same two cargo invocations as `cargo run` below, so that those build nothing.
-cargo build --release --locked -p ipam-crdt --example ringsim
-cargo build --release --locked -p weft-router --example meshsim
+# The same two cargo invocations as `cargo run` below, so that those build
+# nothing. Binaries, not examples: no dev-dependencies, so the library built
+# for the release `weft` above is reused as it is (examples unify features
+# with proptest and friends, which rebuilt half the dependency tree).
+cargo build --release --locked -p ipam-crdt --bin ringsim
+cargo build --release --locked -p weft-router --bin meshsim
 end
 
 sim_names=() sim_cmds=() sim_tails=()
@@ -138,13 +141,13 @@ add_sim() {
     sim_tails+=("$2")
     sim_cmds+=("$3")
 }
-add_sim "mesh simulation: --routers 1000 --seed 1" 20 "-p weft-router --example meshsim -- --routers 1000 --seed 1"
+add_sim "mesh simulation: --routers 1000 --seed 1" 20 "-p weft-router --bin meshsim -- --routers 1000 --seed 1"
 for seed in 1 2 "$random_seed"; do
     add_sim "ring simulation: 300 peers, 100000 steps, seed $seed" 40 \
-        "-p ipam-crdt --example ringsim -- --peers 300 --steps 100000 --seed $seed"
+        "-p ipam-crdt --bin ringsim -- --peers 300 --steps 100000 --seed $seed"
 done
 for sim in "--routers 100 --seed $random_seed --loss 5" "--routers 100 --seed $random_seed --init-peer-count 5"; do
-    add_sim "mesh simulation: $sim" 20 "-p weft-router --example meshsim -- $sim"
+    add_sim "mesh simulation: $sim" 20 "-p weft-router --bin meshsim -- $sim"
 done
 
 # sim_start I: run simulation I in the background, its output in $sim_dir/I.{out,err}.

@@ -4,7 +4,7 @@
 //! coordinator, and never hand one address to two pods. This crate is the
 //! whole of that logic as plain data: **no I/O, no clock, no randomness**.
 //! Everything is deterministic; the router shell feeds it messages and
-//! carries out what it returns, and the simulator (`examples/ringsim.rs`)
+//! carries out what it returns, and the simulator (`src/bin/ringsim.rs`)
 //! runs hundreds of replicas in one process from a seed.
 //!
 //! ## The ring

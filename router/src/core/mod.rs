@@ -5,7 +5,7 @@
 //! through `handle_*` methods and hands back what to do through `poll_*`
 //! methods; randomness comes from a seed the caller passes in. The I/O
 //! shells feed real events in and carry actions out; the simulator
-//! (`examples/meshsim.rs`) runs a thousand routers in one process on virtual
+//! (`src/bin/meshsim.rs`) runs a thousand routers in one process on virtual
 //! time, deterministically, and replays any run from its seed.
 
 pub mod data;

@@ -2,7 +2,7 @@
 //! agent) on virtual time.
 //!
 //! ```text
-//! cargo run --release --example meshsim -- --routers 1000 --seed 1 [--loss 5] [--partition-secs 30]
+//! cargo run --release -p weft-router --bin meshsim -- --routers 1000 --seed 1 [--loss 5] [--partition-secs 30]
 //!     [--init-peer-count N] [--allocs K]
 //! ```
 //!

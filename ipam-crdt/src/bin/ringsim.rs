@@ -1,7 +1,7 @@
 //! Deterministic simulation of N IPAM replicas on a lossy, partitionable network.
 //!
 //! ```text
-//! cargo run --release --example ringsim -- --peers 300 --steps 100000 --seed 7
+//! cargo run --release -p ipam-crdt --bin ringsim -- --peers 300 --steps 100000 --seed 7
 //! ```
 //!
 //! Replica 0 creates the ring with every replica as a seed; the others adopt
