@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use weft_tests::router::{Router, fully_meshed, wait_for, workdir, write_secret};
+use weft_tests::router::workdir;
+use weft_tests::runtime::launch_mesh;
 use weft_tests::{Host, InNamespace as _, Testbed, require_program, skip_or_fail, wait_until};
 
 const RANGE: &str = "10.46.0.0/16";
@@ -29,21 +30,7 @@ fn cnitool_pods_on_two_hosts_ping_each_other_through_the_mesh() {
     }
     let Some(tb) = Testbed::for_test(2) else { return };
     let dir = workdir();
-    let secret = write_secret(dir.path(), "secret", "cnitool test secret");
-    let extra = ["--ipalloc-range", RANGE, "--ipalloc-init", "seed=h1,h2"];
-    let routers = [
-        Router::launch_with(tb.host(1), dir.path(), &secret, &[], &extra),
-        Router::launch_with(tb.host(2), dir.path(), &secret, &[tb.host(1)], &extra),
-    ];
-    let refs: Vec<&Router<'_>> = routers.iter().collect();
-    wait_for(&refs, SETTLE, "two routers meshed, with rings and data planes", |s| {
-        fully_meshed(s)
-            && s.iter().all(|s| {
-                s.ipam.problem.is_none()
-                    && s.host_address.is_some()
-                    && s.dataplane.as_ref().is_some_and(|d| d.peers == 1)
-            })
-    });
+    let routers = launch_mesh(&tb, dir.path(), RANGE, [&[], &[]]);
 
     // Pod a's conflist chains portmap; pod b's is weft-net alone, so that `cnitool check` can run on it:
     // portmap 1.1.1's CHECK fails on any IPv4-only pod, looking for IPv6 rules it never made
