@@ -63,7 +63,10 @@ fn tun_opens_with_two_queues_offloads_and_no_address() {
             assert!(tun.udp_gso, "{tun:?}");
         }
         for q in &tun.queues {
-            assert!(q.is_nonblocking().unwrap());
+            assert!(
+                !q.is_nonblocking().unwrap(),
+                "the outbound thread blocks in the read itself"
+            );
         }
         let link = nl.link(TUN).await.unwrap().expect("the link exists");
         assert_eq!(link.index, tun.index);

@@ -282,7 +282,7 @@ impl Daemon {
         info!("shutting down");
         driver.close_all().await;
         if let Some(data) = driver.data.as_mut() {
-            data.stop();
+            data.stop().await;
             if let Some(reply) = driver.reset_reply.take() {
                 let removed = data.remove_kernel_state().await.map_err(|e| {
                     ApiError::new(

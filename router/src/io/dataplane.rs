@@ -12,11 +12,21 @@
 //!   destination's owner in the [`ForwardTable`], seals each packet in place
 //!   with that peer's [`Keypair`], and sends each run of datagrams to one
 //!   endpoint with one `sendmsg` using UDP GSO.
-//! - **inbound** (UDP → TUN): receives batches with `recvmmsg` and UDP GRO
-//!   (quinn-udp), opens each datagram in place, drops inner packets whose
+//! - **inbound** (UDP → TUN): receives with `recvmsg` and UDP GRO (a
+//!   sender's GSO batch arrives whole, up to 64 KB), opens each datagram in
+//!   place, drops inner packets whose
 //!   source is not in the sending router's ranges, and writes the batch to
 //!   the TUN queue, where tun-rs coalesces TCP segments back into
 //!   super-packets (GRO) so the kernel sees few, large packets.
+//!
+//! Both threads block in the read itself (`read` on the TUN queue,
+//! `recvmsg` on the socket), never in `poll` first:
+//! a lone packet then costs one system call to receive instead of two,
+//! which is most of what a latency-bound exchange (a ping-pong, a
+//! request and its reply) spends in the router. [`Stopper::stop`] wakes
+//! them: `shutdown(SHUT_RD)` on each socket makes a blocked `recvmsg`
+//! return, and deleting the TUN device makes the kernel end every blocked
+//! queue read with `EFAULT`; a thread then sees the stop flag and returns.
 //!
 //! The threads share one immutable [`View`] (forwarding table, keys and
 //! endpoints), swapped whole by the driver whenever something changes
@@ -36,7 +46,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsFd;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -44,12 +54,15 @@ use std::thread::JoinHandle;
 use arc_swap::ArcSwap;
 use ipam_crdt::PeerName;
 use ipnet::Ipv4Net;
-use quinn_udp::{RecvMeta, Transmit as UdpTransmit, UdpSockRef, UdpSocketState};
+use nix::errno::Errno;
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn};
+use quinn_udp::{Transmit as UdpTransmit, UdpSockRef, UdpSocketState};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
-use tun_rs::{GROTable, InterruptEvent, SyncDevice};
+use tun_rs::{GROTable, SyncDevice};
 
 use super::clock::Clock;
+use super::netlink::Netlink;
 use crate::core::Time;
 use crate::core::data::forward::{Decision, ForwardTable, Owner};
 use crate::core::data::keypair::{Activity, Keypair, OpenError, PeerId};
@@ -68,8 +81,9 @@ const TUN_WRITE_BATCH: usize = 128;
 const GSO_MAX_BYTES: usize = 65_000;
 /// Events from the packet path the driver may have waiting.
 const PATH_QUEUE: usize = 4096;
-/// How long the inbound thread waits in `poll` before looking at the stop flag.
-const POLL_MS: u16 = 200;
+/// How long a send waits for room in a full socket buffer before the
+/// packet path looks again (`SO_SNDTIMEO`: the sockets block).
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(10);
 /// UDP socket buffers (set with the *FORCE options, as root).
 const SOCKET_BUFFER: usize = 8 << 20;
 
@@ -327,7 +341,8 @@ pub struct DataPlane {
 /// What stops the data plane's threads.
 pub struct Stopper {
     stop: Arc<AtomicBool>,
-    events: Vec<Arc<InterruptEvent>>,
+    sockets: Vec<Arc<UdpSocket>>,
+    tun_index: Option<u32>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -335,25 +350,47 @@ impl std::fmt::Debug for Stopper {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Stopper")
             .field("threads", &self.threads.len())
+            .field("tun_index", &self.tun_index)
             .finish_non_exhaustive()
     }
 }
 
 impl Stopper {
-    /// Stops the threads and waits for them.
-    pub fn stop(self) {
+    /// Stops the threads and waits for them. This deletes the TUN device
+    /// (the only way to wake a thread blocked reading a queue), which the
+    /// kernel would do anyway once the queues close; the routes through it
+    /// go with it, and the next start creates it afresh.
+    pub async fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
-        for e in &self.events {
-            let _ = e.trigger();
+        for s in &self.sockets {
+            // On an unconnected UDP socket this reports ENOTCONN, but the
+            // kernel still marks the socket shut for reading and wakes its
+            // readers (inet_shutdown), which is all that is wanted here.
+            let _ = socket2::SockRef::from(&**s).shutdown(std::net::Shutdown::Read);
         }
-        for t in self.threads {
-            let _ = t.join();
+        if let Some(index) = self.tun_index {
+            match Netlink::new() {
+                Ok(netlink) => {
+                    if let Err(e) = netlink.delete_link(index).await {
+                        warn!(error = %e, "cannot delete the TUN device to stop the packet path");
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot open netlink to stop the packet path"),
+            }
         }
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
     }
 }
 
 /// Binds `workers` UDP sockets to `port` on every address with
-/// `SO_REUSEPORT`, non-blocking, with large buffers.
+/// `SO_REUSEPORT`, blocking (sends time out after 10 ms), with large
+/// buffers.
 ///
 /// # Errors
 /// If the port is taken by another program, or sockets cannot be made.
@@ -363,7 +400,9 @@ pub fn bind_sockets(port: u16, workers: usize) -> io::Result<Vec<UdpSocket>> {
         .map(|_| {
             let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
             s.set_reuse_port(true)?;
-            s.set_nonblocking(true)?;
+            // Blocking, so the inbound thread waits in `recvmsg` itself;
+            // a send into a full buffer waits at most SEND_TIMEOUT.
+            s.set_write_timeout(Some(SEND_TIMEOUT))?;
             force_buffers(&s);
             s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
             Ok(s.into())
@@ -405,13 +444,16 @@ pub fn start(
         .ok_or_else(|| io::Error::other("no UDP socket"))?
         .try_clone()?;
     let mut threads = Vec::new();
-    let mut events = Vec::new();
+    let mut shared_sockets = Vec::new();
+    let tun_index = queues.first().and_then(|q| q.if_index().ok());
     let queues: Vec<Arc<SyncDevice>> = queues.into_iter().map(Arc::new).collect();
     for (i, (queue, socket)) in queues.iter().zip(sockets).enumerate() {
         let socket = Arc::new(socket);
         let state = Arc::new(UdpSocketState::new(UdpSockRef::from(&*socket))?);
-        let event = Arc::new(InterruptEvent::new()?);
-        events.push(event.clone());
+        // quinn-udp's set-up makes the socket non-blocking; the inbound
+        // thread waits in the receive itself, so make it blocking again.
+        socket2::SockRef::from(&*socket).set_nonblocking(false)?;
+        shared_sockets.push(socket.clone());
         let out = Outbound {
             settings,
             queue: queue.clone(),
@@ -421,7 +463,6 @@ pub fn start(
             stats: stats.clone(),
             path: path_tx.clone(),
             clock,
-            event,
             stop: stop.clone(),
         };
         threads.push(
@@ -432,7 +473,6 @@ pub fn start(
         let inb = Inbound {
             queue: queue.clone(),
             socket,
-            state,
             view: view.clone(),
             stats: stats.clone(),
             path: path_tx.clone(),
@@ -459,7 +499,12 @@ pub fn start(
             control: control_tx,
             stats,
         },
-        Stopper { stop, events, threads },
+        Stopper {
+            stop,
+            sockets: shared_sockets,
+            tun_index,
+            threads,
+        },
         fut,
     ))
 }
@@ -563,7 +608,11 @@ impl Driver {
             self.publish();
         }
         while let Some(t) = self.sessions.poll_transmit() {
-            if self.socket.send_to(&t.bytes, t.to).is_err() {
+            // The socket blocks (for the packet path's sake); this task
+            // runs on the async runtime, so it never waits for room.
+            let sent =
+                socket2::SockRef::from(&self.socket).send_to_with_flags(&t.bytes, &t.to.into(), libc::MSG_DONTWAIT);
+            if sent.is_err() {
                 self.stats.count(DropReason::SendFailed);
             }
         }
@@ -636,7 +685,6 @@ struct Outbound {
     stats: Arc<DataStats>,
     path: mpsc::Sender<FromPath>,
     clock: Clock,
-    event: Arc<InterruptEvent>,
     stop: Arc<AtomicBool>,
 }
 
@@ -663,36 +711,27 @@ impl Outbound {
             closed: false,
             bytes: Vec::with_capacity(GSO_MAX_BYTES + stride),
         };
-        // After a batch of more than one packet, more are likely waiting:
-        // read again at once (one syscall). After a single packet, wait in
-        // poll (which a shutdown interrupts) rather than spend a read that
-        // finds nothing.
-        let mut busy = false;
+        // The queue blocks: the read itself waits for the next packet.
         loop {
-            if self.stop.load(Ordering::Relaxed) {
-                return;
-            }
             let n = {
                 let mut chunks = big.chunks_mut(stride);
                 let mut bufs: [&mut [u8]; TUN_BATCH] = std::array::from_fn(|_| chunks.next().unwrap_or_default());
-                let read = if busy {
-                    self.queue
-                        .recv_multiple(&mut original, &mut bufs, &mut sizes, TRANSPORT_HEADER_LEN)
-                } else {
-                    self.queue.recv_multiple_intr(
-                        &mut original,
-                        &mut bufs,
-                        &mut sizes,
-                        TRANSPORT_HEADER_LEN,
-                        &self.event,
-                    )
-                };
+                let read = self
+                    .queue
+                    .recv_multiple(&mut original, &mut bufs, &mut sizes, TRANSPORT_HEADER_LEN);
+                if self.stop.load(Ordering::Relaxed) {
+                    return;
+                }
                 match read {
                     Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted && self.event.is_trigger() => return,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted || e.kind() == io::ErrorKind::WouldBlock => {
-                        busy = false;
                         continue;
+                    }
+                    // The device is gone (EFAULT for a reader it woke on
+                    // the way out, EBADFD after): nothing will come again.
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EFAULT | libc::EBADFD)) => {
+                        warn!("the TUN device was deleted under the packet path; this queue's outbound thread ends");
+                        return;
                     }
                     Err(e) => {
                         debug!("TUN read: {e}");
@@ -701,7 +740,6 @@ impl Outbound {
                     }
                 }
             };
-            busy = n > 1;
             self.stats.tun_reads.fetch_add(1, Ordering::Relaxed);
             let now = self.clock.now();
             let view = self.view.load();
@@ -816,14 +854,13 @@ impl Outbound {
     }
 }
 
-/// Sends, waiting (briefly) for room if the socket buffer is full.
+/// Sends, waiting for room if the socket buffer is full: each attempt
+/// blocks for up to [`SEND_TIMEOUT`], so this gives up after about half a
+/// second, and the caller counts the drop.
 fn send_with_retry(state: &UdpSocketState, socket: &UdpSocket, t: &UdpTransmit<'_>) -> io::Result<()> {
     for _ in 0..50 {
         match state.send(UdpSockRef::from(socket), t) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let mut fds = [nix::poll::PollFd::new(socket.as_fd(), nix::poll::PollFlags::POLLOUT)];
-                let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(10u16));
-            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
             other => return other,
         }
     }
@@ -867,7 +904,6 @@ fn ipv4_src_len(p: &[u8]) -> Option<(Ipv4Addr, usize)> {
 struct Inbound {
     queue: Arc<SyncDevice>,
     socket: Arc<UdpSocket>,
-    state: Arc<UdpSocketState>,
     view: Arc<ArcSwap<View>>,
     stats: Arc<DataStats>,
     path: mpsc::Sender<FromPath>,
@@ -877,73 +913,67 @@ struct Inbound {
 
 impl Inbound {
     fn run(self) {
-        let batch = quinn_udp::BATCH_SIZE;
-        let mut bufs: Vec<Vec<u8>> = (0..batch).map(|_| vec![0u8; 65_535]).collect();
-        let mut metas = [RecvMeta::default(); quinn_udp::BATCH_SIZE];
+        let mut buf = vec![0u8; 65_535];
+        // Room for every control message quinn-udp's socket set-up turns
+        // on: the GRO segment size, the TOS byte and the packet info.
+        // `recvmsg` hands the kernel this whole capacity on every call.
+        let mut cmsgs = nix::cmsg_space!(libc::in_pktinfo, libc::c_int, libc::c_int, libc::c_int);
         let mut out: Vec<Vec<u8>> = (0..TUN_WRITE_BATCH)
             .map(|_| Vec::with_capacity(TUN_OFFSET + 65_535))
             .collect();
         let mut gro = GROTable::default();
-        // As outbound: receive again at once after a batch of several or
-        // coalesced datagrams; otherwise wait in poll.
-        let mut busy = false;
-        while !self.stop.load(Ordering::Relaxed) {
-            if !busy {
-                let mut fds = [nix::poll::PollFd::new(
-                    self.socket.as_fd(),
-                    nix::poll::PollFlags::POLLIN,
-                )];
-                match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(POLL_MS)) {
-                    Ok(0) | Err(_) => continue,
-                    Ok(_) => {}
+        let fd = self.socket.as_raw_fd();
+        loop {
+            // Blocks until a datagram comes: one system call for a lone
+            // packet. Under load the sender's GSO batches arrive whole (the
+            // socket has UDP_GRO), so one receive still brings up to 64 KB.
+            let result = {
+                let mut iov = [IoSliceMut::new(&mut buf)];
+                nix::sys::socket::recvmsg::<SockaddrIn>(fd, &mut iov, Some(&mut cmsgs), MsgFlags::empty()).map(|msg| {
+                    let gro = msg.cmsgs().ok().and_then(|mut c| {
+                        c.find_map(|c| match c {
+                            ControlMessageOwned::UdpGroSegments(size) => usize::try_from(size).ok(),
+                            _ => None,
+                        })
+                    });
+                    let from = msg.address.map(|a| SocketAddr::from((a.ip(), a.port())));
+                    (msg.bytes, gro.unwrap_or(msg.bytes), from)
+                })
+            };
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let (len, stride, from) = match result {
+                Ok((len, stride, Some(from))) => (len, stride, from),
+                Ok(_) => continue,
+                Err(Errno::EINTR | Errno::EAGAIN) => continue,
+                Err(e) => {
+                    debug!("UDP receive: {e}");
+                    continue;
+                }
+            };
+            if len == 0 {
+                self.stats.count(DropReason::Malformed(Malformed::Truncated));
+                continue;
+            }
+            let now = self.clock.now();
+            let view = self.view.load();
+            let mut k = 0;
+            for seg in buf[..len].chunks_mut(stride.max(1)) {
+                if let Some(len) = self.open_one(&view, now, from, seg) {
+                    let o = &mut out[k];
+                    o.clear();
+                    o.resize(TUN_OFFSET, 0);
+                    o.extend_from_slice(&seg[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len]);
+                    k += 1;
+                    if k == out.len() {
+                        self.write(&mut gro, &mut out[..k]);
+                        k = 0;
+                    }
                 }
             }
-            {
-                let n = {
-                    let mut it = bufs.iter_mut();
-                    let mut slices: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
-                        std::array::from_fn(|_| IoSliceMut::new(it.next().map_or(&mut [][..], |b| &mut b[..])));
-                    match self
-                        .state
-                        .recv(UdpSockRef::from(&*self.socket), &mut slices, &mut metas)
-                    {
-                        Ok(n) => n,
-                        Err(e) => {
-                            if e.kind() != io::ErrorKind::WouldBlock {
-                                debug!("UDP receive: {e}");
-                            }
-                            busy = false;
-                            continue;
-                        }
-                    }
-                };
-                busy = n > 1 || metas[..n].iter().any(|m| m.len > m.stride);
-                let now = self.clock.now();
-                let view = self.view.load();
-                let mut k = 0;
-                for (meta, buf) in metas.iter().zip(bufs.iter_mut()).take(n) {
-                    if meta.len == 0 {
-                        self.stats.count(DropReason::Malformed(Malformed::Truncated));
-                        continue;
-                    }
-                    let stride = meta.stride.max(1);
-                    for seg in buf[..meta.len].chunks_mut(stride) {
-                        if let Some(len) = self.open_one(&view, now, meta.addr, seg) {
-                            let o = &mut out[k];
-                            o.clear();
-                            o.resize(TUN_OFFSET, 0);
-                            o.extend_from_slice(&seg[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len]);
-                            k += 1;
-                            if k == out.len() {
-                                self.write(&mut gro, &mut out[..k]);
-                                k = 0;
-                            }
-                        }
-                    }
-                }
-                if k > 0 {
-                    self.write(&mut gro, &mut out[..k]);
-                }
+            if k > 0 {
+                self.write(&mut gro, &mut out[..k]);
             }
         }
     }

@@ -308,7 +308,7 @@ impl Running {
     /// Removes what the data plane put in the kernel: our routes, the TUN
     /// device and the firewall rules (`weft reset`).
     pub async fn remove_kernel_state(&mut self) -> Result<(), String> {
-        self.stop();
+        self.stop().await;
         let netlink = Netlink::new().map_err(|e| e.to_string())?;
         let routes = netlink.remove_all(TUN_NAME).await.map_err(|e| e.to_string())?;
         let firewall = tokio::task::spawn_blocking(super::firewall::remove)
@@ -319,11 +319,13 @@ impl Running {
         Ok(())
     }
 
-    /// Stops the packet path's threads (the kernel state stays: pods keep
-    /// their routes while the router restarts).
-    pub fn stop(&mut self) {
+    /// Stops the packet path's threads. The TUN device goes (as it would
+    /// when the process exits); the rest of the kernel state stays: pods
+    /// keep their routes and the firewall rules stay while the router
+    /// restarts.
+    pub async fn stop(&mut self) {
         if let Some(s) = self.stopper.take() {
-            s.stop();
+            s.stop().await;
         }
     }
 }

@@ -44,7 +44,7 @@ use super::netlink::{LinkKind, Netlink, NetlinkError};
 
 /// An open TUN device and its queues.
 pub struct Tun {
-    /// One descriptor per queue, each nonblocking. Hand one to each worker.
+    /// One descriptor per queue, each blocking. Hand one to each worker.
     pub queues: Vec<SyncDevice>,
     /// The interface name.
     pub name: String,
@@ -193,7 +193,7 @@ pub async fn open(netlink: &Netlink, name: &str, mtu: u16, queues: usize) -> Res
     }
     all.insert(0, first);
     for q in &all {
-        q.set_nonblocking(true).map_err(|e| create_error(name, e))?;
+        q.set_nonblocking(false).map_err(|e| create_error(name, e))?;
     }
     info!(name, index, queues, vnet_hdr, udp_gso, "TUN device open");
     Ok(Tun {
