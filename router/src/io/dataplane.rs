@@ -84,6 +84,8 @@ const PATH_QUEUE: usize = 4096;
 /// How long a send waits for room in a full socket buffer before the
 /// packet path looks again (`SO_SNDTIMEO`: the sockets block).
 const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(10);
+/// How long [`Stopper::stop`] waits for the threads.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// UDP socket buffers (set with the *FORCE options, as root).
 const SOCKET_BUFFER: usize = 8 << 20;
 
@@ -329,6 +331,8 @@ pub struct Settings {
     pub mtu: u16,
     /// Whether the TUN queues carry virtio-net headers (offloads).
     pub vnet_hdr: bool,
+    /// The TUN device's interface index ([`Stopper::stop`] deletes it).
+    pub tun_index: u32,
 }
 
 /// A handle on the running data plane.
@@ -342,7 +346,7 @@ pub struct DataPlane {
 pub struct Stopper {
     stop: Arc<AtomicBool>,
     sockets: Vec<Arc<UdpSocket>>,
-    tun_index: Option<u32>,
+    tun_index: u32,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -356,10 +360,12 @@ impl std::fmt::Debug for Stopper {
 }
 
 impl Stopper {
-    /// Stops the threads and waits for them. This deletes the TUN device
-    /// (the only way to wake a thread blocked reading a queue), which the
-    /// kernel would do anyway once the queues close; the routes through it
-    /// go with it, and the next start creates it afresh.
+    /// Stops the threads and waits for them, at most [`STOP_WAIT`]: a
+    /// thread still blocked then is left to the process's exit, so a
+    /// shutdown never hangs. This deletes the TUN device (the only way to
+    /// wake a thread blocked reading a queue), which the kernel would do
+    /// anyway once the queues close; the routes through it go with it, and
+    /// the next start creates it afresh.
     pub async fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
         for s in &self.sockets {
@@ -368,23 +374,23 @@ impl Stopper {
             // readers (inet_shutdown), which is all that is wanted here.
             let _ = socket2::SockRef::from(&**s).shutdown(std::net::Shutdown::Read);
         }
-        if let Some(index) = self.tun_index {
-            match Netlink::new() {
-                Ok(netlink) => {
-                    if let Err(e) = netlink.delete_link(index).await {
-                        warn!(error = %e, "cannot delete the TUN device to stop the packet path");
-                    }
+        match Netlink::new() {
+            Ok(netlink) => {
+                if let Err(e) = netlink.delete_link(self.tun_index).await {
+                    warn!(error = %e, "cannot delete the TUN device to stop the packet path");
                 }
-                Err(e) => warn!(error = %e, "cannot open netlink to stop the packet path"),
             }
+            Err(e) => warn!(error = %e, "cannot open netlink to stop the packet path"),
         }
         let threads = self.threads;
-        let _ = tokio::task::spawn_blocking(move || {
+        let joined = tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
             }
-        })
-        .await;
+        });
+        if tokio::time::timeout(STOP_WAIT, joined).await.is_err() {
+            warn!("the packet path's threads did not stop in time; leaving them to the process's exit");
+        }
     }
 }
 
@@ -445,7 +451,6 @@ pub fn start(
         .try_clone()?;
     let mut threads = Vec::new();
     let mut shared_sockets = Vec::new();
-    let tun_index = queues.first().and_then(|q| q.if_index().ok());
     let queues: Vec<Arc<SyncDevice>> = queues.into_iter().map(Arc::new).collect();
     for (i, (queue, socket)) in queues.iter().zip(sockets).enumerate() {
         let socket = Arc::new(socket);
@@ -502,7 +507,7 @@ pub fn start(
         Stopper {
             stop,
             sockets: shared_sockets,
-            tun_index,
+            tun_index: settings.tun_index,
             threads,
         },
         fut,

@@ -143,6 +143,7 @@ impl Prepared {
             settings: Settings {
                 mtu,
                 vnet_hdr: tun.vnet_hdr,
+                tun_index: tun.index,
             },
             tun,
             sockets,
