@@ -360,7 +360,7 @@ impl std::fmt::Debug for Stopper {
 }
 
 impl Stopper {
-    /// Stops the threads and waits for them, at most [`STOP_WAIT`]: a
+    /// Stops the threads and waits for them, at most 5 s: a
     /// thread still blocked then is left to the process's exit, so a
     /// shutdown never hangs. This deletes the TUN device (the only way to
     /// wake a thread blocked reading a queue), which the kernel would do
