@@ -566,8 +566,9 @@ fn firewall_apply_and_remove_are_idempotent() {
         assert_eq!(firewall::remove().unwrap(), Removed::default());
         assert_eq!(sh("nft", &["list", "ruleset"]).trim(), "", "remove created no table");
 
-        assert_eq!(firewall::apply(net(POD), TUN, true).unwrap(), Iptables::Installed);
-        assert_eq!(firewall::apply(net(POD), TUN, true).unwrap(), Iptables::Installed);
+        let stateful = Iptables::Installed { stateful: true };
+        assert_eq!(firewall::apply(net(POD), TUN, true).unwrap(), stateful);
+        assert_eq!(firewall::apply(net(POD), TUN, true).unwrap(), stateful);
 
         let table = nft_table().expect("table ip weft exists");
         let rules: Vec<&serde_json::Value> = table.iter().filter_map(|o| o.get("rule")).collect();
@@ -601,10 +602,30 @@ fn firewall_apply_and_remove_are_idempotent() {
         );
         assert_eq!(chain.lines().filter(|l| l.starts_with("-A")).count(), 4, "{chain}");
 
-        // Without masquerading the nat chain goes, in the same transaction.
-        assert_eq!(firewall::apply(net(POD), TUN, false).unwrap(), Iptables::Installed);
+        // Without masquerading the nat chain goes, in the same transaction,
+        // and on this bare host (FORWARD accepts, and holds only our jump)
+        // so does every rule that would turn connection tracking on.
+        assert_eq!(
+            firewall::apply(net(POD), TUN, false).unwrap(),
+            Iptables::Installed { stateful: false }
+        );
         let table = nft_table().unwrap();
         assert!(!table.iter().any(|o| o["chain"]["name"] == "postrouting"), "{table:#?}");
+        assert!(!serde_json::to_string(&table).unwrap().contains("\"ct\""), "{table:#?}");
+        let chain = sh("iptables", &["-w", "-S", "WEFT-FORWARD"]);
+        assert!(!chain.contains("conntrack"), "{chain}");
+        assert_eq!(chain.lines().filter(|l| l.starts_with("-A")).count(), 3, "{chain}");
+
+        // A drop policy set later (Docker starting) brings the stateful
+        // rule back at the next apply.
+        sh("iptables", &["-w", "-P", "FORWARD", "DROP"]);
+        assert_eq!(
+            firewall::apply(net(POD), TUN, false).unwrap(),
+            Iptables::Installed { stateful: true }
+        );
+        let chain = sh("iptables", &["-w", "-S", "WEFT-FORWARD"]);
+        assert!(chain.contains("--ctstate RELATED,ESTABLISHED"), "{chain}");
+        sh("iptables", &["-w", "-P", "FORWARD", "ACCEPT"]);
 
         let removed = firewall::remove().unwrap();
         assert_eq!((removed.table, removed.jumps, removed.chain), (true, 1, true));
@@ -614,41 +635,18 @@ fn firewall_apply_and_remove_are_idempotent() {
     });
 }
 
-/// A pod, a router and a host outside, in three namespaces joined by veths:
-///
-/// ```text
-/// pod 10.32.1.2 --- 10.32.1.1 router 192.168.99.1 --- 192.168.99.2 outside
-/// ```
-///
-/// The router forwards with `iptables -P FORWARD DROP`, as on a Docker host.
+/// A [`Forwarder`] whose router has `iptables -P FORWARD DROP`, as on a
+/// Docker host.
 #[test]
 fn pod_traffic_passes_a_forward_drop_policy() {
     require!("ip", "nft", "iptables");
-    let pod = Ns::new();
-    let router = Ns::new();
-    let outside = Ns::new();
-    veth(&router, "r-pod", &pod, "p0");
-    veth(&router, "r-out", &outside, "o0");
-    pod.run(|_| {
-        sh("ip", &["link", "set", "lo", "up"]);
-        sh("ip", &["addr", "add", "10.32.1.2/24", "dev", "p0"]);
-        sh("ip", &["link", "set", "p0", "up"]);
-        sh("ip", &["route", "add", "default", "via", "10.32.1.1"]);
-    });
-    router.run(|_| {
-        sh("ip", &["addr", "add", "10.32.1.1/24", "dev", "r-pod"]);
-        sh("ip", &["addr", "add", "192.168.99.1/24", "dev", "r-out"]);
-        sh("ip", &["link", "set", "r-pod", "up"]);
-        sh("ip", &["link", "set", "r-out", "up"]);
-        assert_eq!(sysctl::enable_ip_forwarding().unwrap(), Forwarding::Enabled);
-        sh("iptables", &["-w", "-P", "FORWARD", "DROP"]);
-    });
-    let listener = outside.run(|_| {
-        sh("ip", &["link", "set", "lo", "up"]);
-        sh("ip", &["addr", "add", "192.168.99.2/24", "dev", "o0"]);
-        sh("ip", &["link", "set", "o0", "up"]);
-        TcpListener::bind("192.168.99.2:7000").unwrap()
-    });
+    let Forwarder {
+        pod,
+        router,
+        outside,
+        listener,
+    } = Forwarder::new();
+    router.run(|_| sh("iptables", &["-w", "-P", "FORWARD", "DROP"]));
     let server: SocketAddr = "192.168.99.2:7000".parse().unwrap();
     let connect = |timeout: Duration| pod.run(move |_| TcpStream::connect_timeout(&server, timeout));
 
@@ -678,7 +676,7 @@ fn pod_traffic_passes_a_forward_drop_policy() {
     // With the iptables half too, pods reach out, masqueraded.
     assert_eq!(
         router.run(|_| firewall::apply(net(POD), TUN, true).unwrap()),
-        Iptables::Installed
+        Iptables::Installed { stateful: true }
     );
     let stream = connect(Duration::from_secs(5)).expect("pod traffic passes the DROP policy");
     let (_, peer) = listener.accept().unwrap();
@@ -690,7 +688,8 @@ fn pod_traffic_passes_a_forward_drop_policy() {
     outside.run(|_| sh("ip", &["route", "add", POD, "via", "192.168.99.1"]));
     assert_eq!(
         router.run(|_| firewall::apply(net(POD), TUN, false).unwrap()),
-        Iptables::Installed
+        Iptables::Installed { stateful: true },
+        "the DROP policy needs the stateful accept of replies"
     );
     let _stream = connect(Duration::from_secs(5)).expect("pod traffic passes unmasqueraded");
     let (_, peer) = listener.accept().unwrap();
@@ -705,7 +704,108 @@ fn pod_traffic_passes_a_forward_drop_policy() {
     );
 }
 
+/// Connection tracking costs every forwarded and tunnelled packet a
+/// lookup, so without masquerading, on a host whose FORWARD chain refuses
+/// nothing, Weft's rules must not turn it on; masquerading must.
+#[test]
+fn without_masquerading_an_open_host_tracks_no_connections() {
+    require!("ip", "nft", "iptables");
+    let Forwarder {
+        pod,
+        router,
+        outside,
+        listener,
+    } = Forwarder::new();
+    outside.run(|_| sh("ip", &["route", "add", POD, "via", "192.168.99.1"]));
+    let server: SocketAddr = "192.168.99.2:7000".parse().unwrap();
+    let connect = || {
+        let stream = pod
+            .run(move |_| TcpStream::connect_timeout(&server, Duration::from_secs(5)))
+            .expect("the pod reaches outside");
+        let (_, peer) = listener.accept().unwrap();
+        drop(stream);
+        peer.ip()
+    };
+
+    assert_eq!(
+        router.run(|_| firewall::apply(net(POD), TUN, false).unwrap()),
+        Iptables::Installed { stateful: false }
+    );
+    assert_eq!(connect(), ip("10.32.1.2"));
+    assert_eq!(router.run(|_| conntrack_count()), 0, "nothing was tracked");
+
+    // The same traffic with masquerading is tracked (so the count above
+    // could have been anything but zero).
+    assert_eq!(
+        router.run(|_| firewall::apply(net(POD), TUN, true).unwrap()),
+        Iptables::Installed { stateful: true }
+    );
+    assert_eq!(connect(), ip("192.168.99.1"));
+    let tracked = router.run(|_| conntrack_count());
+    assert!(tracked >= 1, "masquerading tracks connections: {tracked}");
+}
+
 // ---------------------------------------------------------------- helpers
+
+/// A pod, a router and a host outside, in three namespaces joined by veths,
+/// with a TCP listener outside on port 7000:
+///
+/// ```text
+/// pod 10.32.1.2 --- 10.32.1.1 router 192.168.99.1 --- 192.168.99.2 outside
+/// ```
+///
+/// The router forwards; it has no firewall rules yet.
+struct Forwarder {
+    pod: Ns,
+    router: Ns,
+    outside: Ns,
+    listener: TcpListener,
+}
+
+impl Forwarder {
+    fn new() -> Self {
+        let pod = Ns::new();
+        let router = Ns::new();
+        let outside = Ns::new();
+        veth(&router, "r-pod", &pod, "p0");
+        veth(&router, "r-out", &outside, "o0");
+        pod.run(|_| {
+            sh("ip", &["link", "set", "lo", "up"]);
+            sh("ip", &["addr", "add", "10.32.1.2/24", "dev", "p0"]);
+            sh("ip", &["link", "set", "p0", "up"]);
+            sh("ip", &["route", "add", "default", "via", "10.32.1.1"]);
+        });
+        router.run(|_| {
+            sh("ip", &["addr", "add", "10.32.1.1/24", "dev", "r-pod"]);
+            sh("ip", &["addr", "add", "192.168.99.1/24", "dev", "r-out"]);
+            sh("ip", &["link", "set", "r-pod", "up"]);
+            sh("ip", &["link", "set", "r-out", "up"]);
+            assert_eq!(sysctl::enable_ip_forwarding().unwrap(), Forwarding::Enabled);
+        });
+        let listener = outside.run(|_| {
+            sh("ip", &["link", "set", "lo", "up"]);
+            sh("ip", &["addr", "add", "192.168.99.2/24", "dev", "o0"]);
+            sh("ip", &["link", "set", "o0", "up"]);
+            TcpListener::bind("192.168.99.2:7000").unwrap()
+        });
+        Self {
+            pod,
+            router,
+            outside,
+            listener,
+        }
+    }
+}
+
+/// The calling namespace's count of tracked connections; 0 where the
+/// conntrack module is not even loaded.
+fn conntrack_count() -> u64 {
+    match std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count") {
+        Ok(s) => s.trim().parse().expect("a count"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => panic!("reading nf_conntrack_count: {e}"),
+    }
+}
 
 /// Skips the test (fails it under CI) unless it runs as root with
 /// `/dev/net/tun` and the named tools.
