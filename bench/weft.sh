@@ -1,9 +1,18 @@
 # shellcheck shell=bash disable=SC2034  # sets V_* for peers.sh
-# The `weft` variant for ../shared/bench/peers.sh: two Weft routers, one in
-# each testbed host namespace, on the default ports (6783 control, 6784 data),
-# started with the same `weft launch` a user would type.
+# The `weft` and `weftnat` variants for ../shared/bench/peers.sh: two Weft
+# routers, one in each testbed host namespace, on the default ports (6783
+# control, 6784 data), started with the same `weft launch` a user would type.
 #
-#   sudo ../shared/bench/peers.sh -f bench/weft.sh -v "plain boringtun weft"
+#   sudo ../shared/bench/peers.sh -f bench/weft.sh -v "plain boringtun weft weftnat"
+#
+# - `weft` is the tunnel alone, like the peers' variants: `--no-masquerade`,
+#   since the testbed's pods talk only to each other and the peers install no
+#   firewall rules. On these bare hosts Weft then adds no rule that tracks
+#   connections (see router/src/io/firewall.rs).
+# - `weftnat` is `weft launch` with its defaults, pod egress masqueraded: the
+#   NAT turns connection tracking on for every packet in the host namespace,
+#   tunnel datagrams included. It shows what that costs (as it would for any
+#   tunnel on a host where Docker or kube-proxy already track connections).
 #
 # The pod range is 10.32.0.0/22, split by the seed list h1,h2 in list order:
 # h1 owns 10.32.0.0/23 and h2 owns 10.32.2.0/23, so each host owns the range
@@ -57,7 +66,17 @@ variant_weft_version() {
 }
 
 # $1 $2: host netns   $3 $4: their underlay addresses   $5 $6: their pod CIDRs
-variant_weft_up() {
+variant_weft_up() { _weft_up --no-masquerade "$@"; }
+variant_weftnat_up() { _weft_up "" "$@"; }
+variant_weftnat_down() { variant_weft_down "$@"; }
+variant_weftnat_deps() { variant_weft_deps "$@"; }
+variant_weftnat_version() { variant_weft_version "$@"; }
+
+# _weft_up FLAGS NS1 NS2 UL1 UL2 POD1 POD2: the routers, with FLAGS (one
+# `weft launch` flag or "") added to the launch.
+_weft_up() {
+    local flag="$1"
+    shift
     local ns=("$1" "$2") ul=("$3" "$4") pod=("$5" "$6") d="$PB_WORK/weft" w i n peer
     w=$(_weft_bin)
     _weft_clean "$1" "$2"
@@ -73,7 +92,7 @@ variant_weft_up() {
         pb_spawn "${ns[$i]}" "$d/$n.log" env RUST_LOG="${PB_WEFT_LOG:-warn}" \
             "$w" launch --name "$n" --data-dir "$d/$n" --api-socket "$d/$n.sock" \
             --password-file "$d/secret" --ipalloc-range "$WEFT_RANGE" --ipalloc-init seed=h1,h2 \
-            ${PB_WEFT_ARGS:-} "$peer"
+            ${flag:+"$flag"} ${PB_WEFT_ARGS:-} "$peer"
         V_PIDS+="$PB_LAST_PID "
         _WEFT_PIDS+="$PB_LAST_PID "
     done
