@@ -566,28 +566,29 @@ fn firewall_apply_and_remove_are_idempotent() {
         assert_eq!(firewall::remove().unwrap(), Removed::default());
         assert_eq!(sh("nft", &["list", "ruleset"]).trim(), "", "remove created no table");
 
-        let stateful = Iptables::Installed { stateful: true };
-        assert_eq!(firewall::apply(net(POD), TUN, true).unwrap(), stateful);
-        assert_eq!(firewall::apply(net(POD), TUN, true).unwrap(), stateful);
-
+        // A bare host: FORWARD accepts and holds nothing, so only the
+        // masquerading goes in, and no hook on forwarded packets.
+        assert_eq!(firewall::apply(net(POD), TUN, true).unwrap(), Iptables::NotNeeded);
+        assert_eq!(firewall::apply(net(POD), TUN, true).unwrap(), Iptables::NotNeeded);
         let table = nft_table().expect("table ip weft exists");
-        let rules: Vec<&serde_json::Value> = table.iter().filter_map(|o| o.get("rule")).collect();
-        assert_eq!(
-            rules.len(),
-            5,
-            "one masquerade and four accepts, not doubled: {table:#?}"
-        );
         let chains: Vec<&str> = table.iter().filter_map(|o| o["chain"]["name"].as_str()).collect();
-        assert_eq!(chains, ["postrouting", "forward"]);
-        let postrouting = rules.iter().find(|r| r["chain"] == "postrouting").unwrap();
+        assert_eq!(chains, ["postrouting"], "{table:#?}");
+        let rules: Vec<&serde_json::Value> = table.iter().filter_map(|o| o.get("rule")).collect();
+        assert_eq!(rules.len(), 1, "one masquerade, not doubled: {table:#?}");
         assert!(
-            postrouting["expr"]
+            rules[0]["expr"]
                 .as_array()
                 .unwrap()
                 .iter()
                 .any(|e| e.get("masquerade").is_some())
         );
+        assert!(!sh("iptables", &["-w", "-S"]).contains("weft"));
+        assert!(!sh("nft", &["list", "ruleset"]).contains("hook forward"));
 
+        // Docker's policy: now the accepts go in, stateful ones included.
+        sh("iptables", &["-w", "-P", "FORWARD", "DROP"]);
+        assert_eq!(firewall::apply(net(POD), TUN, true).unwrap(), Iptables::Installed);
+        assert_eq!(firewall::apply(net(POD), TUN, true).unwrap(), Iptables::Installed);
         let forward = sh("iptables", &["-w", "-S", "FORWARD"]);
         let jumps = forward.lines().filter(|l| l.contains("-j WEFT-FORWARD")).count();
         assert_eq!(jumps, 1, "{forward}");
@@ -601,32 +602,27 @@ fn firewall_apply_and_remove_are_idempotent() {
             "{chain}"
         );
         assert_eq!(chain.lines().filter(|l| l.starts_with("-A")).count(), 4, "{chain}");
+        assert_eq!(firewall::forward_can_refuse_now().unwrap(), Some(true));
 
-        // Without masquerading the nat chain goes, in the same transaction,
-        // and on this bare host (FORWARD accepts, and holds only our jump)
-        // so does every rule that would turn connection tracking on.
-        assert_eq!(
-            firewall::apply(net(POD), TUN, false).unwrap(),
-            Iptables::Installed { stateful: false }
-        );
+        // Without masquerading the nat chain goes, in the same transaction;
+        // the DROP still needs the accepts.
+        assert_eq!(firewall::apply(net(POD), TUN, false).unwrap(), Iptables::Installed);
         let table = nft_table().unwrap();
-        assert!(!table.iter().any(|o| o["chain"]["name"] == "postrouting"), "{table:#?}");
-        assert!(!serde_json::to_string(&table).unwrap().contains("\"ct\""), "{table:#?}");
-        let chain = sh("iptables", &["-w", "-S", "WEFT-FORWARD"]);
-        assert!(!chain.contains("conntrack"), "{chain}");
-        assert_eq!(chain.lines().filter(|l| l.starts_with("-A")).count(), 3, "{chain}");
+        assert!(table.iter().all(|o| o.get("chain").is_none()), "{table:#?}");
+        assert_eq!(sh("iptables", &["-w", "-S", "WEFT-FORWARD"]).lines().count(), 5);
 
-        // A drop policy set later (Docker starting) brings the stateful
-        // rule back at the next apply.
-        sh("iptables", &["-w", "-P", "FORWARD", "DROP"]);
-        assert_eq!(
-            firewall::apply(net(POD), TUN, false).unwrap(),
-            Iptables::Installed { stateful: true }
-        );
-        let chain = sh("iptables", &["-w", "-S", "WEFT-FORWARD"]);
-        assert!(chain.contains("--ctstate RELATED,ESTABLISHED"), "{chain}");
+        // The policy back to ACCEPT: the chain and the jump go again.
         sh("iptables", &["-w", "-P", "FORWARD", "ACCEPT"]);
+        assert_eq!(
+            firewall::forward_can_refuse_now().unwrap(),
+            Some(false),
+            "our jump is not a refusal"
+        );
+        assert_eq!(firewall::apply(net(POD), TUN, false).unwrap(), Iptables::NotNeeded);
+        assert!(!sh("iptables", &["-w", "-S"]).contains("WEFT-FORWARD"));
 
+        sh("iptables", &["-w", "-P", "FORWARD", "DROP"]);
+        assert_eq!(firewall::apply(net(POD), TUN, true).unwrap(), Iptables::Installed);
         let removed = firewall::remove().unwrap();
         assert_eq!((removed.table, removed.jumps, removed.chain), (true, 1, true));
         assert!(nft_table().is_none());
@@ -657,26 +653,26 @@ fn pod_traffic_passes_a_forward_drop_policy() {
         "the drop policy is in force"
     );
 
-    // Weft's own nft table alone is not enough: its accept is not final.
+    // Why Weft's accepts go into iptables: an accept in a table of its own
+    // (as Weft's table could have) is not final, and the DROP still wins.
     router.run(|_| {
-        let doc = firewall::table(net(POD), TUN, true);
-        let mut child = Command::new("nft")
-            .args(["-j", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        serde_json::to_writer(child.stdin.take().unwrap(), &doc).unwrap();
-        assert!(child.wait().unwrap().success());
+        sh("nft", &["add", "table", "ip", "own"]);
+        sh(
+            "nft",
+            &["add chain ip own forward { type filter hook forward priority 0; policy accept; }"],
+        );
+        sh("nft", &["add", "rule", "ip", "own", "forward", "accept"]);
     });
     assert!(
         connect(Duration::from_millis(800)).is_err(),
-        "an accept in table ip weft does not beat the DROP"
+        "an accept in another table does not beat the DROP"
     );
+    router.run(|_| sh("nft", &["delete", "table", "ip", "own"]));
 
     // With the iptables half too, pods reach out, masqueraded.
     assert_eq!(
         router.run(|_| firewall::apply(net(POD), TUN, true).unwrap()),
-        Iptables::Installed { stateful: true }
+        Iptables::Installed
     );
     let stream = connect(Duration::from_secs(5)).expect("pod traffic passes the DROP policy");
     let (_, peer) = listener.accept().unwrap();
@@ -688,7 +684,7 @@ fn pod_traffic_passes_a_forward_drop_policy() {
     outside.run(|_| sh("ip", &["route", "add", POD, "via", "192.168.99.1"]));
     assert_eq!(
         router.run(|_| firewall::apply(net(POD), TUN, false).unwrap()),
-        Iptables::Installed { stateful: true },
+        Iptables::Installed,
         "the DROP policy needs the stateful accept of replies"
     );
     let _stream = connect(Duration::from_secs(5)).expect("pod traffic passes unmasqueraded");
@@ -704,9 +700,9 @@ fn pod_traffic_passes_a_forward_drop_policy() {
     );
 }
 
-/// Connection tracking costs every forwarded and tunnelled packet a
-/// lookup, so without masquerading, on a host whose FORWARD chain refuses
-/// nothing, Weft's rules must not turn it on; masquerading must.
+/// Netfilter hooks cost every forwarded and tunnelled packet, connection
+/// tracking most: so without masquerading, on a host whose FORWARD chain
+/// refuses nothing, Weft must add neither; masquerading must track.
 #[test]
 fn without_masquerading_an_open_host_tracks_no_connections() {
     require!("ip", "nft", "iptables");
@@ -729,8 +725,10 @@ fn without_masquerading_an_open_host_tracks_no_connections() {
 
     assert_eq!(
         router.run(|_| firewall::apply(net(POD), TUN, false).unwrap()),
-        Iptables::Installed { stateful: false }
+        Iptables::NotNeeded
     );
+    let ruleset = router.run(|_| sh("nft", &["list", "ruleset"]));
+    assert!(!ruleset.contains("hook"), "no base chain, so no hook: {ruleset}");
     assert_eq!(connect(), ip("10.32.1.2"));
     assert_eq!(router.run(|_| conntrack_count()), 0, "nothing was tracked");
 
@@ -738,7 +736,7 @@ fn without_masquerading_an_open_host_tracks_no_connections() {
     // could have been anything but zero).
     assert_eq!(
         router.run(|_| firewall::apply(net(POD), TUN, true).unwrap()),
-        Iptables::Installed { stateful: true }
+        Iptables::NotNeeded
     );
     assert_eq!(connect(), ip("192.168.99.1"));
     let tracked = router.run(|_| conntrack_count());

@@ -308,6 +308,42 @@ fn the_first_packet_waits_for_the_handshake_and_arrives() {
     }
 }
 
+/// On a bare host the router adds no forward rules (they would cost every packet). Docker starting after it
+/// sets the filter FORWARD policy to DROP, which cuts that host's pods off; the router notices within its
+/// check interval (5 s) and puts in its accepts, and the pods reach the other host again.
+#[test]
+fn a_forward_drop_policy_set_after_launch_is_let_through_within_seconds() {
+    require_program!("busybox");
+    require_program!("iptables");
+    let Some(tb) = Testbed::for_test(2) else { return };
+    let mesh = Mesh::launch(&tb, 2);
+    let a = mesh.plug(1, "a");
+    let b = mesh.plug(2, "b");
+    let _servers = echo_servers(&b);
+    let quick = ["--tries", "1", "--timeout-ms", "500"];
+    udp_ask(&a, udp_addr(&b), "before", &["--timeout-ms", "5000"]).expect("a reaches b before the policy");
+    let h1 = tb.host(1);
+    let forward = || h1.netns().exec_ok(["iptables", "-w", "-S", "FORWARD"]).unwrap();
+    assert!(
+        !forward().contains("WEFT-FORWARD"),
+        "a bare host needs no rules: {}",
+        forward()
+    );
+
+    h1.netns().exec_ok(["iptables", "-w", "-P", "FORWARD", "DROP"]).unwrap();
+    let set = Instant::now();
+    wait_until(Duration::from_secs(15), "a to reach b through the DROP policy", || {
+        udp_ask(&a, udp_addr(&b), "after", &quick).is_ok()
+    })
+    .unwrap_or_else(|e| panic!("{e}; FORWARD:\n{}\nh1's log:\n{}", forward(), mesh.router(1).log()));
+    eprintln!("pods passed the new DROP policy {:?} after it was set", set.elapsed());
+    assert!(
+        forward().contains("-A FORWARD -m comment --comment weft -j WEFT-FORWARD"),
+        "{}",
+        forward()
+    );
+}
+
 /// Transport datagrams captured on the underlay and sent again to the receiving router are dropped and
 /// counted as replayed, none reaches the pod again, and the session carries on. Replayed handshake
 /// initiations are refused too, without disturbing the session.

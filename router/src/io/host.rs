@@ -18,10 +18,12 @@ use std::time::Duration;
 use ipam_crdt::{PeerName, Ring};
 use ipnet::{IpNet, Ipv4Net};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::clock::Clock;
 use super::dataplane::{self, DataPlane, DataStats, PeerInfo, Settings, Stopper};
+use super::firewall::{self, Iptables};
 use super::netlink::Netlink;
 use crate::config::LaunchConfig;
 use crate::core::data::session::Sessions;
@@ -33,8 +35,15 @@ use crate::secret::{ClusterSecret, DATA_PSK_LABEL};
 
 /// The TUN device's name.
 pub const TUN_NAME: &str = "weft";
-/// How often the kernel task re-applies the desired state.
+/// How often the kernel task re-applies the desired state, and the
+/// firewall task the firewall rules.
 pub const RESYNC: Duration = Duration::from_secs(30);
+/// How often the firewall task looks whether the `FORWARD` chain can refuse
+/// traffic: the longest a firewall started after Weft can drop pod traffic.
+pub const FORWARD_CHECK: Duration = Duration::from_secs(5);
+/// How long stopping waits for an apply in progress (`iptables -w` may wait
+/// for another program's lock).
+const FIREWALL_STOP_WAIT: Duration = Duration::from_secs(10);
 /// IPv4 and UDP headers in front of every data-plane datagram.
 const UDP_IPV4_OVERHEAD: u16 = 28;
 
@@ -64,7 +73,7 @@ pub enum HostError {
     Forwarding(#[from] super::sysctl::SysctlError),
     /// The firewall rules cannot be installed.
     #[error(transparent)]
-    Firewall(#[from] super::firewall::FirewallError),
+    Firewall(#[from] firewall::FirewallError),
     /// The packet path cannot start.
     #[error("cannot start the packet path: {0}")]
     Start(std::io::Error),
@@ -81,6 +90,7 @@ pub struct Prepared {
     port: u16,
     pod_range: Ipv4Net,
     masquerade: bool,
+    iptables: Iptables,
     stats: Arc<DataStats>,
 }
 
@@ -114,10 +124,10 @@ impl Prepared {
             info!("enabled IPv4 forwarding");
         }
         let masquerade = config.masquerade;
-        let iptables = tokio::task::spawn_blocking(move || super::firewall::apply(pod_range, TUN_NAME, masquerade))
+        let iptables = tokio::task::spawn_blocking(move || firewall::apply(pod_range, TUN_NAME, masquerade))
             .await
             .map_err(|e| HostError::Start(std::io::Error::other(e)))??;
-        debug!(?iptables, "firewall rules installed");
+        info!(masquerade, ?iptables, "firewall rules installed");
         // The pod network is IPv4: without this the kernel sends router
         // solicitations and the like into the TUN device, only to be dropped.
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{TUN_NAME}/disable_ipv6"), "1\n");
@@ -151,6 +161,7 @@ impl Prepared {
             port,
             pod_range,
             masquerade,
+            iptables,
             stats: Arc::new(DataStats::default()),
         })
     }
@@ -169,6 +180,7 @@ impl Prepared {
             port,
             pod_range,
             masquerade,
+            iptables,
             stats,
         } = self;
         let queues = tun.queues.len();
@@ -178,17 +190,13 @@ impl Prepared {
             dataplane::start(settings, tun.queues, sockets, sessions, clock, stats).map_err(HostError::Start)?;
         tokio::spawn(driver);
         let (want_tx, want_rx) = watch::channel(None);
-        tokio::spawn(kernel_task(
-            netlink,
-            index,
-            settings.mtu,
-            want_rx,
-            pod_range,
-            masquerade,
-        ));
+        let (firewall_stop, stop_rx) = watch::channel(false);
+        let firewall_task = tokio::spawn(firewall_task(pod_range, masquerade, iptables, stop_rx));
+        tokio::spawn(kernel_task(netlink, index, settings.mtu, want_rx));
         Ok(Running {
             plane,
             stopper: Some(stopper),
+            firewall: Some((firewall_stop, firewall_task)),
             want: want_tx,
             port,
             mtu: settings.mtu,
@@ -207,6 +215,8 @@ impl Prepared {
 pub struct Running {
     plane: DataPlane,
     stopper: Option<Stopper>,
+    /// Stops the firewall task, and the task to wait for.
+    firewall: Option<(watch::Sender<bool>, JoinHandle<()>)>,
     want: watch::Sender<Option<Desired>>,
     port: u16,
     mtu: u16,
@@ -312,7 +322,7 @@ impl Running {
         self.stop().await;
         let netlink = Netlink::new().map_err(|e| e.to_string())?;
         let routes = netlink.remove_all(TUN_NAME).await.map_err(|e| e.to_string())?;
-        let firewall = tokio::task::spawn_blocking(super::firewall::remove)
+        let firewall = tokio::task::spawn_blocking(firewall::remove)
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
@@ -327,6 +337,14 @@ impl Running {
     pub async fn stop(&mut self) {
         if let Some(s) = self.stopper.take() {
             s.stop().await;
+        }
+        // Waited for, so that no re-apply can land after `weft reset`
+        // removed the rules.
+        if let Some((stop, task)) = self.firewall.take() {
+            let _ = stop.send(true);
+            if tokio::time::timeout(FIREWALL_STOP_WAIT, task).await.is_err() {
+                warn!("the firewall task did not stop within 10 s");
+            }
         }
     }
 }
@@ -357,14 +375,7 @@ fn underlay_mtu() -> Option<u16> {
 
 /// Applies the desired kernel state whenever it changes, and every
 /// [`RESYNC`].
-async fn kernel_task(
-    netlink: Netlink,
-    link: u32,
-    mtu: u16,
-    mut want: watch::Receiver<Option<Desired>>,
-    pod_range: Ipv4Net,
-    masquerade: bool,
-) {
+async fn kernel_task(netlink: Netlink, link: u32, mtu: u16, mut want: watch::Receiver<Option<Desired>>) {
     if let Err(e) = netlink.set_link(link, u32::from(mtu), true).await {
         warn!(error = %e, "cannot bring the TUN device up");
     }
@@ -386,14 +397,48 @@ async fn kernel_task(
         }
         tokio::select! {
             changed = want.changed() => if changed.is_err() { return },
-            () = tokio::time::sleep(RESYNC) => {
-                // A firewall reload (firewalld, iptables-restore) may have
-                // wiped our rules: put them back.
-                let fw = tokio::task::spawn_blocking(move || super::firewall::apply(pod_range, TUN_NAME, masquerade)).await;
-                if let Ok(Err(e)) = fw {
-                    warn!(error = %e, "cannot re-apply the firewall rules");
-                }
+            () = tokio::time::sleep(RESYNC) => {}
+        }
+    }
+}
+
+/// Keeps the firewall rules in place (see [`super::firewall`]): applies
+/// them again every [`RESYNC`], since a firewall reload (firewalld, an
+/// `iptables-restore`) may have wiped them, and at once when the `FORWARD`
+/// chain, looked at every [`FORWARD_CHECK`], starts or stops being able to
+/// refuse traffic (Docker starting after Weft sets its policy to DROP).
+/// Ends when `stop` becomes true or its sender goes, never in the middle
+/// of an apply.
+async fn firewall_task(pod_range: Ipv4Net, masquerade: bool, applied: Iptables, mut stop: watch::Receiver<bool>) {
+    let mut refuses = applied.forward_can_refuse();
+    let checks_per_resync = (RESYNC.as_secs() / FORWARD_CHECK.as_secs()).max(1);
+    let mut tick = tokio::time::interval(FORWARD_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is now; the rules were just applied
+    for n in 1u64.. {
+        tokio::select! {
+            changed = stop.changed() => if changed.is_err() || *stop.borrow() { return } else { continue },
+            _ = tick.tick() => {}
+        }
+        let resync = n % checks_per_resync == 0;
+        let known = refuses;
+        let outcome = tokio::task::spawn_blocking(move || {
+            if !resync && firewall::forward_can_refuse_now()? == known {
+                return Ok(None);
             }
+            firewall::apply(pod_range, TUN_NAME, masquerade).map(Some)
+        })
+        .await;
+        match outcome {
+            Ok(Ok(Some(iptables))) => {
+                if iptables.forward_can_refuse() != refuses {
+                    info!(?iptables, "the FORWARD chain changed; firewall rules applied again");
+                }
+                refuses = iptables.forward_can_refuse();
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => warn!(error = %e, "cannot re-apply the firewall rules"),
+            Err(e) => warn!(error = %e, "the firewall check did not finish"),
         }
     }
 }
