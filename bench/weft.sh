@@ -7,12 +7,12 @@
 #
 # - `weft` is the tunnel alone, like the peers' variants: `--no-masquerade`,
 #   since the testbed's pods talk only to each other and the peers install no
-#   firewall rules. On these bare hosts Weft then adds no rule that tracks
-#   connections (see router/src/io/firewall.rs).
+#   firewall rules. On these bare hosts (FORWARD accepts, no rules) Weft then
+#   adds no netfilter hook at all (see router/src/io/firewall.rs).
 # - `weftnat` is `weft launch` with its defaults, pod egress masqueraded: the
 #   NAT turns connection tracking on for every packet in the host namespace,
-#   tunnel datagrams included. It shows what that costs (as it would for any
-#   tunnel on a host where Docker or kube-proxy already track connections).
+#   tunnel datagrams included. It shows what that costs (as any tunnel pays
+#   on a host where Docker or kube-proxy already track connections).
 #
 # The pod range is 10.32.0.0/22, split by the seed list h1,h2 in list order:
 # h1 owns 10.32.0.0/23 and h2 owns 10.32.2.0/23, so each host owns the range
