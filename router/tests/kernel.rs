@@ -643,8 +643,7 @@ fn pod_traffic_passes_a_forward_drop_policy() {
         listener,
     } = Forwarder::new();
     router.run(|_| sh("iptables", &["-w", "-P", "FORWARD", "DROP"]));
-    let server: SocketAddr = "192.168.99.2:7000".parse().unwrap();
-    let connect = |timeout: Duration| pod.run(move |_| TcpStream::connect_timeout(&server, timeout));
+    let connect = |timeout: Duration| pod.run(move |_| TcpStream::connect_timeout(&Forwarder::server(), timeout));
 
     // Without Weft's rules the DROP policy wins. (A dropped SYN gets no
     // answer, so this can only end by its timeout.)
@@ -713,10 +712,9 @@ fn without_masquerading_an_open_host_tracks_no_connections() {
         listener,
     } = Forwarder::new();
     outside.run(|_| sh("ip", &["route", "add", POD, "via", "192.168.99.1"]));
-    let server: SocketAddr = "192.168.99.2:7000".parse().unwrap();
     let connect = || {
         let stream = pod
-            .run(move |_| TcpStream::connect_timeout(&server, Duration::from_secs(5)))
+            .run(|_| TcpStream::connect_timeout(&Forwarder::server(), Duration::from_secs(5)))
             .expect("the pod reaches outside");
         let (_, peer) = listener.accept().unwrap();
         drop(stream);
@@ -784,7 +782,7 @@ impl Forwarder {
             sh("ip", &["link", "set", "lo", "up"]);
             sh("ip", &["addr", "add", "192.168.99.2/24", "dev", "o0"]);
             sh("ip", &["link", "set", "o0", "up"]);
-            TcpListener::bind("192.168.99.2:7000").unwrap()
+            TcpListener::bind(Self::server()).unwrap()
         });
         Self {
             pod,
@@ -792,6 +790,11 @@ impl Forwarder {
             outside,
             listener,
         }
+    }
+
+    /// Where the listener outside listens.
+    fn server() -> SocketAddr {
+        "192.168.99.2:7000".parse().expect("a literal address")
     }
 }
 

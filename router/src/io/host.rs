@@ -407,8 +407,8 @@ async fn kernel_task(netlink: Netlink, link: u32, mtu: u16, mut want: watch::Rec
 /// `iptables-restore`) may have wiped them, and at once when the `FORWARD`
 /// chain, looked at every [`FORWARD_CHECK`], starts or stops being able to
 /// refuse traffic (Docker starting after Weft sets its policy to DROP).
-/// Ends when `stop` becomes true or its sender goes, never in the middle
-/// of an apply.
+/// Ends when `stop` changes or its sender goes, never in the middle of an
+/// apply.
 async fn firewall_task(pod_range: Ipv4Net, masquerade: bool, applied: Iptables, mut stop: watch::Receiver<bool>) {
     let mut refuses = applied.forward_can_refuse();
     let checks_per_resync = (RESYNC.as_secs() / FORWARD_CHECK.as_secs()).max(1);
@@ -417,7 +417,8 @@ async fn firewall_task(pod_range: Ipv4Net, masquerade: bool, applied: Iptables, 
     tick.tick().await; // the first tick is now; the rules were just applied
     for n in 1u64.. {
         tokio::select! {
-            changed = stop.changed() => if changed.is_err() || *stop.borrow() { return } else { continue },
+            // Only ever set to true: any change, or the sender gone, means stop.
+            _ = stop.changed() => return,
             _ = tick.tick() => {}
         }
         let resync = n % checks_per_resync == 0;
