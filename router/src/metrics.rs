@@ -15,6 +15,7 @@
 //! | `weft_allocation_duration_seconds` | histogram | |
 //! | `weft_dataplane_drops_total` | counter | `reason`: see `io::dataplane::DropReason` |
 //! | `weft_dataplane_packets_total` | counter | `direction`: `in`, `out` |
+//! | `weft_dataplane_syscalls_total` | counter | `call`: `tun_read`, `udp_send`, `udp_recv` |
 //! | `weft_dataplane_sessions` | gauge | |
 
 use std::fmt::{self, Write as _};
@@ -217,9 +218,19 @@ impl prometheus_client::collector::Collector for DataCollector {
             None,
             MetricType::Counter,
         )?;
-        for (direction, n) in [("in", s.rx_packets.load(Relaxed)), ("out", s.tx_packets.load(Relaxed))] {
+        for (direction, n) in [("in", s.rx_packets()), ("out", s.tx_packets())] {
             let labels = [("direction", direction)];
             ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "dataplane_syscalls",
+            "System calls the packet path made to move packets, by call (packets per call shows batching at work)",
+            None,
+            MetricType::Counter,
+        )?;
+        for call in crate::io::dataplane::Syscall::ALL {
+            let labels = [("call", call.as_str())];
+            ConstCounter::new(s.syscalls(call)).encode(family.encode_family(&labels)?)?;
         }
         let sessions = ConstGauge::new(i64::try_from(s.sessions.load(Relaxed)).unwrap_or(i64::MAX));
         sessions.encode(encoder.encode_descriptor(
@@ -423,6 +434,27 @@ mod tests {
             "weft_allocation_duration_seconds_bucket{le=\"0.0005\"} 0",
             "# TYPE weft_handshake_failures counter",
             "# EOF",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_data_plane_counters_are_read_at_scrape_time() {
+        let stats = Arc::new(crate::io::dataplane::DataStats::default());
+        let m = Metrics::with_dataplane(stats.clone());
+        stats.count_outbound(0, 64, 1, 2);
+        stats.count_inbound(1, 10, 3);
+        stats.count(crate::io::dataplane::DropReason::Replayed);
+        let text = m.encode();
+        for line in [
+            "weft_dataplane_packets_total{direction=\"out\"} 64",
+            "weft_dataplane_packets_total{direction=\"in\"} 10",
+            "weft_dataplane_syscalls_total{call=\"tun_read\"} 1",
+            "weft_dataplane_syscalls_total{call=\"udp_send\"} 2",
+            "weft_dataplane_syscalls_total{call=\"udp_recv\"} 3",
+            "weft_dataplane_drops_total{reason=\"replayed\"} 1",
+            "weft_dataplane_sessions 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }

@@ -857,6 +857,29 @@ fn garbage_on_the_dataplane_port_is_counted_and_harmless() {
             "the metrics lack `{series}`:\n{metrics}"
         );
     }
+    // System calls are counted per kind; each UDP send carries at least one sealed packet.
+    let series = |name: &str| -> u64 {
+        let prefix = format!("{name} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("the metrics lack `{name}`:\n{metrics}"))
+    };
+    let sends = series("weft_dataplane_syscalls_total{call=\"udp_send\"}");
+    let sealed = series("weft_dataplane_packets_total{direction=\"out\"}");
+    assert!(
+        0 < sends && sends <= sealed,
+        "{sends} UDP sends for {sealed} sealed packets"
+    );
+    assert!(
+        series("weft_dataplane_syscalls_total{call=\"tun_read\"}") > 0,
+        "{metrics}"
+    );
+    assert!(
+        series("weft_dataplane_syscalls_total{call=\"udp_recv\"}") >= random.len() as u64,
+        "every random datagram took a receive of its own:\n{metrics}"
+    );
     // Still running, still carrying traffic, still in session with h2 (nothing above made it roam or rekey).
     assert!(!mesh.router(1).exited(), "router 1 died");
     for (from, to) in [(&a, &b), (&b, &a)] {

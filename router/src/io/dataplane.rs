@@ -233,18 +233,42 @@ impl DropReason {
 
 const DROP_KINDS: usize = 4 + 12 + HandshakeDrop::ALL.len() + 3;
 
-/// Counters of the packet path, shared by its threads.
+/// The most TUN queues (and so packet-path workers) a router runs.
+pub const MAX_QUEUES: usize = 8;
+
+/// One packet thread's counters. Only that thread writes them, so a count is
+/// a plain load and store rather than a locked read-modify-write, and each
+/// lane has its cache lines to itself (128 bytes covers the adjacent-line
+/// prefetch on x86): threads that shared a line would pass it back and
+/// forth on every packet.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Lane {
+    /// Inner packets: sent to peers (outbound) or written to the TUN
+    /// device (inbound).
+    packets: AtomicU64,
+    /// Reads: from the TUN queue (outbound) or the UDP socket (inbound).
+    reads: AtomicU64,
+    /// UDP sends, one per GSO batch (outbound only: how many writes a
+    /// batch for the TUN device takes is tun-rs's business).
+    sends: AtomicU64,
+}
+
+impl Lane {
+    /// Adds `n` to `counter`, one of this lane's. Only the lane's own
+    /// thread may call this: it is not atomic against another writer.
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.store(counter.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+}
+
+/// Counters of the packet path: drops, shared by all threads (each is a
+/// rare event), and one lane per thread for the per-packet counts.
 #[derive(Debug)]
 pub struct DataStats {
     drops: [AtomicU64; DROP_KINDS],
-    /// Inner packets sent to peers.
-    pub tx_packets: AtomicU64,
-    /// Inner packets received from peers and written to the TUN device.
-    pub rx_packets: AtomicU64,
-    /// UDP sends (one per GSO batch).
-    pub udp_sends: AtomicU64,
-    /// TUN reads.
-    pub tun_reads: AtomicU64,
+    outbound: [Lane; MAX_QUEUES],
+    inbound: [Lane; MAX_QUEUES],
     /// Peers with keys to send with (as of the last change).
     pub sessions: AtomicU64,
     /// Peers known to the data plane.
@@ -255,12 +279,36 @@ impl Default for DataStats {
     fn default() -> Self {
         Self {
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
-            tx_packets: AtomicU64::new(0),
-            rx_packets: AtomicU64::new(0),
-            udp_sends: AtomicU64::new(0),
-            tun_reads: AtomicU64::new(0),
+            outbound: std::array::from_fn(|_| Lane::default()),
+            inbound: std::array::from_fn(|_| Lane::default()),
             sessions: AtomicU64::new(0),
             peers: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The system calls of the packet path, as `weft_dataplane_syscalls_total`
+/// labels them: packets per call shows how well batching works.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Syscall {
+    /// Reads from a TUN queue (one may bring a 64 KB super-packet).
+    TunRead,
+    /// UDP sends (one per GSO batch).
+    UdpSend,
+    /// UDP receives (one may bring a whole GRO batch).
+    UdpRecv,
+}
+
+impl Syscall {
+    /// Every kind, in a fixed order.
+    pub const ALL: [Self; 3] = [Self::TunRead, Self::UdpSend, Self::UdpRecv];
+
+    /// The kind's label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TunRead => "tun_read",
+            Self::UdpSend => "udp_send",
+            Self::UdpRecv => "udp_recv",
         }
     }
 }
@@ -277,6 +325,50 @@ impl DataStats {
             .map(|d| (d.as_str(), self.drops[d.slot()].load(Ordering::Relaxed)))
             .collect()
     }
+
+    /// Inner packets sent to peers.
+    pub fn tx_packets(&self) -> u64 {
+        sum(&self.outbound, |l| &l.packets)
+    }
+
+    /// Inner packets received from peers and written to the TUN device.
+    pub fn rx_packets(&self) -> u64 {
+        sum(&self.inbound, |l| &l.packets)
+    }
+
+    /// System calls of one kind, by all threads.
+    pub fn syscalls(&self, kind: Syscall) -> u64 {
+        match kind {
+            Syscall::TunRead => sum(&self.outbound, |l| &l.reads),
+            Syscall::UdpSend => sum(&self.outbound, |l| &l.sends),
+            Syscall::UdpRecv => sum(&self.inbound, |l| &l.reads),
+        }
+    }
+}
+
+#[cfg(test)]
+impl DataStats {
+    /// Counts as outbound thread `lane` does.
+    pub(crate) fn count_outbound(&self, lane: usize, packets: u64, reads: u64, sends: u64) {
+        let l = &self.outbound[lane];
+        Lane::add(&l.packets, packets);
+        Lane::add(&l.reads, reads);
+        Lane::add(&l.sends, sends);
+    }
+
+    /// Counts as inbound thread `lane` does.
+    pub(crate) fn count_inbound(&self, lane: usize, packets: u64, reads: u64) {
+        let l = &self.inbound[lane];
+        Lane::add(&l.packets, packets);
+        Lane::add(&l.reads, reads);
+    }
+}
+
+fn sum(lanes: &[Lane], counter: impl Fn(&Lane) -> &AtomicU64) -> u64 {
+    lanes
+        .iter()
+        .map(|l| counter(l).load(Ordering::Relaxed))
+        .fold(0, u64::wrapping_add)
 }
 
 /// What the packet path tells the driver.
@@ -451,6 +543,12 @@ pub fn start(
         .try_clone()?;
     let mut threads = Vec::new();
     let mut shared_sockets = Vec::new();
+    if queues.len() > MAX_QUEUES {
+        return Err(io::Error::other(format!(
+            "{} TUN queues asked for; the packet path runs at most {MAX_QUEUES}",
+            queues.len()
+        )));
+    }
     let queues: Vec<Arc<SyncDevice>> = queues.into_iter().map(Arc::new).collect();
     for (i, (queue, socket)) in queues.iter().zip(sockets).enumerate() {
         let socket = Arc::new(socket);
@@ -458,6 +556,14 @@ pub fn start(
         // quinn-udp's set-up makes the socket non-blocking; the inbound
         // thread waits in the receive itself, so make it blocking again.
         socket2::SockRef::from(&*socket).set_nonblocking(false)?;
+        // It also asks for the packet-info and TOS control messages, which
+        // its own receive path reads and ours does not: the kernel would
+        // build both on every receive for nothing.
+        {
+            use nix::sys::socket::{setsockopt, sockopt};
+            setsockopt(&*socket, sockopt::Ipv4PacketInfo, &false)?;
+            setsockopt(&*socket, sockopt::IpRecvTos, &false)?;
+        }
         shared_sockets.push(socket.clone());
         let out = Outbound {
             settings,
@@ -469,6 +575,7 @@ pub fn start(
             path: path_tx.clone(),
             clock,
             stop: stop.clone(),
+            lane: i,
         };
         threads.push(
             std::thread::Builder::new()
@@ -476,6 +583,7 @@ pub fn start(
                 .spawn(move || out.run())?,
         );
         let inb = Inbound {
+            vnet_hdr: settings.vnet_hdr,
             queue: queue.clone(),
             socket,
             view: view.clone(),
@@ -483,6 +591,7 @@ pub fn start(
             path: path_tx.clone(),
             clock,
             stop: stop.clone(),
+            lane: i,
         };
         threads.push(
             std::thread::Builder::new()
@@ -532,8 +641,8 @@ impl DataPlane {
             sessions: s.sessions.load(Ordering::Relaxed),
             peers: s.peers.load(Ordering::Relaxed),
             drops: s.drops(),
-            tx_packets: s.tx_packets.load(Ordering::Relaxed),
-            rx_packets: s.rx_packets.load(Ordering::Relaxed),
+            tx_packets: s.tx_packets(),
+            rx_packets: s.rx_packets(),
         }
     }
 
@@ -691,6 +800,8 @@ struct Outbound {
     path: mpsc::Sender<FromPath>,
     clock: Clock,
     stop: Arc<AtomicBool>,
+    /// This thread's counters: `stats.outbound[lane]`.
+    lane: usize,
 }
 
 /// A run of sealed datagrams to one endpoint, gathered for one GSO send.
@@ -745,7 +856,7 @@ impl Outbound {
                     }
                 }
             };
-            self.stats.tun_reads.fetch_add(1, Ordering::Relaxed);
+            Lane::add(&self.lane().reads, 1);
             let now = self.clock.now();
             let view = self.view.load();
             for (i, &len) in sizes.iter().enumerate().take(n) {
@@ -816,7 +927,7 @@ impl Outbound {
         }
         match keys.seal(now, buf, len) {
             Ok(n) => {
-                self.stats.tx_packets.fetch_add(1, Ordering::Relaxed);
+                Lane::add(&self.lane().packets, 1);
                 Some((to, n))
             }
             Err(_) => {
@@ -831,6 +942,10 @@ impl Outbound {
         }
     }
 
+    fn lane(&self) -> &Lane {
+        &self.stats.outbound[self.lane]
+    }
+
     fn dropped(&self, why: DropReason) -> Option<(SocketAddr, usize)> {
         self.stats.count(why);
         None
@@ -840,17 +955,26 @@ impl Outbound {
         if let Some(to) = run.to
             && run.count > 0
         {
-            let t = UdpTransmit {
-                destination: to,
-                ecn: None,
-                contents: &run.bytes,
-                segment_size: (run.count > 1).then_some(run.segment),
-                src_ip: None,
+            let sent = if run.count == 1 {
+                // A lone datagram (a ping, a request, its reply: what
+                // latency is made of) goes out with a plain `sendto`.
+                // quinn-udp's `sendmsg` always attaches an IP_TOS control
+                // message, which the kernel would parse for nothing.
+                send_with_retry(|| self.socket.send_to(&run.bytes, to).map(drop))
+            } else {
+                let t = UdpTransmit {
+                    destination: to,
+                    ecn: None,
+                    contents: &run.bytes,
+                    segment_size: Some(run.segment),
+                    src_ip: None,
+                };
+                send_with_retry(|| self.state.send(UdpSockRef::from(&*self.socket), &t))
             };
-            if send_with_retry(&self.state, &self.socket, &t).is_err() {
+            if sent.is_err() {
                 self.stats.count(DropReason::SendFailed);
             }
-            self.stats.udp_sends.fetch_add(1, Ordering::Relaxed);
+            Lane::add(&self.lane().sends, 1);
         }
         run.to = None;
         run.count = 0;
@@ -862,9 +986,9 @@ impl Outbound {
 /// Sends, waiting for room if the socket buffer is full: each attempt
 /// blocks for up to [`SEND_TIMEOUT`], so this gives up after about half a
 /// second, and the caller counts the drop.
-fn send_with_retry(state: &UdpSocketState, socket: &UdpSocket, t: &UdpTransmit<'_>) -> io::Result<()> {
+fn send_with_retry(mut send: impl FnMut() -> io::Result<()>) -> io::Result<()> {
     for _ in 0..50 {
-        match state.send(UdpSockRef::from(socket), t) {
+        match send() {
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
             other => return other,
         }
@@ -907,6 +1031,8 @@ fn ipv4_src_len(p: &[u8]) -> Option<(Ipv4Addr, usize)> {
 // ---- inbound: UDP -> TUN ----
 
 struct Inbound {
+    /// Whether the queue carries virtio-net headers.
+    vnet_hdr: bool,
     queue: Arc<SyncDevice>,
     socket: Arc<UdpSocket>,
     view: Arc<ArcSwap<View>>,
@@ -914,14 +1040,16 @@ struct Inbound {
     path: mpsc::Sender<FromPath>,
     clock: Clock,
     stop: Arc<AtomicBool>,
+    /// This thread's counters: `stats.inbound[lane]`.
+    lane: usize,
 }
 
 impl Inbound {
     fn run(self) {
         let mut buf = vec![0u8; 65_535];
         // Room for every control message quinn-udp's socket set-up turns
-        // on: the GRO segment size, the TOS byte and the packet info.
-        // `recvmsg` hands the kernel this whole capacity on every call.
+        // on: the GRO segment size, the TOS byte and the packet info (though
+        // `start` turns the last two off again).
         let mut cmsgs = nix::cmsg_space!(libc::in_pktinfo, libc::c_int, libc::c_int, libc::c_int);
         let mut out: Vec<Vec<u8>> = (0..TUN_WRITE_BATCH)
             .map(|_| Vec::with_capacity(TUN_OFFSET + 65_535))
@@ -957,6 +1085,7 @@ impl Inbound {
                     continue;
                 }
             };
+            Lane::add(&self.lane().reads, 1);
             if len == 0 {
                 self.stats.count(DropReason::Malformed(Malformed::Truncated));
                 continue;
@@ -983,12 +1112,26 @@ impl Inbound {
         }
     }
 
+    fn lane(&self) -> &Lane {
+        &self.stats.inbound[self.lane]
+    }
+
+    /// Writes `out` (each packet at [`TUN_OFFSET`], zeros in front) to the
+    /// TUN queue.
     fn write(&self, gro: &mut GROTable, out: &mut [Vec<u8>]) {
         let n = out.len() as u64;
-        match self.queue.send_multiple(gro, out, TUN_OFFSET) {
-            Ok(_) => {
-                self.stats.rx_packets.fetch_add(n, Ordering::Relaxed);
+        let written = match out {
+            // A lone packet has nothing to coalesce with: it goes straight
+            // to the queue, behind an all-zero virtio-net header (no
+            // offload asked for), without a pass through the GRO tables.
+            [one] => {
+                let start = TUN_OFFSET - if self.vnet_hdr { tun_rs::VIRTIO_NET_HDR_LEN } else { 0 };
+                self.queue.send(&one[start..]).map(drop)
             }
+            _ => self.queue.send_multiple(gro, out, TUN_OFFSET).map(drop),
+        };
+        match written {
+            Ok(()) => Lane::add(&self.lane().packets, n),
             Err(e) => {
                 debug!("TUN write: {e}");
                 self.stats.count(DropReason::TunWriteFailed);
@@ -1084,6 +1227,25 @@ mod tests {
         assert_eq!(d["spoofed_source"], 1);
         assert_eq!(d["bad_mac"], 1);
         assert_eq!(d.values().sum::<u64>(), 2);
+    }
+
+    #[test]
+    fn each_thread_counts_in_its_own_lane_and_readers_see_the_sums() {
+        // One lane per cache-line pair: no two threads write the same line.
+        assert_eq!(align_of::<Lane>(), 128);
+        assert_eq!(size_of::<Lane>(), 128);
+        let stats = DataStats::default();
+        stats.count_outbound(0, 100, 2, 3);
+        stats.count_outbound(MAX_QUEUES - 1, 5, 5, 5);
+        stats.count_inbound(1, 40, 7);
+        stats.count_inbound(0, 2, 1);
+        assert_eq!(stats.tx_packets(), 105);
+        assert_eq!(stats.rx_packets(), 42);
+        assert_eq!(stats.syscalls(Syscall::TunRead), 7);
+        assert_eq!(stats.syscalls(Syscall::UdpSend), 8);
+        assert_eq!(stats.syscalls(Syscall::UdpRecv), 8);
+        let names: std::collections::BTreeSet<_> = Syscall::ALL.into_iter().map(Syscall::as_str).collect();
+        assert_eq!(names.len(), Syscall::ALL.len());
     }
 
     #[test]

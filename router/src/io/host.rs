@@ -114,7 +114,9 @@ impl Prepared {
             unreachable!("pools are IPv4 (Pool::new refuses IPv6)")
         };
         let mtu = config.mtu.map_or_else(default_mtu, |m| m.get());
-        let queues = std::thread::available_parallelism().map_or(1, usize::from).min(8);
+        let queues = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(dataplane::MAX_QUEUES);
         let netlink = Netlink::new()?;
         let tun = super::tun::open(&netlink, TUN_NAME, mtu, queues).await?;
         let port = config.dataplane_port.get();

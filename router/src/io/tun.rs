@@ -17,10 +17,10 @@
 //! - **No address.** tun-rs would set one by ioctl; addresses and routes
 //!   belong to [`crate::core::reconcile`], applied through netlink, so that
 //!   one place owns them.
-//! - **Nonblocking descriptors**, as tun-rs asks for `recv_multiple_intr`:
-//!   a blocked read wakes on readiness or on the interrupt event, and a
-//!   spurious wake-up returns `WouldBlock` instead of hanging a worker that
-//!   should be stopping.
+//! - **Blocking descriptors**: a worker waits in the read itself, so a lone
+//!   packet costs one system call, not a `poll` and then a read. Stopping
+//!   deletes the device, which ends every blocked read (see
+//!   [`crate::io::dataplane::Stopper::stop`]).
 //!
 //! # A link with the same name
 //!
