@@ -87,6 +87,12 @@ fn tun_opens_with_two_queues_offloads_and_no_address() {
             nl.dump(Some(tun.index)).await.unwrap().addresses.is_empty(),
             "tun-rs set no address"
         );
+        // IPv6 was off before the link came up: no link-local address, and
+        // so none of the kernel's own IPv6 packets for the packet path.
+        let v6 = std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{TUN}/disable_ipv6")).unwrap();
+        assert_eq!(v6.trim(), "1");
+        let v6_addresses = sh("ip", &["-6", "-o", "addr", "show", "dev", TUN]);
+        assert!(v6_addresses.trim().is_empty(), "{v6_addresses}");
 
         // A second router on the same device is refused.
         match tun::open(&nl, TUN, 1400, 1).await {

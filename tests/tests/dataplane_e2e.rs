@@ -1025,7 +1025,9 @@ impl<'t> Mesh<'t> {
 const MARKER: &str = "WEFT-PLAINTEXT-MARKER-5f1c0a39|";
 
 /// Drop reasons that clean traffic between healthy routers must never produce.
-const ALARMING_DROPS: [&str; 9] = [
+const ALARMING_DROPS: [&str; 10] = [
+    // The kernel's own IPv6 packets into the TUN device (IPv6 is off there).
+    "not_ipv4",
     "auth_failed",
     "replayed",
     "spoofed_source",

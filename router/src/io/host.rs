@@ -130,9 +130,6 @@ impl Prepared {
             .await
             .map_err(|e| HostError::Start(std::io::Error::other(e)))??;
         info!(masquerade, ?iptables, "firewall rules installed");
-        // The pod network is IPv4: without this the kernel sends router
-        // solicitations and the like into the TUN device, only to be dropped.
-        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{TUN_NAME}/disable_ipv6"), "1\n");
         let now = clock.now();
         let sessions = Sessions::new(
             identity,

@@ -82,4 +82,21 @@ pub fn enable_ip_forwarding() -> Result<Forwarding, SysctlError> {
     Ok(Forwarding::Enabled)
 }
 
+/// Turns IPv6 off on link `dev` (`net.ipv6.conf.<dev>.disable_ipv6`) in
+/// the current thread's network namespace. The pod network is IPv4: with
+/// IPv6 on, the kernel would send the TUN device its own multicast listener
+/// reports and router solicitations as soon as the link is up, and the
+/// packet path would read and drop them. A kernel without IPv6 has no such
+/// file, which is as good.
+///
+/// # Errors
+///
+/// If the file exists but cannot be written.
+pub fn disable_ipv6(dev: &str) -> io::Result<()> {
+    match fs::write(format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6"), "1\n") {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";

@@ -14,6 +14,9 @@
 //!   If the kernel refuses the offloads altogether, the device is opened
 //!   again without them, and [`Tun::vnet_hdr`] says so: the workers must
 //!   then use plain `recv` and `send`, since the framing differs.
+//! - **IPv6 off before the link goes up**: the pod network is IPv4, and a
+//!   link with IPv6 would get the kernel's multicast reports and router
+//!   solicitations, which the packet path can only drop (`not_ipv4`).
 //! - **No address.** tun-rs would set one by ioctl; addresses and routes
 //!   belong to [`crate::core::reconcile`], applied through netlink, so that
 //!   one place owns them.
@@ -184,9 +187,15 @@ pub async fn open(netlink: &Netlink, name: &str, mtu: u16, queues: usize) -> Res
         }
         Err(e) => return Err(create_error(name, e)),
     };
+    let index = first.if_index().map_err(|e| create_error(name, e))?;
+    // Up only once IPv6 is off, so that not even the first multicast report
+    // of a link coming up reaches the packet path.
+    if let Err(e) = super::sysctl::disable_ipv6(name) {
+        warn!(name, error = %e, "cannot turn IPv6 off on the TUN device; the kernel's own IPv6 packets will be dropped as not_ipv4");
+    }
+    netlink.set_link(index, u32::from(mtu), true).await?;
     let vnet_hdr = first.tcp_gso();
     let udp_gso = first.udp_gso();
-    let index = first.if_index().map_err(|e| create_error(name, e))?;
     let mut all = Vec::with_capacity(queues);
     for _ in 1..queues {
         all.push(first.try_clone().map_err(|e| create_error(name, e))?);
@@ -213,7 +222,7 @@ fn build(name: &str, mtu: u16, offload: bool) -> io::Result<SyncDevice> {
         .mtu(mtu)
         .multi_queue(true)
         .offload(offload)
-        .enable(true)
+        .enable(false)
         .build_sync()
 }
 
