@@ -1,4 +1,5 @@
-//! The kernel switches the data plane needs: IPv4 forwarding.
+//! The kernel switches the data plane needs: IPv4 forwarding, and IPv6 off
+//! on the TUN device.
 //!
 //! Pod packets are forwarded between the TUN device and the pods' veths,
 //! so `net.ipv4.ip_forward` must be 1. The file under `/proc/sys/net` is per
