@@ -533,6 +533,13 @@ pub fn start(
     clock: Clock,
     stats: Arc<DataStats>,
 ) -> io::Result<(DataPlane, Stopper, impl Future<Output = ()> + Send + 'static)> {
+    // Each thread counts in a lane of its own, and there are this many.
+    if queues.len() > MAX_QUEUES {
+        return Err(io::Error::other(format!(
+            "{} TUN queues asked for; the packet path runs at most {MAX_QUEUES}",
+            queues.len()
+        )));
+    }
     let view = Arc::new(ArcSwap::from_pointee(View::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let (path_tx, path_rx) = mpsc::channel(PATH_QUEUE);
@@ -543,12 +550,6 @@ pub fn start(
         .try_clone()?;
     let mut threads = Vec::new();
     let mut shared_sockets = Vec::new();
-    if queues.len() > MAX_QUEUES {
-        return Err(io::Error::other(format!(
-            "{} TUN queues asked for; the packet path runs at most {MAX_QUEUES}",
-            queues.len()
-        )));
-    }
     let queues: Vec<Arc<SyncDevice>> = queues.into_iter().map(Arc::new).collect();
     for (i, (queue, socket)) in queues.iter().zip(sockets).enumerate() {
         let socket = Arc::new(socket);
@@ -1047,10 +1048,9 @@ struct Inbound {
 impl Inbound {
     fn run(self) {
         let mut buf = vec![0u8; 65_535];
-        // Room for every control message quinn-udp's socket set-up turns
-        // on: the GRO segment size, the TOS byte and the packet info (though
-        // `start` turns the last two off again).
-        let mut cmsgs = nix::cmsg_space!(libc::in_pktinfo, libc::c_int, libc::c_int, libc::c_int);
+        // Room for the one control message the socket still asks for (see
+        // `start`): the GRO segment size.
+        let mut cmsgs = nix::cmsg_space!(libc::c_int);
         let mut out: Vec<Vec<u8>> = (0..TUN_WRITE_BATCH)
             .map(|_| Vec::with_capacity(TUN_OFFSET + 65_535))
             .collect();

@@ -176,20 +176,21 @@ pub async fn open(netlink: &Netlink, name: &str, mtu: u16, queues: usize) -> Res
         }
     }
 
-    let first = match build(name, mtu, true) {
+    let first = match build(name, true) {
         Ok(dev) => dev,
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             // TUNSETOFFLOAD refused even plain TSO (IFF_VNET_HDR itself is
             // older than any kernel we run on); a name race also lands here,
             // and the second attempt reports it.
             warn!(name, cause = %e, "the kernel refused TUN offloads; continuing without them");
-            build(name, mtu, false).map_err(|e| create_error(name, e))?
+            build(name, false).map_err(|e| create_error(name, e))?
         }
         Err(e) => return Err(create_error(name, e)),
     };
     let index = first.if_index().map_err(|e| create_error(name, e))?;
-    // Up only once IPv6 is off, so that not even the first multicast report
-    // of a link coming up reaches the packet path.
+    // MTU and up in one netlink request, and only once IPv6 is off, so that
+    // not even the first multicast report of a link coming up reaches the
+    // packet path.
     if let Err(e) = super::sysctl::disable_ipv6(name) {
         warn!(name, error = %e, "cannot turn IPv6 off on the TUN device; the kernel's own IPv6 packets will be dropped as not_ipv4");
     }
@@ -216,10 +217,10 @@ pub async fn open(netlink: &Netlink, name: &str, mtu: u16, queues: usize) -> Res
     })
 }
 
-fn build(name: &str, mtu: u16, offload: bool) -> io::Result<SyncDevice> {
+/// The device, down and with the kernel's default MTU: [`open`] sets both.
+fn build(name: &str, offload: bool) -> io::Result<SyncDevice> {
     DeviceBuilder::new()
         .name(name)
-        .mtu(mtu)
         .multi_queue(true)
         .offload(offload)
         .enable(false)
