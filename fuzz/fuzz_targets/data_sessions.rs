@@ -7,8 +7,10 @@
 //! cookie and the stale-session paths; bit 1 says the datagram comes from
 //! the peer's known endpoint rather than a stranger's; bits 2-7 advance the
 //! clock by that many seconds first, so timers, rate limits and cookie
-//! rotation run too. Nothing may panic, and every datagram the sessions want
-//! to send must itself parse.
+//! rotation run too. Bit 6 of the first byte runs the sessions in eager mode
+//! (as the router does), so keepalives and candidate backoff run too.
+//! Nothing may panic, and every datagram the sessions want to send must
+//! itself parse.
 #![no_main]
 
 use std::net::SocketAddr;
@@ -18,7 +20,7 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use weft_router::core::Time;
 use weft_router::core::data::cookie::MacKeys;
-use weft_router::core::data::session::Sessions;
+use weft_router::core::data::session::{Mode, PERSISTENT_KEEPALIVE, Sessions};
 use weft_router::core::data::wire;
 use weft_router::identity::Identity;
 
@@ -33,9 +35,17 @@ fuzz_target!(|input: &[u8]| {
     let peer_at: SocketAddr = ([10, 0, 0, 2], 6784).into();
     let stranger: SocketAddr = ([192, 0, 2, 9], 40000).into();
     let mut now = Time::from_millis(1_000);
-    let mut sessions = Sessions::new(me, PSK, Duration::from_secs(1_700_000_000), 1, now);
+    // The first byte's bit 6 picks the router's eager mode, else on demand.
+    let mode = if input.first().is_some_and(|f| f & 0x40 != 0) {
+        Mode::Eager {
+            keepalive: PERSISTENT_KEEPALIVE,
+        }
+    } else {
+        Mode::OnDemand
+    };
+    let mut sessions = Sessions::new(me, PSK, Duration::from_secs(1_700_000_000), 1, now).with_mode(mode);
     let peer_id = sessions
-        .upsert_peer(peer.name(), peer.public_key(), Some(peer_at))
+        .upsert_peer(now, peer.name(), peer.public_key(), &[peer_at])
         .unwrap();
     // Half the runs start with a handshake of our own under way, so that
     // responses and cookies have something to answer.

@@ -12,6 +12,7 @@ use std::time::Duration;
 use ipam_crdt::PeerName;
 use libfuzzer_sys::fuzz_target;
 use weft_router::core::Time;
+use weft_router::core::endpoints::Policy;
 use weft_router::core::mesh::{self, ConnId, Mesh, Message};
 
 fuzz_target!(|bytes: &[u8]| {
@@ -24,8 +25,17 @@ fuzz_target!(|bytes: &[u8]| {
     let me = PeerName::from_u64(1);
     let neighbour = PeerName::from_u64(2);
     let mut now = Time::from_millis(1_000);
-    let mut mesh = Mesh::new(mesh::Config::default(), me, "fuzz".to_owned(), Vec::new(), now, 1);
-    mesh.handle_connected(now, neighbour, ConnId(1), None).unwrap();
+    let listen = std::net::SocketAddr::from(([0, 0, 0, 0], 6783));
+    let mut mesh = Mesh::new(
+        mesh::Config::default(),
+        me,
+        "fuzz".to_owned(),
+        Policy::new(listen, Vec::new(), Vec::new()),
+        now,
+        1,
+    );
+    mesh.handle_connected(now, neighbour, ConnId(1), None, ([192, 0, 2, 2], 6783).into())
+        .unwrap();
     drain(&mut mesh);
     mesh.handle_message(now, neighbour, msg);
     drain(&mut mesh);

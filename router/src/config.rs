@@ -229,6 +229,11 @@ pub struct LaunchArgs {
     /// Address for control connections from other routers.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
     pub listen: String,
+    /// Addresses other routers reach this one at, ADDR[:PORT] (port: --listen's), instead of those
+    /// learned from this host's interfaces and from what other routers see; repeat or separate with
+    /// commas. For a host behind a NAT or load balancer that forwards to it.
+    #[arg(long, value_name = "ADDR[:PORT]", value_delimiter = ',')]
+    pub advertise: Vec<String>,
     /// UDP port for encrypted pod traffic.
     #[arg(long, value_name = "PORT", default_value = DEFAULT_DATAPLANE_PORT)]
     pub dataplane_port: String,
@@ -306,6 +311,9 @@ pub struct LaunchConfig {
     pub secret: SecretSource,
     /// Control-plane listen address.
     pub listen: SocketAddr,
+    /// `--advertise`: the control endpoints to advertise instead of learned
+    /// ones (empty: learn them).
+    pub advertise: Vec<SocketAddr>,
     /// Data-plane UDP port; never the same as the listen port.
     pub dataplane_port: NonZeroU16,
     /// The local API socket.
@@ -435,6 +443,11 @@ impl LaunchArgs {
                 .map_err(|_| ConfigError::DataplanePort {
                     given: self.dataplane_port,
                 })?;
+        let advertise = self
+            .advertise
+            .iter()
+            .map(|given| parse_advertise(given, listen.port()))
+            .collect::<Result<Vec<_>, _>>()?;
         if listen.port() == dataplane_port.get() {
             return Err(ConfigError::PortClash { port: listen.port() });
         }
@@ -497,6 +510,7 @@ impl LaunchArgs {
             ipalloc_init,
             secret: self.password_file.map_or(SecretSource::Env, SecretSource::File),
             listen,
+            advertise,
             dataplane_port,
             api_socket: self.api_socket,
             metrics_addr,
@@ -593,6 +607,17 @@ pub enum ConfigError {
     Listen {
         /// What was given.
         given: String,
+    },
+    /// `--advertise` is not an address others can reach.
+    #[error(
+        "--advertise {given:?} {reason}; name an address of this host as other routers reach it, like \
+         192.0.2.10 or 192.0.2.10:6783 (the port defaults to --listen's)"
+    )]
+    Advertise {
+        /// What was given.
+        given: String,
+        /// What is wrong with it.
+        reason: &'static str,
     },
     /// `--dataplane-port` is not a port number.
     #[error("--dataplane-port {given:?} is not a port number from 1 to 65535")]
@@ -943,6 +968,29 @@ impl fmt::Display for Mtu {
 /// 1 to 63 letters, digits, `-` or `_`, not starting or ending with `-`, at
 /// most 253 bytes, an optional trailing dot, and a last label that is not all
 /// digits (so a mistyped IPv4 address such as `10.0.0.256` is not taken for a name).
+/// One `--advertise` value: `IP`, `IP:PORT`, `[IPv6]` or `[IPv6]:PORT`;
+/// the port defaults to `listen_port`.
+fn parse_advertise(given: &str, listen_port: u16) -> Result<SocketAddr, ConfigError> {
+    let text = given.trim();
+    let bad = |reason| ConfigError::Advertise {
+        given: given.to_owned(),
+        reason,
+    };
+    let bare = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
+    let addr = match (text.parse::<SocketAddr>(), bare.parse::<IpAddr>()) {
+        (Ok(a), _) => a,
+        (_, Ok(ip)) => SocketAddr::new(ip, listen_port),
+        _ => return Err(bad("is not an IP address with an optional port")),
+    };
+    if addr.port() == 0 {
+        return Err(bad("has port 0"));
+    }
+    if addr.ip().is_unspecified() || addr.ip().is_multicast() {
+        return Err(bad("is not an address a router can be reached at"));
+    }
+    Ok(addr)
+}
+
 fn is_hostname(s: &str) -> bool {
     let s = s.strip_suffix('.').unwrap_or(s);
     if s.is_empty() || s.len() > 253 {
@@ -1151,6 +1199,35 @@ mod tests {
         assert!(!c.masquerade);
         let peers: Vec<String> = c.peers.iter().map(ToString::to_string).collect();
         assert_eq!(peers, ["192.0.2.1:6783", "node-2:7000", "[fd00::2]:6783"]);
+        assert!(c.advertise.is_empty(), "learned unless named");
+    }
+
+    #[test]
+    fn advertise_takes_addresses_with_the_listen_port_by_default() {
+        let c = config(&[
+            "--listen",
+            "0.0.0.0:7000",
+            "--advertise",
+            "203.0.113.5",
+            "--advertise",
+            "198.51.100.1:443,[2001:db8::1]",
+        ])
+        .unwrap();
+        let want: Vec<SocketAddr> = ["203.0.113.5:7000", "198.51.100.1:443", "[2001:db8::1]:7000"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(c.advertise, want);
+        for (bad, says) in [
+            ("host.example", "is not an IP address"),
+            ("0.0.0.0", "is not an address a router can be reached at"),
+            ("224.0.0.1:6783", "is not an address a router can be reached at"),
+            ("192.0.2.1:0", "port 0"),
+        ] {
+            let msg = error(&["--advertise", bad]);
+            assert!(msg.contains("--advertise") && msg.contains(says), "{bad}: {msg}");
+            assert!(msg.contains("like 192.0.2.10"), "says what to write: {msg}");
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use weft_router::api::types::{Health, cidr};
+use weft_router::api::types::{Health, PeerData, cidr};
 use weft_router::api::{
     AllocateRequest, AllocateResponse, AllocationView, ApiError, Backend, BindError, Client, ClientError, ErrorCode,
     IpamSummary, PeerState, PeerStatus, ReclaimState, ReclaimView, ReleaseRequest, ReleaseResponse, RingView, Status,
@@ -107,6 +107,7 @@ impl Fake {
                 address: Some(addr.clone()),
                 state: PeerState::Dialing,
                 reason: None,
+                data: Some(PeerData::down()),
             })
             .collect()
     }

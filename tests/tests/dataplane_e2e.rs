@@ -1464,7 +1464,7 @@ fn forged_initiation(secret: &ClusterSecret, from: &Identity, to: &Identity, end
     let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
     let mut sessions = Sessions::new(from, secret.derive(DATA_PSK_LABEL), since_epoch, 1, Time::ZERO);
     let peer = sessions
-        .upsert_peer(to.name(), to.public_key(), Some(endpoint))
+        .upsert_peer(Time::ZERO, to.name(), to.public_key(), &[endpoint])
         .unwrap();
     sessions.need_session(Time::ZERO, peer, None);
     let transmit = sessions.poll_transmit().expect("a handshake starts at once");

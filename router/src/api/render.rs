@@ -75,7 +75,9 @@ pub fn status(s: &Status) -> String {
     out
 }
 
-/// `weft peers`: one row per peer.
+/// `weft peers`: one row per peer: its control connection (STATE) and
+/// its data-plane session (DATA: whether pods reach its pods, and ENDPOINT:
+/// where their traffic goes).
 pub fn peers(peers: &[PeerStatus]) -> String {
     if peers.is_empty() {
         return "No peers: this router knows no other router and dials no address.\n".to_owned();
@@ -83,11 +85,21 @@ pub fn peers(peers: &[PeerStatus]) -> String {
     let rows = peers
         .iter()
         .map(|p| {
+            let data = p.data.as_ref();
+            let state = data.map_or_else(
+                || "-".to_owned(),
+                |d| match &d.via {
+                    Some(via) => format!("{} via {via}", d.state),
+                    None => d.state.to_string(),
+                },
+            );
             vec![
                 opt(p.name.as_deref()),
                 opt(p.nickname.as_deref()),
                 opt(p.address.as_deref()),
                 p.state.to_string(),
+                state,
+                opt(data.and_then(|d| d.endpoint.as_deref())),
                 opt(p.reason.as_deref()),
             ]
         })
@@ -98,6 +110,8 @@ pub fn peers(peers: &[PeerStatus]) -> String {
             ("NICKNAME", Align::Left),
             ("ADDRESS", Align::Left),
             ("STATE", Align::Left),
+            ("DATA", Align::Left),
+            ("ENDPOINT", Align::Left),
             ("REASON", Align::Left),
         ],
         rows,
@@ -242,7 +256,7 @@ fn table(headers: &[(&str, Align)], rows: Vec<Vec<String>>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::types::{IpamSummary, OwnerView, PeerState, RangeView};
+    use crate::api::types::{DataState, IpamSummary, OwnerView, PeerData, PeerState, RangeView};
 
     fn sample_status() -> Status {
         Status {
@@ -256,6 +270,23 @@ mod tests {
                     address: Some("192.0.2.2:6783".into()),
                     state: PeerState::Established,
                     reason: None,
+                    data: Some(PeerData {
+                        state: DataState::Up,
+                        endpoint: Some("192.0.2.2:6784".into()),
+                        via: None,
+                    }),
+                },
+                PeerStatus {
+                    name: Some("00:00:00:00:00:00:00:04".into()),
+                    nickname: Some("node-4".into()),
+                    address: Some("198.51.100.4:6783".into()),
+                    state: PeerState::NotNeighbour,
+                    reason: None,
+                    data: Some(PeerData {
+                        state: DataState::Up,
+                        endpoint: Some("198.51.100.4:6784".into()),
+                        via: Some("node-2".into()),
+                    }),
                 },
                 PeerStatus {
                     name: None,
@@ -263,6 +294,7 @@ mod tests {
                     address: Some("192.0.2.3:6783".into()),
                     state: PeerState::Retrying,
                     reason: Some("connection refused".into()),
+                    data: Some(PeerData::down()),
                 },
             ],
             ipam: IpamSummary {
@@ -282,14 +314,15 @@ mod tests {
     fn status_layout() {
         let expected = "        Version: 0.1.0
            Name: 00:00:00:00:00:00:00:01 (node-1)
-    Connections: 1 established, 2 peers known
+    Connections: 1 established, 3 peers known
    Host address: 10.32.0.1/12
      IPAM range: 10.32.0.0/12
            IPAM: owned 524288, free 524285, allocated 1
 
-NAME                     NICKNAME  ADDRESS         STATE        REASON
-00:00:00:00:00:00:00:02  node-2    192.0.2.2:6783  established  -
--                        -         192.0.2.3:6783  retrying     connection refused
+NAME                     NICKNAME  ADDRESS            STATE          DATA           ENDPOINT           REASON
+00:00:00:00:00:00:00:02  node-2    192.0.2.2:6783     established    up             192.0.2.2:6784     -
+00:00:00:00:00:00:00:04  node-4    198.51.100.4:6783  not_neighbour  up via node-2  198.51.100.4:6784  -
+-                        -         192.0.2.3:6783     retrying       down           -                  connection refused
 ";
         assert_eq!(status(&sample_status()), expected);
     }

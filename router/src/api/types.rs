@@ -74,10 +74,72 @@ pub struct PeerStatus {
     pub nickname: Option<String>,
     /// The address connected to or dialled, if any.
     pub address: Option<String>,
-    /// The connection's state.
+    /// The control connection's state.
     pub state: PeerState,
     /// Why the connection is not established (last error), if known.
     pub reason: Option<String>,
+    /// The data-plane session with it: whether this host's pods can reach
+    /// that host's pods. `null` only from routers older than this field.
+    #[serde(default)]
+    pub data: Option<PeerData>,
+}
+
+/// The local router's data-plane session with a peer (`PeerStatus::data`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerData {
+    /// `up`, `connecting` or `down`.
+    pub state: DataState,
+    /// Where its datagrams go: the address that last answered, `IP:PORT`.
+    pub endpoint: Option<String>,
+    /// The router traffic to it is relayed through; `null` when direct.
+    pub via: Option<String>,
+}
+
+impl PeerData {
+    /// No session: the router is not known to the data plane (an address
+    /// being dialed, or a router without one).
+    pub fn down() -> Self {
+        Self {
+            state: DataState::Down,
+            endpoint: None,
+            via: None,
+        }
+    }
+}
+
+/// Whether a peer's data plane can be reached (`PeerData::state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DataState {
+    /// A session with keys, and something heard from it within the last
+    /// 30 s: `"up"`.
+    Up,
+    /// A handshake is under way, unanswered for less than 90 s: `"connecting"`.
+    Connecting,
+    /// No address to try, or no answer for 90 s or more: `"down"`.
+    Down,
+    /// A state this `weft` does not know (a newer router); never sent.
+    #[serde(other)]
+    Unknown,
+}
+
+impl DataState {
+    /// The wire name (`"up"`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Connecting => "connecting",
+            Self::Down => "down",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for DataState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The state of the local router's connection to a peer (`PeerStatus::state`).
@@ -696,6 +758,11 @@ mod tests {
                 address: Some("192.0.2.2:6783".into()),
                 state: PeerState::NotNeighbour,
                 reason: Some("refused".into()),
+                data: Some(PeerData {
+                    state: DataState::Up,
+                    endpoint: Some("192.0.2.2:6784".into()),
+                    via: None,
+                }),
             }],
             ipam: IpamSummary {
                 range: "10.32.0.0/12".into(),
@@ -726,7 +793,8 @@ mod tests {
                 "version": "0.1.0",
                 "peers": [{
                     "name": null, "nickname": null, "address": "192.0.2.2:6783",
-                    "state": "not_neighbour", "reason": "refused"
+                    "state": "not_neighbour", "reason": "refused",
+                    "data": {"state": "up", "endpoint": "192.0.2.2:6784", "via": null}
                 }],
                 "ipam": {"range": "10.32.0.0/12", "owned": 4, "free": 2, "allocated": 1},
                 "connections_established": 0,
@@ -745,6 +813,13 @@ mod tests {
             serde_json::from_value(json!({"name": null, "nickname": null, "address": null, "state": "warp"})).unwrap();
         assert_eq!(peer.state, PeerState::Unknown);
         assert_eq!(peer.reason, None);
+        assert_eq!(peer.data, None, "a router older than `data`");
+        let peer: PeerStatus = serde_json::from_value(json!({
+            "name": null, "nickname": null, "address": null, "state": "dialing",
+            "data": {"state": "relayed", "endpoint": null, "via": "x"}
+        }))
+        .unwrap();
+        assert_eq!(peer.data.map(|d| d.state), Some(DataState::Unknown));
         let err: ApiError = serde_json::from_value(json!({"error": "x", "code": "quota"})).unwrap();
         assert_eq!(err.code, ErrorCode::Other("quota".into()));
         assert_eq!(

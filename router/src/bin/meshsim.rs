@@ -41,6 +41,7 @@ use ipam_crdt::{AllocKey, PeerName, Pool, Request};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use weft_router::core::Time;
+use weft_router::core::endpoints::{LocalAddr, Policy};
 use weft_router::core::ipam_agent::{self, Agent, Dest, Init, IpamMsg, Progress};
 use weft_router::core::mesh::{Config, ConnId, Event, Failure, Mesh, Message};
 
@@ -372,7 +373,18 @@ impl Sim {
                 let r = &self.routers[i];
                 let seed = self.rng.random();
                 let name = r.name;
-                let mut mesh = Mesh::new(Config::default(), name, format!("r{i}"), vec![r.addr], now, seed);
+                // As `weft launch` with the default --listen: the router
+                // advertises what it learns, here its one interface address.
+                let listen = SocketAddr::from((Ipv4Addr::UNSPECIFIED, r.addr.port()));
+                let mut mesh = Mesh::new(
+                    Config::default(),
+                    name,
+                    format!("r{i}"),
+                    Policy::new(listen, Vec::new(), vec![pool().net()]),
+                    now,
+                    seed,
+                );
+                mesh.set_local_addrs(now, vec![LocalAddr::new("eth0", r.addr.ip())]);
                 let peers = if i > 0 {
                     let j = self.rng.random_range(0..i);
                     mesh.connect(now, self.routers[j].addr);
@@ -444,7 +456,9 @@ impl Sim {
         self.next_conn += 1;
         let conn = ConnId(self.next_conn);
         let (from_name, to_name) = (self.routers[from].name, self.routers[to].name);
-        match self.mesh(to).handle_connected(now, from_name, conn, None) {
+        // Each router's QUIC endpoint sends from its listening port.
+        let from_addr = self.routers[from].addr;
+        match self.mesh(to).handle_connected(now, from_name, conn, None, from_addr) {
             Err(refused) => {
                 self.drain(to);
                 self.mesh(from).handle_dial_failed(now, addr, refused.0);
@@ -454,7 +468,7 @@ impl Sim {
                 self.links.insert(conn, (from, to));
                 self.by_pair.entry((from, to_name)).or_default().push(conn);
                 self.by_pair.entry((to, from_name)).or_default().push(conn);
-                match self.mesh(from).handle_connected(now, to_name, conn, Some(addr)) {
+                match self.mesh(from).handle_connected(now, to_name, conn, Some(addr), addr) {
                     Err(refused) => {
                         self.drain(from);
                         self.close(conn, refused.0);

@@ -17,9 +17,17 @@
 //! router sends one random neighbour a summary hash, and only on mismatch do
 //! they exchange digests and then the missing entries. Steady-state cost is
 //! one small message per router per interval, whatever the mesh size.
+//!
+//! What a router advertises as its endpoints is chosen here too
+//! ([`super::endpoints`]): the shell feeds in the host's interface addresses
+//! ([`Mesh::set_local_addrs`]), and every neighbour reports the address it
+//! sees this router at ([`Message::Seen`], sent on every new connection).
+//! Routers learned by gossip are dialed at their advertised endpoints in
+//! order, each address backing off on its own, so one that never answers is
+//! not retried in a tight loop and the next one is tried meanwhile.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +37,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::Time;
-
+use super::endpoints::{self, LocalAddr, Policy};
 use super::topology::{PeerEntry, Topology};
 
 /// Tuning of the mesh core.
@@ -83,6 +91,12 @@ pub enum Message {
     Digest(Vec<(PeerName, u64)>),
     /// Entries the sender wants.
     Request(Vec<PeerName>),
+    /// The address the sender sees the receiver at (the far end of their
+    /// connection): how a router learns the addresses it is reached at,
+    /// behind a 1:1 NAT too. Sent once per new connection. Carried in a
+    /// frame kind of its own (`core::wire`), so routers from before it skip
+    /// it.
+    Seen(SocketAddr),
 }
 
 /// Why a dial or connection did not result in a neighbour. Shown in `weft status`.
@@ -144,10 +158,14 @@ pub struct Mesh {
     cfg: Config,
     topo: Topology,
     rng: ChaCha8Rng,
-    /// Established neighbours: the connection, and the address we dialed (if we dialed).
-    /// Per neighbour: the connection, the address we dialed (`None`:
-    /// inbound), and when it came up.
-    conns: BTreeMap<PeerName, (ConnId, Option<SocketAddr>, Time)>,
+    /// Established neighbours.
+    conns: BTreeMap<PeerName, Conn>,
+    /// How this router chooses the endpoints it advertises.
+    advertise: Policy,
+    /// The host's interface addresses, as the shell last listed them.
+    local: Vec<LocalAddr>,
+    /// The IP each neighbour reports seeing this router at.
+    seen: BTreeMap<PeerName, IpAddr>,
     /// Addresses the operator asked for: dialed until connected, whatever the degree.
     persistent: BTreeSet<SocketAddr>,
     /// Dial state per address.
@@ -167,6 +185,18 @@ pub struct Mesh {
     requested: BTreeMap<PeerName, (u64, Time)>,
 }
 
+/// One established control connection.
+#[derive(Clone, Copy, Debug)]
+struct Conn {
+    id: ConnId,
+    /// The address we dialed; `None` for an inbound connection.
+    dialed: Option<SocketAddr>,
+    /// The far end's address, as this side sees it.
+    remote: SocketAddr,
+    /// When it came up.
+    since: Time,
+}
+
 #[derive(Clone, Debug)]
 struct Dial {
     /// Who we expect there, if learned from gossip.
@@ -183,16 +213,21 @@ enum DialState {
 }
 
 impl Mesh {
-    /// A router's mesh core. `seed` seeds its random choices (the shell
-    /// passes OS randomness, the simulator a test seed).
-    pub fn new(cfg: Config, me: PeerName, nickname: String, endpoints: Vec<SocketAddr>, now: Time, seed: u64) -> Self {
+    /// A router's mesh core, advertising endpoints as `advertise` says.
+    /// `seed` seeds its random choices (the shell passes OS randomness, the
+    /// simulator a test seed).
+    pub fn new(cfg: Config, me: PeerName, nickname: String, advertise: Policy, now: Time, seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let first = cfg.gossip_interval.mul_f64(rng.random_range(0.1..1.0));
+        let endpoints = advertise.choose(&[], &BTreeMap::new());
         Self {
             cfg,
             topo: Topology::new(me, nickname, endpoints),
             rng,
             conns: BTreeMap::new(),
+            advertise,
+            local: Vec::new(),
+            seen: BTreeMap::new(),
             persistent: BTreeSet::new(),
             dials: BTreeMap::new(),
             transmits: VecDeque::new(),
@@ -218,12 +253,32 @@ impl Mesh {
         self.conns.keys().copied()
     }
 
-    /// Where we stand with every router we know or try to reach, by name
-    /// where known. Addresses dialed whose router is not yet known are
-    /// listed by address.
+    /// The far end of the control connection to `peer`, as this router sees
+    /// it, if one is up.
+    pub fn remote_of(&self, peer: PeerName) -> Option<SocketAddr> {
+        self.conns.get(&peer).map(|c| c.remote)
+    }
+
+    /// The endpoints this router advertises now.
+    pub fn advertised(&self) -> &[SocketAddr] {
+        &self.topo.own().endpoints
+    }
+
+    /// Where we stand with every router we know or try to reach: one row per
+    /// router, by name, with the address of its connection (or the one being
+    /// dialed, or the first it advertises); an address the operator gave
+    /// whose router is not known yet is a row of its own, by address. An
+    /// operator's address that belongs to a connected router (whichever side
+    /// dialed) is that router's row.
     pub fn peer_states(&self) -> Vec<(Option<PeerName>, Option<SocketAddr>, PeerState)> {
         let mut out = Vec::new();
-        let mut seen = BTreeSet::new();
+        let mut listed = BTreeSet::new();
+        for (n, c) in &self.conns {
+            listed.insert(*n);
+            out.push((Some(*n), Some(c.remote), PeerState::Established));
+        }
+        // A router being dialed at several addresses shows the most hopeful.
+        let mut dialing: BTreeMap<PeerName, (SocketAddr, PeerState)> = BTreeMap::new();
         for (addr, d) in &self.dials {
             let state = match &d.state {
                 DialState::InFlight => PeerState::Dialing,
@@ -233,17 +288,28 @@ impl Mesh {
                 },
                 DialState::Connected => continue,
             };
-            if let Some(n) = d.expect {
-                seen.insert(n);
+            match d.expect {
+                Some(n) if listed.contains(&n) => {}
+                Some(n) => {
+                    let better = dialing.get(&n).is_none_or(|(_, old)| match (old, &state) {
+                        (PeerState::Dialing, _) => false,
+                        (_, PeerState::Dialing) => true,
+                        (PeerState::Retrying { at: a, .. }, PeerState::Retrying { at: b, .. }) => b < a,
+                        _ => false,
+                    });
+                    if better {
+                        dialing.insert(n, (*addr, state));
+                    }
+                }
+                None => out.push((None, Some(*addr), state)),
             }
-            out.push((d.expect, Some(*addr), state));
         }
-        for (n, (_, addr, _)) in &self.conns {
-            seen.insert(*n);
-            out.push((Some(*n), *addr, PeerState::Established));
+        for (n, (addr, state)) in dialing {
+            listed.insert(n);
+            out.push((Some(n), Some(addr), state));
         }
         for e in self.topo.entries() {
-            if e.name != self.topo.me() && !seen.contains(&e.name) {
+            if e.name != self.topo.me() && !listed.contains(&e.name) {
                 out.push((Some(e.name), e.endpoints.first().copied(), PeerState::NotNeighbour));
             }
         }
@@ -277,9 +343,19 @@ impl Mesh {
         }
     }
 
-    /// Replaces the endpoints this router advertises (for example once the
-    /// shell learns the address it is reached at). Announced with the next
-    /// batch if they changed.
+    /// The host's interface addresses changed (the shell lists them at start
+    /// and again now and then): advertise anew if that changes the choice.
+    pub fn set_local_addrs(&mut self, now: Time, mut addrs: Vec<LocalAddr>) {
+        addrs.dedup();
+        if addrs != self.local {
+            self.local = addrs;
+            self.readvertise(now);
+        }
+    }
+
+    /// Replaces the endpoints this router advertises. Announced with the
+    /// next batch if they changed. Normally chosen by the mesh itself from
+    /// the [`Policy`] it was made with.
     pub fn set_endpoints(&mut self, now: Time, endpoints: Vec<SocketAddr>) {
         if self.topo.set_endpoints(endpoints) {
             self.events.push_back(Event::TopologyChanged);
@@ -309,11 +385,13 @@ impl Mesh {
     /// A dial to `addr` failed.
     pub fn handle_dial_failed(&mut self, now: Time, addr: SocketAddr, reason: Failure) {
         self.backoff(now, addr, reason);
+        self.match_persistent();
     }
 
     /// An authenticated control connection `conn` to `peer` is up. `dialed`
-    /// is the address we dialed, or `None` for an inbound connection. Returns
-    /// an older connection to the same router that the shell must now close.
+    /// is the address we dialed, or `None` for an inbound connection;
+    /// `remote` is the far end's address as this side sees it. Returns an
+    /// older connection to the same router that the shell must now close.
     ///
     /// # Errors
     /// [`Refused`] when `conn` must be closed: over the limit, or a duplicate
@@ -325,11 +403,12 @@ impl Mesh {
         peer: PeerName,
         conn: ConnId,
         dialed: Option<SocketAddr>,
+        remote: SocketAddr,
     ) -> Result<Option<ConnId>, Refused> {
         let me = self.topo.me();
         let mut replaced = None;
-        if let Some(&(old, old_dialed, old_since)) = self.conns.get(&peer) {
-            let old_by_lower = old_dialed.is_some() == (me < peer);
+        if let Some(old) = self.conns.get(&peer).copied() {
+            let old_by_lower = old.dialed.is_some() == (me < peer);
             let new_by_lower = dialed.is_some() == (me < peer);
             // The peer dialed us again although we hold a connection it
             // dialed before: a router dials only routers it has no
@@ -342,46 +421,77 @@ impl Mesh {
             // timeout, so an inbound connection later than that means the
             // peer lost ours (a restart), and ours is dead too.
             let peer_redialed =
-                dialed.is_none() && (old_dialed.is_none() || now.since(old_since) > SIMULTANEOUS_OPEN_WINDOW);
+                dialed.is_none() && (old.dialed.is_none() || now.since(old.since) > SIMULTANEOUS_OPEN_WINDOW);
             if !peer_redialed && (old_by_lower || !new_by_lower) {
                 if let Some(addr) = dialed {
                     self.mark_connected(addr, peer);
                 }
                 return Err(Refused(Failure::Lost("duplicate connection".into())));
             }
-            replaced = Some(old);
+            replaced = Some(old.id);
         } else if self.conns.len() >= self.cfg.conn_limit {
             if let Some(addr) = dialed {
                 self.backoff(now, addr, Failure::ConnectionLimit);
             }
             return Err(Refused(Failure::ConnectionLimit));
         }
-        self.conns.insert(peer, (conn, dialed, now));
+        self.conns.insert(
+            peer,
+            Conn {
+                id: conn,
+                dialed,
+                remote,
+                since: now,
+            },
+        );
         if let Some(addr) = dialed {
             self.mark_connected(addr, peer);
         }
+        self.match_persistent();
         if replaced.is_none() {
             self.events.push_back(Event::Up(peer));
             self.neighbours_changed(now);
         }
-        // Bring the neighbour up to date: it answers our digest with what we lack.
+        // Tell the neighbour where it is seen, and bring it up to date: it
+        // answers our digest with what we lack.
+        self.transmits.push_back((peer, Message::Seen(remote)));
         self.transmits.push_back((peer, Message::Digest(self.topo.digest())));
         Ok(replaced)
     }
 
     /// Control connection `conn` to `peer` closed (a replaced duplicate is ignored).
     pub fn handle_disconnected(&mut self, now: Time, peer: PeerName, conn: ConnId, reason: Failure) {
-        let Some(&(current, dialed, _)) = self.conns.get(&peer) else {
+        let Some(c) = self.conns.get(&peer).copied() else {
             return;
         };
-        if current != conn {
+        if c.id != conn {
             return;
         }
         self.conns.remove(&peer);
         self.events.push_back(Event::Down(peer));
-        if let Some(addr) = dialed {
-            self.backoff(now, addr, reason);
+        if self.seen.remove(&peer).is_some() {
+            self.readvertise(now);
         }
+        if let Some(addr) = c.dialed {
+            self.backoff(now, addr, reason.clone());
+        }
+        // Addresses that stood for this router while it was connected: the
+        // operator's are dialed again at once, learned ones are forgotten
+        // (gossip offers them again).
+        let persistent = &self.persistent;
+        self.dials.retain(|addr, d| {
+            if d.expect != Some(peer) || !matches!(d.state, DialState::Connected) {
+                return true;
+            }
+            if !persistent.contains(addr) {
+                return false;
+            }
+            d.state = DialState::Waiting {
+                until: now,
+                reason: reason.clone(),
+            };
+            true
+        });
         self.neighbours_changed(now);
         self.handle_timeout(now);
     }
@@ -405,6 +515,7 @@ impl Mesh {
                         self.pending.entry(name).or_insert(Some(from));
                     }
                     self.schedule_flush(now);
+                    self.match_persistent();
                 }
             }
             Message::Announce(versions) => {
@@ -445,6 +556,12 @@ impl Mesh {
                     self.transmits.push_back((from, Message::Update(entries)));
                 }
             }
+            Message::Seen(addr) => {
+                if self.seen.get(&from) != Some(&addr.ip()) {
+                    self.seen.insert(from, addr.ip());
+                    self.readvertise(now);
+                }
+            }
         }
     }
 
@@ -463,6 +580,7 @@ impl Mesh {
             // Jitter keeps routers from gossiping in lockstep.
             self.next_gossip = now + self.cfg.gossip_interval.mul_f64(self.rng.random_range(0.8..1.2));
         }
+        self.match_persistent();
         let due: Vec<SocketAddr> = self
             .dials
             .iter()
@@ -470,14 +588,21 @@ impl Mesh {
             .map(|(a, _)| *a)
             .collect();
         for addr in due {
-            let wanted = self.persistent.contains(&addr) || self.in_flight_and_established() < self.cfg.target_degree;
-            if wanted {
-                self.start_dial(addr);
-            } else if let Some(d) = self.dials.get(&addr)
-                && d.expect.is_some()
-            {
-                // A learned router we no longer need: forget the address; gossip will offer it again.
+            let persistent = self.persistent.contains(&addr);
+            let reached = self
+                .dials
+                .get(&addr)
+                .and_then(|d| d.expect)
+                .is_some_and(|p| self.conns.contains_key(&p));
+            if !persistent && reached {
+                // A learned address of a router reached another way.
                 self.dials.remove(&addr);
+            } else if persistent || self.in_flight_and_established() < self.cfg.target_degree {
+                self.start_dial(addr);
+            } else {
+                // Not needed now; keep its backoff, so that it is not
+                // dialed the moment the mesh wants a connection again.
+                self.rearm(now, addr);
             }
         }
         self.dial_learned();
@@ -521,22 +646,69 @@ impl Mesh {
                 .count()
     }
 
-    /// Picks random learned routers to dial while below the target degree.
+    /// Chooses the endpoints to advertise again (local addresses or what
+    /// neighbours see changed).
+    fn readvertise(&mut self, now: Time) {
+        let endpoints = self.advertise.choose(&self.local, &endpoints::tally(&self.seen));
+        self.set_endpoints(now, endpoints);
+    }
+
+    /// Works out which router each address the operator gave belongs to: a
+    /// connection from it, or a router advertising it. One that belongs to
+    /// a connected router needs no dial of its own.
+    fn match_persistent(&mut self) {
+        let me = self.topo.me();
+        for addr in &self.persistent {
+            let Some(d) = self.dials.get_mut(addr) else { continue };
+            if !matches!(d.state, DialState::Waiting { .. }) {
+                continue;
+            }
+            let by_conn = self
+                .conns
+                .iter()
+                .find(|(_, c)| c.remote == *addr || c.dialed == Some(*addr))
+                .map(|(n, _)| *n);
+            let owner = by_conn.or(d.expect).or_else(|| {
+                self.topo
+                    .entries()
+                    .find(|e| e.name != me && e.endpoints.contains(addr))
+                    .map(|e| e.name)
+            });
+            if let Some(n) = owner {
+                d.expect = Some(n);
+                if self.conns.contains_key(&n) {
+                    d.state = DialState::Connected;
+                    d.attempts = 0;
+                }
+            }
+        }
+    }
+
+    /// Picks random learned routers to dial while below the target degree,
+    /// each at the first of its advertised endpoints that is not failing.
     fn dial_learned(&mut self) {
         let mut budget = self.cfg.target_degree.saturating_sub(self.in_flight_and_established());
         if budget == 0 {
             return;
         }
         let me = self.topo.me();
-        let busy: BTreeSet<PeerName> = self.dials.values().filter_map(|d| d.expect).collect();
-        let candidates: Vec<(PeerName, SocketAddr)> = self
+        let busy: BTreeSet<PeerName> = self
+            .dials
+            .values()
+            .filter(|d| matches!(d.state, DialState::InFlight))
+            .filter_map(|d| d.expect)
+            .collect();
+        let mut candidates: Vec<(PeerName, SocketAddr)> = self
             .topo
             .entries()
             .filter(|e| e.name != me && !self.conns.contains_key(&e.name) && !busy.contains(&e.name))
-            .filter_map(|e| e.endpoints.first().map(|a| (e.name, *a)))
-            .filter(|(_, a)| !self.dials.contains_key(a))
+            .filter_map(|e| {
+                e.endpoints
+                    .iter()
+                    .find(|a| !self.dials.contains_key(a))
+                    .map(|a| (e.name, *a))
+            })
             .collect();
-        let mut candidates = candidates;
         while budget > 0 && !candidates.is_empty() {
             let k = self.rng.random_range(0..candidates.len());
             let (name, addr) = candidates.swap_remove(k);
@@ -574,15 +746,38 @@ impl Mesh {
     fn backoff(&mut self, now: Time, addr: SocketAddr, reason: Failure) {
         let Some(d) = self.dials.get_mut(&addr) else { return };
         d.attempts = d.attempts.saturating_add(1);
-        let exp = self
-            .cfg
-            .backoff_min
-            .saturating_mul(1 << d.attempts.min(16).saturating_sub(1));
-        let delay = exp.min(self.cfg.backoff_max).mul_f64(self.rng.random_range(0.75..1.25));
+        let attempts = d.attempts;
+        let delay = self.delay(attempts);
+        let d = self.dials.get_mut(&addr).expect("looked up above");
         d.state = DialState::Waiting {
             until: now + delay,
             reason,
         };
+    }
+
+    /// Pushes a due dial that is not wanted now back by its current delay.
+    fn rearm(&mut self, now: Time, addr: SocketAddr) {
+        let Some(attempts) = self.dials.get(&addr).map(|d| d.attempts.max(1)) else {
+            return;
+        };
+        let delay = self.delay(attempts);
+        if let Some(Dial {
+            state: DialState::Waiting { until, .. },
+            ..
+        }) = self.dials.get_mut(&addr)
+        {
+            *until = now + delay;
+        }
+    }
+
+    /// The wait after `attempts` failed dials: doubling from `backoff_min`
+    /// up to `backoff_max`, with ±25 % jitter.
+    fn delay(&mut self, attempts: u32) -> Duration {
+        let exp = self
+            .cfg
+            .backoff_min
+            .saturating_mul(1 << attempts.min(16).saturating_sub(1));
+        exp.min(self.cfg.backoff_max).mul_f64(self.rng.random_range(0.75..1.25))
     }
 
     fn neighbours_changed(&mut self, now: Time) {
@@ -630,12 +825,12 @@ impl Mesh {
     }
 }
 
-/// How long an entry requested from one announcer is not requested from others.
 /// How far apart the two connections of a simultaneous open come up, at
 /// most, in practice (both dials start together and complete in a round
 /// trip or two). A connection from a peer later than this after ours came up
 /// means the peer restarted. Erring here costs one reconnect, not safety.
 const SIMULTANEOUS_OPEN_WINDOW: Duration = Duration::from_secs(2);
+/// How long an entry requested from one announcer is not requested from others.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[cfg(test)]
@@ -651,14 +846,22 @@ mod tests {
     }
 
     fn mesh(n: u64) -> Mesh {
-        Mesh::new(Config::default(), p(n), format!("h{n}"), vec![addr(n)], Time::ZERO, n)
+        Mesh::new(
+            Config::default(),
+            p(n),
+            format!("h{n}"),
+            Policy::fixed(vec![addr(n)]),
+            Time::ZERO,
+            n,
+        )
     }
 
     /// Connects `a` (dialer) and `b` in memory, as the shell would.
     fn link(now: Time, a: &mut Mesh, b: &mut Mesh, conn: u64) {
         let (na, nb) = (a.topology().me(), b.topology().me());
-        b.handle_connected(now, na, ConnId(conn), None).unwrap();
-        a.handle_connected(now, nb, ConnId(conn), Some(addr(nb.to_u64())))
+        b.handle_connected(now, na, ConnId(conn), None, addr(na.to_u64()))
+            .unwrap();
+        a.handle_connected(now, nb, ConnId(conn), Some(addr(nb.to_u64())), addr(nb.to_u64()))
             .unwrap();
     }
 
@@ -735,14 +938,20 @@ mod tests {
         let mut a = mesh(1);
         a.connect(Time::ZERO, addr(2));
         assert_eq!(a.poll_dial(), Some(addr(2)));
-        assert_eq!(a.handle_connected(Time::ZERO, p(2), ConnId(1), Some(addr(2))), Ok(None));
+        assert_eq!(
+            a.handle_connected(Time::ZERO, p(2), ConnId(1), Some(addr(2)), addr(2)),
+            Ok(None)
+        );
         // A simultaneous open: 2's inbound connection loses the tie-break.
         let soon = Time::from_millis(500);
-        assert!(a.handle_connected(soon, p(2), ConnId(2), None).is_err());
+        assert!(a.handle_connected(soon, p(2), ConnId(2), None, addr(2)).is_err());
         // Router 2 restarts and dials again long after: ours is dead; keep
         // the new one now instead of waiting for ours to time out.
         let later = Time::from_millis(30_000);
-        assert_eq!(a.handle_connected(later, p(2), ConnId(3), None), Ok(Some(ConnId(1))));
+        assert_eq!(
+            a.handle_connected(later, p(2), ConnId(3), None, addr(2)),
+            Ok(Some(ConnId(1)))
+        );
         assert_eq!(a.neighbours().collect::<Vec<_>>(), vec![p(2)]);
     }
 
@@ -802,31 +1011,32 @@ mod tests {
     fn simultaneous_connections_keep_the_one_dialed_by_the_lower_name() {
         let (mut a, mut b) = (mesh(1), mesh(2));
         // 1 dialed 2 (conn 10) and 2 dialed 1 (conn 20) at the same time.
-        b.handle_connected(Time::ZERO, p(1), ConnId(20), Some(addr(1))).unwrap();
-        a.handle_connected(Time::ZERO, p(2), ConnId(20), None).unwrap();
+        b.handle_connected(Time::ZERO, p(1), ConnId(20), Some(addr(1)), addr(1))
+            .unwrap();
+        a.handle_connected(Time::ZERO, p(2), ConnId(20), None, addr(2)).unwrap();
         // Conn 10 arrives: dialed by the lower name (1), so both keep it and close 20.
         assert_eq!(
-            b.handle_connected(Time::ZERO, p(1), ConnId(10), None),
+            b.handle_connected(Time::ZERO, p(1), ConnId(10), None, addr(1)),
             Ok(Some(ConnId(20)))
         );
         assert_eq!(
-            a.handle_connected(Time::ZERO, p(2), ConnId(10), Some(addr(2))),
+            a.handle_connected(Time::ZERO, p(2), ConnId(10), Some(addr(2)), addr(2)),
             Ok(Some(ConnId(20)))
         );
         // Closing the replaced connection does not take the neighbour down.
         a.handle_disconnected(Time::ZERO, p(2), ConnId(20), Failure::Lost("replaced".into()));
         assert_eq!(a.neighbours().collect::<Vec<_>>(), vec![p(2)]);
         // A third, dialed by the higher name, is refused by both.
-        assert!(a.handle_connected(Time::ZERO, p(2), ConnId(30), None).is_err());
+        assert!(a.handle_connected(Time::ZERO, p(2), ConnId(30), None, addr(2)).is_err());
     }
 
     #[test]
     fn a_peer_that_dials_again_replaces_its_stale_connection() {
         let mut a = mesh(1);
-        a.handle_connected(Time::ZERO, p(2), ConnId(1), None).unwrap();
+        a.handle_connected(Time::ZERO, p(2), ConnId(1), None, addr(2)).unwrap();
         // Router 2 restarted and dials again: its old connection is dead on its side.
         assert_eq!(
-            a.handle_connected(Time::ZERO, p(2), ConnId(2), None),
+            a.handle_connected(Time::ZERO, p(2), ConnId(2), None, addr(2)),
             Ok(Some(ConnId(1)))
         );
         a.handle_disconnected(Time::ZERO, p(2), ConnId(1), Failure::Lost("replaced".into()));
@@ -846,11 +1056,11 @@ mod tests {
             conn_limit: 2,
             ..Config::default()
         };
-        let mut a = Mesh::new(cfg, p(1), "h1".into(), vec![addr(1)], Time::ZERO, 1);
-        a.handle_connected(Time::ZERO, p(2), ConnId(1), None).unwrap();
-        a.handle_connected(Time::ZERO, p(3), ConnId(2), None).unwrap();
+        let mut a = Mesh::new(cfg, p(1), "h1".into(), Policy::fixed(vec![addr(1)]), Time::ZERO, 1);
+        a.handle_connected(Time::ZERO, p(2), ConnId(1), None, addr(2)).unwrap();
+        a.handle_connected(Time::ZERO, p(3), ConnId(2), None, addr(3)).unwrap();
         assert_eq!(
-            a.handle_connected(Time::ZERO, p(4), ConnId(3), None),
+            a.handle_connected(Time::ZERO, p(4), ConnId(3), None, addr(4)),
             Err(Refused(Failure::ConnectionLimit))
         );
         assert_eq!(a.neighbours().count(), 2);
@@ -862,5 +1072,196 @@ mod tests {
         let stranger = Topology::new(p(7), "h7".into(), vec![]).own().clone();
         a.handle_message(Time::ZERO, p(7), Message::Update(vec![Arc::new(stranger)]));
         assert_eq!(a.topology().len(), 1);
+    }
+
+    // ---- endpoints: routers launched as users launch them ----
+
+    /// Router `n` as `weft launch` with the default `--listen`: it learns
+    /// its endpoints, from its one interface address `10.0.0.n`.
+    fn learning(n: u64) -> Mesh {
+        let listen = SocketAddr::from(([0, 0, 0, 0], 6783));
+        let mut m = Mesh::new(
+            Config::default(),
+            p(n),
+            format!("h{n}"),
+            Policy::new(listen, Vec::new(), vec!["10.32.0.0/12".parse().unwrap()]),
+            Time::ZERO,
+            n,
+        );
+        m.set_local_addrs(
+            Time::ZERO,
+            vec![
+                LocalAddr::new("lo", "127.0.0.1".parse().unwrap()),
+                LocalAddr::new("eth0", addr(n).ip()),
+                LocalAddr::new("docker0", "172.17.0.1".parse().unwrap()),
+            ],
+        );
+        m
+    }
+
+    /// Connects every dial to the router advertising (or, before it
+    /// advertises anything, listening at) the address, both ends seeing each
+    /// other at their `10.0.0.n:6783`, until no dial is left.
+    fn serve_dials(now: Time, ms: &mut [Mesh], next_conn: &mut u64) {
+        loop {
+            let mut dials = Vec::new();
+            for (i, m) in ms.iter_mut().enumerate() {
+                while let Some(a) = m.poll_dial() {
+                    dials.push((i, a));
+                }
+            }
+            if dials.is_empty() {
+                return;
+            }
+            for (i, a) in dials {
+                let Some(j) = ms.iter().position(|m| addr(m.topology().me().to_u64()) == a) else {
+                    ms[i].handle_dial_failed(now, a, Failure::Unreachable);
+                    continue;
+                };
+                *next_conn += 1;
+                let (ni, nj) = (ms[i].topology().me(), ms[j].topology().me());
+                let (ai, aj) = (addr(ni.to_u64()), addr(nj.to_u64()));
+                match ms[j].handle_connected(now, ni, ConnId(*next_conn), None, ai) {
+                    Ok(_) => {
+                        if ms[i]
+                            .handle_connected(now, nj, ConnId(*next_conn), Some(a), aj)
+                            .is_err()
+                        {
+                            ms[j].handle_disconnected(now, ni, ConnId(*next_conn), Failure::Lost("refused".into()));
+                        }
+                    }
+                    Err(Refused(why)) => ms[i].handle_dial_failed(now, a, why),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_router_that_only_dials_out_advertises_its_interfaces_and_what_others_see() {
+        let mut a = learning(2);
+        assert_eq!(a.advertised(), &[addr(2)], "loopback and docker0 left out");
+        // A neighbour behind whose NAT... or any neighbour: it says where it sees us.
+        a.handle_connected(Time::ZERO, p(1), ConnId(1), Some(addr(1)), addr(1))
+            .unwrap();
+        let nat: SocketAddr = "203.0.113.2:40000".parse().unwrap();
+        a.handle_message(Time::ZERO, p(1), Message::Seen(nat));
+        assert_eq!(
+            a.advertised(),
+            &["203.0.113.2:6783".parse().unwrap(), addr(2)],
+            "what a neighbour sees comes first, with our own port"
+        );
+        // And it told the neighbour where it sees it.
+        let sent: Vec<Message> = std::iter::from_fn(|| a.poll_transmit()).map(|(_, m)| m).collect();
+        assert!(sent.contains(&Message::Seen(addr(1))), "{sent:?}");
+        // The report goes with the neighbour.
+        a.handle_disconnected(Time::ZERO, p(1), ConnId(1), Failure::Lost("gone".into()));
+        assert_eq!(a.advertised(), &[addr(2)]);
+    }
+
+    #[test]
+    fn routers_that_each_name_one_peer_find_each_other() {
+        // h1 names nobody; h2..h5 name h1 only: each dials the others it
+        // learns by gossip, up to the target degree.
+        let mut ms: Vec<Mesh> = (1..=5).map(learning).collect();
+        for m in &mut ms[1..] {
+            m.connect(Time::ZERO, addr(1));
+        }
+        let mut next_conn = 0;
+        let mut now = Time::ZERO;
+        while now <= Time::from_millis(5_000) {
+            for m in ms.iter_mut() {
+                if m.poll_timeout() <= now {
+                    m.handle_timeout(now);
+                }
+            }
+            serve_dials(now, &mut ms, &mut next_conn);
+            pump(now, &mut ms);
+            now = now + Duration::from_millis(100);
+        }
+        for m in &ms {
+            let me = m.topology().me();
+            let others: BTreeSet<PeerName> = (1..=5).map(p).filter(|&q| q != me).collect();
+            assert_eq!(
+                m.neighbours().collect::<BTreeSet<_>>(),
+                others,
+                "{me} holds a connection to every other"
+            );
+            let states = m.peer_states();
+            assert_eq!(states.len(), 4, "one row per router, nothing left dialing: {states:?}");
+            assert!(
+                states
+                    .iter()
+                    .all(|(n, _, s)| n.is_some() && *s == PeerState::Established),
+                "{states:?}"
+            );
+            for q in &others {
+                assert_eq!(m.topology().get(*q).unwrap().endpoints, vec![addr(q.to_u64())]);
+            }
+        }
+    }
+
+    #[test]
+    fn an_operator_address_of_a_connected_router_is_that_router() {
+        let mut a = learning(1);
+        a.connect(Time::ZERO, addr(2));
+        assert_eq!(a.poll_dial(), Some(addr(2)));
+        // Router 2 dialed us first; our own dial then fails (say it was refused as a duplicate late).
+        a.handle_connected(Time::ZERO, p(2), ConnId(1), None, addr(2)).unwrap();
+        a.handle_dial_failed(Time::ZERO, addr(2), Failure::Lost("duplicate connection".into()));
+        assert_eq!(
+            a.peer_states(),
+            vec![(Some(p(2)), Some(addr(2)), PeerState::Established)],
+            "one row, the router's"
+        );
+        a.handle_timeout(Time::from_millis(5_000));
+        assert_eq!(a.poll_dial(), None, "no dial to a connected router");
+        // When it goes, the operator's address is dialed again at once.
+        let later = Time::from_millis(6_000);
+        a.handle_disconnected(later, p(2), ConnId(1), Failure::Lost("gone".into()));
+        assert_eq!(a.poll_dial(), Some(addr(2)));
+    }
+
+    #[test]
+    fn a_learned_address_that_fails_gives_way_to_the_next_and_backs_off() {
+        let mut a = learning(1);
+        a.handle_connected(Time::ZERO, p(2), ConnId(1), None, addr(2)).unwrap();
+        let dead: SocketAddr = "192.0.2.9:6783".parse().unwrap();
+        let nine = PeerEntry {
+            endpoints: vec![dead, addr(9)],
+            ..Topology::new(p(9), "h9".into(), vec![]).own().clone()
+        };
+        a.handle_message(Time::ZERO, p(2), Message::Update(vec![Arc::new(nine)]));
+        a.handle_timeout(Time::ZERO);
+        assert_eq!(a.poll_dial(), Some(dead), "the first advertised address first");
+        assert_eq!(a.poll_dial(), None);
+        a.handle_dial_failed(Time::ZERO, dead, Failure::Unreachable);
+        a.handle_timeout(Time::ZERO);
+        assert_eq!(a.poll_dial(), Some(addr(9)), "then the next, at once");
+        a.handle_dial_failed(Time::ZERO, addr(9), Failure::Unreachable);
+        // Both failing: each is retried on its own backoff, never in a tight loop.
+        let mut dials = Vec::new();
+        let mut now = Time::ZERO;
+        while now < Time::from_millis(300_000) {
+            now = now + Duration::from_millis(100);
+            a.handle_timeout(now);
+            while let Some(d) = a.poll_dial() {
+                dials.push((now, d));
+                a.handle_dial_failed(now, d, Failure::Unreachable);
+            }
+        }
+        for target in [dead, addr(9)] {
+            let times: Vec<u64> = dials
+                .iter()
+                .filter(|(_, d)| *d == target)
+                .map(|(t, _)| t.as_millis())
+                .collect();
+            assert!(
+                times.len() <= 12,
+                "{target}: {} dials in 5 minutes: {times:?}",
+                times.len()
+            );
+            let gaps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+            assert!(gaps.iter().rev().take(2).all(|g| *g >= 40_000), "{target}: {gaps:?}");
+        }
     }
 }

@@ -9,6 +9,7 @@
 //! time, deterministically, and replays any run from its seed.
 
 pub mod data;
+pub mod endpoints;
 pub mod handshake;
 pub mod ipam;
 pub mod ipam_agent;

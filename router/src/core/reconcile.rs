@@ -94,6 +94,9 @@ use std::ops::RangeInclusive;
 
 use ipnet::Ipv4Net;
 
+/// The TUN device's name: the link every route and address here belongs to.
+pub const TUN_NAME: &str = "weft";
+
 /// The route protocol (`rtm_protocol`) of every route Weft adds. See the
 /// module docs for why 87 and what it guarantees.
 pub const RTPROT_WEFT: u8 = 87;

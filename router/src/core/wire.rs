@@ -27,7 +27,9 @@ use super::mesh;
 /// A message on an authenticated control connection.
 ///
 /// Each variant has a fixed frame kind that never changes meaning: gossip is
-/// kind 1; kinds 2 to 9 belong to IPAM.
+/// kind 1; kinds 2 to 9 belong to IPAM; kind 10 is the gossip message
+/// [`mesh::Message::Seen`], which came later and has a kind of its own so
+/// that routers from before it skip it rather than close the connection.
 #[derive(Clone, PartialEq, Eq, Debug)]
 #[non_exhaustive]
 pub enum ControlMsg {
@@ -91,6 +93,13 @@ pub enum WireError {
 pub fn encode(msg: &ControlMsg) -> Result<Vec<u8>, WireError> {
     let mut frame = vec![0u8; HEADER_LEN];
     let kind = match msg {
+        ControlMsg::Gossip(mesh::Message::Seen(addr)) => {
+            frame = postcard::to_extend(addr, frame).map_err(|source| WireError::Payload {
+                kind: KIND_SEEN,
+                source,
+            })?;
+            KIND_SEEN
+        }
         ControlMsg::Gossip(m) => {
             frame = postcard::to_extend(m, frame).map_err(|source| WireError::Payload {
                 kind: KIND_GOSSIP,
@@ -171,20 +180,33 @@ impl FrameReader {
 /// The message of kind `kind` in `payload`.
 fn decode_payload(kind: u16, payload: &[u8]) -> Result<Decoded, WireError> {
     match kind {
-        KIND_GOSSIP => {
-            let (msg, rest) = postcard::take_from_bytes::<mesh::Message>(payload)
-                .map_err(|source| WireError::Payload { kind, source })?;
-            if !rest.is_empty() {
-                return Err(WireError::TrailingBytes {
-                    kind,
-                    extra: rest.len(),
-                });
-            }
-            Ok(Decoded::Msg(ControlMsg::Gossip(msg)))
-        }
+        KIND_GOSSIP => match whole::<mesh::Message>(kind, payload)? {
+            // Kind 10's message, where older routers would not skip it.
+            mesh::Message::Seen(_) => Err(WireError::Payload {
+                kind,
+                source: postcard::Error::DeserializeBadEncoding,
+            }),
+            msg => Ok(Decoded::Msg(ControlMsg::Gossip(msg))),
+        },
         KIND_IPAM => Ok(Decoded::Msg(ControlMsg::Ipam(payload.to_vec()))),
+        KIND_SEEN => Ok(Decoded::Msg(ControlMsg::Gossip(mesh::Message::Seen(whole(
+            kind, payload,
+        )?)))),
         _ => Ok(Decoded::Unknown { kind }),
     }
+}
+
+/// One postcard value of type `T` filling `payload` exactly.
+fn whole<T: serde::de::DeserializeOwned>(kind: u16, payload: &[u8]) -> Result<T, WireError> {
+    let (value, rest) =
+        postcard::take_from_bytes::<T>(payload).map_err(|source| WireError::Payload { kind, source })?;
+    if !rest.is_empty() {
+        return Err(WireError::TrailingBytes {
+            kind,
+            extra: rest.len(),
+        });
+    }
+    Ok(value)
 }
 
 /// The largest frame payload accepted or sent, in bytes: 1 MiB. A full
@@ -200,6 +222,9 @@ pub const KIND_GOSSIP: u16 = 1;
 
 /// The frame kind of [`ControlMsg::Ipam`]. Kinds 3 to 9 are reserved for IPAM too.
 pub const KIND_IPAM: u16 = 2;
+
+/// The frame kind of [`mesh::Message::Seen`] (a gossip message in its own kind).
+pub const KIND_SEEN: u16 = 10;
 
 #[cfg(test)]
 mod tests {
@@ -332,9 +357,33 @@ mod tests {
         assert!(matches!(err, Some(WireError::Payload { kind: 1, .. })), "{err:?}");
     }
 
+    #[test]
+    fn seen_has_a_kind_of_its_own_with_exact_bytes() {
+        let seen = ControlMsg::Gossip(mesh::Message::Seen("192.0.2.7:6783".parse().unwrap()));
+        // Length 7, kind 10; postcard: variant 0 (V4), four octets, varint port 6783.
+        let frame = [0, 0, 0, 7, 0, 10, 0, 192, 0, 2, 7, 0xff, 0x34];
+        assert_eq!(encode(&seen).unwrap(), frame);
+        let (frames, err) = read_all(&frame);
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(frames, vec![Decoded::Msg(seen)]);
+        // The same message inside kind 1, where older routers would choke on it, is refused.
+        let mut as_gossip = postcard::to_stdvec(&mesh::Message::Seen("192.0.2.7:6783".parse().unwrap())).unwrap();
+        let mut stream = vec![0, 0, 0, u8::try_from(as_gossip.len()).unwrap(), 0, 1];
+        stream.append(&mut as_gossip);
+        let (_, err) = read_all(&stream);
+        assert!(matches!(err, Some(WireError::Payload { kind: 1, .. })), "{err:?}");
+        // A stray byte after the address is refused, as in every kind.
+        let (_, err) = read_all(&[0, 0, 0, 8, 0, 10, 0, 192, 0, 2, 7, 0xff, 0x34, 0]);
+        assert!(
+            matches!(err, Some(WireError::TrailingBytes { kind: 10, extra: 1 })),
+            "{err:?}"
+        );
+    }
+
     fn gossip() -> impl Strategy<Value = mesh::Message> {
         prop_oneof![
             any::<u64>().prop_map(mesh::Message::Summary),
+            (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| mesh::Message::Seen((ip, port).into())),
             prop::collection::vec(any::<u64>().prop_map(PeerName::from_u64), 0..20).prop_map(mesh::Message::Request),
             prop::collection::vec((any::<u64>().prop_map(PeerName::from_u64), any::<u64>()), 0..20)
                 .prop_map(mesh::Message::Announce),

@@ -49,12 +49,16 @@ use tracing::{Instrument, debug, info, info_span, trace, warn};
 use super::clock::Clock;
 use super::control::{self, ControlEndpoint, ControlError, ControlReceiver, ControlSender, ControlStats};
 use super::host;
+use super::interfaces;
 use crate::api::types::{
-    AllocateResponse, AllocationView, ApiError, ErrorCode, IpamSummary, PeerStatus, ReclaimView, ReleaseResponse,
+    AllocateResponse, AllocationView, ApiError, DataState, ErrorCode, IpamSummary, PeerData, PeerStatus, ReclaimView,
+    ReleaseResponse,
 };
 use crate::api::{self, Backend, RingView, Status};
 use crate::config::IpallocInit;
 use crate::config::{Host, LaunchConfig, PeerAddr, PeerRef};
+use crate::core::data::session::Reach;
+use crate::core::endpoints::Policy;
 use crate::core::handshake::HandshakeCounts;
 use crate::core::ipam::{Resolution, resolve_seeds};
 use crate::core::ipam_agent::{self, Agent, AllocFailure, Dest, IpamMsg, Progress, Ticket};
@@ -397,7 +401,6 @@ struct Driver {
     mesh: Mesh,
     clock: Clock,
     endpoint: Arc<ControlEndpoint>,
-    listen: SocketAddr,
     nickname: String,
     metrics: Arc<Metrics>,
     conns: BTreeMap<ConnId, Conn>,
@@ -408,8 +411,11 @@ struct Driver {
     resolving: HashMap<PeerAddr, Resolving>,
     /// Hostname PEERs and the address they resolved to.
     resolved: HashMap<PeerAddr, SocketAddr>,
-    /// Local IPs that connections arrived on, in the order seen (advertised when `--listen` has no IP).
-    local_ips: Vec<IpAddr>,
+    /// Bumped whenever a control connection comes or goes (the data plane
+    /// tries a peer's control address first).
+    conns_generation: u64,
+    /// When the host's interface addresses are listed again.
+    next_local_scan: crate::core::Time,
     tasks: JoinSet<()>,
     inputs_tx: mpsc::Sender<Input>,
     inputs: mpsc::Receiver<Input>,
@@ -477,16 +483,12 @@ impl Driver {
             conn_limit: config.conn_limit.get(),
             ..mesh::Config::default()
         };
-        let endpoints = if listen.ip().is_unspecified() {
-            Vec::new()
-        } else {
-            vec![listen]
-        };
+        let advertise = Policy::new(listen, config.advertise.clone(), vec![config.ipalloc_range.net()]);
         let mut mesh = Mesh::new(
             mesh_config,
             endpoint.name(),
             config.nickname.to_string(),
-            endpoints,
+            advertise,
             now,
             rand::random(),
         );
@@ -504,7 +506,6 @@ impl Driver {
             mesh,
             clock,
             endpoint,
-            listen,
             nickname: config.nickname.to_string(),
             metrics,
             conns: BTreeMap::new(),
@@ -512,7 +513,8 @@ impl Driver {
             asked: HashSet::new(),
             resolving: HashMap::new(),
             resolved: HashMap::new(),
-            local_ips: Vec::new(),
+            conns_generation: 0,
+            next_local_scan: now,
             tasks: JoinSet::new(),
             inputs_tx,
             inputs,
@@ -534,6 +536,7 @@ impl Driver {
             host_ticket: None,
             reset_reply: None,
         };
+        driver.scan_local_addrs(now);
         let endpoint = Arc::clone(&driver.endpoint);
         let tx = driver.inputs_tx.clone();
         driver.tasks.spawn(accept_loop(endpoint, tx));
@@ -561,7 +564,9 @@ impl Driver {
             if self.reset_done {
                 return Ok(());
             }
-            let mut next = self.mesh.poll_timeout().min(self.agent.poll_timeout());
+            let mut next = (self.mesh.poll_timeout())
+                .min(self.agent.poll_timeout())
+                .min(self.next_local_scan);
             if let Some(l) = &self.leaving {
                 next = next.min(l.until);
             }
@@ -572,6 +577,9 @@ impl Driver {
                 Some(cmd) = commands.recv() => self.handle_command(cmd),
                 () = tokio::time::sleep_until(deadline) => {
                     let now = self.clock.now();
+                    if now >= self.next_local_scan {
+                        self.scan_local_addrs(now);
+                    }
                     self.mesh.handle_timeout(now);
                     self.agent.handle_timeout(now);
                     self.check_leaving(now);
@@ -775,7 +783,10 @@ impl Driver {
         let peer = auth.peer_name();
         let id = auth.conn_id();
         let connection = auth.connection().clone();
-        match self.mesh.handle_connected(now, peer, id, dialed) {
+        match self
+            .mesh
+            .handle_connected(now, peer, id, dialed, connection.remote_address())
+        {
             Err(Refused(reason)) => {
                 debug!(peer = %peer, ?reason, "closing a refused control connection");
                 connection.close(VarInt::from_u32(control::CLOSE_NORMAL), describe(&reason).as_bytes());
@@ -789,7 +800,7 @@ impl Driver {
             }
             Ok(None) => {}
         }
-        self.learn_local_ip(&connection);
+        self.conns_generation += 1;
         let (sender, receiver) = auth.into_split();
         let (outbox, queue) = mpsc::channel(OUTBOX_QUEUE);
         let span = info_span!("peer", peer = %peer, conn = id.0);
@@ -820,26 +831,25 @@ impl Driver {
             self.by_peer.remove(&conn.peer);
         }
         debug!(peer = %conn.peer, reason = %describe(&reason), "control connection closed");
+        self.conns_generation += 1;
         self.mesh.handle_disconnected(self.clock.now(), conn.peer, id, reason);
     }
 
-    /// Advertises the local IPs connections arrive on, when `--listen` has no IP of its own.
-    fn learn_local_ip(&mut self, connection: &quinn::Connection) {
-        if !self.listen.ip().is_unspecified() {
-            return;
+    /// Lists the host's interface addresses for the mesh core, which
+    /// chooses what to advertise; again every [`LOCAL_ADDRS_EVERY`], so an
+    /// address added later (DHCP, a second NIC) is advertised too.
+    fn scan_local_addrs(&mut self, now: crate::core::Time) {
+        self.next_local_scan = now + LOCAL_ADDRS_EVERY;
+        match interfaces::local_addrs() {
+            Ok(addrs) => {
+                let before = self.mesh.advertised().to_vec();
+                self.mesh.set_local_addrs(now, addrs);
+                if self.mesh.advertised() != before.as_slice() {
+                    info!(endpoints = ?self.mesh.advertised(), "advertising endpoints");
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot list this host's addresses; advertising what other routers see"),
         }
-        let Some(ip) = connection.local_ip() else { return };
-        if ip.is_unspecified() || self.local_ips.contains(&ip) {
-            return;
-        }
-        self.local_ips.push(ip);
-        let endpoints = self
-            .local_ips
-            .iter()
-            .map(|ip| SocketAddr::new(*ip, self.listen.port()))
-            .collect::<Vec<_>>();
-        info!(?endpoints, "advertising endpoints");
-        self.mesh.set_endpoints(self.clock.now(), endpoints);
     }
 
     /// Carries out everything the cores asked for, until they ask for nothing more.
@@ -987,11 +997,9 @@ impl Driver {
     /// Tells the data plane about the topology and the ring.
     fn sync_data(&mut self) {
         let Some(data) = self.data.as_mut() else { return };
-        let conns = &self.conns;
-        let by_peer = &self.by_peer;
-        data.update_peers(self.mesh.topology(), |p| {
-            let id = by_peer.get(&p)?;
-            Some(conns.get(id)?.connection.remote_address().ip())
+        let mesh = &self.mesh;
+        data.update_peers(mesh.topology(), self.conns_generation, |p| {
+            mesh.remote_of(p).map(|a| a.ip())
         });
         if let Some(hash) = self.agent.ring_hash()
             && let Some(ring) = self.agent.replica().ring()
@@ -1229,6 +1237,19 @@ impl Driver {
     }
 
     fn peer_list(&self) -> Vec<PeerStatus> {
+        let reach = self.data.as_ref().map(host::Running::peer_status);
+        let data_of = |name: Option<PeerName>| {
+            let found = name.and_then(|n| reach.as_ref()?.iter().find(|r| r.name == n));
+            Some(found.map_or_else(PeerData::down, |r| PeerData {
+                state: match r.reach {
+                    Reach::Up => DataState::Up,
+                    Reach::Connecting => DataState::Connecting,
+                    Reach::Down => DataState::Down,
+                },
+                endpoint: r.endpoint.map(|e| e.to_string()),
+                via: None,
+            }))
+        };
         let mut peers: Vec<PeerStatus> = self
             .mesh
             .peer_states()
@@ -1246,6 +1267,7 @@ impl Driver {
                     address: addr.map(|a| a.to_string()),
                     state,
                     reason,
+                    data: data_of(name),
                 }
             })
             .collect();
@@ -1260,6 +1282,7 @@ impl Driver {
                     api::PeerState::Dialing
                 },
                 reason: r.reason.clone(),
+                data: Some(PeerData::down()),
             });
         }
         peers
@@ -1483,6 +1506,9 @@ const COMMAND_QUEUE: usize = 64;
 /// Messages waiting to be written to one connection; a peer that falls this
 /// far behind is disconnected (it catches up by anti-entropy when it returns).
 const OUTBOX_QUEUE: usize = 256;
+
+/// How often the host's interface addresses are listed again.
+const LOCAL_ADDRS_EVERY: Duration = Duration::from_secs(30);
 
 /// How long shutdown waits for the servers and for peers to acknowledge the close.
 const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(3);

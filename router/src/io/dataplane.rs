@@ -390,8 +390,9 @@ pub struct PeerInfo {
     pub name: PeerName,
     /// Its static public key.
     pub public_key: [u8; 32],
-    /// Its data-plane endpoint, from its entry.
-    pub endpoint: Option<SocketAddr>,
+    /// Where to try its data plane, in order
+    /// ([`crate::core::endpoints::data_candidates`]).
+    pub candidates: Vec<SocketAddr>,
 }
 
 /// A snapshot for `weft status`.
@@ -432,6 +433,7 @@ pub struct Settings {
 pub struct DataPlane {
     control: mpsc::Sender<Control>,
     stats: Arc<DataStats>,
+    reach: Arc<ArcSwap<Vec<session::PeerStatus>>>,
 }
 
 /// What stops the data plane's threads.
@@ -600,10 +602,12 @@ pub fn start(
                 .spawn(move || inb.run())?,
         );
     }
+    let reach = Arc::new(ArcSwap::from_pointee(Vec::new()));
     let driver = Driver {
         sessions,
         view,
         stats: stats.clone(),
+        reach: reach.clone(),
         socket: driver_socket,
         clock,
         ring: None,
@@ -613,6 +617,7 @@ pub fn start(
         DataPlane {
             control: control_tx,
             stats,
+            reach,
         },
         Stopper {
             stop,
@@ -651,6 +656,12 @@ impl DataPlane {
     pub fn stats(&self) -> &Arc<DataStats> {
         &self.stats
     }
+
+    /// Whether each peer's data plane can be reached, and where its
+    /// datagrams go, as of the driver's last step (at most [`session::TICK`] old).
+    pub fn peer_status(&self) -> Arc<Vec<session::PeerStatus>> {
+        self.reach.load_full()
+    }
 }
 
 // ---- the driver ----
@@ -659,6 +670,8 @@ struct Driver {
     sessions: Sessions,
     view: Arc<ArcSwap<View>>,
     stats: Arc<DataStats>,
+    /// What [`DataPlane::peer_status`] reads.
+    reach: Arc<ArcSwap<Vec<session::PeerStatus>>>,
     socket: UdpSocket,
     clock: Clock,
     ring: Option<(Ipv4Net, Vec<RingRange>)>,
@@ -708,8 +721,9 @@ impl Driver {
         for name in gone {
             self.sessions.remove_peer(name);
         }
+        let now = self.clock.now();
         for p in peers {
-            if let Err(e) = self.sessions.upsert_peer(p.name, p.public_key, p.endpoint) {
+            if let Err(e) = self.sessions.upsert_peer(now, p.name, p.public_key, &p.candidates) {
                 warn!(peer = %p.name, "ignoring a peer's data plane: {e}");
             }
         }
@@ -736,7 +750,7 @@ impl Driver {
                 Event::Dropped(why) => self.stats.count(DropReason::Handshake(why)),
                 Event::Established { peer, initiator } => debug!(%peer, initiator, "data-plane session established"),
                 Event::GaveUp { peer, dropped } => {
-                    info!(%peer, dropped, "no answer to data-plane handshakes for 90 s; giving up until there is traffic again");
+                    info!(%peer, dropped, "no answer to data-plane handshakes for 90 s; the peer is down, still trying now and then");
                 }
                 Event::Roamed { peer, to } => info!(%peer, %to, "peer's data-plane endpoint moved"),
                 Event::Unsendable { packets, .. } => {
@@ -748,6 +762,10 @@ impl Driver {
         }
         if self.sessions.take_changed() {
             self.publish();
+        }
+        let reach: Vec<session::PeerStatus> = self.sessions.peer_status(self.clock.now()).collect();
+        if **self.reach.load() != reach {
+            self.reach.store(Arc::new(reach));
         }
     }
 

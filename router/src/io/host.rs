@@ -11,7 +11,7 @@
 //! the difference through netlink, and again every [`RESYNC`] so that a
 //! route someone deleted by hand comes back.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,15 +26,16 @@ use super::dataplane::{self, DataPlane, DataStats, PeerInfo, Settings, Stopper};
 use super::firewall::{self, Iptables};
 use super::netlink::Netlink;
 use crate::config::LaunchConfig;
-use crate::core::data::session::Sessions;
+use crate::core::data::session::{Mode, PERSISTENT_KEEPALIVE, Sessions};
 use crate::core::data::wire::TRANSPORT_OVERHEAD;
+use crate::core::endpoints;
 use crate::core::reconcile::{self, Desired};
 use crate::core::topology::Topology;
 use crate::identity::Identity;
 use crate::secret::{ClusterSecret, DATA_PSK_LABEL};
 
 /// The TUN device's name.
-pub const TUN_NAME: &str = "weft";
+pub const TUN_NAME: &str = reconcile::TUN_NAME;
 /// How often the kernel task re-applies the desired state, and the
 /// firewall task the firewall rules.
 pub const RESYNC: Duration = Duration::from_secs(30);
@@ -137,7 +138,10 @@ impl Prepared {
             clock.wall_at(crate::core::Time::ZERO),
             rand::random(),
             now,
-        );
+        )
+        .with_mode(Mode::Eager {
+            keepalive: PERSISTENT_KEEPALIVE,
+        });
         info!(
             mtu,
             queues = tun.queues.len(),
@@ -202,7 +206,7 @@ impl Prepared {
             queues,
             vnet_hdr,
             pod_range,
-            peers_summary: None,
+            peers_pushed: None,
             ring_hash: None,
             host_address: None,
         })
@@ -222,42 +226,38 @@ pub struct Running {
     queues: usize,
     vnet_hdr: bool,
     pod_range: Ipv4Net,
-    peers_summary: Option<u64>,
+    /// The topology summary and connection generation last pushed.
+    peers_pushed: Option<(u64, u64)>,
     ring_hash: Option<u64>,
     host_address: Option<Ipv4Addr>,
 }
 
 impl Running {
-    /// Tells the packet path about the routers in the topology, if it
-    /// changed. `control_peer` gives the address of a direct control
-    /// connection, preferred over the advertised endpoints.
-    pub fn update_peers(&mut self, topology: &Topology, control_peer: impl Fn(PeerName) -> Option<IpAddr>) {
-        let summary = topology.summary();
-        if self.peers_summary == Some(summary) {
+    /// Tells the packet path about the routers in the topology and where to
+    /// try each ([`endpoints::data_candidates`]), if the topology or the
+    /// control connections changed since the last push (`conns` is a count
+    /// the caller bumps whenever a connection comes or goes). `control_peer`
+    /// gives the address of a direct control connection, tried first.
+    pub fn update_peers(&mut self, topology: &Topology, conns: u64, control_peer: impl Fn(PeerName) -> Option<IpAddr>) {
+        let key = (topology.summary(), conns);
+        if self.peers_pushed == Some(key) {
             return;
         }
-        self.peers_summary = Some(summary);
+        self.peers_pushed = Some(key);
         let me = topology.me();
         let peers = topology
             .entries()
             .filter(|e| e.name != me)
             .filter_map(|e| {
                 let data = e.data?;
-                let ip = control_peer(e.name).or_else(|| e.endpoints.first().map(SocketAddr::ip));
                 Some(PeerInfo {
                     name: e.name,
                     public_key: data.public_key,
-                    endpoint: ip.map(|ip| SocketAddr::new(ip, data.port)),
+                    candidates: endpoints::data_candidates(e, control_peer(e.name)),
                 })
             })
             .collect();
         self.plane.set_peers(peers);
-    }
-
-    /// Forces the next [`Running::update_peers`] to push (a control
-    /// connection came or went, which may change a peer's address).
-    pub fn peers_may_have_moved(&mut self) {
-        self.peers_summary = None;
     }
 
     /// Tells the packet path and the kernel task about the ring and the
@@ -287,6 +287,11 @@ impl Running {
         let _ = self
             .want
             .send(Some(reconcile::desired(self.pod_range, &own_blocks, host_address)));
+    }
+
+    /// Whether each peer's data plane can be reached, and where its datagrams go.
+    pub fn peer_status(&self) -> Arc<Vec<crate::core::data::session::PeerStatus>> {
+        self.plane.peer_status()
     }
 
     /// The data-plane port.

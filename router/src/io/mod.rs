@@ -5,6 +5,8 @@
 //! - [`control`]: the QUIC endpoint of authenticated control connections.
 //! - [`daemon`]: `weft launch`: the task that drives the mesh core over the
 //!   control endpoint, and serves the local API and metrics.
+//! - [`interfaces`]: the host's interface addresses (what to advertise is
+//!   the mesh core's choice).
 //! - `kube` (cargo feature `kube`): Node discovery and the cluster Secret
 //!   from the Kubernetes API.
 //!
@@ -26,6 +28,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod firewall;
 pub mod host;
+pub mod interfaces;
 #[cfg(feature = "kube")]
 pub mod kube;
 pub mod netlink;

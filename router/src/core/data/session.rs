@@ -42,11 +42,34 @@
 //!   *stale* notice; we start a new handshake at once instead of waiting for
 //!   that timer.
 //!
-//! # Roaming
+//! # Eager sessions and liveness ([`Mode::Eager`], what the router runs)
 //!
-//! A peer's endpoint starts as the address its topology entry gives and then
-//! follows the source address of its authenticated datagrams only (a
-//! handshake message that checked out, or a transport datagram that opened).
+//! A session with every peer the topology knows is started at once, not on
+//! the first pod packet, and kept: a keepalive goes out after
+//! [`PERSISTENT_KEEPALIVE`] of sending nothing, keys are renewed on time
+//! whether or not data flows, and a session that has received nothing for
+//! [`STALE_AFTER`] is shaken hands again. So [`Sessions::peer_status`] tells
+//! whether a peer is reachable before any pod sends. What that costs is in
+//! `docs/data-plane.md`.
+//!
+//! # Endpoints
+//!
+//! A peer's topology entry gives the addresses to try, in order
+//! ([`crate::core::endpoints::data_candidates`]). Its *endpoint*, where
+//! transport datagrams go, is set only by an authenticated datagram from it
+//! (a handshake message that checked out, or a transport datagram that
+//! opened) and then follows the source of those: roaming. A handshake goes
+//! to the endpoint while it answers; when it does not (or there is none
+//! yet), retransmissions go to every address due. Each address backs off on
+//! its own (doubling from [`FIRST_RETRY`] to [`CANDIDATE_BACKOFF_MAX`]) and
+//! is reset by an authenticated reply from it, so no member can aim the
+//! mesh's traffic at a third party by advertising its address, and an
+//! address that never answers is not retried in a tight loop.
+//!
+//! An initiation from a member whose entry has not reached this router yet
+//! (gossip and handshakes race when a router joins) is held for
+//! [`PARK_TIME`] and answered as soon as the entry arrives, rather than
+//! dropped and retried.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -88,6 +111,59 @@ pub const KEEPALIVE: Duration = Duration::from_secs(10);
 pub const MAX_STAGED: usize = 64;
 /// How often the timers look at every peer.
 pub const TICK: Duration = Duration::from_millis(250);
+/// In [`Mode::Eager`], a keepalive goes to a peer after this long without
+/// sending it anything (WireGuard's `PersistentKeepalive = 25`, which keeps
+/// NAT and firewall mappings open too).
+pub const PERSISTENT_KEEPALIVE: Duration = Duration::from_secs(25);
+/// In [`Mode::Eager`], a session that received nothing for this long (the
+/// peer's keepalive plus a handshake timeout) is stale: a new handshake
+/// starts, and the peer is no longer `up`.
+pub const STALE_AFTER: Duration = Duration::from_secs(PERSISTENT_KEEPALIVE.as_secs() + REKEY_TIMEOUT.as_secs());
+/// The longest an address that does not answer waits between two
+/// initiations (from [`FIRST_RETRY`], doubling).
+pub const CANDIDATE_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long an initiation from a key the topology does not know yet is held.
+pub const PARK_TIME: Duration = Duration::from_secs(5);
+/// Initiations held for unknown keys, at most.
+const MAX_PARKED: usize = 64;
+
+/// When sessions are made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Only while the packet path has data for a peer (WireGuard without a
+    /// persistent keepalive).
+    OnDemand,
+    /// With every peer at once, kept alive by a keepalive after `keepalive`
+    /// of sending nothing and renewed on time whatever the traffic.
+    Eager {
+        /// The persistent keepalive ([`PERSISTENT_KEEPALIVE`] in the router).
+        keepalive: Duration,
+    },
+}
+
+/// Whether a peer's data plane can be reached, as `weft status` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reach {
+    /// Keys confirmed and something authenticated received within
+    /// [`STALE_AFTER`] (or the keys are that fresh).
+    Up,
+    /// A handshake is under way, unanswered for less than
+    /// [`REKEY_ATTEMPT_TIME`].
+    Connecting,
+    /// No address to try, or no answer for [`REKEY_ATTEMPT_TIME`] or more.
+    Down,
+}
+
+/// One peer's data-plane state, for `weft status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The peer.
+    pub name: PeerName,
+    /// Whether it can be reached.
+    pub reach: Reach,
+    /// Where transport datagrams to it go (its last authenticated address).
+    pub endpoint: Option<SocketAddr>,
+}
 /// At most one stale notice per source address per this long.
 const STALE_EVERY: Duration = Duration::from_secs(1);
 /// A stale notice starts a handshake at most this often per peer.
@@ -109,7 +185,7 @@ pub enum HandshakeDrop {
     BadMac,
     /// The Noise message did not decrypt: wrong static key or cluster secret.
     HandshakeFailed,
-    /// A valid initiation from a key that is not in the topology.
+    /// A valid initiation from a key the topology did not show within [`PARK_TIME`].
     UnknownPeer,
     /// An initiation whose timestamp is not newer than the last one.
     ReplayedInitiation,
@@ -209,9 +285,13 @@ struct Peer {
     psk: Zeroizing<[u8; 32]>,
     /// Keys for MACs on messages *to* it.
     mac: MacKeys,
-    /// From the topology.
-    hint: Option<SocketAddr>,
+    /// Addresses to try, from the topology, in order, each with its backoff.
+    candidates: Vec<Candidate>,
+    /// Where transport datagrams go: set by authenticated datagrams only.
     endpoint: Option<SocketAddr>,
+    /// When the first initiation still unanswered was sent (cleared by any
+    /// authenticated datagram from it).
+    failing_since: Option<Time>,
     activity: Arc<Activity>,
     pending: Option<Pending>,
     current: Option<Arc<Keypair>>,
@@ -226,11 +306,41 @@ struct Peer {
     /// bytes of room in front and `TAG_LEN` behind.
     staged: VecDeque<Vec<u8>>,
     last_stale_handshake: Option<Time>,
+    /// [`Event::GaveUp`] was reported for the current failing streak.
+    gave_up: bool,
+}
+
+/// An address to try a peer at, and when it may be tried next.
+#[derive(Clone, Copy, Debug)]
+struct Candidate {
+    addr: SocketAddr,
+    /// The wait after the next unanswered initiation.
+    delay: Duration,
+    /// Not sent to before this.
+    next_at: Time,
+}
+
+impl Candidate {
+    fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            delay: FIRST_RETRY,
+            next_at: Time::ZERO,
+        }
+    }
 }
 
 enum Slot {
     Pending(PeerId),
     Keys(PeerId),
+}
+
+/// An initiation from a key the topology does not know yet.
+struct Parked {
+    at: Time,
+    from: SocketAddr,
+    remote: [u8; 32],
+    bytes: Vec<u8>,
 }
 
 /// Every data-plane session of one router.
@@ -252,8 +362,10 @@ pub struct Sessions {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stale_sent: HashMap<SocketAddr, Time>,
+    parked: VecDeque<Parked>,
     next_tick: Time,
     changed: bool,
+    mode: Mode,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -292,22 +404,35 @@ impl Sessions {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stale_sent: HashMap::new(),
+            parked: VecDeque::new(),
             next_tick: now,
             changed: false,
+            mode: Mode::OnDemand,
         }
     }
 
-    /// Adds a peer from the topology, or updates its endpoint hint. A new
-    /// hint replaces the endpoint (the peer moved or restarted elsewhere);
-    /// the same hint leaves a roamed endpoint alone.
+    /// The same sessions, made as `mode` says ([`Mode::OnDemand`] unless set).
+    #[must_use]
+    pub fn with_mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Adds a peer from the topology, or updates the addresses to try it at
+    /// (`candidates`, in order; each keeps its backoff if it was there
+    /// before). The endpoint in use is left alone: only an authenticated
+    /// datagram moves it. In [`Mode::Eager`] a new peer's handshake starts
+    /// at once, and an initiation it sent before its entry arrived is
+    /// answered now.
     ///
     /// # Errors
     /// [`PeerError`] if the key does not match the name, or it is us.
     pub fn upsert_peer(
         &mut self,
+        now: Time,
         name: PeerName,
         public: [u8; 32],
-        hint: Option<SocketAddr>,
+        candidates: &[SocketAddr],
     ) -> Result<PeerId, PeerError> {
         if Identity::name_of(&public) != name {
             return Err(PeerError::KeyMismatch);
@@ -317,12 +442,24 @@ impl Sessions {
         }
         if let Some(&id) = self.by_name.get(&name) {
             let p = self.peer_mut(id);
-            if p.hint != hint {
-                p.hint = hint;
-                if hint.is_some() && p.endpoint != hint {
-                    p.endpoint = hint;
-                    self.changed = true;
-                }
+            let mut next: Vec<SocketAddr> = candidates.to_vec();
+            // The endpoint in use stays a candidate, advertised or not (a NAT's address).
+            if let Some(e) = p.endpoint
+                && !next.contains(&e)
+            {
+                next.insert(0, e);
+            }
+            if p.candidates.iter().map(|c| c.addr).ne(next.iter().copied()) {
+                let old = std::mem::take(&mut p.candidates);
+                p.candidates = next
+                    .iter()
+                    .map(|a| {
+                        old.iter()
+                            .find(|c| c.addr == *a)
+                            .copied()
+                            .unwrap_or_else(|| Candidate::new(*a))
+                    })
+                    .collect();
             }
             return Ok(id);
         }
@@ -332,8 +469,9 @@ impl Sessions {
             public,
             psk,
             mac: MacKeys::new(&self.data_psk, &public),
-            hint,
-            endpoint: hint,
+            candidates: candidates.iter().copied().map(Candidate::new).collect(),
+            endpoint: None,
+            failing_since: None,
             activity: Arc::new(Activity::default()),
             pending: None,
             current: None,
@@ -344,6 +482,7 @@ impl Sessions {
             last_mac1: None,
             staged: VecDeque::new(),
             last_stale_handshake: None,
+            gave_up: false,
         };
         let id = match self.peers.iter().position(Option::is_none) {
             Some(free) => {
@@ -358,6 +497,10 @@ impl Sessions {
         self.by_name.insert(name, id);
         self.by_public.insert(public, id);
         self.changed = true;
+        self.unpark(now, &public);
+        if matches!(self.mode, Mode::Eager { .. }) && self.peer(id).is_some_and(|p| p.pending.is_none()) {
+            self.start_handshake(now, id);
+        }
         Ok(id)
     }
 
@@ -399,6 +542,34 @@ impl Sessions {
             .iter()
             .enumerate()
             .filter_map(|(i, p)| p.as_ref().map(|p| (PeerId(i as u32), p.name, p.endpoint, &p.activity)))
+    }
+
+    /// Whether each peer can be reached, and where its datagrams go.
+    pub fn peer_status(&self, now: Time) -> impl Iterator<Item = PeerStatus> + '_ {
+        self.peers.iter().flatten().map(move |p| PeerStatus {
+            name: p.name,
+            reach: self.reach(p, now),
+            endpoint: p.endpoint,
+        })
+    }
+
+    fn reach(&self, p: &Peer, now: Time) -> Reach {
+        let fresh = |t: Option<Time>| t.is_some_and(|t| now.since(t) < STALE_AFTER);
+        let keys = p.current.as_ref().filter(|k| k.confirmed() && k.usable(now));
+        if let Some(k) = keys
+            && (fresh(Some(k.created)) || fresh(Activity::time(&p.activity.last_recv)))
+        {
+            return Reach::Up;
+        }
+        let trying = p.pending.is_some() || p.next.is_some();
+        match p.failing_since {
+            Some(since) if now.since(since) >= REKEY_ATTEMPT_TIME => Reach::Down,
+            _ if trying => Reach::Connecting,
+            _ if p.endpoint.is_none() && p.candidates.is_empty() => Reach::Down,
+            // Between attempts, waiting for an address to be due.
+            Some(_) => Reach::Connecting,
+            None => Reach::Down,
+        }
     }
 
     /// The keys to send to `peer` with: the current keys, if confirmed and
@@ -519,7 +690,7 @@ impl Sessions {
             self.changed = true;
             self.flush_staged(now, peer);
         }
-        self.roam(peer, from);
+        self.roam(now, peer, from);
     }
 
     /// Runs the timers.
@@ -528,6 +699,7 @@ impl Sessions {
             return;
         }
         self.next_tick = now + TICK;
+        self.expire_parked(now);
         if self.gate.needs_rotation(now) {
             let secret = self.rng.random();
             self.gate.rotate(now, secret);
@@ -540,6 +712,10 @@ impl Sessions {
     }
 
     fn tick_peer(&mut self, now: Time, id: PeerId) {
+        let eager = match self.mode {
+            Mode::Eager { keepalive } => Some(keepalive),
+            Mode::OnDemand => None,
+        };
         let p = self.peer_mut(id);
         // 1. Retransmit or abandon the handshake in flight.
         if let Some(pending) = &p.pending
@@ -551,8 +727,12 @@ impl Sessions {
                 let dropped = p.staged.len();
                 p.staged.clear();
                 let peer = p.name;
+                // Once per failing streak: an eager router keeps trying.
+                let report = !std::mem::replace(&mut p.gave_up, true) || dropped > 0;
                 self.indices.remove(&index);
-                self.events.push_back(Event::GaveUp { peer, dropped });
+                if report {
+                    self.events.push_back(Event::GaveUp { peer, dropped });
+                }
             } else {
                 self.send_initiation(now, id);
             }
@@ -581,9 +761,10 @@ impl Sessions {
         let unanswered = Activity::time(&act.unanswered_since);
         let recently = |t: Option<Time>| t.is_some_and(|t| now.since(t) < KEEPALIVE);
         let busy = recently(last_sent_data) || recently(last_recv_data);
-        // 3. Rekey on time while traffic flows (the responder a little later).
+        // 3. Rekey on time while traffic flows, or always when eager (the
+        //    responder a little later).
         if p.pending.is_none()
-            && busy
+            && (busy || eager.is_some())
             && let Some(k) = &p.current
         {
             let after = if k.initiator {
@@ -615,16 +796,52 @@ impl Sessions {
             && let Some(keys) = self.send_keys(id, now).cloned()
         {
             self.seal_and_send(now, id, &keys, &mut vec![0u8; TRANSPORT_OVERHEAD]);
+            return;
+        }
+        // 6. Eager, or packets waiting: keep a live session. No usable keys,
+        //    or nothing received for STALE_AFTER: shake hands (each
+        //    address's own backoff decides whether anything is sent).
+        let p = self.peer_mut(id);
+        if eager.is_none() && p.staged.is_empty() {
+            return;
+        }
+        let last_recv = Activity::time(&p.activity.last_recv);
+        let awaiting_confirmation = p.next.as_ref().is_some_and(|k| now.since(k.created) < REKEY_TIMEOUT);
+        let live = p.current.as_ref().is_some_and(|k| {
+            k.confirmed()
+                && k.usable(now)
+                && (now.since(k.created) < STALE_AFTER || last_recv.is_some_and(|r| now.since(r) < STALE_AFTER))
+        });
+        if !live {
+            if p.pending.is_none() && !awaiting_confirmation {
+                self.start_handshake(now, id);
+            }
+            return;
+        }
+        // Its datagrams arrive: whatever initiation went unanswered, it is reachable.
+        if p.failing_since.is_some_and(|f| last_recv.is_some_and(|r| r > f)) {
+            p.failing_since = None;
+            p.gave_up = false;
+        }
+        // 7. Persistent keepalive: nothing sent for `keepalive`.
+        let Some(keepalive) = eager else { return };
+        let since_sent = Activity::time(&p.activity.last_sent).map_or(Duration::MAX, |t| now.since(t));
+        if since_sent >= keepalive
+            && let Some(keys) = self.send_keys(id, now).cloned()
+        {
+            self.seal_and_send(now, id, &keys, &mut vec![0u8; TRANSPORT_OVERHEAD]);
         }
     }
 
     fn start_handshake(&mut self, now: Time, id: PeerId) {
         let p = self.peer_mut(id);
-        if p.endpoint.is_none() {
+        if p.endpoint.is_none() && p.candidates.is_empty() {
             let packets = p.staged.len();
             p.staged.clear();
             let peer = p.name;
-            self.events.push_back(Event::Unsendable { peer, packets });
+            if packets > 0 {
+                self.events.push_back(Event::Unsendable { peer, packets });
+            }
             return;
         }
         if let Some(old) = p.pending.take() {
@@ -633,15 +850,53 @@ impl Sessions {
         self.send_initiation(now, id);
     }
 
+    /// Where the next initiation to `id` goes, marking each as tried: the
+    /// endpoint alone while it answers. Once it does not: the endpoint on
+    /// WireGuard's schedule for [`REKEY_ATTEMPT_TIME`] (it answered before),
+    /// and every other address when its own backoff lets it.
+    fn targets(&mut self, now: Time, id: PeerId) -> Vec<SocketAddr> {
+        let p = self.peer_mut(id);
+        let failing_for = p.failing_since.map(|f| now.since(f));
+        let endpoint = p.endpoint;
+        let healthy = endpoint.is_some() && failing_for.is_none();
+        let mut out = Vec::new();
+        for c in &mut p.candidates {
+            let proven = Some(c.addr) == endpoint && failing_for.is_none_or(|d| d < REKEY_ATTEMPT_TIME);
+            if proven {
+                out.push(c.addr);
+                // If the streak outlives the grace, back off from here.
+                c.delay = REKEY_TIMEOUT;
+                c.next_at = now + REKEY_TIMEOUT;
+            } else if !healthy && c.next_at <= now {
+                out.push(c.addr);
+                c.next_at = now + c.delay;
+                c.delay = (c.delay * 2).min(CANDIDATE_BACKOFF_MAX);
+            }
+        }
+        out
+    }
+
     /// Sends a fresh initiation (new ephemeral key and index) to `id`, and
-    /// schedules its retransmission.
+    /// schedules its retransmission. When no address is due, the handshake
+    /// in flight (if any) waits for the first that will be.
     fn send_initiation(&mut self, now: Time, id: PeerId) {
+        let targets = self.targets(now, id);
+        let Some(&to) = targets.first() else {
+            let p = self.peer_mut(id);
+            let next = p
+                .candidates
+                .iter()
+                .map(|c| c.next_at)
+                .min()
+                .unwrap_or(now + REKEY_TIMEOUT);
+            if let Some(pending) = &mut p.pending {
+                pending.retry_at = next.max(now + TICK);
+            }
+            return;
+        };
         let index = self.new_index();
         let timestamp = self.timestamp(now);
         let p = self.peers[id.0 as usize].as_mut().unwrap_or_else(|| unreachable!());
-        let Some(to) = p.endpoint else {
-            return;
-        };
         let built = snow::Builder::new(
             NOISE_PARAMS
                 .parse()
@@ -684,7 +939,14 @@ impl Sessions {
             attempt,
             retry_at: now + backoff + jitter,
         });
+        p.failing_since.get_or_insert(now);
         self.indices.insert(index, Slot::Pending(id));
+        for extra in &targets[1..] {
+            self.transmits.push_back(Transmit {
+                to: *extra,
+                bytes: msg.clone(),
+            });
+        }
         self.transmits.push_back(Transmit { to, bytes: msg });
     }
 
@@ -697,6 +959,11 @@ impl Sessions {
             Admit::RateLimited => return self.drop(HandshakeDrop::RateLimited),
             Admit::SendCookie => return self.send_cookie(from, init.sender, init.bytes),
         }
+        self.answer_initiation(now, from, init);
+    }
+
+    /// Answers an initiation that passed `mac1` and the gate.
+    fn answer_initiation(&mut self, now: Time, from: SocketAddr, init: Initiation<'_>) {
         let Ok(mut hs) = snow::Builder::new(NOISE_PARAMS.parse().unwrap_or_else(|_| unreachable!()))
             .local_private_key(self.private.as_ref())
             .and_then(|b| b.prologue(PROLOGUE))
@@ -715,7 +982,9 @@ impl Sessions {
             return self.drop(HandshakeDrop::HandshakeFailed);
         };
         let Some(&id) = self.by_public.get(&remote) else {
-            return self.drop(HandshakeDrop::UnknownPeer);
+            // A member (it made mac1 and its static key decrypted) whose
+            // entry has not reached us yet: answered when it does.
+            return self.park(now, from, remote, init.bytes);
         };
         let p = self.peer(id).unwrap_or_else(|| unreachable!());
         if p.last_timestamp.is_some_and(|last| timestamp <= last) {
@@ -757,13 +1026,50 @@ impl Sessions {
             self.indices.remove(&old.local_index);
         }
         self.indices.insert(index, Slot::Keys(id));
-        self.roam(id, from);
+        self.roam(now, id, from);
         self.changed = true;
         self.events.push_back(Event::Established {
             peer: name,
             initiator: false,
         });
         self.transmits.push_back(Transmit { to: from, bytes: msg });
+    }
+
+    /// Holds an initiation from a key the topology does not know yet, for
+    /// [`PARK_TIME`]; counted as `unknown_peer` if it is still unknown then
+    /// (or there is no room).
+    fn park(&mut self, now: Time, from: SocketAddr, remote: [u8; 32], bytes: &[u8]) {
+        self.expire_parked(now);
+        if self.parked.len() >= MAX_PARKED {
+            return self.drop(HandshakeDrop::UnknownPeer);
+        }
+        // The newest initiation from a key replaces an older one.
+        self.parked.retain(|p| p.remote != remote);
+        self.parked.push_back(Parked {
+            at: now,
+            from,
+            remote,
+            bytes: bytes.to_vec(),
+        });
+    }
+
+    /// Answers what `public` sent before its entry arrived.
+    fn unpark(&mut self, now: Time, public: &[u8; 32]) {
+        self.expire_parked(now);
+        let Some(i) = self.parked.iter().position(|p| p.remote == *public) else {
+            return;
+        };
+        let Some(parked) = self.parked.remove(i) else { return };
+        if let Ok(Packet::Initiation(init)) = wire::parse(&parked.bytes) {
+            self.answer_initiation(now, parked.from, init);
+        }
+    }
+
+    fn expire_parked(&mut self, now: Time) {
+        while self.parked.front().is_some_and(|p| now.since(p.at) >= PARK_TIME) {
+            self.parked.pop_front();
+            self.drop(HandshakeDrop::UnknownPeer);
+        }
     }
 
     fn handle_response(&mut self, now: Time, from: SocketAddr, resp: Response<'_>) {
@@ -808,7 +1114,7 @@ impl Sessions {
             self.indices.remove(&old.local_index);
         }
         self.indices.insert(pending.local_index, Slot::Keys(id));
-        self.roam(id, from);
+        self.roam(now, id, from);
         self.changed = true;
         self.events.push_back(Event::Established {
             peer: name,
@@ -904,8 +1210,21 @@ impl Sessions {
         }
     }
 
-    fn roam(&mut self, id: PeerId, from: SocketAddr) {
+    /// An authenticated datagram from `id` came from `from`: that address
+    /// works. It becomes the endpoint (roaming), its backoff is reset, and
+    /// the peer is no longer failing.
+    fn roam(&mut self, now: Time, id: PeerId, from: SocketAddr) {
         let p = self.peer_mut(id);
+        p.failing_since = None;
+        p.gave_up = false;
+        match p.candidates.iter_mut().find(|c| c.addr == from) {
+            Some(c) => {
+                c.delay = FIRST_RETRY;
+                c.next_at = now;
+            }
+            // An address it was not advertised at (a NAT's): tried first from now on.
+            None => p.candidates.insert(0, Candidate::new(from)),
+        }
         if p.endpoint != Some(from) {
             let first = p.endpoint.is_none();
             p.endpoint = Some(from);
