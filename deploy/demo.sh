@@ -2,7 +2,9 @@
 # The README's demo command: a real Weft mesh on this one machine.
 #
 # Three "hosts" are network namespaces joined by an underlay bridge (in a
-# namespace of its own); each runs `weft launch`, and each gets two "pods",
+# namespace of its own); each runs `weft launch` the way Weave users start a
+# mesh (host 1 with no peer, every other host naming host 1 only; the
+# routers find each other by gossip), and each gets two "pods",
 # plugged in as a routed CNI plugin would do it, with addresses allocated
 # through its router's API. The demo then
 #   1. shows `weft status` of every router,
@@ -172,6 +174,14 @@ meshed() { # HOST: connected to both others
     [[ "$(established "$1")" == "$((${#HOSTS[@]} - 1))" ]]
 }
 
+data_sessions() { # HOST: how many routers its data plane is up with
+    weft_cli "$1" status --json 2>/dev/null | tr -d '\n ' | grep -o '"data":{"state":"up"' | wc -l
+}
+
+data_up() { # HOST: a data-plane session with both others
+    [[ "$(data_sessions "$1")" == "$((${#HOSTS[@]} - 1))" ]]
+}
+
 # --- start ------------------------------------------------------------------------
 [[ "$(uname -s)" == Linux ]] || die "the demo needs Linux (network namespaces, TUN)"
 ((EUID == 0)) || die "the demo needs root (network namespaces, TUN): run it as root"
@@ -237,12 +247,13 @@ for h in "${HOSTS[@]}"; do
     info "host $h: namespace $ns, eth0 $(ul_ip "$h")/24"
 done
 
-say "Launching a router on every host: weft launch --name hostN --ipalloc-range $POD_RANGE PEER PEER"
+say "Launching a router on every host: weft launch on host 1, weft launch $(ul_ip 1) on the others"
 (umask 077 && "$weft" secret >"$work/secret")
 info "cluster secret generated with 'weft secret' (every router reads it from --password-file)"
 for h in "${HOSTS[@]}"; do
+    # One peer is enough: the others are learned by gossip.
     peers=()
-    for o in "${HOSTS[@]}"; do ((o == h)) || peers+=("$(ul_ip "$o")"); done
+    ((h == 1)) || peers=("$(ul_ip 1)")
     ip netns exec "$(ns_host "$h")" env RUST_LOG="${RUST_LOG:-info}" \
         "$weft" launch --name "host$h" --data-dir "$work/h$h" --api-socket "$(api "$h")" \
         --password-file "$work/secret" --ipalloc-range "$POD_RANGE" "${peers[@]}" \
@@ -251,12 +262,17 @@ for h in "${HOSTS[@]}"; do
     info "host $h: weft launch --name host$h ... ${peers[*]}  (pid $!, log $work/h$h.log)"
 done
 
-say "Waiting for the routers to authenticate each other and form a full mesh"
+say "Waiting for the routers to find each other and form a full mesh"
 start=$SECONDS
 for h in "${HOSTS[@]}"; do
     wait_for 60 meshed "$h" || die "host $h has $(established "$h" || echo no) of $((${#HOSTS[@]} - 1)) connections after 60 s"
 done
 info "full mesh after $((SECONDS - start)) s"
+for h in "${HOSTS[@]}"; do
+    wait_for 30 data_up "$h" ||
+        die "host $h has a data-plane session with $(data_sessions "$h" || echo no) of $((${#HOSTS[@]} - 1)) routers after 30 s"
+done
+info "every router has a data-plane session with every other after $((SECONDS - start)) s"
 
 say "Allocating two pod addresses per host through each router's API (weft ipam allocate)"
 declare -A pod_ip
