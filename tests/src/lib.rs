@@ -14,7 +14,8 @@
 //!
 //! [`router`] launches the real `weft` binary in a host and reads its status; [`pcap`] reads what `tcpdump -w`
 //! captured on the underlay. [`runtime`] has what tests of container runtimes share (daemons in a host's
-//! namespace, busybox images, cleanup of mounts and cgroups). The `weft-probe` binary of this crate sends and echoes pod traffic.
+//! namespace, busybox images, cleanup of mounts and cgroups). [`traffic`] sends and echoes pod traffic, with
+//! busybox `ping` and this crate's `weft-probe` binary.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -43,6 +44,7 @@ pub mod router;
 pub mod runtime;
 mod skip;
 mod testbed;
+pub mod traffic;
 mod wait;
 
 pub use error::Error;

@@ -22,7 +22,7 @@ use ipnet::Ipv4Net;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::{Host, InNamespace as _, Process, wait_until};
+use crate::{Host, InNamespace as _, Pod, Process, wait_until};
 
 /// The control port every router listens on.
 pub const CONTROL_PORT: u16 = 6783;
@@ -194,6 +194,28 @@ impl<'t> Router<'t> {
         let addr = self.allocate(id);
         addr.parse()
             .unwrap_or_else(|err| panic!("{} allocated {addr:?}, not an IPv4 CIDR: {err}", self.nickname))
+    }
+
+    /// Plugs pod `suffix` into its host as the CNI plugin does: an address allocated here for the ID
+    /// `hN-suffix`, and the link MTU `mtu` on both ends of its veth (the router's data-plane MTU, which pods
+    /// must use; `None` leaves the veth's 1500).
+    ///
+    /// # Panics
+    /// As [`Router::allocate_net`], and if the pod cannot be made.
+    pub fn add_pod(&self, suffix: &str, mtu: Option<u16>) -> Pod {
+        let addr = self.allocate_net(&format!("{}-{suffix}", self.nickname));
+        let pod = self
+            .host
+            .add_pod(suffix, addr)
+            .unwrap_or_else(|err| panic!("pod {suffix} on {}: {err}", self.nickname));
+        if let Some(mtu) = mtu {
+            let mtu = mtu.to_string();
+            pod.exec_ok(["ip", "link", "set", "eth0", "mtu", &mtu]).unwrap();
+            self.host
+                .exec_ok(["ip", "link", "set", pod.host_veth(), "mtu", &mtu])
+                .unwrap();
+        }
+        pod
     }
 
     /// The ring's ranges as `weft ipam --json` shows them (first, last, owner), in address order.
@@ -597,18 +619,22 @@ pub fn peer_addr(host: &Host) -> String {
 /// # Panics
 /// If it has not been built.
 pub fn weft_binary() -> PathBuf {
+    built_binary("weft", "cargo build -p weft-router --bin weft")
+}
+
+/// The binary `name` of this workspace's debug build (in `CARGO_TARGET_DIR`, or the workspace's `target`).
+///
+/// # Panics
+/// If it has not been built; the message says to run `build`.
+pub(crate) fn built_binary(name: &str, build: &str) -> PathBuf {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("the tests crate is inside the workspace");
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace.join("target"), |dir| workspace.join(dir));
-    let weft = target.join("debug").join("weft");
-    assert!(
-        weft.is_file(),
-        "{} is missing: run `cargo build -p weft-router --bin weft` first",
-        weft.display()
-    );
-    weft
+    let binary = target.join("debug").join(name);
+    assert!(binary.is_file(), "{} is missing: run `{build}` first", binary.display());
+    binary
 }
 
 /// A fresh directory for one test's secrets, data directories, sockets and logs; removed when dropped.
