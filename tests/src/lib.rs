@@ -12,10 +12,10 @@
 //!
 //! Tests never sleep to wait for a state: they poll it with [`wait_until`].
 //!
-//! [`router`] launches the real `weft` binary in a host and reads its status; [`pcap`] reads what `tcpdump -w`
-//! captured on the underlay. [`runtime`] has what tests of container runtimes share (daemons in a host's
-//! namespace, busybox images, cleanup of mounts and cgroups). [`traffic`] sends and echoes pod traffic, with
-//! busybox `ping` and this crate's `weft-probe` binary.
+//! [`router`] launches the real `weft` binary in a host (with [`router::Launch`] as users do: `weft launch
+//! [PEER...]`) and reads its status; [`pcap`] reads what `tcpdump -w` captured on the underlay. [`runtime`] has
+//! what tests of container runtimes share (daemons in a host's namespace, busybox images, cleanup of mounts and
+//! cgroups). [`traffic`] sends and echoes pod traffic, with busybox `ping` and this crate's `weft-probe` binary.
 //!
 //! ```no_run
 //! use std::time::Duration;
