@@ -12,6 +12,9 @@
 //!
 //! Tests never sleep to wait for a state: they poll it with [`wait_until`].
 //!
+//! A testbed can have more underlay networks ([`Testbed::add_network`]: `10.98.0.i/24` on `eth1`, say), and two
+//! hosts can be parted on one of them by a firewall of the harness's own ([`Testbed::sever`], [`Host::drop_from`]).
+//!
 //! [`router`] launches the real `weft` binary in a host (with [`router::Launch`] as users do: `weft launch
 //! [PEER...]`) and reads its status; [`pcap`] reads what `tcpdump -w` captured on the underlay. [`runtime`] has
 //! what tests of container runtimes share (daemons in a host's namespace, busybox images, cleanup of mounts and
@@ -51,5 +54,5 @@ pub use error::Error;
 pub use netns::{InNamespace, Netns, netns_names, sweep};
 pub use process::Process;
 pub use skip::{missing_program, netns_unavailable, skip_or_fail};
-pub use testbed::{Host, MAX_HOSTS, POD_GATEWAY, Pod, Testbed, UNDERLAY, UNDERLAY_DEV};
+pub use testbed::{Host, MAX_HOSTS, Network, POD_GATEWAY, Pod, Testbed, UNDERLAY, UNDERLAY_DEV};
 pub use wait::wait_until;
