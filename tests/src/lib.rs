@@ -12,9 +12,13 @@
 //!
 //! Tests never sleep to wait for a state: they poll it with [`wait_until`].
 //!
-//! [`router`] launches the real `weft` binary in a host and reads its status; [`pcap`] reads what `tcpdump -w`
-//! captured on the underlay. [`runtime`] has what tests of container runtimes share (daemons in a host's
-//! namespace, busybox images, cleanup of mounts and cgroups). The `weft-probe` binary of this crate sends and echoes pod traffic.
+//! A testbed can have more underlay networks ([`Testbed::add_network`]: `10.98.0.i/24` on `eth1`, say), and two
+//! hosts can be parted on one of them by a firewall of the harness's own ([`Testbed::sever`], [`Host::drop_from`]).
+//!
+//! [`router`] launches the real `weft` binary in a host (with [`router::Launch`] as users do: `weft launch
+//! [PEER...]`) and reads its status; [`pcap`] reads what `tcpdump -w` captured on the underlay. [`runtime`] has
+//! what tests of container runtimes share (daemons in a host's namespace, busybox images, cleanup of mounts and
+//! cgroups). [`traffic`] sends and echoes pod traffic, with busybox `ping` and this crate's `weft-probe` binary.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -43,11 +47,12 @@ pub mod router;
 pub mod runtime;
 mod skip;
 mod testbed;
+pub mod traffic;
 mod wait;
 
 pub use error::Error;
 pub use netns::{InNamespace, Netns, netns_names, sweep};
 pub use process::Process;
 pub use skip::{missing_program, netns_unavailable, skip_or_fail};
-pub use testbed::{Host, MAX_HOSTS, POD_GATEWAY, Pod, Testbed, UNDERLAY, UNDERLAY_DEV};
+pub use testbed::{Host, MAX_HOSTS, Network, POD_GATEWAY, Pod, Testbed, UNDERLAY, UNDERLAY_DEV};
 pub use wait::wait_until;

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
@@ -22,7 +22,7 @@ use ipnet::Ipv4Net;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::{Host, InNamespace as _, Process, wait_until};
+use crate::{Host, InNamespace as _, Pod, Process, wait_until};
 
 /// The control port every router listens on.
 pub const CONTROL_PORT: u16 = 6783;
@@ -49,37 +49,16 @@ impl<'t> Router<'t> {
         Self::launch_with(host, dir, secret, peers, &[])
     }
 
-    /// [`Router::launch`], with more `weft launch` options.
+    /// [`Router::launch`], with more `weft launch` options. It listens on `10.99.0.N:6783`
+    /// (`--listen`) and names each peer by that address; [`Launch`] launches it as users do.
     pub fn launch_with(host: &'t Host, dir: &Path, secret: &Path, peers: &[&Host], extra: &[&str]) -> Self {
-        let nickname = format!("h{}", host.index());
-        let data_dir = dir.join(&nickname);
-        let socket = dir.join(format!("{nickname}.sock"));
-        let mut args: Vec<String> = vec![
-            "launch".into(),
-            "--name".into(),
-            nickname.clone(),
-            "--data-dir".into(),
-            path_arg(&data_dir),
-            "--password-file".into(),
-            path_arg(secret),
-            "--api-socket".into(),
-            path_arg(&socket),
-            "--listen".into(),
-            peer_addr(host),
-        ];
-        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
-        args.extend(peers.iter().map(|peer| peer_addr(peer)));
-        let mut router = Self {
-            host,
-            log: dir.join(format!("{nickname}.log")),
-            nickname,
-            args,
-            data_dir,
-            socket,
-            process: None,
-        };
-        router.start();
-        router
+        peers
+            .iter()
+            .fold(
+                Launch::new(host, dir, secret).listen(peer_addr(host)).args(extra),
+                |launch, peer| launch.peer(peer_addr(peer)),
+            )
+            .start()
     }
 
     /// Its nickname, `hN` for host N.
@@ -196,6 +175,28 @@ impl<'t> Router<'t> {
             .unwrap_or_else(|err| panic!("{} allocated {addr:?}, not an IPv4 CIDR: {err}", self.nickname))
     }
 
+    /// Plugs pod `suffix` into its host as the CNI plugin does: an address allocated here for the ID
+    /// `hN-suffix`, and the link MTU `mtu` on both ends of its veth (the router's data-plane MTU, which pods
+    /// must use; `None` leaves the veth's 1500).
+    ///
+    /// # Panics
+    /// As [`Router::allocate_net`], and if the pod cannot be made.
+    pub fn add_pod(&self, suffix: &str, mtu: Option<u16>) -> Pod {
+        let addr = self.allocate_net(&format!("{}-{suffix}", self.nickname));
+        let pod = self
+            .host
+            .add_pod(suffix, addr)
+            .unwrap_or_else(|err| panic!("pod {suffix} on {}: {err}", self.nickname));
+        if let Some(mtu) = mtu {
+            let mtu = mtu.to_string();
+            pod.exec_ok(["ip", "link", "set", "eth0", "mtu", &mtu]).unwrap();
+            self.host
+                .exec_ok(["ip", "link", "set", pod.host_veth(), "mtu", &mtu])
+                .unwrap();
+        }
+        pod
+    }
+
     /// The ring's ranges as `weft ipam --json` shows them (first, last, owner), in address order.
     pub fn ring_ranges(&self) -> Vec<(String, String, String)> {
         self.ring().ranges
@@ -246,6 +247,100 @@ impl<'t> Router<'t> {
         let log = fs::read_to_string(&self.log).unwrap_or_else(|err| format!("(no log: {err})"));
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(LOG_TAIL)..].join("\n")
+    }
+}
+
+/// A `weft launch` as users type it, `weft launch [OPTIONS] [PEER...]`, plus what every test router gets: the
+/// name `hN`, and its data directory, API socket and log under the test's directory. Without
+/// [`listen`](Self::listen) the router binds `0.0.0.0:6783` and has to find its own addresses, as it does on a
+/// user's host.
+///
+/// ```no_run
+/// # use weft_tests::router::{Launch, workdir, write_secret};
+/// # let tb = weft_tests::Testbed::new(2).unwrap();
+/// # let dir = workdir();
+/// # let secret = write_secret(dir.path(), "secret", "s");
+/// let h1 = Launch::new(tb.host(1), dir.path(), &secret).start();
+/// let h2 = Launch::new(tb.host(2), dir.path(), &secret).peer("10.99.0.1").start(); // weft launch 10.99.0.1
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a launch does nothing until it is started"]
+pub struct Launch<'t> {
+    host: &'t Host,
+    dir: PathBuf,
+    secret: PathBuf,
+    listen: Option<String>,
+    options: Vec<String>,
+    peers: Vec<String>,
+}
+
+impl<'t> Launch<'t> {
+    /// A launch on `host`, with its data, API socket and log under `dir` and the cluster secret in the file
+    /// `secret`; no peer, no other option.
+    pub fn new(host: &'t Host, dir: &Path, secret: &Path) -> Self {
+        Self {
+            host,
+            dir: dir.to_owned(),
+            secret: secret.to_owned(),
+            listen: None,
+            options: Vec::new(),
+            peers: Vec::new(),
+        }
+    }
+
+    /// `--listen ADDR`, e.g. [`peer_addr`] of its own host.
+    pub fn listen(mut self, addr: impl Into<String>) -> Self {
+        self.listen = Some(addr.into());
+        self
+    }
+
+    /// One more PEER, as a user writes it: `10.99.0.1`, `10.98.0.3:6783`, a host name.
+    pub fn peer(mut self, addr: impl Into<String>) -> Self {
+        self.peers.push(addr.into());
+        self
+    }
+
+    /// More `weft launch` options (they go before the PEERs).
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.options.extend(args.iter().map(|arg| (*arg).to_owned()));
+        self
+    }
+
+    /// Starts the router.
+    ///
+    /// # Panics
+    /// If it cannot be started.
+    pub fn start(self) -> Router<'t> {
+        let nickname = format!("h{}", self.host.index());
+        let data_dir = self.dir.join(&nickname);
+        let socket = self.dir.join(format!("{nickname}.sock"));
+        let mut args: Vec<String> = vec![
+            "launch".into(),
+            "--name".into(),
+            nickname.clone(),
+            "--data-dir".into(),
+            path_arg(&data_dir),
+            "--password-file".into(),
+            path_arg(&self.secret),
+            "--api-socket".into(),
+            path_arg(&socket),
+        ];
+        if let Some(listen) = self.listen {
+            args.extend(["--listen".into(), listen]);
+        }
+        args.extend(self.options);
+        args.extend(self.peers);
+        let mut router = Router {
+            host: self.host,
+            log: self.dir.join(format!("{nickname}.log")),
+            nickname,
+            args,
+            data_dir,
+            socket,
+            process: None,
+        };
+        router.start();
+        router
     }
 }
 
@@ -311,6 +406,19 @@ pub struct Peer {
     pub state: String,
     /// Why it is not established.
     pub reason: Option<String>,
+    /// `data`: the data-plane session with it; `None` from a router that does not report one per peer.
+    pub data: Option<PeerData>,
+}
+
+/// `peers[].data`: this router's data-plane session with one other router.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerData {
+    /// `up` (keys to send with), `connecting` or `down`.
+    pub state: String,
+    /// The other router's data-plane address in use (its UDP port is [`DATAPLANE_PORT`] by default).
+    pub endpoint: Option<SocketAddr>,
+    /// What the session goes through when it is not direct; `None` when it is.
+    pub via: Option<String>,
 }
 
 /// `status.dataplane`: the encrypted UDP tunnels and the TUN device.
@@ -374,6 +482,10 @@ impl Status {
                     address: text(peer, "address"),
                     state: text(peer, "state").ok_or_else(|| bad("state for a peer"))?,
                     reason: text(peer, "reason"),
+                    data: match peer.get("data") {
+                        None | Some(Value::Null) => None,
+                        Some(data) => Some(PeerData::parse(data).map_err(|what| bad(&format!("peers[].data.{what}")))?),
+                    },
                 })
             })
             .collect::<Result<_, String>>()?;
@@ -422,6 +534,40 @@ impl Status {
             .filter(|peer| peer.state == "established")
             .map(|peer| peer.name.as_deref().unwrap_or("<established without a name>"))
             .collect()
+    }
+
+    /// The peer names of the routers it has a data-plane session with (`peers[].data.state` is `up`).
+    pub fn data_up(&self) -> BTreeSet<&str> {
+        self.peers
+            .iter()
+            .filter(|peer| peer.data.as_ref().is_some_and(|data| data.state == "up"))
+            .filter_map(|peer| peer.name.as_deref())
+            .collect()
+    }
+
+    /// The row of the router named `name`, if it has one.
+    pub fn peer(&self, name: &str) -> Option<&Peer> {
+        self.peers.iter().find(|peer| peer.name.as_deref() == Some(name))
+    }
+}
+
+impl PeerData {
+    /// Parses `peers[].data`; the error names the missing or malformed field.
+    fn parse(data: &Value) -> Result<Self, String> {
+        let optional = |key: &str| match data.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text.clone())),
+            Some(_) => Err(key.to_owned()),
+        };
+        let state = optional("state")?.ok_or_else(|| "state".to_owned())?;
+        let endpoint = optional("endpoint")?
+            .map(|addr| addr.parse().map_err(|_| "endpoint".to_owned()))
+            .transpose()?;
+        Ok(Self {
+            state,
+            endpoint,
+            via: optional("via")?,
+        })
     }
 }
 
@@ -597,18 +743,22 @@ pub fn peer_addr(host: &Host) -> String {
 /// # Panics
 /// If it has not been built.
 pub fn weft_binary() -> PathBuf {
+    built_binary("weft", "cargo build -p weft-router --bin weft")
+}
+
+/// The binary `name` of this workspace's debug build (in `CARGO_TARGET_DIR`, or the workspace's `target`).
+///
+/// # Panics
+/// If it has not been built; the message says to run `build`.
+pub(crate) fn built_binary(name: &str, build: &str) -> PathBuf {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("the tests crate is inside the workspace");
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace.join("target"), |dir| workspace.join(dir));
-    let weft = target.join("debug").join("weft");
-    assert!(
-        weft.is_file(),
-        "{} is missing: run `cargo build -p weft-router --bin weft` first",
-        weft.display()
-    );
-    weft
+    let binary = target.join("debug").join(name);
+    assert!(binary.is_file(), "{} is missing: run `{build}` first", binary.display());
+    binary
 }
 
 /// A fresh directory for one test's secrets, data directories, sockets and logs; removed when dropped.
@@ -637,4 +787,80 @@ pub fn write_secret(dir: &Path, name: &str, secret: &str) -> PathBuf {
 
 fn path_arg(path: &Path) -> String {
     path.to_str().expect("temporary paths are UTF-8").to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A status as `weft status --json` prints it, with `PEERS` for its peer list.
+    const STATUS: &str = r#"{
+        "name": "00:00:00:00:00:00:00:01", "nickname": "h1", "version": "0.1.0", "peers": PEERS,
+        "ipam": {"range": "10.32.0.0/12", "owned": 4, "free": 2, "allocated": 1},
+        "connections_established": 1, "host_address": "10.32.0.1", "dataplane": null
+    }"#;
+
+    fn status(peers: &str) -> Result<Status, String> {
+        Status::parse(&STATUS.replace("PEERS", peers))
+    }
+
+    #[test]
+    fn peer_data_is_read_and_data_up_lists_only_named_peers_that_are_up() {
+        let s = status(
+            r#"[
+            {"name": "00:00:00:00:00:00:00:02", "nickname": "h2", "address": "10.99.0.2:6783",
+             "state": "established", "reason": null,
+             "data": {"state": "up", "endpoint": "10.98.0.2:6784", "via": null}},
+            {"name": "00:00:00:00:00:00:00:03", "nickname": "h3", "address": null,
+             "state": "not_neighbour", "reason": null,
+             "data": {"state": "connecting", "endpoint": null, "via": null}},
+            {"name": null, "nickname": null, "address": "10.99.0.9:6783", "state": "retrying",
+             "reason": "timed out", "data": {"state": "down", "endpoint": null, "via": null}}
+        ]"#,
+        )
+        .unwrap();
+        assert_eq!(s.data_up(), BTreeSet::from(["00:00:00:00:00:00:00:02"]));
+        assert_eq!(
+            s.peer("00:00:00:00:00:00:00:02").and_then(|p| p.data.clone()),
+            Some(PeerData {
+                state: "up".into(),
+                endpoint: Some("10.98.0.2:6784".parse().unwrap()),
+                via: None,
+            })
+        );
+        assert_eq!(s.peers[2].data.as_ref().map(|d| d.state.as_str()), Some("down"));
+        assert!(s.peer("00:00:00:00:00:00:00:09").is_none());
+    }
+
+    #[test]
+    fn a_router_without_peer_data_still_parses() {
+        let s = status(
+            r#"[{"name": "00:00:00:00:00:00:00:02", "nickname": "h2", "address": "10.99.0.2:6783",
+                 "state": "established", "reason": null}]"#,
+        )
+        .unwrap();
+        assert_eq!(s.peers[0].data, None);
+        assert!(s.data_up().is_empty());
+        assert_eq!(s.established(), BTreeSet::from(["00:00:00:00:00:00:00:02"]));
+    }
+
+    #[test]
+    fn malformed_peer_data_is_an_error_naming_the_field() {
+        let peer = |data: &str| {
+            format!(
+                r#"[{{"name": "00:00:00:00:00:00:00:02", "nickname": null, "address": null, "state": "established", "reason": null, "data": {data}}}]"#
+            )
+        };
+        for (data, field) in [
+            (r#"{"endpoint": null, "via": null}"#, "data.state"),
+            (
+                r#"{"state": "up", "endpoint": "10.98.0.2", "via": null}"#,
+                "data.endpoint",
+            ),
+            (r#"{"state": "up", "endpoint": null, "via": 7}"#, "data.via"),
+        ] {
+            let err = status(&peer(data)).unwrap_err();
+            assert!(err.contains(field), "{data}: {err}");
+        }
+    }
 }

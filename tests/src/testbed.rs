@@ -1,8 +1,9 @@
 //! Hosts on an underlay bridge, and pods on hosts.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use ipnet::Ipv4Net;
 
@@ -34,6 +35,9 @@ pub const MAX_HOSTS: usize = 254;
 ///                   └ pod-S ── ns PREFIX-hI-S: eth0 ADDR, default via 169.254.1.1
 /// ```
 ///
+/// [`add_network`](Self::add_network) adds bridges `br1`, `br2`, ... with ports `hIn1`, `hIn2`, ... and host
+/// interfaces `eth1`, `eth2`, ...
+///
 /// `PREFIX` is `wt{pid % 10000}-{k}`, with `k` counting testbeds in this process, so tests running in
 /// parallel never share a name. Interface names are fixed and short because each lives in its own
 /// namespace.
@@ -45,6 +49,8 @@ pub const MAX_HOSTS: usize = 254;
 pub struct Testbed {
     prefix: String,
     underlay: Netns,
+    /// The first is [`UNDERLAY`] on [`UNDERLAY_DEV`]; [`Testbed::add_network`] adds more.
+    networks: Vec<Network>,
     hosts: Vec<Host>,
     shared: Arc<Shared>,
 }
@@ -72,16 +78,65 @@ impl Testbed {
         let mut testbed = Self {
             prefix,
             underlay,
+            networks: vec![Network {
+                index: 0,
+                subnet: UNDERLAY,
+            }],
             hosts: Vec::with_capacity(hosts),
             shared,
         };
-        testbed.underlay.ip(&["link", "add", BRIDGE, "type", "bridge"])?;
-        testbed.underlay.ip(&["link", "set", BRIDGE, "up"])?;
+        testbed.build_bridge(&testbed.networks[0])?;
         for index in 1..=hosts {
             let host = testbed.build_host(index)?;
             testbed.hosts.push(host);
         }
         Ok(testbed)
+    }
+
+    /// Adds another underlay network, `subnet`: a bridge `brK` in the underlay namespace and, on every host, an
+    /// interface `ethK` with address I of `subnet` for host I (K counts networks from 0, the first underlay).
+    /// Hosts then have two or more addresses, and two routes to nothing in particular: each network reaches only
+    /// its own subnet. [`cut`](Self::cut) unplugs a host from every network; [`sever`](Self::sever) parts two
+    /// hosts on one.
+    ///
+    /// ```no_run
+    /// # let mut tb = weft_tests::Testbed::new(2).unwrap();
+    /// let second = tb.add_network("10.98.0.0/24".parse().unwrap()).unwrap();
+    /// assert_eq!(second.dev(), "eth1");
+    /// assert_eq!(second.ip(tb.host(2)).to_string(), "10.98.0.2");
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `subnet` is smaller than a /24 or overlaps a network the testbed has; the
+    /// first `ip` command that failed otherwise (what it built is removed with the testbed).
+    pub fn add_network(&mut self, subnet: Ipv4Net) -> Result<Network, Error> {
+        let network = Network::new(self.networks.len(), subnet, &self.networks)?;
+        self.build_bridge(&network)?;
+        for host in &self.hosts {
+            self.plug(&host.netns, host.index, &network)?;
+        }
+        self.networks.push(network.clone());
+        Ok(network)
+    }
+
+    /// Every underlay network, the first ([`UNDERLAY`]) first.
+    pub fn networks(&self) -> &[Network] {
+        &self.networks
+    }
+
+    /// Parts hosts `a` and `b` on `network`, as a firewall between them would: each drops what arrives from the
+    /// other's address there ([`Host::drop_from`]), so neither reaches the other on that network and neither
+    /// learns why. Both still reach every other host there, and each other on other networks.
+    ///
+    /// # Errors
+    /// If `nft` fails.
+    ///
+    /// # Panics
+    /// If there is no such host.
+    pub fn sever(&self, a: usize, b: usize, network: &Network) -> Result<(), Error> {
+        let (a, b) = (self.host(a), self.host(b));
+        a.drop_from(&[network.ip(b)])?;
+        b.drop_from(&[network.ip(a)])
     }
 
     /// [`Testbed::new`] for tests: `None`, after [`skip_or_fail`], when network namespaces are unavailable
@@ -123,9 +178,9 @@ impl Testbed {
         &self.underlay
     }
 
-    /// Unplugs host `index` from the underlay: its bridge port goes down, so it can reach no other host and no
-    /// host can reach it. The host's own interface, address and routes stay as they are, as when a cable is
-    /// pulled.
+    /// Unplugs host `index` from the underlay: its bridge ports (on every network) go down, so it can reach no
+    /// other host and no host can reach it. The host's own interfaces, addresses and routes stay as they are, as
+    /// when the cables are pulled.
     ///
     /// # Errors
     /// If `ip link set` fails.
@@ -149,7 +204,29 @@ impl Testbed {
 
     fn build_host(&self, index: usize) -> Result<Host, Error> {
         let netns = Netns::create(format!("{}-h{index}", self.prefix), &self.shared)?;
-        let port = port_name(index);
+        for network in &self.networks {
+            self.plug(&netns, index, network)?;
+        }
+        // Hosts route for their pods. /proc/sys/net is per namespace: this writes the host's own setting.
+        netns.exec_ok(["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])?;
+        Ok(Host {
+            netns,
+            index,
+            underlay_ip: self.networks[0].addr(index),
+            dropped: Mutex::default(),
+        })
+    }
+
+    fn build_bridge(&self, network: &Network) -> Result<(), Error> {
+        let bridge = network.bridge();
+        self.underlay.ip(&["link", "add", &bridge, "type", "bridge"])?;
+        self.underlay.ip(&["link", "set", &bridge, "up"]).map(drop)
+    }
+
+    /// Joins host `index` (namespace `netns`) to `network`: a veth from its bridge to the host's `ethK`, which
+    /// gets the host's address.
+    fn plug(&self, netns: &Netns, index: usize, network: &Network) -> Result<(), Error> {
+        let (port, dev) = (network.port(index), network.dev());
         self.underlay.ip(&[
             "link",
             "add",
@@ -158,35 +235,23 @@ impl Testbed {
             "veth",
             "peer",
             "name",
-            UNDERLAY_DEV,
+            &dev,
             "netns",
             netns.name(),
         ])?;
-        self.underlay.ip(&["link", "set", &port, "master", BRIDGE, "up"])?;
-        let [a, b, c, _] = UNDERLAY.network().octets();
-        let underlay_ip = Ipv4Addr::new(a, b, c, u8::try_from(index).expect("at most MAX_HOSTS hosts"));
-        netns.ip(&[
-            "addr",
-            "add",
-            &format!("{underlay_ip}/{}", UNDERLAY.prefix_len()),
-            "dev",
-            UNDERLAY_DEV,
-        ])?;
-        netns.ip(&["link", "set", UNDERLAY_DEV, "up"])?;
-        // Hosts route for their pods. /proc/sys/net is per namespace: this writes the host's own setting.
-        netns.exec_ok(["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])?;
-        Ok(Host {
-            netns,
-            index,
-            underlay_ip,
-        })
+        self.underlay
+            .ip(&["link", "set", &port, "master", &network.bridge(), "up"])?;
+        let addr = format!("{}/{}", network.addr(index), network.subnet.prefix_len());
+        netns.ip(&["addr", "add", &addr, "dev", &dev])?;
+        netns.ip(&["link", "set", &dev, "up"]).map(drop)
     }
 
     fn set_port(&self, index: usize, state: &str) -> Result<(), Error> {
         let host = self.host(index);
-        self.underlay
-            .ip(&["link", "set", &port_name(host.index), state])
-            .map(drop)
+        for network in &self.networks {
+            self.underlay.ip(&["link", "set", &network.port(host.index), state])?;
+        }
+        Ok(())
     }
 }
 
@@ -205,12 +270,83 @@ impl Drop for Testbed {
     }
 }
 
+/// One underlay network of a [`Testbed`]: a bridge in the underlay namespace, and on every host an interface
+/// with the host's address in [`subnet`](Self::subnet). The first network is [`UNDERLAY`] on [`UNDERLAY_DEV`];
+/// [`Testbed::add_network`] adds others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Network {
+    /// K: bridge `brK`, host interface `ethK`.
+    index: usize,
+    subnet: Ipv4Net,
+}
+
+impl Network {
+    /// Its addresses: host I has the I-th.
+    pub fn subnet(&self) -> Ipv4Net {
+        self.subnet
+    }
+
+    /// The interface every host has on it: `eth0` on the first network, `eth1` on the second, ...
+    pub fn dev(&self) -> String {
+        format!("eth{}", self.index)
+    }
+
+    /// The bridge in the underlay namespace: `br0`, `br1`, ...
+    pub fn bridge(&self) -> String {
+        format!("br{}", self.index)
+    }
+
+    /// `host`'s address on it: the I-th address of the subnet for host I.
+    pub fn ip(&self, host: &Host) -> Ipv4Addr {
+        self.addr(host.index)
+    }
+
+    /// Network `index` over `subnet`, if it may join `existing`.
+    fn new(index: usize, subnet: Ipv4Net, existing: &[Self]) -> Result<Self, Error> {
+        let invalid = |reason| {
+            Err(Error::InvalidArgument {
+                what: "network",
+                value: subnet.to_string(),
+                reason,
+            })
+        };
+        if subnet.prefix_len() > UNDERLAY.prefix_len() {
+            return invalid("a testbed network needs a /24 or larger, one address per host");
+        }
+        if existing
+            .iter()
+            .any(|n| n.subnet.contains(&subnet) || subnet.contains(&n.subnet))
+        {
+            return invalid("it overlaps a network the testbed has");
+        }
+        Ok(Self {
+            index,
+            subnet: subnet.trunc(),
+        })
+    }
+
+    fn addr(&self, host: usize) -> Ipv4Addr {
+        let host = u32::try_from(host).expect("at most MAX_HOSTS hosts");
+        Ipv4Addr::from(u32::from(self.subnet.network()) + host)
+    }
+
+    /// Host `host`'s port on the bridge: `hI` on the first network (as it always was), `hIn{K}` on the others.
+    fn port(&self, host: usize) -> String {
+        match self.index {
+            0 => format!("h{host}"),
+            k => format!("h{host}n{k}"),
+        }
+    }
+}
+
 /// One host: a network namespace on the underlay, where a router runs.
 #[derive(Debug)]
 pub struct Host {
     netns: Netns,
     index: usize,
     underlay_ip: Ipv4Addr,
+    /// What [`Host::drop_from`] drops.
+    dropped: Mutex<BTreeSet<Ipv4Addr>>,
 }
 
 impl Host {
@@ -227,6 +363,36 @@ impl Host {
     /// Its address on the underlay, `10.99.0.INDEX`, on [`UNDERLAY_DEV`].
     pub fn underlay_ip(&self) -> Ipv4Addr {
         self.underlay_ip
+    }
+
+    /// Drops every packet that arrives from one of `addrs`, besides those dropped already, as a firewall in
+    /// front of the host would: the sender learns nothing (an output rule would fail its `sendto` with `EPERM`,
+    /// which no network does). The rule is in a table of the harness's own, `inet wt-drop`, so it leaves the
+    /// router's `ip weft` table and its iptables rules alone. See also [`Testbed::sever`].
+    ///
+    /// # Errors
+    /// If `nft` fails; nothing is changed then.
+    pub fn drop_from(&self, addrs: &[Ipv4Addr]) -> Result<(), Error> {
+        self.set_dropped(|dropped| dropped.extend(addrs))
+    }
+
+    /// Stops dropping what arrives from `addrs`.
+    ///
+    /// # Errors
+    /// If `nft` fails; nothing is changed then.
+    pub fn allow_from(&self, addrs: &[Ipv4Addr]) -> Result<(), Error> {
+        self.set_dropped(|dropped| dropped.retain(|addr| !addrs.contains(addr)))
+    }
+
+    /// Applies `change` to the dropped addresses and replaces the `wt-drop` table with their rules, in one `nft`
+    /// transaction.
+    fn set_dropped(&self, change: impl FnOnce(&mut BTreeSet<Ipv4Addr>)) -> Result<(), Error> {
+        let mut dropped = self.dropped.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut next = dropped.clone();
+        change(&mut next);
+        self.netns.exec_ok(["nft", &drop_ruleset(&next)])?;
+        *dropped = next;
+        Ok(())
     }
 
     /// Adds a pod as a routed CNI plugin (ptp, Calico) would: namespace `HOST-SUFFIX` with `eth0` at `addr`
@@ -328,9 +494,22 @@ pub(crate) fn next_prefix() -> String {
     )
 }
 
-/// The bridge port, in the underlay namespace, of host `index`.
-fn port_name(index: usize) -> String {
-    format!("h{index}")
+/// The `nft` script that makes the `wt-drop` table drop what arrives from `dropped`, replacing whatever the table
+/// held (and removing it when `dropped` is empty). Declaring the table first lets the delete succeed when it
+/// does not exist yet.
+fn drop_ruleset(dropped: &BTreeSet<Ipv4Addr>) -> String {
+    let mut script = format!("table inet {DROP_TABLE}\ndelete table inet {DROP_TABLE}\n");
+    if !dropped.is_empty() {
+        let addrs: Vec<String> = dropped.iter().map(Ipv4Addr::to_string).collect();
+        script += &format!(
+            "table inet {DROP_TABLE} {{\n\
+             \tset dropped {{ type ipv4_addr; elements = {{ {} }}; }}\n\
+             \tchain input {{ type filter hook input priority filter; policy accept; ip saddr @dropped counter drop; }}\n\
+             }}\n",
+            addrs.join(", ")
+        );
+    }
+    script
 }
 
 fn check_pod_suffix(suffix: &str) -> Result<(), Error> {
@@ -348,8 +527,8 @@ fn check_pod_suffix(suffix: &str) -> Result<(), Error> {
     })
 }
 
-/// The bridge in the underlay namespace.
-const BRIDGE: &str = "br0";
+/// The harness's own nftables table in a host, for [`Host::drop_from`].
+const DROP_TABLE: &str = "wt-drop";
 /// Interface names have at most 15 bytes, and the host side of a pod's veth is `pod-SUFFIX`.
 const MAX_POD_SUFFIX: usize = 15 - "pod-".len();
 
@@ -387,6 +566,42 @@ mod tests {
         );
         assert!(check_pod_suffix("Web").is_err());
         assert!(check_pod_suffix("a-b").is_err());
+    }
+
+    #[test]
+    fn networks_give_host_i_the_ith_address_and_may_not_overlap() {
+        let first = Network::new(0, UNDERLAY, &[]).unwrap();
+        let second = Network::new(1, "10.98.0.0/24".parse().unwrap(), std::slice::from_ref(&first)).unwrap();
+        assert_eq!(first.addr(1), Ipv4Addr::new(10, 99, 0, 1));
+        assert_eq!(second.addr(254), Ipv4Addr::new(10, 98, 0, 254));
+        assert_eq!((second.dev(), second.bridge()), ("eth1".into(), "br1".into()));
+        assert_eq!((first.port(7), second.port(7)), ("h7".into(), "h7n1".into()));
+        let both = [first, second];
+        for (subnet, reason) in [
+            ("10.99.0.128/25", "/24 or larger"),
+            ("10.99.0.0/16", "overlaps"),
+            ("10.98.0.0/24", "overlaps"),
+        ] {
+            let err = Network::new(2, subnet.parse().unwrap(), &both).unwrap_err();
+            assert!(err.to_string().contains(reason), "{subnet}: {err}");
+        }
+        assert!(Network::new(2, "10.97.0.0/23".parse().unwrap(), &both).is_ok());
+    }
+
+    #[test]
+    fn the_drop_ruleset_replaces_the_table_and_empty_removes_it() {
+        let header = "table inet wt-drop\ndelete table inet wt-drop\n";
+        assert_eq!(drop_ruleset(&BTreeSet::new()), header);
+        let addrs = BTreeSet::from([Ipv4Addr::new(10, 99, 0, 3), Ipv4Addr::new(10, 98, 0, 2)]);
+        assert_eq!(
+            drop_ruleset(&addrs),
+            format!(
+                "{header}table inet wt-drop {{\n\
+                 \tset dropped {{ type ipv4_addr; elements = {{ 10.98.0.2, 10.99.0.3 }}; }}\n\
+                 \tchain input {{ type filter hook input priority filter; policy accept; \
+                 ip saddr @dropped counter drop; }}\n}}\n"
+            )
+        );
     }
 
     #[test]

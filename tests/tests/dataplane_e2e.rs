@@ -14,12 +14,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{BufRead as _, BufReader, Read};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tempfile::TempDir;
@@ -30,15 +27,12 @@ use weft_router::identity::Identity;
 use weft_router::secret::{ClusterSecret, DATA_PSK_LABEL, SecretSource};
 use weft_tests::pcap::{self, Frame};
 use weft_tests::router::{DATAPLANE_PORT, Dataplane, Router, Status, fully_meshed, wait_for, workdir, write_secret};
-use weft_tests::{Error, Host, InNamespace, Netns, Pod, Process, Testbed, require_program, wait_until};
+use weft_tests::traffic::{Running, echo_servers, ping, probe, tcp_addr, tcp_ask, udp_addr, udp_ask};
+use weft_tests::{Error, Host, InNamespace, Pod, Testbed, require_program, wait_until};
 
 const SECRET: &str = "correct horse battery staple";
 /// The pod range. Each test has its own namespaces, so every test uses the same range.
 const RANGE: &str = "10.40.0.0/16";
-/// Where every pod runs a UDP echo server.
-const UDP_PORT: u16 = 7000;
-/// Where every pod runs a TCP echo server.
-const TCP_PORT: u16 = 7001;
 /// How long a state the routers should reach quickly may take on a loaded CI machine.
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -93,7 +87,7 @@ fn pods_on_three_hosts_reach_each_other_by_icmp_udp_and_tcp() {
         udp_ask(host, udp_addr(to), &text, &[]).unwrap_or_else(|err| panic!("UDP from host h{h}: {err}"));
         let server = servers
             .iter()
-            .find(|s| s.netns == to.name() && s.kind == "udp-echo")
+            .find(|s| s.netns() == to.name() && s.kind() == "udp-echo")
             .expect("every pod has a UDP server");
         let seen = server.wait_line(Duration::from_secs(5), |line| line.ends_with(&text));
         assert!(
@@ -658,7 +652,7 @@ fn a_router_restart_stops_no_one_else_and_its_pods_are_back_within_5s() {
         assert!(
             gap < Duration::from_secs(1),
             "traffic between h1 and h3 stopped for {gap:?} while h2 restarted ({})",
-            s.tag
+            s.tag()
         );
     }
 }
@@ -1003,18 +997,7 @@ impl<'t> Mesh<'t> {
 
     /// [`Mesh::plug`], with the pod's link MTU left at 1500 when `mtu` is `None`.
     fn plug_with_mtu(&self, host: usize, suffix: &str, mtu: Option<u16>) -> Pod {
-        let router = self.router(host);
-        let addr = router.allocate_net(&format!("{}-{suffix}", router.nickname()));
-        let pod = router.host().add_pod(suffix, addr).unwrap();
-        if let Some(mtu) = mtu {
-            let mtu = mtu.to_string();
-            pod.exec_ok(["ip", "link", "set", "eth0", "mtu", &mtu]).unwrap();
-            router
-                .host()
-                .exec_ok(["ip", "link", "set", pod.host_veth(), "mtu", &mtu])
-                .unwrap();
-        }
-        pod
+        self.router(host).add_pod(suffix, mtu)
     }
 }
 
@@ -1038,55 +1021,6 @@ const ALARMING_DROPS: [&str; 10] = [
     "unknown_peer",
     "replayed_initiation",
 ];
-
-/// The `weft-probe` binary of this crate.
-fn probe() -> &'static str {
-    env!("CARGO_BIN_EXE_weft-probe")
-}
-
-fn udp_addr(pod: &Pod) -> SocketAddr {
-    SocketAddr::from((pod.ip(), UDP_PORT))
-}
-
-fn tcp_addr(pod: &Pod) -> SocketAddr {
-    SocketAddr::from((pod.ip(), TCP_PORT))
-}
-
-/// A UDP and a TCP echo server in `pod`, both ready.
-fn echo_servers(pod: &Pod) -> Vec<Running> {
-    let (udp, tcp) = (UDP_PORT.to_string(), TCP_PORT.to_string());
-    let servers = vec![
-        Running::start(pod, "udp-echo", &["udp-echo", &udp]),
-        Running::start(pod, "tcp-echo", &["tcp-echo", &tcp]),
-    ];
-    for server in &servers {
-        server.wait_line(Duration::from_secs(10), |line| line == "ready");
-    }
-    servers
-}
-
-/// `weft-probe udp-ask [OPTS] DEST TEXT` in `ns`; its output (`ok attempts=N`).
-fn udp_ask(ns: &impl InNamespace, dest: SocketAddr, text: &str, opts: &[&str]) -> Result<String, Error> {
-    let dest = dest.to_string();
-    let mut args = vec![probe(), "udp-ask", "--tries", "3", "--timeout-ms", "1000"];
-    args.extend_from_slice(opts);
-    args.extend([dest.as_str(), text]);
-    ns.exec_ok(args).map(|out| out.trim().to_owned())
-}
-
-/// `weft-probe tcp-ask [OPTS] DEST TEXT` in `ns`.
-fn tcp_ask(ns: &impl InNamespace, dest: SocketAddr, text: &str, opts: &[&str]) -> Result<String, Error> {
-    let dest = dest.to_string();
-    let mut args = vec![probe(), "tcp-ask", "--timeout-ms", "5000"];
-    args.extend_from_slice(opts);
-    args.extend([dest.as_str(), text]);
-    ns.exec_ok(args).map(|out| out.trim().to_owned())
-}
-
-/// One ICMP echo from `ns` to `ip` (busybox ping), answered within 2 s.
-fn ping(ns: &impl InNamespace, ip: Ipv4Addr) -> Result<String, Error> {
-    ns.exec_ok(["busybox", "ping", "-c", "1", "-W", "2", &ip.to_string()])
-}
 
 /// One ICMP echo of `size` payload bytes with Don't Fragment set (iputils `ping -M do`).
 fn df_ping(ns: &impl InNamespace, ip: Ipv4Addr, size: usize) -> Result<String, Error> {
@@ -1134,107 +1068,6 @@ fn send_datagrams(ns: &impl InNamespace, dest: SocketAddr, datagrams: &[Vec<u8>]
     assert_eq!(out.trim(), format!("sent {}", datagrams.len()));
 }
 
-/// A long-running process in a namespace (an echo server, a stream, a capture), with the lines it prints on
-/// stdout (or stderr, for tcpdump) and when each arrived. Stopped when dropped.
-struct Running {
-    process: Option<Process>,
-    lines: Arc<Mutex<Vec<(Instant, String)>>>,
-    netns: String,
-    kind: String,
-    tag: String,
-}
-
-impl Running {
-    /// Starts `weft-probe ARGS` in `ns`.
-    fn start(ns: &impl InNamespace, kind: &str, args: &[&str]) -> Self {
-        let mut cmd = ns.cmd(probe());
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
-        let process = ns.spawn(&mut cmd).unwrap();
-        let stdout = process.take_stdout().expect("stdout is piped");
-        let mut running = Self::reading(process, stdout, ns.netns(), kind);
-        running.tag = args.last().map(|s| (*s).to_owned()).unwrap_or_default();
-        running
-    }
-
-    fn reading(process: Process, output: impl Read + Send + 'static, netns: &Netns, kind: &str) -> Self {
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
-        // Ends at EOF, when the process exits; never joined, so a stuck pipe cannot hang a test.
-        thread::spawn(move || {
-            for line in BufReader::new(output).lines().map_while(Result::ok) {
-                sink.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push((Instant::now(), line));
-            }
-        });
-        Self {
-            process: Some(process),
-            lines,
-            netns: netns.name().to_owned(),
-            kind: kind.to_owned(),
-            tag: String::new(),
-        }
-    }
-
-    fn lines(&self) -> Vec<(Instant, String)> {
-        self.lines.lock().unwrap_or_else(PoisonError::into_inner).clone()
-    }
-
-    /// How many lines start with `prefix`.
-    fn count(&self, prefix: &str) -> usize {
-        self.lines().iter().filter(|(_, l)| l.starts_with(prefix)).count()
-    }
-
-    /// When the last line starting with `prefix` arrived.
-    fn last(&self, prefix: &str) -> Option<Instant> {
-        self.lines()
-            .iter()
-            .rev()
-            .find(|(_, l)| l.starts_with(prefix))
-            .map(|(t, _)| *t)
-    }
-
-    /// When the first line starting with `prefix` arrived at or after `since`.
-    fn first_after(&self, prefix: &str, since: Instant) -> Option<Instant> {
-        self.lines()
-            .iter()
-            .find(|(t, l)| *t >= since && l.starts_with(prefix))
-            .map(|(t, _)| *t)
-    }
-
-    /// The longest time without a line starting with `prefix`, from `since` until now.
-    fn longest_gap(&self, prefix: &str, since: Instant) -> Duration {
-        let mut times: Vec<Instant> = vec![since];
-        times.extend(
-            self.lines()
-                .iter()
-                .filter(|(t, l)| *t >= since && l.starts_with(prefix))
-                .map(|(t, _)| *t),
-        );
-        times.push(Instant::now());
-        times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
-    }
-
-    /// Waits for a line for which `matches` holds, and returns it.
-    fn wait_line(&self, timeout: Duration, mut matches: impl FnMut(&str) -> bool) -> String {
-        let mut found = None;
-        let waited = wait_until(timeout, &format!("a line from {} in {}", self.kind, self.netns), || {
-            found = self.lines().into_iter().map(|(_, l)| l).find(|l| matches(l));
-            found.is_some() || self.process.as_ref().is_some_and(|p| !matches!(p.try_wait(), Ok(None)))
-        });
-        match (waited, found) {
-            (Ok(()), Some(line)) => line,
-            (result, _) => panic!(
-                "{} in {}: {result:?}, exited: {:?}; its lines: {:?}",
-                self.kind,
-                self.netns,
-                self.process.as_ref().map(Process::try_wait),
-                self.lines()
-            ),
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // Captures.
 
@@ -1266,7 +1099,7 @@ impl Capture {
         .stderr(Stdio::piped());
         let process = ns.spawn(&mut cmd).unwrap();
         let stderr = process.take_stderr().expect("stderr is piped");
-        let running = Running::reading(process, stderr, ns.netns(), "tcpdump");
+        let running = Running::read(process, stderr, ns.netns(), "tcpdump");
         running.wait_line(Duration::from_secs(10), |line| line.contains("listening on"));
         Self {
             running,
@@ -1296,9 +1129,7 @@ impl Capture {
 
     /// Stops tcpdump and returns every frame it captured.
     fn stop(mut self) -> Vec<Frame> {
-        if let Some(process) = self.running.process.take() {
-            process.stop().unwrap();
-        }
+        self.running.stop().unwrap();
         let bytes = fs::read(&self.file).unwrap();
         pcap::read(&bytes).unwrap_or_else(|err| panic!("{}: {err}", self.file.display()))
     }

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use weft_tests::{
-    Error, Host, InNamespace as _, netns_names, netns_unavailable, require_program, skip_or_fail, sweep,
+    Error, Host, InNamespace as _, Network, netns_names, netns_unavailable, require_program, skip_or_fail, sweep,
     testbed_or_skip, wait_until,
 };
 
@@ -73,6 +73,54 @@ fn pods_reach_their_host_and_each_other() {
         .unwrap();
     let routes = a.exec_ok(["ip", "route"]).unwrap();
     assert!(routes.contains("default via 169.254.1.1 dev eth0"), "{routes}");
+}
+
+#[test]
+fn a_second_network_joins_every_host_and_sever_parts_one_pair_on_it() {
+    require_program!("busybox");
+    require_program!("nft");
+    let mut testbed = testbed_or_skip!(3);
+    let second = testbed.add_network("10.98.0.0/24".parse().unwrap()).unwrap();
+    let first = testbed.networks()[0].clone();
+    let (one, two, three) = (testbed.host(1), testbed.host(2), testbed.host(3));
+    let addrs = two.exec_ok(["ip", "-4", "-o", "addr", "show", "dev", "eth1"]).unwrap();
+    assert!(addrs.contains("10.98.0.2/24"), "{addrs}");
+    let on = |network: &Network, host: &Host| network.ip(host).to_string();
+    wait_until(SETTLE, "host 1 to reach host 2 on the second network", || {
+        pings(one, &on(&second, two))
+    })
+    .unwrap();
+
+    testbed.sever(1, 2, &second).unwrap();
+    assert!(!pings(one, &on(&second, two)), "host 1 still reaches host 2 on 10.98");
+    assert!(!pings(two, &on(&second, one)), "host 2 still reaches host 1 on 10.98");
+    ping(one, &on(&first, two)).unwrap();
+    ping(one, &on(&second, three)).unwrap();
+    ping(three, &on(&second, two)).unwrap();
+    let tables = one.exec_ok(["nft", "list", "tables"]).unwrap();
+    assert_eq!(tables.trim(), "table inet wt-drop");
+
+    // Both ends drop: letting one end through is not enough.
+    one.allow_from(&[second.ip(two)]).unwrap();
+    assert!(!pings(one, &on(&second, two)), "host 2 still drops host 1");
+    two.allow_from(&[second.ip(one)]).unwrap();
+    ping(one, &on(&second, two)).unwrap();
+    for host in [one, two] {
+        let tables = host.exec_ok(["nft", "list", "tables"]).unwrap();
+        assert_eq!(tables.trim(), "", "an empty drop list leaves no table behind");
+    }
+
+    // A cut unplugs a host from every network.
+    testbed.cut(3).unwrap();
+    wait_until(SETTLE, "host 3 to become unreachable on both networks", || {
+        !pings(one, &on(&first, three)) && !pings(one, &on(&second, three))
+    })
+    .unwrap();
+    testbed.restore(3).unwrap();
+    wait_until(SETTLE, "host 3 to be reachable again on both networks", || {
+        pings(one, &on(&first, three)) && pings(one, &on(&second, three))
+    })
+    .unwrap();
 }
 
 #[test]
