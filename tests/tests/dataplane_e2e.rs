@@ -20,7 +20,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tempfile::TempDir;
-use weft_router::core::data::session::Sessions;
+use weft_router::core::data::session::{PARK_TIME, Sessions};
 use weft_router::core::data::wire::{self, Packet};
 use weft_router::core::time::Time;
 use weft_router::identity::Identity;
@@ -197,11 +197,10 @@ fn the_underlay_carries_only_well_formed_ciphertext() {
     require_program!("busybox");
     require_program!("tcpdump");
     let Some(tb) = Testbed::for_test(3) else { return };
-    let mesh = Mesh::launch(&tb, 3);
+    // Started before the routers, so the handshakes are in it too.
+    let (mesh, underlay) = Mesh::launch_capturing(&tb, 3);
     let pods: Vec<Pod> = (1..=3).map(|h| mesh.plug(h, "a")).collect();
     let _servers: Vec<Running> = pods.iter().flat_map(echo_servers).collect();
-    // Started before any pod traffic, so the handshakes are in it too.
-    let underlay = Capture::start(tb.underlay(), "br0", &mesh.dir.path().join("underlay.pcap"));
     let plain = Capture::start(tb.host(3), pods[2].host_veth(), &mesh.dir.path().join("pod-h3.pcap"));
 
     let mtu = mesh.dataplane(1).mtu;
@@ -259,20 +258,20 @@ fn the_underlay_carries_only_well_formed_ciphertext() {
     );
 }
 
-/// The first packet between two routers that have never talked waits for their handshake and arrives: one
-/// initiation, one response, and the packet, with no retry and no "stale session" notice. (A receiver that
-/// answers a handshake before its packet path knows the new keys drops that first packet as
-/// `unknown_session`, says "stale", and both sides shake hands again.)
+/// Two routers that have never talked shake hands as soon as they learn of each other, before any pod sends,
+/// each at most once (both start, so the two handshakes may cross), with no retry and no "stale session"
+/// notice; and the first pod packet then arrives at the first try. (A receiver that answers a handshake before
+/// its packet path knows the new keys drops the next datagram as `unknown_session`, says "stale", and both
+/// sides shake hands again.)
 #[test]
-fn the_first_packet_waits_for_the_handshake_and_arrives() {
+fn the_first_handshake_needs_no_retry_and_the_first_packet_arrives() {
     require_program!("busybox");
     require_program!("tcpdump");
     let Some(tb) = Testbed::for_test(2) else { return };
-    let mesh = Mesh::launch(&tb, 2);
+    let (mesh, underlay) = Mesh::launch_capturing(&tb, 2);
     let a = mesh.plug(1, "a");
     let b = mesh.plug(2, "b");
     let _servers = echo_servers(&b);
-    let underlay = Capture::start(tb.underlay(), "br0", &mesh.dir.path().join("underlay.pcap"));
     let first = udp_ask(
         &a,
         udp_addr(&b),
@@ -287,11 +286,22 @@ fn the_first_packet_waits_for_the_handshake_and_arrives() {
         first.is_ok(),
         "the first datagram got no echo ({first:?}); the capture:\n{captured}"
     );
-    assert_eq!(
-        (counts.get("initiation"), counts.get("response"), counts.get("stale")),
-        (Some(&1), Some(&1), None),
-        "one handshake should carry the first packet; the capture:\n{captured}"
+    let (initiations, responses) = (counts.get("initiation"), counts.get("response"));
+    assert!(
+        matches!(initiations, Some(1 | 2)) && responses == initiations && counts.get("stale").is_none(),
+        "one handshake from each side at most, each answered once, no stale notice; the capture:\n{captured}"
     );
+    for (from, to) in [(1, 2), (2, 1)] {
+        let (src, dst) = (tb.host(from).underlay_ip(), tb.host(to).underlay_ip());
+        let inits = dataplane_payloads(&frames, src, dst)
+            .into_iter()
+            .filter(|d| matches!(wire::parse(d), Ok(Packet::Initiation(_))))
+            .count();
+        assert!(
+            inits <= 1,
+            "h{from} sent {inits} initiations to h{to}; the capture:\n{captured}"
+        );
+    }
     for h in 1..=2 {
         let dp = mesh.dataplane(h);
         assert_eq!(
@@ -346,13 +356,12 @@ fn replayed_datagrams_are_dropped_and_not_delivered() {
     require_program!("busybox");
     require_program!("tcpdump");
     let Some(tb) = Testbed::for_test(2) else { return };
-    let mesh = Mesh::launch(&tb, 2);
+    // From the start, to have the handshake in it for the initiations replayed below.
+    let (mesh, underlay) = Mesh::launch_capturing(&tb, 2);
     let a = mesh.plug(1, "a");
     let b = mesh.plug(2, "b");
     let _a_servers = echo_servers(&a);
     let b_servers = echo_servers(&b);
-    // From the start, to have the handshake in it for the initiations replayed below.
-    let underlay = Capture::start(tb.underlay(), "br0", &mesh.dir.path().join("underlay.pcap"));
     mesh.wait_for_sessions();
     udp_ask(&a, udp_addr(&b), "warming up", &[]).unwrap();
     // The datagrams to replay are those after this mark: of a session both routers hold.
@@ -666,13 +675,12 @@ fn garbage_on_the_dataplane_port_is_counted_and_harmless() {
     require_program!("busybox");
     require_program!("tcpdump");
     let Some(tb) = Testbed::for_test(3) else { return };
-    let mesh = Mesh::launch(&tb, 2);
+    // From the start, for a handshake initiation; then a transport datagram of the settled session, which
+    // router 1 has seen (so that sending it again is a replay).
+    let (mesh, underlay) = Mesh::launch_capturing(&tb, 2);
     let a = mesh.plug(1, "a");
     let b = mesh.plug(2, "b");
     let _servers: Vec<Running> = [&a, &b].into_iter().flat_map(echo_servers).collect();
-    // From the start, for a handshake initiation; then a transport datagram of the settled session, which
-    // router 1 has seen (so that sending it again is a replay).
-    let underlay = Capture::start(tb.underlay(), "br0", &mesh.dir.path().join("underlay.pcap"));
     mesh.wait_for_sessions();
     udp_ask(&b, udp_addr(&a), "warming up", &[]).unwrap();
     let settled = underlay.sentinel(tb.host(1), tb.host(2), &mesh.dir, "settled");
@@ -784,8 +792,9 @@ fn garbage_on_the_dataplane_port_is_counted_and_harmless() {
         send_datagrams(attacker, target, datagrams, &mesh.dir);
         let n = datagrams.len() as u64;
         let mut after = before.clone();
-        // An idle router counts a datagram within milliseconds; one it does not count never shows.
-        let counted = wait_until(Duration::from_secs(5), what, || {
+        // An idle router counts a datagram within milliseconds (an initiation from a key it does not know once
+        // it has held it for PARK_TIME, in case the key's entry is on its way); one it does not count never shows.
+        let counted = wait_until(PARK_TIME + Duration::from_secs(5), what, || {
             after = mesh.dataplane(1);
             after.total_drops() >= before.total_drops() + n
         });
@@ -900,7 +909,19 @@ impl<'t> Mesh<'t> {
     /// Launches the routers (hosts 2..n dial host 1) and waits until they are fully meshed, each has a host
     /// address and a data plane that knows every other router.
     fn launch(tb: &'t Testbed, n: usize) -> Self {
+        Self::launch_in(tb, n, workdir())
+    }
+
+    /// [`Mesh::launch`], with a capture of the underlay bridge (`underlay.pcap` in the mesh's directory)
+    /// started before the first router: the routers shake hands as soon as they learn of each other, so a
+    /// capture that is to hold their handshakes must be running by then.
+    fn launch_capturing(tb: &'t Testbed, n: usize) -> (Self, Capture) {
         let dir = workdir();
+        let underlay = Capture::start(tb.underlay(), "br0", &dir.path().join("underlay.pcap"));
+        (Self::launch_in(tb, n, dir), underlay)
+    }
+
+    fn launch_in(tb: &'t Testbed, n: usize, dir: TempDir) -> Self {
         let secret = write_secret(dir.path(), "secret", SECRET);
         let seeds: Vec<String> = (1..=n).map(|h| format!("h{h}")).collect();
         let init = format!("seed={}", seeds.join(","));
