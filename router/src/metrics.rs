@@ -17,6 +17,7 @@
 //! | `weft_dataplane_packets_total` | counter | `direction`: `in`, `out` |
 //! | `weft_dataplane_syscalls_total` | counter | `call`: `tun_read`, `udp_send`, `udp_recv` |
 //! | `weft_dataplane_sessions` | gauge | |
+//! | `weft_dataplane_peers` | gauge | `state`: `up`, `connecting`, `down` (as `weft status` shows `data.state`) |
 
 use std::fmt::{self, Write as _};
 use std::future::Future;
@@ -239,6 +240,17 @@ impl prometheus_client::collector::Collector for DataCollector {
             None,
             MetricType::Gauge,
         )?)?;
+        let mut family = encoder.encode_descriptor(
+            "dataplane_peers",
+            "Routers by whether their data plane can be reached: up, connecting (a handshake unanswered for less \
+             than 90 s), down",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (state, n) in s.reach() {
+            let labels = [("state", state)];
+            ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)).encode(family.encode_family(&labels)?)?;
+        }
         Ok(())
     }
 }
@@ -446,6 +458,8 @@ mod tests {
         stats.count_outbound(0, 64, 1, 2);
         stats.count_inbound(1, 10, 3);
         stats.count(crate::io::dataplane::DropReason::Replayed);
+        stats.reach[0].store(3, std::sync::atomic::Ordering::Relaxed);
+        stats.reach[2].store(1, std::sync::atomic::Ordering::Relaxed);
         let text = m.encode();
         for line in [
             "weft_dataplane_packets_total{direction=\"out\"} 64",
@@ -455,6 +469,9 @@ mod tests {
             "weft_dataplane_syscalls_total{call=\"udp_recv\"} 3",
             "weft_dataplane_drops_total{reason=\"replayed\"} 1",
             "weft_dataplane_sessions 0",
+            "weft_dataplane_peers{state=\"up\"} 3",
+            "weft_dataplane_peers{state=\"connecting\"} 0",
+            "weft_dataplane_peers{state=\"down\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }

@@ -273,6 +273,8 @@ pub struct DataStats {
     pub sessions: AtomicU64,
     /// Peers known to the data plane.
     pub peers: AtomicU64,
+    /// Peers by reachability: up, connecting, down (as of the driver's last step).
+    pub reach: [AtomicU64; 3],
 }
 
 impl Default for DataStats {
@@ -283,7 +285,16 @@ impl Default for DataStats {
             inbound: std::array::from_fn(|_| Lane::default()),
             sessions: AtomicU64::new(0),
             peers: AtomicU64::new(0),
+            reach: std::array::from_fn(|_| AtomicU64::new(0)),
         }
+    }
+}
+
+impl DataStats {
+    /// How many peers are up, connecting and down, with their label values.
+    pub fn reach(&self) -> [(&'static str, u64); 3] {
+        let n = |i: usize| self.reach[i].load(Ordering::Relaxed);
+        [("up", n(0)), ("connecting", n(1)), ("down", n(2))]
     }
 }
 
@@ -765,6 +776,17 @@ impl Driver {
         }
         let reach: Vec<session::PeerStatus> = self.sessions.peer_status(self.clock.now()).collect();
         if **self.reach.load() != reach {
+            let mut counts = [0u64; 3];
+            for r in &reach {
+                counts[match r.reach {
+                    session::Reach::Up => 0,
+                    session::Reach::Connecting => 1,
+                    session::Reach::Down => 2,
+                }] += 1;
+            }
+            for (slot, n) in self.stats.reach.iter().zip(counts) {
+                slot.store(n, Ordering::Relaxed);
+            }
             self.reach.store(Arc::new(reach));
         }
     }
