@@ -594,15 +594,14 @@ impl Mesh {
                 .get(&addr)
                 .and_then(|d| d.expect)
                 .is_some_and(|p| self.conns.contains_key(&p));
-            if !persistent && reached {
-                // A learned address of a router reached another way.
-                self.dials.remove(&addr);
-            } else if persistent || self.in_flight_and_established() < self.cfg.target_degree {
+            if persistent || (!reached && self.in_flight_and_established() < self.cfg.target_degree) {
                 self.start_dial(addr);
             } else {
-                // Not needed now; keep its backoff, so that it is not
-                // dialed the moment the mesh wants a connection again.
-                self.rearm(now, addr);
+                // A learned address the mesh does not need now (its router
+                // reached another way, or enough connections): forget it;
+                // gossip offers it again. Its backoff grew only while it was
+                // wanted, so no address is dialed in a tight loop.
+                self.dials.remove(&addr);
             }
         }
         self.dial_learned();
@@ -753,21 +752,6 @@ impl Mesh {
             until: now + delay,
             reason,
         };
-    }
-
-    /// Pushes a due dial that is not wanted now back by its current delay.
-    fn rearm(&mut self, now: Time, addr: SocketAddr) {
-        let Some(attempts) = self.dials.get(&addr).map(|d| d.attempts.max(1)) else {
-            return;
-        };
-        let delay = self.delay(attempts);
-        if let Some(Dial {
-            state: DialState::Waiting { until, .. },
-            ..
-        }) = self.dials.get_mut(&addr)
-        {
-            *until = now + delay;
-        }
     }
 
     /// The wait after `attempts` failed dials: doubling from `backoff_min`
