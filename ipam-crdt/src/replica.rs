@@ -20,7 +20,9 @@ use crate::space::Space;
 /// - [`Replica::allocate`] / [`Replica::release`] for containers. When it
 ///   answers [`AllocError::AskPeer`], send that peer a space request; the peer
 ///   answers with [`Replica::donate`] and sends its ring, which the requester
-///   [`merge`](Replica::merge)s, and then allocates again.
+///   [`merge`](Replica::merge)s, and then allocates again. For
+///   [`Want::Any`] any donor will do: a caller that knows whom it can reach
+///   picks among those with [`Replica::choose_donor_where`].
 /// - Gossip [`Replica::ring`] to neighbours whenever a call reports a change,
 ///   and merge whatever arrives.
 /// - [`Replica::begin_reclaim`] for a router that is dead for good.
@@ -344,12 +346,30 @@ impl Replica {
     /// The router to ask for space: the one advertising the most free
     /// addresses (lowest name on ties), never this one or a removed one.
     pub fn choose_donor(&self) -> Option<PeerName> {
-        let ring = self.ring.as_ref()?;
-        ring.owners()
-            .into_iter()
-            .filter(|(p, s)| *p != self.me && s.free > 0 && !ring.is_removed(*p))
-            .max_by(|(pa, a), (pb, b)| a.free.cmp(&b.free).then(pb.cmp(pa)))
+        self.choose_donor_where(|_| true)
+    }
+
+    /// As [`Replica::choose_donor`], among the routers `eligible` accepts.
+    /// The caller's filter says whom it can ask now (for example the routers
+    /// it has a route to and has not asked yet); this replica knows nothing
+    /// of the network. O(ring entries).
+    pub fn choose_donor_where(&self, mut eligible: impl FnMut(PeerName) -> bool) -> Option<PeerName> {
+        self.donors()
+            .filter(|(p, _)| eligible(*p))
+            .max_by(|(pa, a), (pb, b)| a.cmp(b).then(pb.cmp(pa)))
             .map(|(p, _)| p)
+    }
+
+    /// Every router that could donate, with the free addresses it
+    /// advertises, in name order: those with free space, never this one or a
+    /// removed one. Empty without a ring. O(ring entries).
+    pub fn donors(&self) -> impl Iterator<Item = (PeerName, u128)> + '_ {
+        self.ring.iter().flat_map(move |ring| {
+            ring.owners()
+                .into_iter()
+                .filter(move |(p, s)| *p != self.me && s.free > 0 && !ring.is_removed(*p))
+                .map(|(p, s)| (p, s.free))
+        })
     }
 
     /// Gives `to` a free range of this router's space, as asked. Allocated
@@ -1124,6 +1144,41 @@ mod tests {
             })
         );
         b.verify().unwrap();
+    }
+
+    #[test]
+    fn donor_choice_under_a_filter_keeps_the_order() {
+        let pl = pool("10.32.0.0/22");
+        let seeds = [p(1), p(2), p(3), p(4)];
+        let mut a = Replica::create(p(1), pl, &seeds).unwrap();
+        let mut b = Replica::create(p(2), pl, &seeds).unwrap();
+        // Quarters of 256; the network and broadcast addresses are p(1)'s and p(4)'s.
+        assert_eq!(
+            a.donors().collect::<Vec<_>>(),
+            vec![(p(2), 256), (p(3), 256), (p(4), 255)],
+            "never itself"
+        );
+        assert_eq!(a.choose_donor(), Some(p(2)), "lowest name on ties");
+        assert_eq!(a.choose_donor_where(|d| d != p(2)), Some(p(3)));
+        for i in 0..10 {
+            b.allocate(key(&format!("b{i}")), Request::Any).unwrap();
+        }
+        let _ = a.merge(b.ring().unwrap()).unwrap();
+        assert_eq!(a.choose_donor(), Some(p(3)));
+        assert_eq!(a.choose_donor_where(|d| d != p(3)), Some(p(4)), "255 free beats 246");
+        assert_eq!(a.choose_donor_where(|d| d == p(2)), Some(p(2)));
+        assert_eq!(a.choose_donor_where(|_| false), None);
+        a.begin_reclaim(p(3)).unwrap();
+        assert!(a.donors().all(|(d, _)| d != p(3)), "a removed router gives nothing");
+        assert_eq!(a.choose_donor_where(|d| d != p(4)), Some(p(2)));
+        // Drained of free space, a router is no donor either.
+        for i in 0..246 {
+            b.allocate(key(&format!("c{i}")), Request::Any).unwrap();
+        }
+        let _ = a.merge(b.ring().unwrap()).unwrap();
+        assert_eq!(a.donors().collect::<Vec<_>>(), vec![(p(4), 255)]);
+        assert_eq!(a.choose_donor_where(|d| d != p(4)), None);
+        assert_eq!(Replica::new(p(9)).choose_donor_where(|_| true), None, "no ring");
     }
 
     #[test]
