@@ -1,7 +1,8 @@
 //! End-to-end tests of how routers find each other, with the real `weft` binary: routers launched as users
 //! launch them, `weft launch [PEER...]` without `--listen`, each naming a single router, mesh with every router,
 //! in the control plane and in the data plane. A chain of five (which outlives its first router and takes in a
-//! sixth), twenty naming the first, and three on two underlay networks of which only one joins each pair.
+//! sixth), twenty naming the first, three on two underlay networks of which only one joins each pair, and a
+//! newcomer that gets addresses while the router with the most free space is dead.
 //!
 //! What a router knows of its data-plane session with each other router is read from `weft status --json`,
 //! `peers[].data` ([`PeerData`](weft_tests::router::PeerData)): `state` is `up` once it has keys to send with,
@@ -219,6 +220,93 @@ fn routers_with_two_networks_find_the_address_that_works() {
         "every session up at the address that works {:?} after launch",
         launched.elapsed()
     );
+}
+
+/// The router with the most free space dies, still owning its ranges (nobody ran `weft rmpeer`): a newcomer
+/// that names the survivor gets its addresses from the survivor, the one router it can reach, instead of
+/// waiting on the dead one that the ring alone would choose as the donor; and its pod reaches the survivor's.
+#[test]
+fn a_newcomer_gets_addresses_while_the_richest_router_is_dead() {
+    require_program!("busybox");
+    let tb = testbed_or_skip!(3);
+    let dir = workdir();
+    let secret = write_secret(dir.path(), "secret", SECRET);
+    let mut routers: Vec<Router<'_>> = Vec::new();
+    for h in 1..=2 {
+        let mut launch = Launch::new(tb.host(h), dir.path(), &secret);
+        if h > 1 {
+            launch = launch.peer(tb.host(1).underlay_ip().to_string());
+        }
+        routers.push(launch.start());
+    }
+    // h2 has space of its own (a donation from h1) once it owns more than nothing.
+    let statuses = wait_for(&[&routers[0], &routers[1]], SETTLE, "h2 to own space", |s| {
+        s.iter().all(|s| s.ipam.problem.is_none() && s.ipam.owned > 0)
+    });
+    let names: Vec<String> = statuses.iter().map(|s| s.name.clone()).collect();
+    // The richer of the two, in h1's view (its own count is exact), dies.
+    let view = free_by_owner(&routers[0]);
+    let (victim, survivor) = if view[&names[1]] > view[&names[0]] {
+        (1, 0)
+    } else {
+        (0, 1)
+    };
+    if view[&names[victim]] == view[&names[survivor]] {
+        routers[survivor].allocate("tie-breaker");
+    }
+    routers[victim].kill();
+    let inherited = free_by_owner(&routers[survivor]);
+    assert!(
+        inherited[&names[victim]] > inherited[&names[survivor]],
+        "in {}'s view the dead router is not the richest, so the ring alone would not choose it as the donor and \
+         this test would prove less than it means to: {inherited:?}",
+        routers[survivor].nickname()
+    );
+
+    let newcomer = Launch::new(tb.host(3), dir.path(), &secret)
+        .peer(tb.host(survivor + 1).underlay_ip().to_string())
+        .start();
+    let joined = Instant::now();
+    let pod = plug(&newcomer);
+    eprintln!(
+        "the newcomer had an address for its pod {:?} after its launch, with the richest router dead",
+        joined.elapsed()
+    );
+    let new_name = newcomer.status().unwrap().name;
+    let ring = newcomer.ring();
+    assert_eq!(ring.owner_of(pod.ip()), Some(new_name.as_str()), "{ring:#?}");
+    assert!(
+        ring.owns(&names[victim]),
+        "the dead router still owns its ranges: {ring:#?}"
+    );
+    let _servers: Vec<Running> = [&pod].into_iter().flat_map(echo_servers).collect();
+    let other = plug(&routers[survivor]);
+    let _other_servers = echo_servers(&other);
+    let (a, b): (Placed<'_>, Placed<'_>) = ((newcomer.nickname(), &pod), (routers[survivor].nickname(), &other));
+    wait_for_pairs(
+        &[(a, b), (b, a)],
+        "the newcomer's pod and the survivor's to reach each other",
+    );
+}
+
+/// Free addresses per owner (peer name), as `weft ipam --json` on `router` shows them.
+fn free_by_owner(router: &Router<'_>) -> BTreeMap<String, u64> {
+    let out = router.cli(&["ipam", "--json"]);
+    assert!(
+        out.status.success(),
+        "weft ipam --json on {}: {out:?}",
+        router.nickname()
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    json["owners"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no owners in {json}"))
+        .iter()
+        .map(|o| {
+            let name = o["name"].as_str().expect("an owner's name").to_owned();
+            (name, o["free"].as_u64().expect("an owner's free count"))
+        })
+        .collect()
 }
 
 /// A pod and the nickname of its host's router.
