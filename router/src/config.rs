@@ -229,7 +229,7 @@ pub struct LaunchArgs {
     /// Address for control connections from other routers.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
     pub listen: String,
-    /// Addresses other routers reach this one at, ADDR[:PORT] (port: --listen's), instead of those
+    /// Addresses other routers reach this one at, ADDR or ADDR:PORT (port: --listen's), instead of those
     /// learned from this host's interfaces and from what other routers see; repeat or separate with
     /// commas. For a host behind a NAT or load balancer that forwards to it.
     #[arg(long, value_name = "ADDR[:PORT]", value_delimiter = ',')]
