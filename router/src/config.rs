@@ -964,10 +964,6 @@ impl fmt::Display for Mtu {
     }
 }
 
-/// Whether `s` is a syntactically valid hostname: dot-separated labels of
-/// 1 to 63 letters, digits, `-` or `_`, not starting or ending with `-`, at
-/// most 253 bytes, an optional trailing dot, and a last label that is not all
-/// digits (so a mistyped IPv4 address such as `10.0.0.256` is not taken for a name).
 /// One `--advertise` value: `IP`, `IP:PORT`, `[IPv6]` or `[IPv6]:PORT`;
 /// the port defaults to `listen_port`.
 fn parse_advertise(given: &str, listen_port: u16) -> Result<SocketAddr, ConfigError> {
@@ -991,6 +987,10 @@ fn parse_advertise(given: &str, listen_port: u16) -> Result<SocketAddr, ConfigEr
     Ok(addr)
 }
 
+/// Whether `s` is a syntactically valid hostname: dot-separated labels of
+/// 1 to 63 letters, digits, `-` or `_`, not starting or ending with `-`, at
+/// most 253 bytes, an optional trailing dot, and a last label that is not all
+/// digits (so a mistyped IPv4 address such as `10.0.0.256` is not taken for a name).
 fn is_hostname(s: &str) -> bool {
     let s = s.strip_suffix('.').unwrap_or(s);
     if s.is_empty() || s.len() > 253 {
