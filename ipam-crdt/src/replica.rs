@@ -629,6 +629,9 @@ impl Replica {
         if heir == me {
             return Err(ReclaimError::IsSelf);
         }
+        if !ring.members.contains(&me) {
+            return Err(ReclaimError::NotAMember);
+        }
         if !ring.members.contains(&heir) || ring.is_removed(heir) {
             return Err(ReclaimError::UnknownPeer(heir));
         }
@@ -1037,6 +1040,10 @@ pub enum ReclaimError {
     /// Every member is removed: nobody can inherit.
     #[error("no live member is left to inherit the ranges")]
     NoVoters,
+    /// This router never owned space in this ring: it has nothing to hand
+    /// over, and no removal to record.
+    #[error("this router never owned space in this ring: it has nothing to hand over")]
+    NotAMember,
 }
 
 #[cfg(test)]
@@ -1509,6 +1516,20 @@ mod tests {
         for gone in [1, 2] {
             assert!(!ring.owners().contains_key(&n(gone)));
         }
+    }
+
+    /// A router that adopted the ring but never owned space has nothing to
+    /// hand over: its leave is refused, and the ring it holds still encodes
+    /// (a removal naming a non-member once made encoding panic).
+    #[test]
+    fn a_router_that_never_owned_space_cannot_leave() {
+        let pl = pool("10.32.0.0/22");
+        let owner = Replica::create(p(1), pl, &[p(1)]).unwrap();
+        let mut newcomer = Replica::new(p(2));
+        let _ = newcomer.merge(owner.ring().unwrap()).unwrap();
+        assert_eq!(newcomer.leave(p(1)), Err(ReclaimError::NotAMember));
+        let decoded = Replica::decode(&newcomer.encode()).unwrap();
+        assert_eq!(decoded.ring(), newcomer.ring());
     }
 
     /// A donation that arrives from a router whose removal is pending is not

@@ -607,7 +607,7 @@ impl From<ReclaimError> for ApiError {
             ReclaimError::IsSelf => ErrorCode::InvalidRequest,
             ReclaimError::Removed => ErrorCode::Removed,
             ReclaimError::UnknownPeer(_) => ErrorCode::NotFound,
-            ReclaimError::NoVoters => ErrorCode::Conflict,
+            ReclaimError::NoVoters | ReclaimError::NotAMember => ErrorCode::Conflict,
             _ => ErrorCode::Internal,
         };
         Self::new(code, e.to_string())
