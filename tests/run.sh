@@ -44,7 +44,7 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
         die "rustfmt or clippy is missing and 'rustup component add rustfmt clippy' failed"
 fi
 
-need_apt iproute2 busybox-static nftables iptables tcpdump iputils-ping # ip netns, busybox ping; nft and iptables for the router's firewall rules; captures and ping -M do for the data-plane tests
+need_apt iproute2 busybox-static nftables iptables tcpdump iputils-ping strace # ip netns, busybox ping; nft and iptables for the router's firewall rules; captures and ping -M do for the data-plane tests; strace slows fsync down in the crash test
 # The CNI tests: the reference plugins (portmap, bandwidth, bridge,
 # host-local) and what cnitool is built from; systemd-analyze for the unit
 # file; dockerd for the image; a venv for kubernetes-validate.

@@ -18,6 +18,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::SeedableRng as _;
 use weft_router::core::Time;
 use weft_router::core::data::cookie::MacKeys;
 use weft_router::core::data::session::{Mode, PERSISTENT_KEEPALIVE, Sessions};
@@ -43,7 +45,7 @@ fuzz_target!(|input: &[u8]| {
     } else {
         Mode::OnDemand
     };
-    let mut sessions = Sessions::new(me, PSK, Duration::from_secs(1_700_000_000), 1, now).with_mode(mode);
+    let mut sessions = Sessions::new(me, PSK, Duration::from_secs(1_700_000_000), ChaCha20Rng::seed_from_u64(1), now).with_mode(mode);
     let peer_id = sessions
         .upsert_peer(now, peer.name(), peer.public_key(), &[peer_at])
         .unwrap();

@@ -181,19 +181,41 @@ impl Metrics {
 }
 
 impl Metrics {
-    /// The series of [`Metrics::new`] and the data plane's, read from its
-    /// counters at each scrape.
-    pub fn with_dataplane(stats: Arc<crate::io::dataplane::DataStats>) -> Self {
+    /// The series of [`Metrics::new`] and the data plane's, which `read`
+    /// gives at each scrape (the packet path's counters are atomics it
+    /// bumps; nothing is copied in between).
+    pub fn with_dataplane(read: impl Fn() -> DataplaneCounts + Send + Sync + 'static) -> Self {
         let mut m = Self::new();
-        m.registry.register_collector(Box::new(DataCollector(stats)));
+        m.registry.register_collector(Box::new(DataCollector(Box::new(read))));
         m
     }
 }
 
-/// The data plane's counters, read at scrape time (they are atomics the
-/// packet path bumps; nothing is copied in between).
-#[derive(Debug)]
-struct DataCollector(Arc<crate::io::dataplane::DataStats>);
+/// The data plane's counters at one moment, as plain numbers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DataplaneCounts {
+    /// Drops by reason (every reason listed).
+    pub drops: Vec<(&'static str, u64)>,
+    /// Inner packets received from other routers and delivered.
+    pub packets_in: u64,
+    /// Inner packets sent to other routers.
+    pub packets_out: u64,
+    /// System calls of the packet path by call (`tun_read`, ...).
+    pub syscalls: Vec<(&'static str, u64)>,
+    /// Routers with a data-plane session.
+    pub sessions: u64,
+    /// Routers by whether their data plane is `up`, `connecting` or `down`.
+    pub peers: Vec<(&'static str, u64)>,
+}
+
+/// Reads the data plane's counters at scrape time.
+struct DataCollector(Box<dyn Fn() -> DataplaneCounts + Send + Sync>);
+
+impl fmt::Debug for DataCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DataCollector")
+    }
+}
 
 impl prometheus_client::collector::Collector for DataCollector {
     fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>) -> fmt::Result {
@@ -201,17 +223,17 @@ impl prometheus_client::collector::Collector for DataCollector {
         use prometheus_client::metrics::MetricType;
         use prometheus_client::metrics::counter::ConstCounter;
         use prometheus_client::metrics::gauge::ConstGauge;
-        use std::sync::atomic::Ordering::Relaxed;
-        let s = &self.0;
+        let c = (self.0)();
+        let gauge = |n: u64| ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
         let mut family = encoder.encode_descriptor(
             "dataplane_drops",
             "Packets and datagrams the data plane dropped, by reason",
             None,
             MetricType::Counter,
         )?;
-        for (reason, n) in s.drops() {
-            let labels = [("reason", reason)];
-            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+        for (reason, n) in &c.drops {
+            let labels = [("reason", *reason)];
+            ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
         }
         let mut family = encoder.encode_descriptor(
             "dataplane_packets",
@@ -219,7 +241,7 @@ impl prometheus_client::collector::Collector for DataCollector {
             None,
             MetricType::Counter,
         )?;
-        for (direction, n) in [("in", s.rx_packets()), ("out", s.tx_packets())] {
+        for (direction, n) in [("in", c.packets_in), ("out", c.packets_out)] {
             let labels = [("direction", direction)];
             ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
         }
@@ -229,12 +251,11 @@ impl prometheus_client::collector::Collector for DataCollector {
             None,
             MetricType::Counter,
         )?;
-        for call in crate::io::dataplane::Syscall::ALL {
-            let labels = [("call", call.as_str())];
-            ConstCounter::new(s.syscalls(call)).encode(family.encode_family(&labels)?)?;
+        for (call, n) in &c.syscalls {
+            let labels = [("call", *call)];
+            ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
         }
-        let sessions = ConstGauge::new(i64::try_from(s.sessions.load(Relaxed)).unwrap_or(i64::MAX));
-        sessions.encode(encoder.encode_descriptor(
+        gauge(c.sessions).encode(encoder.encode_descriptor(
             "dataplane_sessions",
             "Routers this router has a data-plane session with",
             None,
@@ -247,9 +268,9 @@ impl prometheus_client::collector::Collector for DataCollector {
             None,
             MetricType::Gauge,
         )?;
-        for (state, n) in s.reach() {
-            let labels = [("state", state)];
-            ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)).encode(family.encode_family(&labels)?)?;
+        for (state, n) in &c.peers {
+            let labels = [("state", *state)];
+            gauge(*n).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
     }
@@ -453,13 +474,17 @@ mod tests {
 
     #[test]
     fn the_data_plane_counters_are_read_at_scrape_time() {
-        let stats = Arc::new(crate::io::dataplane::DataStats::default());
-        let m = Metrics::with_dataplane(stats.clone());
-        stats.count_outbound(0, 64, 1, 2);
-        stats.count_inbound(1, 10, 3);
-        stats.count(crate::io::dataplane::DropReason::Replayed);
-        stats.reach[0].store(3, std::sync::atomic::Ordering::Relaxed);
-        stats.reach[2].store(1, std::sync::atomic::Ordering::Relaxed);
+        let read = Arc::new(std::sync::Mutex::new(DataplaneCounts::default()));
+        let source = Arc::clone(&read);
+        let m = Metrics::with_dataplane(move || source.lock().unwrap().clone());
+        *read.lock().unwrap() = DataplaneCounts {
+            drops: vec![("replayed", 1), ("truncated", 0)],
+            packets_in: 10,
+            packets_out: 64,
+            syscalls: vec![("tun_read", 1), ("udp_send", 2), ("udp_recv", 3)],
+            sessions: 0,
+            peers: vec![("up", 3), ("connecting", 0), ("down", 1)],
+        };
         let text = m.encode();
         for line in [
             "weft_dataplane_packets_total{direction=\"out\"} 64",
@@ -468,6 +493,7 @@ mod tests {
             "weft_dataplane_syscalls_total{call=\"udp_send\"} 2",
             "weft_dataplane_syscalls_total{call=\"udp_recv\"} 3",
             "weft_dataplane_drops_total{reason=\"replayed\"} 1",
+            "weft_dataplane_drops_total{reason=\"truncated\"} 0",
             "weft_dataplane_sessions 0",
             "weft_dataplane_peers{state=\"up\"} 3",
             "weft_dataplane_peers{state=\"connecting\"} 0",

@@ -37,6 +37,8 @@ pub struct Router<'t> {
     host: &'t Host,
     nickname: String,
     args: Vec<String>,
+    /// A program (and its arguments) the router runs under, like `strace`.
+    wrapper: Vec<String>,
     data_dir: PathBuf,
     socket: PathBuf,
     log: PathBuf,
@@ -76,6 +78,11 @@ impl<'t> Router<'t> {
         &self.data_dir
     }
 
+    /// Its API socket (`--api-socket`), for clients running apart from the test's thread.
+    pub fn api_socket(&self) -> &Path {
+        &self.socket
+    }
+
     /// Starts the router, appending to its log.
     ///
     /// # Panics
@@ -83,7 +90,14 @@ impl<'t> Router<'t> {
     pub fn start(&mut self) {
         assert!(self.process.is_none(), "{} is already running", self.nickname);
         let log = OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let mut cmd = self.host.cmd(weft_binary());
+        let mut cmd = match self.wrapper.split_first() {
+            None => self.host.cmd(weft_binary()),
+            Some((program, args)) => {
+                let mut cmd = self.host.cmd(program);
+                cmd.args(args).arg(weft_binary());
+                cmd
+            }
+        };
         cmd.args(&self.args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -272,6 +286,7 @@ pub struct Launch<'t> {
     listen: Option<String>,
     options: Vec<String>,
     peers: Vec<String>,
+    wrapper: Vec<String>,
 }
 
 impl<'t> Launch<'t> {
@@ -285,6 +300,7 @@ impl<'t> Launch<'t> {
             listen: None,
             options: Vec::new(),
             peers: Vec::new(),
+            wrapper: Vec::new(),
         }
     }
 
@@ -303,6 +319,13 @@ impl<'t> Launch<'t> {
     /// More `weft launch` options (they go before the PEERs).
     pub fn args(mut self, args: &[&str]) -> Self {
         self.options.extend(args.iter().map(|arg| (*arg).to_owned()));
+        self
+    }
+
+    /// Runs the router under `program ARGS... weft launch ...` (and again
+    /// so on every restart), e.g. `strace` to slow some system call down.
+    pub fn under(mut self, program: &[&str]) -> Self {
+        self.wrapper = program.iter().map(|arg| (*arg).to_owned()).collect();
         self
     }
 
@@ -335,6 +358,7 @@ impl<'t> Launch<'t> {
             log: self.dir.join(format!("{nickname}.log")),
             nickname,
             args,
+            wrapper: self.wrapper,
             data_dir,
             socket,
             process: None,

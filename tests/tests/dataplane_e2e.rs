@@ -11,7 +11,7 @@
 //! Needs root, `tcpdump`, iputils `ping` and busybox (`tests/run.sh` installs them), and the `weft` binary
 //! (`cargo build -p weft-router --bin weft`). When a test fails, every router's log is printed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -310,6 +310,59 @@ fn the_first_handshake_needs_no_retry_and_the_first_packet_arrives() {
             "h{h} dropped a packet of the new session: {dp:#?}"
         );
     }
+}
+
+/// Routers started alike (the same identities, data directories and flags) never make the same ephemeral key:
+/// every handshake initiation on the underlay, from two launches of the same two routers, carries a key of its
+/// own. The session core draws them from the RNG its caller gives it, which the router seeds from the OS; a
+/// fixed or predictable seed would repeat them from one launch to the next.
+#[test]
+fn routers_started_alike_never_repeat_an_ephemeral_key() {
+    require_program!("busybox");
+    require_program!("tcpdump");
+    let Some(tb) = Testbed::for_test(2) else { return };
+    let (mut mesh, underlay) = Mesh::launch_capturing(&tb, 2);
+    mesh.wait_for_sessions();
+    let restart = underlay.sentinel(tb.host(1), tb.host(2), &mesh.dir, "restart");
+    for r in &mut mesh.routers {
+        r.kill();
+    }
+    for r in &mut mesh.routers {
+        r.start();
+    }
+    let refs: Vec<&Router<'_>> = mesh.routers.iter().collect();
+    wait_for(&refs, SETTLE, "the restarted routers to mesh again", fully_meshed);
+    mesh.wait_for_sessions();
+    underlay.sentinel(tb.host(1), tb.host(2), &mesh.dir, "end");
+    let frames = underlay.stop();
+    let mark = frames
+        .iter()
+        .position(|f| contains(&f.data, restart.as_bytes()))
+        .expect("the sentinel is in the capture");
+    let (h1, h2) = (tb.host(1).underlay_ip(), tb.host(2).underlay_ip());
+    // An initiation is an 8-byte header, then the Noise message, which opens with the ephemeral public key.
+    let ephemeral_keys = |frames: &[Frame]| -> Vec<Vec<u8>> {
+        dataplane_payloads(frames, h1, h2)
+            .into_iter()
+            .chain(dataplane_payloads(frames, h2, h1))
+            .filter(|d| matches!(wire::parse(d), Ok(Packet::Initiation(_))))
+            .map(|d| d[8..8 + 32].to_vec())
+            .collect()
+    };
+    let (first, second) = (ephemeral_keys(&frames[..mark]), ephemeral_keys(&frames[mark..]));
+    assert!(
+        !first.is_empty() && !second.is_empty(),
+        "a handshake in each launch at least; the capture:\n{}",
+        describe_dataplane(&frames)
+    );
+    let keys: Vec<Vec<u8>> = first.into_iter().chain(second).collect();
+    let distinct: BTreeSet<&Vec<u8>> = keys.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        keys.len(),
+        "an ephemeral key was used twice in {} initiations",
+        keys.len()
+    );
 }
 
 /// On a bare host the router adds no forward rules (they would cost every packet). Docker starting after it
@@ -1314,7 +1367,13 @@ const UNDERLAY_MTU: usize = 1500;
 /// with the data-plane key of `secret`: what a router with that key and secret would send.
 fn forged_initiation(secret: &ClusterSecret, from: &Identity, to: &Identity, endpoint: SocketAddr) -> Vec<u8> {
     let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    let mut sessions = Sessions::new(from, secret.derive(DATA_PSK_LABEL), since_epoch, 1, Time::ZERO);
+    let mut sessions = Sessions::new(
+        from,
+        secret.derive(DATA_PSK_LABEL),
+        since_epoch,
+        rand::make_rng(),
+        Time::ZERO,
+    );
     let peer = sessions
         .upsert_peer(Time::ZERO, to.name(), to.public_key(), &[endpoint])
         .unwrap();

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::client::{Client, ClientError};
 use super::render;
-use super::types::{AllocateRequest, Peers, ReleaseRequest};
+use super::types::{AllocateRequest, Allocations, Peers, ReleaseRequest};
 use crate::config::{Command, IpamArgs, IpamCommand, PeerArgs, RmpeerArgs, ShowArgs};
 
 /// Runs a client command against the router at the command's `--api-socket`.
@@ -69,6 +69,17 @@ pub async fn run(command: Command, out: &mut impl Write) -> Result<(), CliError>
                 print_json(out, &reply)
             } else {
                 print(out, &format!("{}\n", reply.address))
+            }
+        }
+        Command::Ipam(IpamArgs {
+            command: Some(IpamCommand::Allocations { json, .. }),
+            ..
+        }) => {
+            let list = client.allocations().await?;
+            if json {
+                print_json(out, &Allocations { allocations: list })
+            } else {
+                print(out, &render::allocations(&list))
             }
         }
         Command::Ipam(IpamArgs {

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::types::{PeerStatus, ReclaimState, ReclaimView, RingView, Status};
+use super::types::{AllocationView, PeerStatus, ReclaimState, ReclaimView, RingView, Status};
 
 /// `weft status`: key-value lines in the spirit of `weave status`, then the peers table.
 pub fn status(s: &Status) -> String {
@@ -114,6 +114,21 @@ pub fn peers(peers: &[PeerStatus]) -> String {
             ("ENDPOINT", Align::Left),
             ("REASON", Align::Left),
         ],
+        rows,
+    )
+}
+
+/// `weft ipam allocations`: one row per allocation.
+pub fn allocations(list: &[AllocationView]) -> String {
+    if list.is_empty() {
+        return "No allocations on this router.\n".to_owned();
+    }
+    let rows = list
+        .iter()
+        .map(|a| vec![a.id.clone(), a.iface.clone(), a.address.clone()])
+        .collect();
+    table(
+        &[("ID", Align::Left), ("IFACE", Align::Left), ("ADDRESS", Align::Left)],
         rows,
     )
 }
@@ -430,6 +445,27 @@ waiting for votes from 00:00:00:00:00:00:00:02
             reclaim(&r),
             "00:00:00:00:00:00:00:03 (old): removed; reclaim pending (no heir chosen yet)"
         );
+    }
+
+    #[test]
+    fn allocations_layout() {
+        let list = vec![
+            AllocationView::new(
+                &ipam_crdt::AllocKey::new("4f2c", "eth0").unwrap(),
+                "10.32.0.5".parse().unwrap(),
+                12,
+            ),
+            AllocationView::new(
+                &ipam_crdt::AllocKey::new("a1", "net1").unwrap(),
+                "10.32.0.17".parse().unwrap(),
+                12,
+            ),
+        ];
+        assert_eq!(
+            allocations(&list),
+            "ID    IFACE  ADDRESS\n4f2c  eth0   10.32.0.5/12\na1    net1   10.32.0.17/12\n"
+        );
+        assert!(allocations(&[]).starts_with("No allocations"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Deterministic simulation of N routers' control-plane cores (mesh and IPAM
-//! agent) on virtual time.
+//! Deterministic simulation of N routers on virtual time: each is the router
+//! core the daemon runs ([`Node`]: mesh, IPAM agent, message routing), fed
+//! by a simulated network instead of sockets.
 //!
 //! ```text
 //! cargo run --release -p weft-router --bin meshsim -- --routers 1000 --seed 1 [--loss 5] [--partition-secs 30]
@@ -20,9 +21,9 @@
 //! the routers in two for `--partition-secs` (connections across it time
 //! out after 5 s, dials across it fail) and heals.
 //!
-//! IPAM messages travel on the same connections (routed ones hop along
-//! `next_hops`, as the daemon forwards them). The shell's persistence step
-//! is skipped: nothing crashes here, so nothing needs the disk.
+//! IPAM messages travel on the same connections, routed by the same `Node`
+//! as the daemon's. Writes of the IPAM record are acknowledged at once:
+//! nothing crashes here, so nothing needs the disk.
 //!
 //! The last output line is a JSON object: `converged` means every router
 //! knows every other with the same versions (equal summaries), routes to all
@@ -42,8 +43,10 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use weft_router::core::Time;
 use weft_router::core::endpoints::{LocalAddr, Policy};
-use weft_router::core::ipam_agent::{self, Agent, Dest, Init, IpamMsg, Progress};
-use weft_router::core::mesh::{Config, ConnId, Event, Failure, Mesh, Message};
+use weft_router::core::ipam_agent::Init;
+use weft_router::core::mesh::{self, ConnId, Failure};
+use weft_router::core::names::PeerAddr;
+use weft_router::core::node::{self, Node, Outgoing, Output, Reply, ReplyTo};
 
 fn main() -> ExitCode {
     let args = match Args::parse(std::env::args().skip(1)) {
@@ -109,13 +112,13 @@ fn main() -> ExitCode {
     let origins: std::collections::BTreeSet<String> = sim
         .routers
         .iter()
-        .filter_map(|r| r.agent.as_ref()?.replica().ring().map(|g| g.origin().to_string()))
+        .filter_map(|r| r.node.as_ref()?.replica().ring().map(|g| g.origin().to_string()))
         .collect();
     let degrees: Vec<usize> = sim
         .routers
         .iter()
-        .filter_map(|r| r.mesh.as_ref())
-        .map(|m| m.neighbours().count())
+        .filter_map(|r| r.node.as_ref())
+        .map(|n| n.neighbours().count())
         .collect();
     let report = serde_json::json!({
         "routers": args.routers,
@@ -203,15 +206,7 @@ impl Args {
 struct Router {
     name: PeerName,
     addr: SocketAddr,
-    mesh: Option<Mesh>,
-    agent: Option<Agent>,
-    /// `next_hops` of the topology, recomputed when first needed after a
-    /// change, at most every [`HOPS_EVERY`] (a breadth-first search over
-    /// 1,000 routers on every gossip merge would dominate the run).
-    hops: Option<BTreeMap<PeerName, PeerName>>,
-    hops_at: Time,
-    /// Routed IPAM messages waiting for a route, as the daemon keeps them.
-    unrouted: ipam_agent::Unrouted<IpamMsg>,
+    node: Option<Node>,
     /// Allocations asked for so far.
     asked: usize,
     group: u8,
@@ -232,13 +227,7 @@ enum Ev {
         conn: ConnId,
         from: usize,
         to: usize,
-        msg: Message,
-    },
-    DeliverIpam {
-        conn: ConnId,
-        from: usize,
-        to: usize,
-        msg: IpamMsg,
+        msg: Outgoing,
     },
     CutAcross,
 }
@@ -253,8 +242,8 @@ struct Sim {
     bodies: BTreeMap<u64, Ev>,
     /// Open connections: id -> (dialer, acceptor).
     links: BTreeMap<ConnId, (usize, usize)>,
-    /// Open connections by (router, peer name), newest last.
-    by_pair: BTreeMap<(usize, PeerName), Vec<ConnId>>,
+    /// Why a router closed a connection (a refusal), for the dialer.
+    closed_why: BTreeMap<ConnId, Failure>,
     next_conn: u64,
     loss: f64,
     bytes: u64,
@@ -266,8 +255,9 @@ struct Sim {
     allocs: usize,
     /// Acknowledged allocations: (router, key) -> address.
     allocations: BTreeMap<(usize, String), std::net::IpAddr>,
-    /// Parked allocations: (router, ticket) -> key.
-    waiting: BTreeMap<(usize, ipam_agent::Ticket), String>,
+    /// Allocations not answered yet: reply handle -> (router, key).
+    waiting: BTreeMap<ReplyTo, (usize, String)>,
+    next_reply: u64,
     failures: u64,
 }
 
@@ -278,11 +268,7 @@ impl Sim {
             .map(|i| Router {
                 name: PeerName::from_u64(rng.random()),
                 addr: SocketAddr::from((Ipv4Addr::from(0x0a00_0000 + i as u32 + 1), 6783)),
-                mesh: None,
-                agent: None,
-                hops: None,
-                hops_at: Time::ZERO,
-                unrouted: ipam_agent::Unrouted::default(),
+                node: None,
                 asked: 0,
                 group: 0,
                 wake: None,
@@ -298,7 +284,7 @@ impl Sim {
             queue: BinaryHeap::new(),
             bodies: BTreeMap::new(),
             links: BTreeMap::new(),
-            by_pair: BTreeMap::new(),
+            closed_why: BTreeMap::new(),
             next_conn: 0,
             loss: args.loss / 100.0,
             bytes: 0,
@@ -309,6 +295,7 @@ impl Sim {
             allocs: args.allocs,
             allocations: BTreeMap::new(),
             waiting: BTreeMap::new(),
+            next_reply: 0,
             failures: 0,
         };
         for i in 0..args.routers {
@@ -351,18 +338,19 @@ impl Sim {
 
     fn converged(&self) -> bool {
         let n = self.routers.len();
-        let Some(first) = self.routers[0].mesh.as_ref() else {
+        let Some(first) = self.routers[0].node.as_ref() else {
             return false;
         };
         let summary = first.topology().summary();
-        let Some(ring) = self.routers[0].agent.as_ref().and_then(|a| a.replica().ring()) else {
+        let Some(ring) = first.replica().ring() else {
             return false;
         };
         self.routers.iter().all(|r| {
-            r.mesh
-                .as_ref()
-                .is_some_and(|m| m.topology().len() == n && m.topology().summary() == summary)
-                && r.agent.as_ref().and_then(|a| a.replica().ring()) == Some(ring)
+            r.node.as_ref().is_some_and(|node| {
+                node.topology().len() == n
+                    && node.topology().summary() == summary
+                    && node.replica().ring() == Some(ring)
+            })
         }) && first.topology().next_hops().len() == n - 1
     }
 
@@ -372,32 +360,33 @@ impl Sim {
             Ev::Launch(i) => {
                 let r = &self.routers[i];
                 let seed = self.rng.random();
-                let name = r.name;
+                let peer = (i > 0).then(|| {
+                    let j = self.rng.random_range(0..i);
+                    self.routers[j].addr
+                });
+                let count = self.init_peer_count.unwrap_or(usize::from(peer.is_some()) + 1);
                 // As `weft launch` with the default --listen: the router
                 // advertises what it learns, here its one interface address.
                 let listen = SocketAddr::from((Ipv4Addr::UNSPECIFIED, r.addr.port()));
-                let mut mesh = Mesh::new(
-                    Config::default(),
-                    name,
-                    format!("r{i}"),
-                    Policy::new(listen, Vec::new(), vec![pool().net()]),
-                    now,
-                    seed,
-                );
-                mesh.set_local_addrs(now, vec![LocalAddr::new("eth0", r.addr.ip())]);
-                let peers = if i > 0 {
-                    let j = self.rng.random_range(0..i);
-                    mesh.connect(now, self.routers[j].addr);
-                    1
-                } else {
-                    0
+                let config = node::Config {
+                    me: r.name,
+                    nickname: format!("r{i}"),
+                    pool: pool(),
+                    init: Init::Consensus(count),
+                    mesh: mesh::Config::default(),
+                    advertise: Policy::new(listen, Vec::new(), vec![pool().net()]),
+                    data: None,
                 };
-                let count = self.init_peer_count.unwrap_or(peers + 1);
-                let mut agent =
-                    Agent::new(name, pool(), Init::Consensus(count), None, now).expect("no saved state to mismatch");
-                agent.handle_topology(now, mesh.topology());
-                self.routers[i].mesh = Some(mesh);
-                self.routers[i].agent = Some(agent);
+                let ip = r.addr.ip();
+                let mut node = Node::new(config, None, now, seed).expect("no saved state to mismatch");
+                node.set_local_addrs(now, vec![LocalAddr::new("eth0", ip)]);
+                if let Some(addr) = peer {
+                    node.connect(
+                        now,
+                        PeerAddr::try_from(addr).expect("every router listens on port 6783"),
+                    );
+                }
+                self.routers[i].node = Some(node);
                 for _ in 0..self.allocs {
                     self.allocate(i);
                 }
@@ -406,8 +395,7 @@ impl Sim {
             Ev::Wake(i) => {
                 if self.routers[i].wake == Some(now) {
                     self.routers[i].wake = None;
-                    self.mesh(i).handle_timeout(now);
-                    self.agent(i).handle_timeout(now);
+                    self.node(i).handle_timeout(now);
                     self.drain(i);
                 }
             }
@@ -415,18 +403,9 @@ impl Sim {
             Ev::Deliver { conn, from, to, msg } => {
                 if self.links.contains_key(&conn) {
                     let name = self.routers[from].name;
-                    self.mesh(to).handle_message(now, name, msg);
-                    self.drain(to);
-                }
-            }
-            Ev::DeliverIpam { conn, from, to, msg } => {
-                if self.links.contains_key(&conn) {
-                    match msg.destination() {
-                        Some(dest) if dest != self.routers[to].name => self.send_ipam(to, Dest::Routed(dest), msg),
-                        _ => {
-                            let name = self.routers[from].name;
-                            self.agent(to).handle_message(now, name, msg);
-                        }
+                    match msg {
+                        Outgoing::Gossip(m) => self.node(to).handle_gossip(now, name, m),
+                        Outgoing::Ipam(m) => self.node(to).handle_ipam(now, name, m),
                     }
                     self.drain(to);
                 }
@@ -448,41 +427,31 @@ impl Sim {
     fn dial_done(&mut self, from: usize, addr: SocketAddr, ok: bool) {
         let now = self.now;
         let Some(&to) = self.by_addr.get(&addr) else { return };
-        if !ok || self.routers[to].mesh.is_none() || self.routers[from].group != self.routers[to].group {
-            self.mesh(from).handle_dial_failed(now, addr, Failure::Unreachable);
+        if !ok || self.routers[to].node.is_none() || self.routers[from].group != self.routers[to].group {
+            self.node(from).handle_dial_failed(now, addr, Failure::Unreachable);
             self.drain(from);
             return;
         }
         self.next_conn += 1;
         let conn = ConnId(self.next_conn);
         let (from_name, to_name) = (self.routers[from].name, self.routers[to].name);
+        self.links.insert(conn, (from, to));
         // Each router's QUIC endpoint sends from its listening port.
         let from_addr = self.routers[from].addr;
-        match self.mesh(to).handle_connected(now, from_name, conn, None, from_addr) {
-            Err(refused) => {
-                self.drain(to);
-                self.mesh(from).handle_dial_failed(now, addr, refused.0);
-                self.drain(from);
-            }
-            Ok(replaced_to) => {
-                self.links.insert(conn, (from, to));
-                self.by_pair.entry((from, to_name)).or_default().push(conn);
-                self.by_pair.entry((to, from_name)).or_default().push(conn);
-                match self.mesh(from).handle_connected(now, to_name, conn, Some(addr), addr) {
-                    Err(refused) => {
-                        self.drain(from);
-                        self.close(conn, refused.0);
-                    }
-                    Ok(replaced_from) => {
-                        for old in [replaced_to, replaced_from].into_iter().flatten() {
-                            self.close(old, Failure::Lost("replaced by a newer connection".into()));
-                        }
-                        self.drain(from);
-                    }
-                }
-                self.drain(to);
-            }
+        self.node(to).handle_connected(now, from_name, conn, None, from_addr);
+        if self.node(to).connection_of(from_name) != Some(conn) {
+            // Refused by the acceptor: it closes it, and the dialer learns why.
+            self.drain(to);
+            let why = self.closed_why.remove(&conn).unwrap_or(Failure::Unreachable);
+            self.node(from).handle_dial_failed(now, addr, why);
+            self.drain(from);
+            return;
         }
+        // Both ends take it before either closes what it replaces, as the
+        // handshake completes on both before a close can cross the network.
+        self.node(from).handle_connected(now, to_name, conn, Some(addr), addr);
+        self.drain(from);
+        self.drain(to);
     }
 
     /// Closes a connection on both ends.
@@ -490,167 +459,91 @@ impl Sim {
         let Some((a, b)) = self.links.remove(&conn) else { return };
         let now = self.now;
         let (na, nb) = (self.routers[a].name, self.routers[b].name);
-        for key in [(a, nb), (b, na)] {
-            if let Some(v) = self.by_pair.get_mut(&key) {
-                v.retain(|c| *c != conn);
-                if v.is_empty() {
-                    self.by_pair.remove(&key);
-                }
-            }
-        }
-        self.mesh(a).handle_disconnected(now, nb, conn, reason.clone());
+        self.node(a).handle_disconnected(now, nb, conn, reason.clone());
         self.drain(a);
-        self.mesh(b).handle_disconnected(now, na, conn, reason);
+        self.node(b).handle_disconnected(now, na, conn, reason);
         self.drain(b);
     }
 
-    /// Carries out everything router `i`'s cores asked for.
+    /// Carries out everything router `i`'s core asked for.
     fn drain(&mut self, i: usize) {
         let now = self.now;
-        loop {
-            if let Some(init) = self.agent(i).take_announcement() {
-                self.mesh(i).set_ipam(now, init);
-            }
-            let mut more = false;
-            while let Some((dest, msg)) = self.agent(i).poll_transmit() {
-                self.send_ipam(i, dest, msg);
-            }
-            while let Some(event) = self.agent(i).poll_event() {
-                if let ipam_agent::Event::Allocated(ticket, result) = event {
-                    let key = self.waiting.remove(&(i, ticket)).expect("every ticket was recorded");
-                    self.record(i, key, result.map(|a| a.addr).ok());
+        while let Some(out) = self.node(i).poll_output() {
+            match out {
+                // Nothing crashes here: every write is durable at once.
+                Output::Persist { seq, .. } => self.node(i).handle_persisted(seq),
+                Output::Send { to, msg } => self.send(i, to, msg),
+                Output::Dial(addr) => {
+                    let reachable = self.by_addr.get(&addr).is_some_and(|&j| self.routers[j].node.is_some());
+                    let delay = if reachable {
+                        Duration::from_millis(self.rng.random_range(4..=40))
+                    } else {
+                        DIAL_TIMEOUT
+                    };
+                    self.at(
+                        now + delay,
+                        Ev::Dial {
+                            from: i,
+                            addr,
+                            ok: reachable,
+                        },
+                    );
                 }
-            }
-            while let Some(event) = self.mesh(i).poll_event() {
-                more = true;
-                match event {
-                    Event::Up(peer) => self.agent(i).neighbour_up(peer),
-                    Event::Down(peer) => self.agent(i).neighbour_down(peer),
-                    Event::TopologyChanged => {
-                        if now.since(self.routers[i].hops_at) >= HOPS_EVERY {
-                            self.routers[i].hops = None;
-                        }
-                        let r = &mut self.routers[i];
-                        let (mesh, agent) = (r.mesh.as_ref().expect("launched"), r.agent.as_mut().expect("launched"));
-                        agent.handle_topology(now, mesh.topology());
-                        if r.unrouted.waits_for_any(|p| mesh.topology().get(p).is_some()) {
-                            let hops = r.hops.get_or_insert_with(|| {
-                                r.hops_at = now;
-                                mesh.topology().next_hops()
-                            });
-                            for (to, msg) in r.unrouted.take_routable(now, |p| hops.contains_key(&p)) {
-                                self.send_ipam(i, Dest::Routed(to), msg);
-                            }
-                        }
-                    }
-                    _ => {}
+                Output::Close { conn, why } => {
+                    self.closed_why.insert(conn, why.clone());
+                    self.close(conn, why);
                 }
-            }
-            if !more {
-                break;
+                Output::Reply {
+                    to,
+                    reply: Reply::Allocate(result),
+                } => {
+                    let (router, key) = self.waiting.remove(&to).expect("every allocation was recorded");
+                    self.record(router, key, result.map(|a| a.addr).ok());
+                }
+                _ => {}
             }
         }
-        while let Some((to_name, msg)) = self.mesh(i).poll_transmit() {
-            let Some(conn) = self.conn_between(i, to_name) else {
-                continue;
-            };
-            let (a, b) = self.links[&conn];
-            let to = if a == i { b } else { a };
-            self.bytes += encoded_len(&msg) + FRAME_OVERHEAD;
-            self.messages += 1;
-            let mut delay = Duration::from_millis(self.rng.random_range(2..=20));
-            while self.rng.random_bool(self.loss) {
-                delay += Duration::from_millis(200);
-            }
-            self.at(now + delay, Ev::Deliver { conn, from: i, to, msg });
-        }
-        while let Some(addr) = self.mesh(i).poll_dial() {
-            let reachable = self.by_addr.get(&addr).is_some_and(|&j| self.routers[j].mesh.is_some());
-            let delay = if reachable {
-                Duration::from_millis(self.rng.random_range(4..=40))
-            } else {
-                DIAL_TIMEOUT
-            };
-            self.at(
-                now + delay,
-                Ev::Dial {
-                    from: i,
-                    addr,
-                    ok: reachable,
-                },
-            );
-        }
-        let next = self
-            .mesh(i)
-            .poll_timeout()
-            .min(self.agent(i).poll_timeout())
-            .max(now + Duration::from_millis(1));
+        let next = self.node(i).poll_timeout().max(now + Duration::from_millis(1));
         if self.routers[i].wake.is_none_or(|w| next < w) {
             self.routers[i].wake = Some(next);
             self.at(next, Ev::Wake(i));
         }
     }
 
-    /// Sends an IPAM message from router `i` as the daemon does: to neighbours, or one hop
-    /// towards a routed destination.
-    fn send_ipam(&mut self, i: usize, dest: Dest, msg: IpamMsg) {
-        let now = self.now;
-        let targets: Vec<PeerName> = match dest {
-            Dest::Neighbour(p) => vec![p],
-            Dest::AllNeighbours => self.mesh(i).neighbours().collect(),
-            Dest::Routed(p) => {
-                if self.conn_between(i, p).is_some() {
-                    vec![p]
-                } else {
-                    let r = &mut self.routers[i];
-                    let mesh = r.mesh.as_ref().expect("launched");
-                    let hops = r.hops.get_or_insert_with(|| {
-                        r.hops_at = now;
-                        mesh.topology().next_hops()
-                    });
-                    match hops.get(&p) {
-                        Some(hop) => vec![*hop],
-                        None => {
-                            r.unrouted.push(now, p, msg);
-                            return;
-                        }
-                    }
-                }
+    /// Sends a message from router `i` to its neighbour `to`, on the
+    /// connection its core keeps, counting its encoded size.
+    fn send(&mut self, i: usize, to: PeerName, msg: Outgoing) {
+        let Some(conn) = self.node(i).connection_of(to) else {
+            return;
+        };
+        let Some(&(a, b)) = self.links.get(&conn) else { return };
+        let other = if a == i { b } else { a };
+        let size = match &msg {
+            Outgoing::Gossip(m) => encoded_len(m) + FRAME_OVERHEAD,
+            Outgoing::Ipam(m) => {
+                let size = encoded_len(m) + FRAME_OVERHEAD;
+                let tally = self.ipam_kinds.entry(m.kind()).or_default();
+                tally.0 += 1;
+                tally.1 += size;
+                self.ipam_bytes += size;
+                size
             }
         };
-        let size = encoded_len(&msg) + FRAME_OVERHEAD;
-        let kind = msg.kind();
-        let tally = self.ipam_kinds.entry(kind).or_default();
-        tally.0 += targets.len() as u64;
-        tally.1 += size * targets.len() as u64;
-        for to_name in targets {
-            let Some(conn) = self.conn_between(i, to_name) else {
-                continue;
-            };
-            let (a, b) = self.links[&conn];
-            let to = if a == i { b } else { a };
-            self.bytes += size;
-            self.ipam_bytes += size;
-            self.messages += 1;
-            let delay = self.delay();
-            self.at(
-                now + delay,
-                Ev::DeliverIpam {
-                    conn,
-                    from: i,
-                    to,
-                    msg: msg.clone(),
-                },
-            );
-        }
-    }
-
-    fn delay(&mut self) -> Duration {
+        self.bytes += size;
+        self.messages += 1;
         let mut delay = Duration::from_millis(self.rng.random_range(2..=20));
         while self.rng.random_bool(self.loss) {
             delay += Duration::from_millis(200);
         }
-        delay
+        self.at(
+            self.now + delay,
+            Ev::Deliver {
+                conn,
+                from: i,
+                to: other,
+                msg,
+            },
+        );
     }
 
     /// Router `i` asks for one more address.
@@ -659,13 +552,11 @@ impl Sim {
         self.routers[i].asked += 1;
         let key = format!("r{i}-c{}", self.routers[i].asked);
         let alloc_key = AllocKey::new(key.clone(), "eth0").expect("a valid key");
-        match self.agent(i).allocate(now, alloc_key, Request::Any) {
-            Ok(Progress::Done(a)) => self.record(i, key, Some(a.addr)),
-            Ok(Progress::Waiting(ticket)) => {
-                self.waiting.insert((i, ticket), key);
-            }
-            Err(_) => self.record(i, key, None),
-        }
+        self.next_reply += 1;
+        let to = ReplyTo(self.next_reply);
+        self.waiting.insert(to, (i, key));
+        self.node(i).allocate(now, to, alloc_key, Request::Any);
+        self.drain(i);
     }
 
     fn record(&mut self, i: usize, key: String, addr: Option<std::net::IpAddr>) {
@@ -683,10 +574,10 @@ impl Sim {
     fn address_check(&self) -> (usize, usize) {
         let mut holders: BTreeMap<std::net::IpAddr, usize> = BTreeMap::new();
         let mut misplaced = 0;
-        let ring = self.routers[0].agent.as_ref().and_then(|a| a.replica().ring());
+        let ring = self.routers[0].node.as_ref().and_then(|n| n.replica().ring());
         for r in &self.routers {
-            let Some(agent) = &r.agent else { continue };
-            for (_, addr) in agent.replica().allocations() {
+            let Some(node) = &r.node else { continue };
+            for (_, addr) in node.replica().allocations() {
                 *holders.entry(addr).or_default() += 1;
                 if ring.is_none_or(|g| g.owner_of(addr) != Some(r.name)) {
                     misplaced += 1;
@@ -695,19 +586,14 @@ impl Sim {
         }
         for ((i, key), addr) in &self.allocations {
             let held = self.routers[*i]
-                .agent
+                .node
                 .as_ref()
-                .and_then(|a| a.replica().lookup(&AllocKey::new(key.clone(), "eth0").expect("valid")));
+                .and_then(|n| n.replica().lookup(&AllocKey::new(key.clone(), "eth0").expect("valid")));
             if held != Some(*addr) {
                 misplaced += 1;
             }
         }
         (holders.values().filter(|n| **n > 1).count(), misplaced)
-    }
-
-    fn conn_between(&self, i: usize, peer: PeerName) -> Option<ConnId> {
-        // Newest open connection between the two (the one both cores keep).
-        self.by_pair.get(&(i, peer)).and_then(|v| v.last().copied())
     }
 
     fn partition(&mut self) {
@@ -723,12 +609,8 @@ impl Sim {
         }
     }
 
-    fn mesh(&mut self, i: usize) -> &mut Mesh {
-        self.routers[i].mesh.as_mut().expect("only launched routers act")
-    }
-
-    fn agent(&mut self, i: usize) -> &mut Agent {
-        self.routers[i].agent.as_mut().expect("only launched routers act")
+    fn node(&mut self, i: usize) -> &mut Node {
+        self.routers[i].node.as_mut().expect("only launched routers act")
     }
 }
 
@@ -745,9 +627,6 @@ fn encoded_len<T: serde::Serialize>(msg: &T) -> u64 {
 fn pool() -> Pool {
     Pool::new("10.32.0.0/12".parse().expect("a valid CIDR")).expect("a valid pool")
 }
-
-/// How stale a router's cached routes may get.
-const HOPS_EVERY: Duration = Duration::from_secs(1);
 
 /// Length prefix and message type on a QUIC stream, roughly.
 const FRAME_OVERHEAD: u64 = 4;

@@ -162,7 +162,9 @@ impl Handshake {
     /// The dialing side, and message 1 to send.
     ///
     /// `psk` is `secret.derive(CONTROL_PSK_LABEL)`; `binding` is the keying
-    /// material exported from the TLS session this handshake runs in.
+    /// material exported from the TLS session this handshake runs in;
+    /// `seed` makes the ephemeral key: 32 bytes from a CSPRNG, never reused
+    /// ([`super::noise`]).
     ///
     /// # Errors
     /// [`HandshakeError::Local`] if snow cannot be set up.
@@ -170,19 +172,26 @@ impl Handshake {
         identity: &Identity,
         psk: &[u8; 32],
         binding: &[u8; BINDING_LEN],
+        seed: [u8; 32],
     ) -> Result<(Self, Vec<u8>), HandshakeError> {
-        let mut hs = build(identity, psk, binding, Role::Initiator)?;
+        let mut hs = build(identity, psk, binding, Role::Initiator, seed)?;
         let first = write(&mut hs)?;
         let me = Self::new(identity, State::AwaitResponse(Box::new(hs)));
         Ok((me, first))
     }
 
-    /// The accepting side. It waits for message 1.
+    /// The accepting side. It waits for message 1. `seed` as for
+    /// [`Handshake::initiator`].
     ///
     /// # Errors
     /// [`HandshakeError::Local`] if snow cannot be set up.
-    pub fn responder(identity: &Identity, psk: &[u8; 32], binding: &[u8; BINDING_LEN]) -> Result<Self, HandshakeError> {
-        let hs = build(identity, psk, binding, Role::Responder)?;
+    pub fn responder(
+        identity: &Identity,
+        psk: &[u8; 32],
+        binding: &[u8; BINDING_LEN],
+        seed: [u8; 32],
+    ) -> Result<Self, HandshakeError> {
+        let hs = build(identity, psk, binding, Role::Responder, seed)?;
         Ok(Self::new(identity, State::AwaitEphemeral(Box::new(hs))))
     }
 
@@ -349,12 +358,13 @@ fn build(
     psk: &[u8; 32],
     binding: &[u8; BINDING_LEN],
     role: Role,
+    seed: [u8; 32],
 ) -> Result<snow::HandshakeState, HandshakeError> {
     let mut prologue = [0u8; PROLOGUE_PREFIX.len() + BINDING_LEN];
     prologue[..PROLOGUE_PREFIX.len()].copy_from_slice(PROLOGUE_PREFIX);
     prologue[PROLOGUE_PREFIX.len()..].copy_from_slice(binding);
     let params = PROTOCOL.parse().map_err(HandshakeError::Local)?;
-    let builder = snow::Builder::new(params)
+    let builder = super::noise::builder(params, seed)
         .local_private_key(identity.private_key())
         .and_then(|b| b.psk(PSK_LOCATION, psk))
         .and_then(|b| b.prologue(&prologue))
@@ -437,9 +447,13 @@ mod tests {
     type Learned = ((PeerName, [u8; 32]), (PeerName, [u8; 32]));
 
     /// A handshake between two configured sides, with hooks into delivery.
+    /// Every handshake gets ephemeral keys of its own, as the router's
+    /// randomness gives them (a seed that repeated would let a replayed
+    /// message through, which `replayed_messages_fail` checks).
     struct Run<'a> {
         initiator: (&'a Identity, [u8; 32], [u8; 32]),
         responder: (&'a Identity, [u8; 32], [u8; 32]),
+        seeds: std::cell::Cell<u64>,
     }
 
     impl<'a> Run<'a> {
@@ -447,7 +461,16 @@ mod tests {
             Self {
                 initiator: (i, PSK, BINDING),
                 responder: (r, PSK, BINDING),
+                seeds: std::cell::Cell::new(0),
             }
+        }
+
+        /// A seed no other handshake of this run had.
+        fn seed(&self) -> [u8; 32] {
+            self.seeds.set(self.seeds.get() + 1);
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&self.seeds.get().to_le_bytes());
+            seed
         }
 
         /// Pumps messages between the sides until both are done or one fails;
@@ -461,8 +484,8 @@ mod tests {
         ) -> Result<Learned, (Side, HandshakeError)> {
             let (ii, ipsk, ibind) = self.initiator;
             let (ri, rpsk, rbind) = self.responder;
-            let (mut i, first) = Handshake::initiator(ii, &ipsk, &ibind).unwrap();
-            let mut r = Handshake::responder(ri, &rpsk, &rbind).unwrap();
+            let (mut i, first) = Handshake::initiator(ii, &ipsk, &ibind, self.seed()).unwrap();
+            let mut r = Handshake::responder(ri, &rpsk, &rbind, self.seed()).unwrap();
             let (mut msg, mut to) = (first, Side::Responder);
             let (mut i_done, mut r_done) = (None, None);
             for n in 0.. {
@@ -622,7 +645,7 @@ mod tests {
 
         // Message 1 replayed to a new responder: it answers with a fresh
         // ephemeral, and the replayed message 3 then fails.
-        let mut r = Handshake::responder(&b, &PSK, &BINDING).unwrap();
+        let mut r = Handshake::responder(&b, &PSK, &BINDING, [0xee; 32]).unwrap();
         assert!(matches!(r.handle(&old[0]), Ok(Step::Send(_))));
         assert_eq!(r.handle(&old[2]), Err(HandshakeError::AuthenticationFailed));
 
@@ -655,7 +678,7 @@ mod tests {
     #[test]
     fn malformed_and_unexpected_messages() {
         let b = id(2);
-        let mut r = Handshake::responder(&b, &PSK, &BINDING).unwrap();
+        let mut r = Handshake::responder(&b, &PSK, &BINDING, [2; 32]).unwrap();
         assert_eq!(r.handle(&[0; 10]), Err(HandshakeError::Malformed { len: 10 }));
         assert!(r.is_finished());
         assert_eq!(
@@ -663,7 +686,7 @@ mod tests {
             Err(HandshakeError::PeerMisbehaved(Misbehaviour::UnexpectedMessage))
         );
 
-        let mut r = Handshake::responder(&b, &PSK, &BINDING).unwrap();
+        let mut r = Handshake::responder(&b, &PSK, &BINDING, [2; 32]).unwrap();
         let long = vec![0; MAX_MESSAGE_LEN + 1];
         assert_eq!(
             r.handle(&long),
@@ -674,8 +697,8 @@ mod tests {
 
         // A message after success is the peer's fault too.
         let (a, c) = (id(1), id(3));
-        let (mut i, first) = Handshake::initiator(&a, &PSK, &BINDING).unwrap();
-        let mut r = Handshake::responder(&c, &PSK, &BINDING).unwrap();
+        let (mut i, first) = Handshake::initiator(&a, &PSK, &BINDING, [1; 32]).unwrap();
+        let mut r = Handshake::responder(&c, &PSK, &BINDING, [3; 32]).unwrap();
         let Ok(Step::Send(second)) = r.handle(&first) else {
             panic!("message 2")
         };
@@ -719,7 +742,7 @@ mod tests {
     #[test]
     fn debug_shows_no_key_material() {
         let a = Identity::from_private_key([0xab; 32]).unwrap();
-        let (i, first) = Handshake::initiator(&a, &[0xcd; 32], &BINDING).unwrap();
+        let (i, first) = Handshake::initiator(&a, &[0xcd; 32], &BINDING, [1; 32]).unwrap();
         let shown = format!("{i:?}");
         assert_eq!(shown, r#"Handshake { state: "await-response" }"#);
         assert!(!first.is_empty());

@@ -4,8 +4,8 @@
 
 use ipam_crdt::PeerName;
 
+use super::names::PeerRef;
 use super::topology::Topology;
-use crate::config::PeerRef;
 
 /// Where resolving `--ipalloc-init seed=NAME,...` stands.
 #[derive(Clone, PartialEq, Eq, Debug)]

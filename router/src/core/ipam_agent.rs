@@ -62,9 +62,9 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::ipam::{Resolution, resolve_seeds};
+use super::names::PeerRef;
 use super::time::Time;
 use super::topology::{IpamInit, PeerEntry, Topology};
-use crate::config::PeerRef;
 
 /// Ring changes are announced at most this often.
 pub const BATCH: Duration = Duration::from_millis(200);
@@ -284,12 +284,83 @@ pub enum Progress {
     Waiting(Ticket),
 }
 
+/// Why there is no address ring yet. Says what is wrong, not which flag to
+/// change: the shell adds that ([`NoRing::setting`]).
+#[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NoRing {
+    /// Seed routers the topology does not show yet.
+    #[error("waiting to learn of the seed routers: {}", .0.join(", "))]
+    UnknownSeeds(Vec<String>),
+    /// A seed nickname several routers carry.
+    #[error(
+        "the seed {nickname} is the nickname of {} routers ({}); name one by its peer name",
+        routers.len(),
+        routers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    )]
+    AmbiguousSeed {
+        /// The nickname.
+        nickname: String,
+        /// The routers that carry it.
+        routers: Vec<PeerName>,
+    },
+    /// The seed list is not resolved yet.
+    #[error("waiting to resolve the seed list")]
+    ResolvingSeeds,
+    /// The ring could not be created.
+    #[error("cannot create the ring: {0}")]
+    CannotCreate(String),
+    /// Another router has the ring: it is on its way.
+    #[error("waiting for the ring from router {router} ({nickname})")]
+    FromRouter {
+        /// That router.
+        router: PeerName,
+        /// Its nickname.
+        nickname: String,
+    },
+    /// This router proposed the split and waits for every member to accept.
+    #[error("proposed splitting the range between {members} routers; waiting for all of them to accept")]
+    Proposed {
+        /// How many routers the proposal names.
+        members: usize,
+    },
+    /// This router accepted another's proposal and waits for it to create the ring.
+    #[error("accepted router {proposer}'s proposal; waiting for it to create the ring")]
+    Accepted {
+        /// The proposer.
+        proposer: PeerName,
+    },
+    /// Fewer of the routers that start the mesh have met than it takes.
+    #[error("{met} of the {count} routers that start the mesh have met")]
+    Meeting {
+        /// How many have met.
+        met: usize,
+        /// How many it takes.
+        count: usize,
+    },
+    /// Waiting for another router to share the ring.
+    #[error("waiting for another router to share the ring")]
+    Adopting,
+}
+
+impl NoRing {
+    /// The `weft launch` setting this depends on, if any: `ipalloc-init` or
+    /// `init-peer-count`.
+    pub fn setting(&self) -> Option<&'static str> {
+        match self {
+            Self::UnknownSeeds(_) | Self::AmbiguousSeed { .. } | Self::ResolvingSeeds => Some("ipalloc-init"),
+            Self::Proposed { .. } | Self::Accepted { .. } | Self::Meeting { .. } => Some("init-peer-count"),
+            Self::CannotCreate(_) | Self::FromRouter { .. } | Self::Adopting => None,
+        }
+    }
+}
+
 /// Why an allocation failed, in the words the API shows.
 #[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
 pub enum AllocFailure {
     /// The ring does not exist yet and did not appear in time.
     #[error("the address ring does not exist yet: {0}")]
-    NoRing(String),
+    NoRing(NoRing),
     /// The replica refused (bad request, address in use, exhausted, removed).
     #[error(transparent)]
     Refused(AllocError),
@@ -510,7 +581,7 @@ pub struct Agent {
     parked: BTreeMap<Ticket, Parked>,
     next_id: u64,
     /// What `resolve_seeds` last said, for the status.
-    waiting_for: Option<String>,
+    waiting_for: Option<NoRing>,
     /// After a leave: the heir, and whether a ring from the mesh showed it
     /// accepting (its vote, or its takeover).
     leaving: Option<(PeerName, bool)>,
@@ -523,13 +594,12 @@ pub struct Agent {
 
 /// The persisted replica does not fit this launch.
 #[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
-#[error(
-    "the IPAM state in the data directory is for {state} but this router was launched with --ipalloc-range {given}; \
-     launch with --ipalloc-range {state}, or run `weft reset` to leave the ring and start afresh"
-)]
+#[error("the saved IPAM state divides {state}, not the pod range {given} this router was given")]
 pub struct PoolMismatch {
-    state: Pool,
-    given: Pool,
+    /// The range the saved state divides.
+    pub state: Pool,
+    /// The range given.
+    pub given: Pool,
 }
 
 impl Agent {
@@ -587,15 +657,15 @@ impl Agent {
     }
 
     /// Why there is no ring yet, in words, if there is none.
-    pub fn no_ring_reason(&self) -> Option<String> {
+    pub fn no_ring_reason(&self) -> Option<NoRing> {
         if self.replica.ring().is_some() {
             return None;
         }
         Some(match (&self.init, &self.waiting_for) {
             (_, Some(why)) => why.clone(),
-            (Init::Seeds(_), None) => "waiting to resolve the --ipalloc-init seed list".to_owned(),
-            (Init::Adopt, None) => "waiting for another router to share the ring".to_owned(),
-            (Init::Consensus(n), None) => format!("waiting for the {n} routers of --init-peer-count to meet"),
+            (Init::Seeds(_), None) => NoRing::ResolvingSeeds,
+            (Init::Adopt, None) => NoRing::Adopting,
+            (Init::Consensus(n), None) => NoRing::Meeting { met: 1, count: *n },
         })
     }
 
@@ -603,13 +673,23 @@ impl Agent {
     /// shell must write it durably before transmitting, announcing or
     /// answering anything.
     pub fn take_persist(&mut self) -> Option<Vec<u8>> {
-        std::mem::take(&mut self.dirty).then(|| {
-            let record = Record {
-                replica: self.replica.encode(),
-                init: self.init_state.clone(),
-            };
-            postcard::to_allocvec(&record).expect("encoding to a Vec cannot fail")
-        })
+        self.take_dirty().then(|| self.record())
+    }
+
+    /// Whether the record changed since the last call ([`Agent::take_persist`]
+    /// in two steps, for a caller that encodes the record later, once, for
+    /// several changes).
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// The agent's record as it is now (what [`Agent::decode_saved`] reads).
+    pub fn record(&self) -> Vec<u8> {
+        let record = Record {
+            replica: self.replica.encode(),
+            init: self.init_state.clone(),
+        };
+        postcard::to_allocvec(&record).expect("encoding to a Vec cannot fail")
     }
 
     /// Decodes what [`Agent::take_persist`] returned.
@@ -690,21 +770,11 @@ impl Agent {
                     self.schedule_announce(now);
                     self.retry_parked(now);
                 }
-                Err(e) => self.waiting_for = Some(format!("cannot create the ring: {e}")),
+                Err(e) => self.waiting_for = Some(NoRing::CannotCreate(e.to_string())),
             },
-            Resolution::Waiting { unknown } => {
-                self.waiting_for = Some(format!(
-                    "waiting to learn of the --ipalloc-init seed routers: {}",
-                    unknown.join(", ")
-                ));
-            }
+            Resolution::Waiting { unknown } => self.waiting_for = Some(NoRing::UnknownSeeds(unknown)),
             Resolution::Ambiguous { nickname, routers } => {
-                let names: Vec<String> = routers.iter().map(ToString::to_string).collect();
-                self.waiting_for = Some(format!(
-                    "--ipalloc-init names {nickname}, which {} routers carry ({}); use peer names",
-                    routers.len(),
-                    names.join(", ")
-                ));
+                self.waiting_for = Some(NoRing::AmbiguousSeed { nickname, routers });
             }
         }
     }
@@ -931,7 +1001,7 @@ impl Agent {
                     }
                 }
                 Wait::Ring => {
-                    let why = self.no_ring_reason().unwrap_or_else(|| "timed out".to_owned());
+                    let why = self.no_ring_reason().unwrap_or(NoRing::Adopting);
                     self.events
                         .push_back(Event::Allocated(ticket, Err(AllocFailure::NoRing(why))));
                 }
@@ -955,7 +1025,10 @@ impl Agent {
         let me = self.me;
         let others: Vec<&PeerEntry> = topo.entries().filter(|e| e.name != me).collect();
         if let Some(e) = others.iter().find(|e| e.ipam.has_ring) {
-            self.waiting_for = Some(format!("waiting for the ring from router {} ({})", e.name, e.nickname));
+            self.waiting_for = Some(NoRing::FromRouter {
+                router: e.name,
+                nickname: e.nickname.clone(),
+            });
             return;
         }
         let mut st = self.init_state.clone();
@@ -1010,18 +1083,15 @@ impl Agent {
             .live_proposal()
             .filter(|s| s.iter().all(|m| ack_of(*m) == Some(me)))
             .map(<[PeerName]>::to_vec);
-        self.waiting_for = Some(match (&st.proposal, st.ack) {
-            _ if ready.is_some() => String::new(),
-            (Some(s), _) if !st.withdrawn => format!(
-                "proposed splitting the range between {} routers; waiting for all of them to accept",
-                s.len()
-            ),
-            (_, Some(p)) => format!("accepted router {p}'s proposal; waiting for it to create the ring"),
-            _ => format!(
-                "{} of the {count} routers of --init-peer-count have met",
-                known.len().min(count)
-            ),
-        });
+        self.waiting_for = match (&st.proposal, st.ack) {
+            _ if ready.is_some() => None,
+            (Some(s), _) if !st.withdrawn => Some(NoRing::Proposed { members: s.len() }),
+            (_, Some(proposer)) => Some(NoRing::Accepted { proposer }),
+            _ => Some(NoRing::Meeting {
+                met: known.len().min(count),
+                count,
+            }),
+        };
         self.set_init(st);
         if let Some(seeds) = ready {
             match Replica::create(me, self.pool, &seeds) {
@@ -1037,7 +1107,7 @@ impl Agent {
                     self.schedule_announce(now);
                     self.retry_parked(now);
                 }
-                Err(e) => self.waiting_for = Some(format!("cannot create the ring: {e}")),
+                Err(e) => self.waiting_for = Some(NoRing::CannotCreate(e.to_string())),
             }
         }
     }
@@ -1926,7 +1996,7 @@ mod tests {
         let Progress::Waiting(t) = net.agents[1].allocate(net.now, key("c"), Request::Any).unwrap() else {
             panic!("no ring yet")
         };
-        assert!(net.agents[1].no_ring_reason().unwrap().contains("another router"));
+        assert_eq!(net.agents[1].no_ring_reason(), Some(NoRing::Adopting));
         net.advance(Duration::from_secs(5));
         assert!(net.allocated(t).is_none(), "still waiting");
         let topo = Topology::new(p(1), "h1".into(), vec![]);
@@ -1951,7 +2021,8 @@ mod tests {
         let Some(Err(AllocFailure::NoRing(why))) = net.allocated(t) else {
             panic!("{:?}", net.allocated(t))
         };
-        assert!(why.contains("elsewhere"), "{why}");
+        assert_eq!(*why, NoRing::UnknownSeeds(vec!["elsewhere".into()]));
+        assert_eq!(why.setting(), Some("ipalloc-init"));
     }
 
     #[test]
@@ -2296,7 +2367,8 @@ mod tests {
             Time::ZERO,
         )
         .unwrap_err();
-        assert!(err.to_string().contains("--ipalloc-range 10.32.0.0/24"), "{err}");
+        assert_eq!((err.state, err.given), (pool("10.32.0.0/24"), pool("10.40.0.0/24")));
+        assert!(err.to_string().contains("divides 10.32.0.0/24"), "{err}");
     }
 
     #[test]
@@ -2350,10 +2422,9 @@ mod tests {
             net.topology_round(&[vec![0, 1], vec![0, 1], vec![2]]);
         }
         assert!(net.created().is_empty());
-        assert!(
-            net.agents[0].no_ring_reason().unwrap().contains("2 of the 3"),
-            "{:?}",
-            net.agents[0].no_ring_reason()
+        assert_eq!(
+            net.agents[0].no_ring_reason(),
+            Some(NoRing::Meeting { met: 2, count: 3 })
         );
         for _ in 0..4 {
             net.topology_round(&all(3));

@@ -259,6 +259,11 @@ impl Mesh {
         self.conns.get(&peer).map(|c| c.remote)
     }
 
+    /// The control connection the mesh holds to `peer`, if one is up.
+    pub fn connection_of(&self, peer: PeerName) -> Option<ConnId> {
+        self.conns.get(&peer).map(|c| c.id)
+    }
+
     /// The endpoints this router advertises now.
     pub fn advertised(&self) -> &[SocketAddr] {
         &self.topo.own().endpoints

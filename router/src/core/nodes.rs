@@ -45,7 +45,7 @@ use ipam_crdt::PeerName;
 use tracing::{debug, info};
 
 use super::Time;
-use crate::config::PeerAddr;
+use super::names::PeerAddr;
 
 /// A Node object, reduced to what discovery needs.
 #[derive(Debug, Clone, PartialEq, Eq)]

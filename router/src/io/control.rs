@@ -280,7 +280,7 @@ impl ControlEndpoint {
             connection = Some(conn.clone());
             let binding = export_binding(&conn)?;
             let (mut send, mut recv) = conn.open_bi().await.map_err(ControlError::from_connection)?;
-            let (hs, first) = Handshake::initiator(&shared.identity, &shared.psk, &binding)?;
+            let (hs, first) = Handshake::initiator(&shared.identity, &shared.psk, &binding, rand::random())?;
             write_handshake(&mut send, &first).await?;
             let (peer_name, peer_public_key) = drive(hs, &mut send, &mut recv).await?;
             Ok(Authenticated::new(conn, peer_name, peer_public_key, send, recv, shared))
@@ -638,7 +638,7 @@ async fn respond(incoming: quinn::Incoming, shared: &Shared, addr: SocketAddr) -
         connection = Some(conn.clone());
         let binding = export_binding(&conn)?;
         let (mut send, mut recv) = conn.accept_bi().await.map_err(ControlError::from_connection)?;
-        let hs = Handshake::responder(&shared.identity, &shared.psk, &binding)?;
+        let hs = Handshake::responder(&shared.identity, &shared.psk, &binding, rand::random())?;
         let (peer_name, peer_public_key) = drive(hs, &mut send, &mut recv).await?;
         Ok(Authenticated::new(conn, peer_name, peer_public_key, send, recv, shared))
     })

@@ -291,6 +291,18 @@ impl Default for DataStats {
 }
 
 impl DataStats {
+    /// Every counter as plain numbers, for the metrics.
+    pub fn counts(&self) -> crate::metrics::DataplaneCounts {
+        crate::metrics::DataplaneCounts {
+            drops: self.drops().into_iter().collect(),
+            packets_in: self.rx_packets(),
+            packets_out: self.tx_packets(),
+            syscalls: Syscall::ALL.iter().map(|&c| (c.as_str(), self.syscalls(c))).collect(),
+            sessions: self.sessions.load(Ordering::Relaxed),
+            peers: self.reach().to_vec(),
+        }
+    }
+
     /// How many peers are up, connecting and down, with their label values.
     pub fn reach(&self) -> [(&'static str, u64); 3] {
         let n = |i: usize| self.reach[i].load(Ordering::Relaxed);
@@ -1286,6 +1298,14 @@ mod tests {
         assert_eq!(stats.syscalls(Syscall::UdpRecv), 8);
         let names: std::collections::BTreeSet<_> = Syscall::ALL.into_iter().map(Syscall::as_str).collect();
         assert_eq!(names.len(), Syscall::ALL.len());
+        // The metrics read the same sums.
+        stats.count(DropReason::Replayed);
+        stats.reach[0].store(2, Ordering::Relaxed);
+        let c = stats.counts();
+        assert_eq!((c.packets_out, c.packets_in), (105, 42));
+        assert_eq!(c.syscalls, vec![("tun_read", 7), ("udp_send", 8), ("udp_recv", 8)]);
+        assert!(c.drops.contains(&("replayed", 1)), "{:?}", c.drops);
+        assert_eq!(c.peers, vec![("up", 2), ("connecting", 0), ("down", 0)]);
     }
 
     #[test]

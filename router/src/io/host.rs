@@ -11,11 +11,9 @@
 //! the difference through netlink, and again every [`RESYNC`] so that a
 //! route someone deleted by hand comes back.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipam_crdt::{PeerName, Ring};
 use ipnet::{IpNet, Ipv4Net};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -28,9 +26,8 @@ use super::netlink::Netlink;
 use crate::config::LaunchConfig;
 use crate::core::data::session::{Mode, PERSISTENT_KEEPALIVE, Sessions};
 use crate::core::data::wire::TRANSPORT_OVERHEAD;
-use crate::core::endpoints;
+use crate::core::node::{DataPeer, Routes};
 use crate::core::reconcile::{self, Desired};
-use crate::core::topology::Topology;
 use crate::identity::Identity;
 use crate::secret::{ClusterSecret, DATA_PSK_LABEL};
 
@@ -136,7 +133,7 @@ impl Prepared {
             identity,
             secret.derive(DATA_PSK_LABEL),
             clock.wall_at(crate::core::Time::ZERO),
-            rand::random(),
+            rand::make_rng(),
             now,
         )
         .with_mode(Mode::Eager {
@@ -205,10 +202,6 @@ impl Prepared {
             mtu: settings.mtu,
             queues,
             vnet_hdr,
-            pod_range,
-            peers_pushed: None,
-            ring_hash: None,
-            host_address: None,
         })
     }
 }
@@ -225,68 +218,28 @@ pub struct Running {
     mtu: u16,
     queues: usize,
     vnet_hdr: bool,
-    pod_range: Ipv4Net,
-    /// The topology summary and connection generation last pushed.
-    peers_pushed: Option<(u64, u64)>,
-    ring_hash: Option<u64>,
-    host_address: Option<Ipv4Addr>,
 }
 
 impl Running {
-    /// Tells the packet path about the routers in the topology and where to
-    /// try each ([`endpoints::data_candidates`]), if the topology or the
-    /// control connections changed since the last push (`conns` is a count
-    /// the caller bumps whenever a connection comes or goes). `control_peer`
-    /// gives the address of a direct control connection, tried first.
-    pub fn update_peers(&mut self, topology: &Topology, conns: u64, control_peer: impl Fn(PeerName) -> Option<IpAddr>) {
-        let key = (topology.summary(), conns);
-        if self.peers_pushed == Some(key) {
-            return;
-        }
-        self.peers_pushed = Some(key);
-        let me = topology.me();
-        let peers = topology
-            .entries()
-            .filter(|e| e.name != me)
-            .filter_map(|e| {
-                let data = e.data?;
-                Some(PeerInfo {
-                    name: e.name,
-                    public_key: data.public_key,
-                    candidates: endpoints::data_candidates(e, control_peer(e.name)),
-                })
+    /// Tells the packet path about the other routers' data planes (the
+    /// core's [`Output::DataPeers`](crate::core::node::Output::DataPeers)).
+    pub fn set_peers(&self, peers: Vec<DataPeer>) {
+        let peers = peers
+            .into_iter()
+            .map(|p| PeerInfo {
+                name: p.name,
+                public_key: p.public_key,
+                candidates: p.candidates,
             })
             .collect();
         self.plane.set_peers(peers);
     }
 
     /// Tells the packet path and the kernel task about the ring and the
-    /// host address, if either changed.
-    /// `hash` is the ring's hash, which the IPAM agent caches between
-    /// changes (this runs after every event, so the ring is not walked here
-    /// unless it changed).
-    pub fn update_ring(&mut self, me: PeerName, ring: &Ring, hash: u64, host_address: Option<Ipv4Addr>) {
-        if self.ring_hash == Some(hash) && self.host_address == host_address {
-            return;
-        }
-        self.ring_hash = Some(hash);
-        self.host_address = host_address;
-        let mut ranges = Vec::new();
-        let mut own = Vec::new();
-        for r in ring.ranges() {
-            let (IpAddr::V4(first), IpAddr::V4(last)) = (r.range.first, r.range.last) else {
-                continue;
-            };
-            ranges.push((first, last, r.owner));
-            if r.owner == me {
-                own.push(first..=last);
-            }
-        }
-        let own_blocks = reconcile::cidr_blocks(own);
-        self.plane.set_ring(self.pod_range, ranges);
-        let _ = self
-            .want
-            .send(Some(reconcile::desired(self.pod_range, &own_blocks, host_address)));
+    /// host address (the core's [`Output::Routes`](crate::core::node::Output::Routes)).
+    pub fn set_routes(&self, routes: Routes) {
+        self.plane.set_ring(routes.pod_range, routes.ranges);
+        let _ = self.want.send(Some(routes.desired));
     }
 
     /// Whether each peer's data plane can be reached, and where its datagrams go.

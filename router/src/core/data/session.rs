@@ -79,7 +79,7 @@ use std::time::Duration;
 use blake2::Blake2sMac256;
 use blake2::digest::Mac as _;
 use ipam_crdt::PeerName;
-use rand::{RngExt as _, SeedableRng as _};
+use rand::RngExt as _;
 use rand_chacha::ChaCha20Rng;
 use zeroize::Zeroizing;
 
@@ -91,6 +91,7 @@ use super::wire::{
     Response, TIMESTAMP_LEN, TRANSPORT_HEADER_LEN, TRANSPORT_OVERHEAD, TYPE_INITIATION, TYPE_RESPONSE,
 };
 use crate::core::Time;
+use crate::core::noise;
 use crate::identity::{Identity, NOISE_PARAMS};
 
 /// Mixed into every data-plane handshake, so it can never be confused with
@@ -381,10 +382,18 @@ impl std::fmt::Debug for Sessions {
 impl Sessions {
     /// Sessions for the router with `identity` in the cluster whose data
     /// PSK is `data_psk` ([`crate::secret::DATA_PSK_LABEL`]). `wall_at_zero`
-    /// is the wall-clock time (since the Unix epoch) at [`Time::ZERO`];
-    /// `seed` makes the indices, jitter and cookie secrets.
-    pub fn new(identity: &Identity, data_psk: [u8; 32], wall_at_zero: Duration, seed: u64, now: Time) -> Self {
-        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    /// is the wall-clock time (since the Unix epoch) at [`Time::ZERO`].
+    /// `rng` makes the ephemeral keys, indices, jitter and cookie secrets:
+    /// the router passes one seeded from the OS (`rand::make_rng`); a fixed
+    /// seed, for tests and simulations only, would make the ephemeral keys
+    /// guessable.
+    pub fn new(
+        identity: &Identity,
+        data_psk: [u8; 32],
+        wall_at_zero: Duration,
+        mut rng: ChaCha20Rng,
+        now: Time,
+    ) -> Self {
         let public = identity.public_key();
         let data_psk = Zeroizing::new(data_psk);
         let gate = Gate::new(now, rng.random());
@@ -896,11 +905,13 @@ impl Sessions {
         };
         let index = self.new_index();
         let timestamp = self.timestamp(now);
+        let seed = self.rng.random();
         let p = self.peers[id.0 as usize].as_mut().unwrap_or_else(|| unreachable!());
-        let built = snow::Builder::new(
+        let built = noise::builder(
             NOISE_PARAMS
                 .parse()
                 .unwrap_or_else(|_| unreachable!("valid Noise params")),
+            seed,
         )
         .local_private_key(self.private.as_ref())
         .and_then(|b| b.remote_public_key(&p.public))
@@ -964,7 +975,8 @@ impl Sessions {
 
     /// Answers an initiation that passed `mac1` and the gate.
     fn answer_initiation(&mut self, now: Time, from: SocketAddr, init: Initiation<'_>) {
-        let Ok(mut hs) = snow::Builder::new(NOISE_PARAMS.parse().unwrap_or_else(|_| unreachable!()))
+        let seed = self.rng.random();
+        let Ok(mut hs) = noise::builder(NOISE_PARAMS.parse().unwrap_or_else(|_| unreachable!()), seed)
             .local_private_key(self.private.as_ref())
             .and_then(|b| b.prologue(PROLOGUE))
             .and_then(snow::Builder::build_responder)

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::core::data::keypair::OpenError;
+use rand::SeedableRng as _;
 
 const PSK: [u8; 32] = [42; 32];
 
@@ -17,7 +18,13 @@ struct Node {
 
 fn node(n: u8, psk: [u8; 32], now: Time) -> Node {
     let id = Identity::generate().unwrap();
-    let s = Sessions::new(&id, psk, Duration::from_secs(1_700_000_000), u64::from(n), now);
+    let s = Sessions::new(
+        &id,
+        psk,
+        Duration::from_secs(1_700_000_000),
+        ChaCha20Rng::seed_from_u64(u64::from(n)),
+        now,
+    );
     Node {
         id,
         addr: SocketAddr::from(([10, 0, 0, n], 6784)),
@@ -329,7 +336,13 @@ fn a_restarted_peer_gets_a_new_handshake_at_once() {
     // b restarts: same identity, no sessions.
     let later = now + Duration::from_secs(30);
     let mut b2 = Node {
-        s: Sessions::new(&b.id, PSK, Duration::from_secs(1_700_000_100), 99, later),
+        s: Sessions::new(
+            &b.id,
+            PSK,
+            Duration::from_secs(1_700_000_100),
+            ChaCha20Rng::seed_from_u64(99),
+            later,
+        ),
         id: Identity::from_private_key(*b.id.private_key()).unwrap(),
         addr: b.addr,
         got: Vec::new(),
@@ -512,10 +525,16 @@ fn garbage_is_ignored_without_panicking() {
 
 fn eager(n: u8, now: Time) -> Node {
     let mut node = node(n, PSK, now);
-    node.s =
-        Sessions::new(&node.id, PSK, Duration::from_secs(1_700_000_000), u64::from(n), now).with_mode(Mode::Eager {
-            keepalive: PERSISTENT_KEEPALIVE,
-        });
+    node.s = Sessions::new(
+        &node.id,
+        PSK,
+        Duration::from_secs(1_700_000_000),
+        ChaCha20Rng::seed_from_u64(u64::from(n)),
+        now,
+    )
+    .with_mode(Mode::Eager {
+        keepalive: PERSISTENT_KEEPALIVE,
+    });
     node
 }
 

@@ -1,0 +1,1581 @@
+//! The whole router's decisions, composed: one sans-IO core that the daemon
+//! (`io::daemon`) and the simulator (`bin/meshsim.rs`) both drive.
+//!
+//! A [`Node`] owns the mesh ([`Mesh`]), the IPAM agent ([`Agent`]) and the
+//! glue between them that used to live in the daemon: routing IPAM messages
+//! along cached next hops, the host's own address on the pod network,
+//! `weft reset` and its heir, the `weft rmpeer` safety rule, the PEERs the
+//! operator gave (hostnames included), which addresses to try for every
+//! other router's data plane, and the kernel state the ring asks for.
+//!
+//! # Driving it
+//!
+//! Like `quinn_proto::Connection`: feed events in through `handle_*`
+//! (connections, messages, timeouts, name resolutions, finished writes) and
+//! commands (the local API's: [`Node::allocate`], [`Node::rmpeer`], ...),
+//! then drain [`Node::poll_output`] until it returns `None`, and call
+//! [`Node::handle_timeout`] at [`Node::poll_timeout`]. Queries
+//! ([`Node::peer_rows`], [`Node::replica`], ...) change nothing.
+//!
+//! # Durable before visible
+//!
+//! An answered allocation, or a ring version others have seen, must survive
+//! a crash. So when the IPAM state changes, the outputs hold an
+//! [`Output::Persist`]: the shell writes those bytes durably (off its event
+//! loop if it likes) and then calls [`Node::handle_persisted`]. Until then
+//! [`Node::poll_output`] hands out nothing queued after it: no reply, no
+//! message, no dial. Writes are whole snapshots, so a later write queued
+//! while an earlier one waits to be handed out is folded into it.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use ipam_crdt::{
+    AllocKey, Allocation, MergeError, PeerName, Pool, ReclaimError, ReclaimStatus, Replica, Request, Ring,
+};
+use ipnet::{IpNet, Ipv4Net};
+
+use super::Time;
+use super::endpoints::{self, LocalAddr, Policy};
+use super::ipam::{Resolution, resolve_seeds};
+use super::ipam_agent::{self, Agent, AllocFailure, Dest, Init, IpamMsg, PoolMismatch, Progress, Saved, Ticket};
+use super::mesh::{self, ConnId, Failure, Mesh, PeerState, Refused};
+use super::names::{PeerAddr, PeerRef};
+use super::reconcile::{self, Desired, TUN_NAME};
+use super::topology::{DataPlane, Topology};
+
+/// What a [`Node`] is made from.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This router's name.
+    pub me: PeerName,
+    /// Its nickname.
+    pub nickname: String,
+    /// The pod range.
+    pub pool: Pool,
+    /// How the ring is first divided.
+    pub init: Init,
+    /// The mesh's tuning.
+    pub mesh: mesh::Config,
+    /// How it chooses the endpoints it advertises.
+    pub advertise: Policy,
+    /// Its data plane, if it runs one: published in its entry, and the host
+    /// then gets an address on the pod network.
+    pub data: Option<DataPlane>,
+}
+
+/// The shell's handle on an API call whose answer comes later, as an
+/// [`Output::Reply`] (or [`Output::ResetDone`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ReplyTo(pub u64);
+
+/// Something the shell must do, in the order given.
+#[derive(Clone, Debug, PartialEq)]
+#[must_use]
+#[non_exhaustive]
+pub enum Output {
+    /// Write the IPAM record (`DATA_DIR/ipam`) durably, then call
+    /// [`Node::handle_persisted`] with `seq`. Nothing after it comes out
+    /// before.
+    Persist {
+        /// Which write this is.
+        seq: u64,
+        /// The record.
+        bytes: Vec<u8>,
+    },
+    /// Send `msg` on the control connection to neighbour `to`.
+    Send {
+        /// The neighbour.
+        to: PeerName,
+        /// The message.
+        msg: Outgoing,
+    },
+    /// Dial this control endpoint; report with [`Node::handle_connected`]
+    /// or [`Node::handle_dial_failed`].
+    Dial(SocketAddr),
+    /// Close this control connection.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Why, for the other side and the log.
+        why: Failure,
+    },
+    /// Resolve this hostname PEER, and keep trying until it resolves; report
+    /// each outcome with [`Node::handle_resolved`].
+    Resolve(PeerAddr),
+    /// Stop resolving this PEER (it was forgotten).
+    StopResolving(PeerAddr),
+    /// The answer to an API call.
+    Reply {
+        /// The call.
+        to: ReplyTo,
+        /// The answer.
+        reply: Reply,
+    },
+    /// The data plane's peers, and where to try each, changed.
+    DataPeers(Vec<DataPeer>),
+    /// The ring or the host address changed: the forwarding table and the
+    /// kernel's routes and addresses.
+    Routes(Routes),
+    /// `weft reset` is done: the heir has this router's ranges. Remove the
+    /// IPAM record, the identity and the kernel state, answer `to`, and stop.
+    ResetDone(ReplyTo),
+    /// Something to log or count.
+    Event(Event),
+}
+
+/// A message for a neighbour, before encoding (`core::wire`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outgoing {
+    /// Mesh gossip.
+    Gossip(mesh::Message),
+    /// IPAM.
+    Ipam(IpamMsg),
+}
+
+/// The answer to an API call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reply {
+    /// [`Node::allocate`].
+    Allocate(Result<Allocation, AllocFailure>),
+    /// [`Node::release`]: the address freed, if the key had one.
+    Release(Option<IpAddr>),
+    /// [`Node::rmpeer`]: the reclaim of this router, and how far it got.
+    Rmpeer(Result<(PeerName, ReclaimStatus), RmpeerError>),
+    /// [`Node::reset`] failed (success is [`Output::ResetDone`]).
+    Reset(ResetError),
+}
+
+/// A router's data plane as the packet path needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataPeer {
+    /// Its name.
+    pub name: PeerName,
+    /// Its static public key.
+    pub public_key: [u8; 32],
+    /// Where to try it, in order ([`endpoints::data_candidates`]).
+    pub candidates: Vec<SocketAddr>,
+}
+
+/// What the ring asks of the packet path and the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Routes {
+    /// The pod range.
+    pub pod_range: Ipv4Net,
+    /// Every range of the ring: first and last address, and its owner.
+    pub ranges: Vec<(Ipv4Addr, Ipv4Addr, PeerName)>,
+    /// The routes and addresses the host should have ([`reconcile::desired`]).
+    pub desired: Desired,
+}
+
+/// Something worth logging or counting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A neighbour's control connection is up.
+    Up(PeerName),
+    /// A neighbour's control connection is gone.
+    Down(PeerName),
+    /// A control connection was refused (duplicate, over the limit).
+    Refused {
+        /// The router at the other end.
+        peer: PeerName,
+        /// Why.
+        why: Failure,
+    },
+    /// The endpoints this router advertises changed.
+    Advertising(Vec<SocketAddr>),
+    /// The host has its address on the pod network.
+    HostAddress(Ipv4Addr),
+    /// A hostname PEER resolved.
+    Resolved {
+        /// The PEER.
+        peer: PeerAddr,
+        /// Its address.
+        addr: SocketAddr,
+    },
+    /// `weft reset`: this router leaves the ring to `heir`.
+    Leaving {
+        /// The router taking its ranges.
+        heir: PeerName,
+    },
+    /// The IPAM agent's news (never [`ipam_agent::Event::Allocated`], which
+    /// becomes a reply).
+    Ipam(ipam_agent::Event),
+}
+
+/// Why `weft rmpeer` refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RmpeerError {
+    /// No known router has that nickname.
+    #[error("no router with nickname {0} is known")]
+    Unknown(String),
+    /// Several routers have that nickname.
+    #[error("{} routers have nickname {nickname}; name one by its peer name", routers.len())]
+    Ambiguous {
+        /// The nickname.
+        nickname: String,
+        /// The routers that carry it.
+        routers: Vec<PeerName>,
+    },
+    /// This router is connected to it: it is alive.
+    #[error("router {0} is connected to this router; rmpeer is only for routers that are gone for good")]
+    Connected(PeerName),
+    /// Another router still reports a connection to it: it may be alive.
+    #[error(
+        "router {by} ({nickname}) still reports a connection to {dead}; rmpeer is only for routers that are gone for good"
+    )]
+    ReportedBy {
+        /// The router to reclaim.
+        dead: PeerName,
+        /// The router that reports a connection to it.
+        by: PeerName,
+        /// That router's nickname.
+        nickname: String,
+    },
+    /// The ring refused the reclaim.
+    #[error(transparent)]
+    Reclaim(#[from] ReclaimError),
+}
+
+/// Why `weft reset` failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResetError {
+    /// A reset is under way already.
+    #[error("a reset is already under way")]
+    InProgress,
+    /// No connected router can take this router's ranges.
+    #[error("no connected router can take this router's address ranges")]
+    NoHeir,
+    /// The ring refused the handover.
+    #[error(transparent)]
+    Reclaim(#[from] ReclaimError),
+    /// The heir did not confirm in time; the router keeps its state and
+    /// stays out of the ring.
+    #[error("router {heir} did not confirm the handover within {} s", waited.as_secs())]
+    HeirSilent {
+        /// The heir.
+        heir: PeerName,
+        /// How long it was waited for.
+        waited: Duration,
+    },
+}
+
+/// `weft forget` of an address never given.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0} was never added with `weft launch` or `weft connect`")]
+pub struct NotAdded(pub PeerAddr);
+
+/// Why this router has no usable ring, for `weft status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IpamProblem {
+    /// A neighbour's ring was refused.
+    Refused {
+        /// The neighbour.
+        from: PeerName,
+        /// Why.
+        error: MergeError,
+    },
+    /// A neighbour's ring divides another pod range.
+    OtherPool {
+        /// The neighbour.
+        from: PeerName,
+        /// Its range.
+        pool: Pool,
+        /// Ours.
+        ours: Pool,
+    },
+    /// No ring yet, and why ([`Agent::no_ring_reason`]).
+    NoRing(ipam_agent::NoRing),
+}
+
+/// One router (or an operator's address) as `weft status` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerRow {
+    /// Its name, once known.
+    pub name: Option<PeerName>,
+    /// Its nickname, once known.
+    pub nickname: Option<String>,
+    /// The address of its connection, the one being dialed, or the PEER as given.
+    pub address: Option<String>,
+    /// The control connection's state; `None` while a hostname resolves.
+    pub state: Option<PeerState>,
+    /// Why a hostname does not resolve, while it does not.
+    pub resolve_error: Option<String>,
+}
+
+/// The composite router core. See the [module docs](self).
+#[derive(Debug)]
+pub struct Node {
+    me: PeerName,
+    pool: Pool,
+    data: Option<DataPlane>,
+    mesh: Mesh,
+    agent: Agent,
+    hops: Hops,
+    unrouted: ipam_agent::Unrouted<IpamMsg>,
+    operator: OperatorPeers,
+    host: HostAddress,
+    leaving: Option<Leaving>,
+    ring_refusal: Option<IpamProblem>,
+    /// API allocations waiting for the agent.
+    waiting: BTreeMap<Ticket, ReplyTo>,
+    /// Bumped whenever a control connection comes or goes.
+    conns_generation: u64,
+    /// The topology summary and connection generation of the last [`Output::DataPeers`].
+    data_pushed: Option<(u64, u64)>,
+    /// The ring hash and host address of the last [`Output::Routes`].
+    routes_pushed: Option<(u64, Option<Ipv4Addr>)>,
+    /// Set once reset is done: inputs are ignored.
+    stopped: bool,
+    out: Outbox,
+}
+
+impl Node {
+    /// A router core. `saved` is the IPAM record from the data directory,
+    /// if any; `seed` seeds its random choices (the daemon passes OS
+    /// randomness, the simulator a test seed).
+    ///
+    /// # Errors
+    /// [`PoolMismatch`] when the saved record divides another pod range.
+    pub fn new(cfg: Config, saved: Option<Saved>, now: Time, seed: u64) -> Result<Self, PoolMismatch> {
+        let agent = Agent::new(cfg.me, cfg.pool, cfg.init, saved, now)?;
+        let mut mesh = Mesh::new(cfg.mesh, cfg.me, cfg.nickname, cfg.advertise, now, seed);
+        mesh.set_data(now, cfg.data);
+        let mut node = Self {
+            me: cfg.me,
+            pool: cfg.pool,
+            data: cfg.data,
+            mesh,
+            agent,
+            hops: Hops::default(),
+            unrouted: ipam_agent::Unrouted::default(),
+            operator: OperatorPeers::default(),
+            host: HostAddress::default(),
+            leaving: None,
+            ring_refusal: None,
+            waiting: BTreeMap::new(),
+            conns_generation: 0,
+            data_pushed: None,
+            routes_pushed: None,
+            stopped: false,
+            out: Outbox::default(),
+        };
+        node.agent.handle_topology(now, node.mesh.topology());
+        node.step(now);
+        Ok(node)
+    }
+
+    // ---- queries ----
+
+    /// This router's name.
+    pub fn me(&self) -> PeerName {
+        self.me
+    }
+
+    /// The pod range.
+    pub fn pool(&self) -> Pool {
+        self.pool
+    }
+
+    /// The topology as this router knows it.
+    pub fn topology(&self) -> &Topology {
+        self.mesh.topology()
+    }
+
+    /// The IPAM replica.
+    pub fn replica(&self) -> &Replica {
+        self.agent.replica()
+    }
+
+    /// The endpoints this router advertises.
+    pub fn advertised(&self) -> &[SocketAddr] {
+        self.mesh.advertised()
+    }
+
+    /// Established neighbours.
+    pub fn neighbours(&self) -> impl Iterator<Item = PeerName> + '_ {
+        self.mesh.neighbours()
+    }
+
+    /// The control connection the mesh holds to `peer`, if one is up
+    /// (messages for `peer` go on it).
+    pub fn connection_of(&self, peer: PeerName) -> Option<ConnId> {
+        self.mesh.connection_of(peer)
+    }
+
+    /// The host's address on the pod network, once it has one.
+    pub fn host_address(&self) -> Option<Ipv4Addr> {
+        self.host.addr
+    }
+
+    /// The key the host address is allocated under (not a container id a
+    /// runtime would use: those are hex).
+    pub fn host_key() -> AllocKey {
+        AllocKey::new(HOST_CONTAINER, TUN_NAME).unwrap_or_else(|_| unreachable!("a valid key"))
+    }
+
+    /// The nickname of `peer`, if known.
+    pub fn nickname_of(&self, peer: PeerName) -> Option<&str> {
+        self.mesh.topology().get(peer).map(|e| e.nickname.as_str())
+    }
+
+    /// Why there is no usable ring, if there is none.
+    pub fn ipam_problem(&self) -> Option<IpamProblem> {
+        self.ring_refusal
+            .clone()
+            .or_else(|| self.agent.no_ring_reason().map(IpamProblem::NoRing))
+    }
+
+    /// Every router known or being reached, and the PEERs still resolving:
+    /// one row each.
+    pub fn peer_rows(&self) -> Vec<PeerRow> {
+        let mut rows: Vec<PeerRow> = self
+            .mesh
+            .peer_states()
+            .into_iter()
+            .map(|(name, addr, state)| PeerRow {
+                name,
+                nickname: name.and_then(|n| self.nickname_of(n)).map(str::to_owned),
+                address: addr.map(|a| a.to_string()),
+                state: Some(state),
+                resolve_error: None,
+            })
+            .collect();
+        for (peer, error) in &self.operator.resolving {
+            rows.push(PeerRow {
+                name: None,
+                nickname: None,
+                address: Some(peer.to_string()),
+                state: None,
+                resolve_error: error.clone(),
+            });
+        }
+        rows
+    }
+
+    /// The IPAM state's hash, if there is a ring (cached between changes).
+    pub fn ring_hash(&mut self) -> Option<u64> {
+        self.agent.ring_hash()
+    }
+
+    /// When [`Node::handle_timeout`] is next due.
+    pub fn poll_timeout(&self) -> Time {
+        let mut next = self.mesh.poll_timeout().min(self.agent.poll_timeout());
+        if let Some(l) = &self.leaving {
+            next = next.min(l.until);
+        }
+        if let Some(t) = self.unrouted_retry_at() {
+            next = next.min(t);
+        }
+        next
+    }
+
+    /// The next thing to do, if any may be done now (see the [module
+    /// docs](self) on writes that must be durable first).
+    pub fn poll_output(&mut self) -> Option<Output> {
+        let mut out = self.out.pop()?;
+        if let Output::Persist { bytes, .. } = &mut out {
+            // Encoded now, once for every change queued since the last write.
+            *bytes = self.agent.record();
+        }
+        Some(out)
+    }
+
+    // ---- network and shell input ----
+
+    /// An authenticated control connection `conn` to `peer` is up. `dialed`
+    /// is the address dialed, `None` for an inbound connection; `remote`
+    /// is the far end's address as the shell sees it.
+    pub fn handle_connected(
+        &mut self,
+        now: Time,
+        peer: PeerName,
+        conn: ConnId,
+        dialed: Option<SocketAddr>,
+        remote: SocketAddr,
+    ) {
+        if self.stopped {
+            return self.out.push(Output::Close {
+                conn,
+                why: Failure::Lost("shutting down".into()),
+            });
+        }
+        match self.mesh.handle_connected(now, peer, conn, dialed, remote) {
+            Err(Refused(why)) => {
+                self.out.push(Output::Event(Event::Refused { peer, why: why.clone() }));
+                self.out.push(Output::Close { conn, why });
+            }
+            Ok(replaced) => {
+                if let Some(old) = replaced {
+                    self.out.push(Output::Close {
+                        conn: old,
+                        why: Failure::Lost("replaced by a newer connection".into()),
+                    });
+                }
+                self.conns_generation += 1;
+            }
+        }
+        self.step(now);
+    }
+
+    /// A dial to `addr` failed.
+    pub fn handle_dial_failed(&mut self, now: Time, addr: SocketAddr, why: Failure) {
+        self.mesh.handle_dial_failed(now, addr, why);
+        self.step(now);
+    }
+
+    /// Control connection `conn` to `peer` closed.
+    pub fn handle_disconnected(&mut self, now: Time, peer: PeerName, conn: ConnId, why: Failure) {
+        self.conns_generation += 1;
+        self.mesh.handle_disconnected(now, peer, conn, why);
+        self.step(now);
+    }
+
+    /// A gossip message from neighbour `from`.
+    pub fn handle_gossip(&mut self, now: Time, from: PeerName, msg: mesh::Message) {
+        self.mesh.handle_message(now, from, msg);
+        self.step(now);
+    }
+
+    /// An IPAM message from neighbour `from`: this router's, or passed on
+    /// towards its destination.
+    pub fn handle_ipam(&mut self, now: Time, from: PeerName, msg: IpamMsg) {
+        match msg.destination() {
+            Some(to) if to != self.me => self.route(now, to, msg),
+            _ => self.agent.handle_message(now, from, msg),
+        }
+        self.step(now);
+    }
+
+    /// The host's interface addresses, as listed now.
+    pub fn set_local_addrs(&mut self, now: Time, addrs: Vec<LocalAddr>) {
+        let before = self.mesh.advertised().to_vec();
+        self.mesh.set_local_addrs(now, addrs);
+        if self.mesh.advertised() != before.as_slice() {
+            self.out
+                .push(Output::Event(Event::Advertising(self.mesh.advertised().to_vec())));
+        }
+        self.step(now);
+    }
+
+    /// A hostname PEER resolved (`Ok`), or failed to and is tried again (`Err`).
+    pub fn handle_resolved(&mut self, now: Time, peer: PeerAddr, result: Result<SocketAddr, String>) {
+        match result {
+            Ok(addr) => {
+                if self.operator.resolving.remove(&peer).is_some() {
+                    self.out.push(Output::Event(Event::Resolved {
+                        peer: peer.clone(),
+                        addr,
+                    }));
+                    self.operator.resolved.insert(peer, addr);
+                    self.mesh.connect(now, addr);
+                }
+            }
+            Err(reason) => {
+                if let Some(r) = self.operator.resolving.get_mut(&peer) {
+                    *r = Some(reason);
+                }
+            }
+        }
+        self.step(now);
+    }
+
+    /// Write `seq` ([`Output::Persist`]) is durable: what waited for it may go.
+    pub fn handle_persisted(&mut self, seq: u64) {
+        self.out.persisted(seq);
+    }
+
+    /// Timers.
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.mesh.handle_timeout(now);
+        self.agent.handle_timeout(now);
+        if self.unrouted_retry_at().is_some_and(|t| t <= now) {
+            self.retry_unrouted(now, true);
+        }
+        self.check_leaving(now);
+        self.step(now);
+    }
+
+    // ---- commands (the local API) ----
+
+    /// `weft launch PEER`, `weft connect`: keep connecting to `peer`.
+    pub fn connect(&mut self, now: Time, peer: PeerAddr) {
+        self.operator.asked.insert(peer.clone());
+        if let Some(addr) = peer
+            .socket_addr()
+            .or_else(|| self.operator.resolved.get(&peer).copied())
+        {
+            self.mesh.connect(now, addr);
+        } else if !self.operator.resolving.contains_key(&peer) {
+            self.operator.resolving.insert(peer.clone(), None);
+            self.out.push(Output::Resolve(peer));
+        }
+        self.step(now);
+    }
+
+    /// `weft forget`: stop connecting to `peer` (a connection stays).
+    ///
+    /// # Errors
+    /// [`NotAdded`] if it was never given.
+    pub fn forget(&mut self, now: Time, peer: &PeerAddr) -> Result<(), NotAdded> {
+        if !self.operator.asked.remove(peer) {
+            return Err(NotAdded(peer.clone()));
+        }
+        if self.operator.resolving.remove(peer).is_some() {
+            self.out.push(Output::StopResolving(peer.clone()));
+        }
+        let addr = peer.socket_addr().or_else(|| self.operator.resolved.remove(peer));
+        if let Some(addr) = addr {
+            self.mesh.forget(addr);
+        }
+        self.step(now);
+        Ok(())
+    }
+
+    /// `weft ipam allocate`: answered with [`Reply::Allocate`], once the
+    /// allocation is durable.
+    pub fn allocate(&mut self, now: Time, to: ReplyTo, key: AllocKey, req: Request) {
+        match self.agent.allocate(now, key, req) {
+            Ok(Progress::Done(a)) => self.reply_durably(to, Reply::Allocate(Ok(a))),
+            Ok(Progress::Waiting(ticket)) => {
+                self.waiting.insert(ticket, to);
+            }
+            Err(e) => self.out.push(Output::Reply {
+                to,
+                reply: Reply::Allocate(Err(e)),
+            }),
+        }
+        self.step(now);
+    }
+
+    /// `weft ipam release`: answered with [`Reply::Release`], once durable.
+    pub fn release(&mut self, now: Time, to: ReplyTo, key: &AllocKey) {
+        let freed = self.agent.release(now, key);
+        self.reply_durably(to, Reply::Release(freed));
+        self.step(now);
+    }
+
+    /// `weft rmpeer`: start reclaiming a router that is gone for good. Refused
+    /// while this router, or any router it hears of, still shows a
+    /// connection to it: reclaiming a live router's ranges would hand its
+    /// addresses out twice. Answered with [`Reply::Rmpeer`].
+    pub fn rmpeer(&mut self, now: Time, to: ReplyTo, name: &PeerRef) {
+        let reply = self.begin_rmpeer(now, name);
+        self.reply_durably(to, Reply::Rmpeer(reply));
+        self.step(now);
+    }
+
+    /// `weft reset`: leave the ring, handing this router's ranges to the
+    /// connected router with the most free space, and stop once it has
+    /// confirmed ([`Output::ResetDone`]), or fail after [`RESET_CONFIRM`]
+    /// ([`Reply::Reset`]).
+    pub fn reset(&mut self, now: Time, to: ReplyTo) {
+        if self.leaving.is_some() {
+            self.out.push(Output::Reply {
+                to,
+                reply: Reply::Reset(ResetError::InProgress),
+            });
+            return;
+        }
+        let member = (self.agent.replica().ring()).is_some_and(|r| r.members().any(|m| m == self.me));
+        if !member {
+            // No ring, or no space in it: nothing to hand over.
+            self.finish_reset(to);
+            return;
+        }
+        let neighbours: Vec<PeerName> = self.mesh.neighbours().collect();
+        let Some(heir) = self.agent.choose_heir(neighbours) else {
+            self.out.push(Output::Reply {
+                to,
+                reply: Reply::Reset(ResetError::NoHeir),
+            });
+            return;
+        };
+        if let Err(e) = self.agent.leave(now, heir) {
+            self.out.push(Output::Reply {
+                to,
+                reply: Reply::Reset(e.into()),
+            });
+            return;
+        }
+        self.out.push(Output::Event(Event::Leaving { heir }));
+        self.leaving = Some(Leaving {
+            heir,
+            until: now + RESET_CONFIRM,
+            reply: to,
+        });
+        self.step(now);
+    }
+
+    // ---- the step: everything the cores asked for ----
+
+    /// Carries the cores' outputs between each other and into the outbox,
+    /// until they ask for nothing more.
+    fn step(&mut self, now: Time) {
+        if self.stopped {
+            return;
+        }
+        loop {
+            self.ensure_host_address(now);
+            self.sync_persist();
+            if let Some(init) = self.agent.take_announcement() {
+                self.mesh.set_ipam(now, init);
+            }
+            let mut more = false;
+            while let Some((dest, msg)) = self.agent.poll_transmit() {
+                more = true;
+                match dest {
+                    Dest::Neighbour(p) => self.send(p, Outgoing::Ipam(msg)),
+                    Dest::AllNeighbours => {
+                        let all: Vec<PeerName> = self.mesh.neighbours().collect();
+                        for p in all {
+                            self.send(p, Outgoing::Ipam(msg.clone()));
+                        }
+                    }
+                    Dest::Routed(p) => self.route(now, p, msg),
+                }
+            }
+            while let Some(event) = self.agent.poll_event() {
+                more = true;
+                self.ipam_event(event);
+            }
+            self.check_leaving(now);
+            while let Some((to, msg)) = self.mesh.poll_transmit() {
+                self.send(to, Outgoing::Gossip(msg));
+            }
+            while let Some(addr) = self.mesh.poll_dial() {
+                self.out.push(Output::Dial(addr));
+            }
+            while let Some(event) = self.mesh.poll_event() {
+                more = true;
+                match event {
+                    mesh::Event::Up(peer) => {
+                        self.agent.neighbour_up(peer);
+                        self.out.push(Output::Event(Event::Up(peer)));
+                    }
+                    mesh::Event::Down(peer) => {
+                        self.agent.neighbour_down(peer);
+                        self.out.push(Output::Event(Event::Down(peer)));
+                    }
+                    mesh::Event::TopologyChanged => {
+                        self.hops.stale = true;
+                        self.agent.handle_topology(now, self.mesh.topology());
+                        self.retry_unrouted(now, false);
+                    }
+                }
+            }
+            if !more {
+                break;
+            }
+        }
+        self.sync_persist();
+        self.push_data_peers();
+        self.push_routes();
+    }
+
+    /// Queues a write of the IPAM record if it changed: everything after
+    /// waits for it.
+    fn sync_persist(&mut self) {
+        if self.agent.take_dirty() {
+            self.out.persist();
+        }
+    }
+
+    /// Queues a reply behind the IPAM record, if the call changed it.
+    fn reply_durably(&mut self, to: ReplyTo, reply: Reply) {
+        self.sync_persist();
+        self.out.push(Output::Reply { to, reply });
+    }
+
+    fn send(&mut self, to: PeerName, msg: Outgoing) {
+        self.out.push(Output::Send { to, msg });
+    }
+
+    /// Sends an IPAM message for `to` one hop on: straight to it if it is a
+    /// neighbour, else to the next hop of the cached routes, else holds it
+    /// until a route shows up ([`ipam_agent::ROUTE_WAIT`]).
+    fn route(&mut self, now: Time, to: PeerName, msg: IpamMsg) {
+        match self.next_hop(now, to) {
+            Some(hop) => self.send(hop, Outgoing::Ipam(msg)),
+            None => self.unrouted.push(now, to, msg),
+        }
+    }
+
+    fn next_hop(&mut self, now: Time, to: PeerName) -> Option<PeerName> {
+        if self.mesh.remote_of(to).is_some() {
+            return Some(to);
+        }
+        let hop = self.hops.get(now, self.mesh.topology(), false).get(&to).copied();
+        match hop {
+            // A next hop whose connection went since the routes were computed.
+            Some(h) if self.mesh.remote_of(h).is_none() => {
+                self.hops.stale = true;
+                let hop = self.hops.get(now, self.mesh.topology(), true).get(&to).copied();
+                hop.filter(|h| self.mesh.remote_of(*h).is_some())
+            }
+            hop => hop,
+        }
+    }
+
+    /// When held IPAM messages should be tried again on routes computed
+    /// afresh (the cached ones are stale and were not recomputed for them).
+    fn unrouted_retry_at(&self) -> Option<Time> {
+        (!self.unrouted.is_empty() && self.hops.stale).then(|| self.hops.at + HOPS_EVERY)
+    }
+
+    /// Sends the held IPAM messages that now have a route; `force` computes
+    /// the routes afresh.
+    fn retry_unrouted(&mut self, now: Time, force: bool) {
+        if self.unrouted.is_empty() {
+            return;
+        }
+        let topo = self.mesh.topology();
+        if !force && !self.unrouted.waits_for_any(|p| topo.get(p).is_some()) {
+            return;
+        }
+        let hops = self.hops.get(now, self.mesh.topology(), force).clone();
+        let mesh = &self.mesh;
+        let ready = self
+            .unrouted
+            .take_routable(now, |p| mesh.remote_of(p).is_some() || hops.contains_key(&p));
+        for (to, msg) in ready {
+            self.route(now, to, msg);
+        }
+    }
+
+    fn ipam_event(&mut self, event: ipam_agent::Event) {
+        use ipam_agent::Event as E;
+        match event {
+            E::Allocated(ticket, result) => {
+                if self.host.ticket == Some(ticket) {
+                    self.host.ticket = None;
+                    if let Ok(a) = result {
+                        self.set_host_address(a.addr);
+                    }
+                } else if let Some(to) = self.waiting.remove(&ticket) {
+                    self.out.push(Output::Reply {
+                        to,
+                        reply: Reply::Allocate(result),
+                    });
+                }
+            }
+            E::Refused { from, error } => {
+                self.ring_refusal = Some(IpamProblem::Refused {
+                    from,
+                    error: error.clone(),
+                });
+                self.out.push(Output::Event(Event::Ipam(E::Refused { from, error })));
+            }
+            E::OtherPool { from, pool } => {
+                self.ring_refusal = Some(IpamProblem::OtherPool {
+                    from,
+                    pool,
+                    ours: self.pool,
+                });
+                self.out.push(Output::Event(Event::Ipam(E::OtherPool { from, pool })));
+            }
+            other => self.out.push(Output::Event(Event::Ipam(other))),
+        }
+    }
+
+    /// Gives the host an address from this router's space once there is a
+    /// ring (kept across restarts: it is persisted like a pod's).
+    fn ensure_host_address(&mut self, now: Time) {
+        if self.data.is_none() || self.host.addr.is_some() || self.host.ticket.is_some() || self.leaving.is_some() {
+            return;
+        }
+        if self.agent.replica().ring().is_none() {
+            return;
+        }
+        let key = Self::host_key();
+        if let Some(IpAddr::V4(a)) = self.agent.replica().lookup(&key) {
+            self.host.addr = Some(a);
+            return;
+        }
+        match self.agent.allocate(now, key, Request::Any) {
+            Ok(Progress::Done(a)) => self.set_host_address(a.addr),
+            Ok(Progress::Waiting(ticket)) => self.host.ticket = Some(ticket),
+            // Tried again on the next step (a ring change, a donor).
+            Err(_) => {}
+        }
+    }
+
+    fn set_host_address(&mut self, addr: IpAddr) {
+        if let IpAddr::V4(a) = addr {
+            self.host.addr = Some(a);
+            self.out.push(Output::Event(Event::HostAddress(a)));
+        }
+    }
+
+    fn begin_rmpeer(&mut self, now: Time, name: &PeerRef) -> Result<(PeerName, ReclaimStatus), RmpeerError> {
+        let topo = self.mesh.topology();
+        // The same resolution as the seed list's: a peer name, or a
+        // nickname exactly one known router carries.
+        let dead = match resolve_seeds(std::slice::from_ref(name), topo) {
+            Resolution::Ready(found) => found[0],
+            Resolution::Waiting { .. } => return Err(RmpeerError::Unknown(name.to_string())),
+            Resolution::Ambiguous { nickname, routers } => {
+                return Err(RmpeerError::Ambiguous { nickname, routers });
+            }
+        };
+        if self.mesh.remote_of(dead).is_some() {
+            return Err(RmpeerError::Connected(dead));
+        }
+        if let Some(e) = topo.entries().find(|e| e.name != dead && e.neighbours.contains(&dead)) {
+            return Err(RmpeerError::ReportedBy {
+                dead,
+                by: e.name,
+                nickname: e.nickname.clone(),
+            });
+        }
+        let status = self.agent.begin_reclaim(now, dead)?;
+        Ok((dead, status))
+    }
+
+    /// Finishes a reset once the heir has confirmed, or fails it at the deadline.
+    fn check_leaving(&mut self, now: Time) {
+        let Some(l) = &self.leaving else { return };
+        if self.agent.heir_confirmed() {
+            let reply = l.reply;
+            self.leaving = None;
+            self.finish_reset(reply);
+        } else if now >= l.until {
+            let (heir, reply) = (l.heir, l.reply);
+            self.leaving = None;
+            self.out.push(Output::Reply {
+                to: reply,
+                reply: Reply::Reset(ResetError::HeirSilent {
+                    heir,
+                    waited: RESET_CONFIRM,
+                }),
+            });
+        }
+    }
+
+    fn finish_reset(&mut self, to: ReplyTo) {
+        // After the leave record, so the heir's takeover is on disk first.
+        self.sync_persist();
+        self.out.push(Output::ResetDone(to));
+        self.stopped = true;
+    }
+
+    /// Tells the packet path about every other router's data plane, if the
+    /// topology or the connections changed.
+    fn push_data_peers(&mut self) {
+        if self.data.is_none() {
+            return;
+        }
+        let key = (self.mesh.topology().summary(), self.conns_generation);
+        if self.data_pushed == Some(key) {
+            return;
+        }
+        self.data_pushed = Some(key);
+        let me = self.me;
+        let peers = self
+            .mesh
+            .topology()
+            .entries()
+            .filter(|e| e.name != me)
+            .filter_map(|e| {
+                let data = e.data?;
+                let seen_at = self.mesh.remote_of(e.name).map(|a| a.ip());
+                Some(DataPeer {
+                    name: e.name,
+                    public_key: data.public_key,
+                    candidates: endpoints::data_candidates(e, seen_at),
+                })
+            })
+            .collect();
+        self.out.push(Output::DataPeers(peers));
+    }
+
+    /// Tells the packet path and the kernel about the ring and the host
+    /// address, if either changed.
+    fn push_routes(&mut self) {
+        if self.data.is_none() {
+            return;
+        }
+        let IpNet::V4(pod_range) = self.pool.net() else {
+            return;
+        };
+        let Some(hash) = self.agent.ring_hash() else { return };
+        let key = (hash, self.host.addr);
+        if self.routes_pushed == Some(key) {
+            return;
+        }
+        self.routes_pushed = Some(key);
+        let Some(ring) = self.agent.replica().ring() else {
+            return;
+        };
+        self.out
+            .push(Output::Routes(routes(self.me, pod_range, ring, self.host.addr)));
+    }
+}
+
+/// The forwarding ranges and the desired kernel state for router `me`.
+fn routes(me: PeerName, pod_range: Ipv4Net, ring: &Ring, host: Option<Ipv4Addr>) -> Routes {
+    let mut ranges = Vec::new();
+    let mut own = Vec::new();
+    for r in ring.ranges() {
+        let (IpAddr::V4(first), IpAddr::V4(last)) = (r.range.first, r.range.last) else {
+            continue;
+        };
+        ranges.push((first, last, r.owner));
+        if r.owner == me {
+            own.push(first..=last);
+        }
+    }
+    let own_blocks = reconcile::cidr_blocks(own);
+    Routes {
+        pod_range,
+        ranges,
+        desired: reconcile::desired(pod_range, &own_blocks, host),
+    }
+}
+
+/// The PEERs the operator gave, as written, and the hostnames among them.
+#[derive(Debug, Default)]
+struct OperatorPeers {
+    asked: BTreeSet<PeerAddr>,
+    /// Hostnames being resolved, with the last failure.
+    resolving: BTreeMap<PeerAddr, Option<String>>,
+    /// Hostnames and the address they resolved to.
+    resolved: BTreeMap<PeerAddr, SocketAddr>,
+}
+
+/// The host's own address on the pod network.
+#[derive(Debug, Default)]
+struct HostAddress {
+    addr: Option<Ipv4Addr>,
+    /// Its allocation, while it waits for space.
+    ticket: Option<Ticket>,
+}
+
+/// A `weft reset` waiting for its heir.
+#[derive(Debug)]
+struct Leaving {
+    heir: PeerName,
+    until: Time,
+    reply: ReplyTo,
+}
+
+/// Next hops over confirmed connections ([`Topology::next_hops`]), computed
+/// again after the topology changed, but at most every [`HOPS_EVERY`]: a
+/// breadth-first search over a thousand routers on every gossip merge would
+/// cost more than everything else a router does.
+#[derive(Debug, Default)]
+struct Hops {
+    table: BTreeMap<PeerName, PeerName>,
+    at: Time,
+    computed: bool,
+    stale: bool,
+}
+
+impl Hops {
+    fn get(&mut self, now: Time, topo: &Topology, force: bool) -> &BTreeMap<PeerName, PeerName> {
+        let due = !self.computed || (self.stale && (force || now.since(self.at) >= HOPS_EVERY));
+        if due {
+            self.table = topo.next_hops();
+            self.at = now;
+            self.computed = true;
+            self.stale = false;
+        }
+        &self.table
+    }
+}
+
+/// Outputs in order, held behind the first write not yet durable.
+#[derive(Debug, Default)]
+struct Outbox {
+    queue: VecDeque<Output>,
+    next_seq: u64,
+    /// A write handed out and not yet durable.
+    waiting_for: Option<u64>,
+}
+
+impl Outbox {
+    fn push(&mut self, out: Output) {
+        self.queue.push_back(out);
+    }
+
+    /// Queues a write of the record, unless one is queued and not handed
+    /// out yet: the record is encoded when a write is handed out, so that
+    /// one takes this change too, and what follows waits for it anyway.
+    fn persist(&mut self) {
+        if self.queue.iter().any(|o| matches!(o, Output::Persist { .. })) {
+            return;
+        }
+        self.next_seq += 1;
+        self.queue.push_back(Output::Persist {
+            seq: self.next_seq,
+            bytes: Vec::new(),
+        });
+    }
+
+    fn pop(&mut self) -> Option<Output> {
+        if self.waiting_for.is_some() {
+            return None;
+        }
+        let out = self.queue.pop_front()?;
+        if let Output::Persist { seq, .. } = &out {
+            self.waiting_for = Some(*seq);
+        }
+        Some(out)
+    }
+
+    fn persisted(&mut self, seq: u64) {
+        if self.waiting_for == Some(seq) {
+            self.waiting_for = None;
+        }
+    }
+}
+
+/// The container id the host address is allocated under.
+const HOST_CONTAINER: &str = "weft:host";
+
+/// How long `weft reset` waits for the heir to confirm the handover.
+pub const RESET_CONFIRM: Duration = Duration::from_secs(10);
+
+/// The routes for IPAM messages are computed again at most this often.
+const HOPS_EVERY: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(n: u64) -> PeerName {
+        PeerName::from_u64(n)
+    }
+
+    fn addr(n: u64) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, n as u8], 6783))
+    }
+
+    fn pool() -> Pool {
+        Pool::new("10.32.0.0/24".parse().unwrap()).unwrap()
+    }
+
+    fn key(c: &str) -> AllocKey {
+        AllocKey::new(c, "eth0").unwrap()
+    }
+
+    /// Routers `1..=n` on virtual time. Router `i` is `p(i)` at `addr(i)`;
+    /// `links` says which pairs the network lets connect. Messages arrive
+    /// after 5 ms; writes are durable at once unless `hold_writes`.
+    struct Net {
+        nodes: Vec<Node>,
+        now: Time,
+        links: BTreeSet<(u64, u64)>,
+        /// Open connections: id -> (dialer, acceptor).
+        conns: BTreeMap<ConnId, (u64, u64)>,
+        next_conn: u64,
+        /// Messages on their way: (due, from, to, message).
+        wire: Vec<(Time, u64, u64, Outgoing)>,
+        replies: Vec<(u64, ReplyTo, Reply)>,
+        resets_done: Vec<(u64, ReplyTo)>,
+        events: Vec<(u64, Event)>,
+        hold_writes: bool,
+    }
+
+    impl Net {
+        fn new(n: u64, init: impl Fn(u64) -> Init, links: &[(u64, u64)], data: bool) -> Self {
+            let nodes = (1..=n)
+                .map(|i| {
+                    let cfg = Config {
+                        me: p(i),
+                        nickname: format!("h{i}"),
+                        pool: pool(),
+                        init: init(i),
+                        mesh: mesh::Config::default(),
+                        advertise: Policy::fixed(vec![addr(i)]),
+                        data: data.then_some(DataPlane {
+                            public_key: [i as u8; 32],
+                            port: 6784,
+                        }),
+                    };
+                    Node::new(cfg, None, Time::ZERO, i).unwrap()
+                })
+                .collect();
+            let links = links.iter().flat_map(|&(a, b)| [(a, b), (b, a)]).collect();
+            Self {
+                nodes,
+                now: Time::ZERO,
+                links,
+                conns: BTreeMap::new(),
+                next_conn: 0,
+                wire: Vec::new(),
+                replies: Vec::new(),
+                resets_done: Vec::new(),
+                events: Vec::new(),
+                hold_writes: false,
+            }
+        }
+
+        fn node(&mut self, i: u64) -> &mut Node {
+            &mut self.nodes[i as usize - 1]
+        }
+
+        /// Carries out router `i`'s outputs; returns the writes it was asked for.
+        fn drain(&mut self, i: u64) -> Vec<u64> {
+            let mut writes = Vec::new();
+            while let Some(out) = self.node(i).poll_output() {
+                match out {
+                    Output::Persist { seq, bytes } => {
+                        assert!(!bytes.is_empty(), "a write carries the record");
+                        writes.push(seq);
+                        if !self.hold_writes {
+                            self.node(i).handle_persisted(seq);
+                        }
+                    }
+                    Output::Send { to, msg } => {
+                        let due = self.now + Duration::from_millis(5);
+                        self.wire.push((due, i, to.to_u64(), msg));
+                    }
+                    Output::Dial(a) => self.dial(i, a),
+                    Output::Close { conn, why } => self.close(conn, why),
+                    Output::Reply { to, reply } => self.replies.push((i, to, reply)),
+                    Output::ResetDone(to) => self.resets_done.push((i, to)),
+                    Output::Event(e) => self.events.push((i, e)),
+                    _ => {}
+                }
+            }
+            writes
+        }
+
+        fn dial(&mut self, from: u64, a: SocketAddr) {
+            let to = u64::from(match a.ip() {
+                IpAddr::V4(v4) => v4.octets()[3],
+                IpAddr::V6(_) => unreachable!("IPv4 addresses only"),
+            });
+            let now = self.now;
+            if !self.links.contains(&(from, to)) {
+                self.node(from).handle_dial_failed(now, a, Failure::Unreachable);
+                return;
+            }
+            self.next_conn += 1;
+            let conn = ConnId(self.next_conn);
+            self.conns.insert(conn, (from, to));
+            self.node(to).handle_connected(now, p(from), conn, None, addr(from));
+            self.node(from).handle_connected(now, p(to), conn, Some(a), a);
+        }
+
+        fn close(&mut self, conn: ConnId, why: Failure) {
+            let Some((a, b)) = self.conns.remove(&conn) else { return };
+            let now = self.now;
+            self.node(a).handle_disconnected(now, p(b), conn, why.clone());
+            self.node(b).handle_disconnected(now, p(a), conn, why);
+        }
+
+        /// Cuts the link between `a` and `b`, closing their connections.
+        fn cut(&mut self, a: u64, b: u64) {
+            self.links.remove(&(a, b));
+            self.links.remove(&(b, a));
+            let gone: Vec<ConnId> = self
+                .conns
+                .iter()
+                .filter(|(_, (x, y))| (*x, *y) == (a, b) || (*x, *y) == (b, a))
+                .map(|(c, _)| *c)
+                .collect();
+            for c in gone {
+                self.close(c, Failure::Lost("cut".into()));
+            }
+        }
+
+        /// Runs every router for `d` in 5 ms steps.
+        fn run(&mut self, d: Duration) {
+            let end = self.now + d;
+            while self.now < end {
+                let n = self.nodes.len() as u64;
+                for i in 1..=n {
+                    self.drain(i);
+                }
+                let now = self.now;
+                let (due, later): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut self.wire).into_iter().partition(|w| w.0 <= now);
+                self.wire = later;
+                for (_, from, to, msg) in due {
+                    let connected = self.node(to).connection_of(p(from)).is_some();
+                    if !connected {
+                        continue;
+                    }
+                    match msg {
+                        Outgoing::Gossip(m) => self.node(to).handle_gossip(now, p(from), m),
+                        Outgoing::Ipam(m) => self.node(to).handle_ipam(now, p(from), m),
+                    }
+                }
+                for i in 1..=n {
+                    if self.node(i).poll_timeout() <= now {
+                        self.node(i).handle_timeout(now);
+                    }
+                }
+                self.now = self.now + Duration::from_millis(5);
+            }
+            for i in 1..=self.nodes.len() as u64 {
+                self.drain(i);
+            }
+        }
+
+        fn reply(&mut self, to: ReplyTo) -> Option<Reply> {
+            let i = self.replies.iter().position(|(_, t, _)| *t == to)?;
+            Some(self.replies.remove(i).2)
+        }
+
+        fn allocate(&mut self, i: u64, id: u64, container: &str) -> Option<Result<Allocation, AllocFailure>> {
+            let now = self.now;
+            self.node(i).allocate(now, ReplyTo(id), key(container), Request::Any);
+            self.run(Duration::from_secs(8));
+            match self.reply(ReplyTo(id))? {
+                Reply::Allocate(r) => Some(r),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    /// Router 1 names nobody and creates the ring alone; the others name router 1.
+    fn star(n: u64, links: &[(u64, u64)], data: bool) -> Net {
+        let mut net = Net::new(n, |i| Init::Consensus(if i == 1 { 1 } else { 2 }), links, data);
+        for i in 2..=n {
+            net.node(i).connect(Time::ZERO, PeerAddr::try_from(addr(1)).unwrap());
+        }
+        net.run(Duration::from_secs(3));
+        net
+    }
+
+    #[test]
+    fn an_answer_waits_until_its_allocation_is_on_disk() {
+        let mut net = star(1, &[], false);
+        net.hold_writes = true;
+        let now = net.now;
+        net.node(1).allocate(now, ReplyTo(7), key("a"), Request::Any);
+        let writes = net.drain(1);
+        assert_eq!(writes.len(), 1, "one write for the allocation");
+        assert!(net.replies.is_empty(), "no answer before the write is durable");
+        // More calls meanwhile queue behind it, still unanswered.
+        let now = net.now;
+        net.node(1).release(now, ReplyTo(8), &key("nothing"));
+        assert!(net.drain(1).is_empty() && net.replies.is_empty());
+        net.node(1).handle_persisted(writes[0]);
+        net.drain(1);
+        let got: Vec<ReplyTo> = net.replies.iter().map(|r| r.1).collect();
+        assert_eq!(got, vec![ReplyTo(7), ReplyTo(8)], "answered in order, once durable");
+    }
+
+    #[test]
+    fn writes_queued_behind_one_in_flight_are_folded_into_one() {
+        let mut net = star(1, &[], false);
+        net.hold_writes = true;
+        let now = net.now;
+        net.node(1).allocate(now, ReplyTo(1), key("a"), Request::Any);
+        let first = net.drain(1);
+        for (i, c) in ["b", "c", "d"].into_iter().enumerate() {
+            let now = net.now;
+            net.node(1).allocate(now, ReplyTo(2 + i as u64), key(c), Request::Any);
+        }
+        net.node(1).handle_persisted(first[0]);
+        let second = net.drain(1);
+        assert_eq!(second.len(), 1, "three allocations, one more write: {second:?}");
+        assert_eq!(
+            net.replies.len(),
+            1,
+            "only the first is answered until the second write"
+        );
+        net.node(1).handle_persisted(second[0]);
+        net.drain(1);
+        assert_eq!(net.replies.len(), 4);
+    }
+
+    #[test]
+    fn ipam_messages_reach_a_router_that_is_not_a_neighbour_along_the_routes() {
+        // 1 - 2 - 3 only: router 3 has no space and no connection to 1.
+        let mut net = star(3, &[(1, 2), (2, 3)], false);
+        // Router 3 cannot reach router 1, which it named; it is given router 2 too.
+        let now = net.now;
+        net.node(3).connect(now, PeerAddr::try_from(addr(2)).unwrap());
+        net.run(Duration::from_secs(5));
+        assert!(net.node(3).connection_of(p(1)).is_none());
+        for i in 1..=3 {
+            assert!(net.node(i).replica().ring().is_some(), "router {i} has the ring");
+        }
+        // Exhaust routers 2's and 3's own space so that 3 must ask 1, two hops away.
+        let mut id = 100;
+        for i in [2, 3] {
+            while net.node(i).replica().free() > 0 {
+                id += 1;
+                let now = net.now;
+                net.node(i)
+                    .allocate(now, ReplyTo(id), key(&format!("fill-{id}")), Request::Any);
+                net.drain(i);
+            }
+        }
+        let got = net.allocate(3, 1, "far");
+        let a = got.expect("answered").expect("space came from router 1");
+        assert_eq!(net.node(3).replica().ring().unwrap().owner_of(a.addr), Some(p(3)));
+    }
+
+    #[test]
+    fn rmpeer_is_refused_while_any_router_shows_a_connection() {
+        let mut net = star(3, &[(1, 2), (2, 3)], false);
+        let now = net.now;
+        net.node(3).connect(now, PeerAddr::try_from(addr(2)).unwrap());
+        net.run(Duration::from_secs(5));
+        // Router 3 owns space once it has allocated (a donation through 2).
+        assert!(matches!(net.allocate(3, 50, "a"), Some(Ok(_))));
+        let now = net.now;
+        // Connected to this router: alive.
+        net.node(1).rmpeer(now, ReplyTo(1), &PeerRef::Name(p(2)));
+        net.drain(1);
+        assert_eq!(
+            net.reply(ReplyTo(1)),
+            Some(Reply::Rmpeer(Err(RmpeerError::Connected(p(2)))))
+        );
+        // Reported by a neighbour: maybe alive.
+        net.node(1).rmpeer(now, ReplyTo(2), &"h3".parse().unwrap());
+        net.drain(1);
+        assert!(
+            matches!(net.reply(ReplyTo(2)), Some(Reply::Rmpeer(Err(RmpeerError::ReportedBy { dead, by, .. }))) if dead == p(3) && by == p(2)),
+        );
+        net.node(1).rmpeer(now, ReplyTo(3), &"nobody".parse().unwrap());
+        net.drain(1);
+        assert_eq!(
+            net.reply(ReplyTo(3)),
+            Some(Reply::Rmpeer(Err(RmpeerError::Unknown("nobody".into()))))
+        );
+        // Router 3 dies: once 2's entry stops listing it, the reclaim starts.
+        net.cut(2, 3);
+        net.run(Duration::from_secs(2));
+        let now = net.now;
+        net.node(1).rmpeer(now, ReplyTo(4), &"h3".parse().unwrap());
+        net.drain(1);
+        let got = net.reply(ReplyTo(4));
+        assert!(
+            matches!(got, Some(Reply::Rmpeer(Ok((dead, _)))) if dead == p(3)),
+            "{got:?}"
+        );
+        net.run(Duration::from_secs(5));
+        assert!(
+            !net.node(1).replica().ring().unwrap().owners().contains_key(&p(3)),
+            "3's ranges went to an heir"
+        );
+    }
+
+    #[test]
+    fn reset_hands_the_ranges_to_the_heir_and_then_stops() {
+        let mut net = star(2, &[(1, 2)], false);
+        // Router 2 owns space once it has allocated.
+        assert!(matches!(net.allocate(2, 1, "a"), Some(Ok(_))));
+        let now = net.now;
+        net.node(2).reset(now, ReplyTo(9));
+        net.run(Duration::from_secs(3));
+        assert_eq!(net.resets_done, vec![(2, ReplyTo(9))]);
+        assert!(
+            net.events.iter().any(|e| *e == (2, Event::Leaving { heir: p(1) })),
+            "{:?}",
+            net.events
+        );
+        let ring = net.node(1).replica().ring().unwrap().clone();
+        assert!(
+            ring.owners().keys().all(|o| *o == p(1)),
+            "router 1 owns everything: {ring:?}"
+        );
+        // A second reset, on a router with no one to hand over to, says so.
+        let now = net.now;
+        net.node(1).reset(now, ReplyTo(10));
+        net.drain(1);
+        assert_eq!(net.reply(ReplyTo(10)), Some(Reply::Reset(ResetError::NoHeir)));
+    }
+
+    #[test]
+    fn a_reset_the_heir_never_confirms_fails_after_the_wait() {
+        let mut net = star(2, &[(1, 2)], false);
+        assert!(matches!(net.allocate(2, 1, "a"), Some(Ok(_))));
+        let now = net.now;
+        net.node(2).reset(now, ReplyTo(9));
+        net.drain(2);
+        // The heir is cut off before it hears of it.
+        net.wire.clear();
+        net.cut(1, 2);
+        net.run(RESET_CONFIRM + Duration::from_secs(1));
+        assert!(net.resets_done.is_empty());
+        assert_eq!(
+            net.reply(ReplyTo(9)),
+            Some(Reply::Reset(ResetError::HeirSilent {
+                heir: p(1),
+                waited: RESET_CONFIRM
+            }))
+        );
+    }
+
+    #[test]
+    fn a_router_that_owns_no_space_resets_at_once() {
+        let mut net = star(2, &[(1, 2)], false);
+        assert!(!net.node(2).replica().ring().unwrap().members().any(|m| m == p(2)));
+        let now = net.now;
+        net.node(2).reset(now, ReplyTo(3));
+        net.drain(2);
+        assert_eq!(net.resets_done, vec![(2, ReplyTo(3))], "nothing to hand over");
+    }
+
+    #[test]
+    fn the_host_gets_an_address_once_there_is_a_ring_and_the_kernel_hears_of_it() {
+        let mut net = Net::new(1, |_| Init::Consensus(1), &[], true);
+        net.run(Duration::from_millis(50));
+        let host = net
+            .node(1)
+            .host_address()
+            .expect("a host address from the router's own space");
+        assert!(net.events.contains(&(1, Event::HostAddress(host))));
+        assert_eq!(
+            net.node(1).replica().lookup(&Node::host_key()),
+            Some(IpAddr::V4(host)),
+            "kept like a pod's allocation"
+        );
+        // The routes output carries it as the preferred source.
+        let mut node = Net::new(1, |_| Init::Consensus(1), &[], true).nodes.remove(0);
+        let mut routes = None;
+        while let Some(out) = node.poll_output() {
+            match out {
+                Output::Persist { seq, .. } => node.handle_persisted(seq),
+                Output::Routes(r) => routes = Some(r),
+                _ => {}
+            }
+        }
+        let routes = routes.expect("routes for the kernel");
+        let host = node.host_address().unwrap();
+        assert!(
+            format!("{:?}", routes.desired).contains(&host.to_string()),
+            "{routes:?}"
+        );
+        assert_eq!(routes.ranges.len(), 1, "{routes:?}");
+    }
+
+    #[test]
+    fn a_hostname_peer_is_resolved_then_dialed_and_can_be_forgotten() {
+        let mut net = Net::new(1, |_| Init::Consensus(1), &[], false);
+        net.drain(1);
+        let peer: PeerAddr = "node-2:7000".parse().unwrap();
+        let now = net.now;
+        net.node(1).connect(now, peer.clone());
+        assert_eq!(net.node(1).poll_output(), Some(Output::Resolve(peer.clone())));
+        let rows = net.node(1).peer_rows();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].address.as_deref(), Some("node-2:7000"));
+        net.node(1)
+            .handle_resolved(now, peer.clone(), Err("no such host".into()));
+        assert_eq!(
+            net.node(1).peer_rows()[0].resolve_error.as_deref(),
+            Some("no such host")
+        );
+        let resolved: SocketAddr = "192.0.2.2:7000".parse().unwrap();
+        net.node(1).handle_resolved(now, peer.clone(), Ok(resolved));
+        let outs: Vec<Output> = std::iter::from_fn(|| net.node(1).poll_output()).collect();
+        assert!(outs.contains(&Output::Dial(resolved)), "{outs:?}");
+        assert_eq!(net.node(1).forget(now, &peer), Ok(()));
+        assert_eq!(net.node(1).forget(now, &peer), Err(NotAdded(peer)));
+    }
+}
