@@ -45,7 +45,14 @@ fuzz_target!(|input: &[u8]| {
     } else {
         Mode::OnDemand
     };
-    let mut sessions = Sessions::new(me, PSK, Duration::from_secs(1_700_000_000), ChaCha20Rng::seed_from_u64(1), now).with_mode(mode);
+    let mut sessions = Sessions::new(
+        me,
+        PSK,
+        Duration::from_secs(1_700_000_000),
+        ChaCha20Rng::seed_from_u64(1),
+        now,
+    )
+    .with_mode(mode);
     let peer_id = sessions
         .upsert_peer(now, peer.name(), peer.public_key(), &[peer_at])
         .unwrap();
