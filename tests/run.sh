@@ -94,6 +94,11 @@ end
 
 begin "lint: cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+# The router without its optional proxy, as `--no-default-features --features
+# daemon` builds it: it must compile clean, and its `--proxy` must say how to
+# get one (the unit test below runs only in this build).
+cargo clippy -p weft-router --no-default-features --features daemon --all-targets --locked -- -D warnings
+cargo test -p weft-router --no-default-features --features daemon --locked --lib config:: </dev/null
 end
 
 begin "docs: cargo doc -Dwarnings"

@@ -23,6 +23,7 @@
 //!   router's local API.
 //! - [`attach`]: attach and release, serialised per container, and the
 //!   reconciliation after a restart of the proxy, the router or the daemon.
+//! - [`flags`]: the command-line flags, of `weft-proxy` and of `weft launch --proxy`.
 //! - [`server`]: the listeners, the forwarding, and the event watch.
 //! - [`error`]: every failure, and the one place it becomes a Docker API
 //!   error reply.
@@ -35,6 +36,7 @@ pub mod cidr;
 pub mod create;
 pub mod docker;
 pub mod error;
+pub mod flags;
 pub mod link;
 pub mod path;
 pub mod router;

@@ -103,7 +103,7 @@ pub struct InstallCniArgs {
 #[derive(Debug, Clone, Args)]
 pub struct EnvArgs {
     /// The Docker API proxy's socket (`weft launch --proxy-socket`, `weft-proxy --socket`).
-    #[arg(long, env = "WEFT_PROXY_SOCKET", value_name = "PATH", default_value = weft_proxy::server::DEFAULT_SOCKET)]
+    #[arg(long, env = "WEFT_PROXY_SOCKET", value_name = "PATH", default_value = DEFAULT_PROXY_SOCKET)]
     pub proxy_socket: PathBuf,
     /// Print commands that point the docker CLI back where it pointed before `eval $(weft env)`.
     #[arg(long)]
@@ -282,30 +282,15 @@ pub struct LaunchArgs {
     /// With --kube: the Secret's namespace [default: the pod's namespace].
     #[arg(long, env = "WEFT_NAMESPACE", value_name = "NS")]
     pub kube_namespace: Option<String>,
-    /// Also run the Docker API proxy: containers made with `docker run` through it join the mesh
-    /// (point the docker CLI at it with `eval $(weft env)`).
-    #[arg(long)]
+    /// The Docker API proxy's flags (`--proxy`, `--proxy-socket`, ...), owned by the proxy crate.
+    #[cfg(feature = "proxy")]
+    #[command(flatten)]
+    pub proxy: weft_proxy::flags::LaunchFlags,
+    /// Without the `proxy` feature, `--proxy` is still understood, to say
+    /// that this weft cannot run the proxy and how to get one that can.
+    #[cfg(not(feature = "proxy"))]
+    #[arg(long, hide = true)]
     pub proxy: bool,
-    /// With --proxy: the unix socket it listens on (mode 0660, group docker).
-    #[arg(long, env = "WEFT_PROXY_SOCKET", value_name = "PATH", default_value = weft_proxy::server::DEFAULT_SOCKET, requires = "proxy")]
-    pub proxy_socket: PathBuf,
-    /// With --proxy: also listen on TCP (127.0.0.1:12375 if no address is given). Loopback only,
-    /// unless --dangerous-proxy-tcp-any-address.
-    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = weft_proxy::server::DEFAULT_TCP, requires = "proxy")]
-    pub proxy_tcp: Option<String>,
-    /// With --proxy-tcp: allow an address other hosts can reach. Anyone who reaches it controls
-    /// this host (there is no TLS).
-    #[arg(long, requires = "proxy_tcp")]
-    pub dangerous_proxy_tcp_any_address: bool,
-    /// With --proxy: the real Docker daemon, unix:///PATH or tcp://HOST:PORT.
-    #[arg(
-        long,
-        env = "WEFT_DOCKER_HOST",
-        value_name = "URL",
-        default_value = "unix:///var/run/docker.sock",
-        requires = "proxy"
-    )]
-    pub docker_host: String,
 }
 
 /// A finished `weft launch` configuration: every value parsed and checked.
@@ -347,6 +332,7 @@ pub struct LaunchConfig {
     /// Kubernetes mode (`--kube`), if on.
     pub kube: Option<KubeConfig>,
     /// The Docker API proxy (`--proxy`), if on.
+    #[cfg(feature = "proxy")]
     pub proxy: Option<weft_proxy::Config>,
 }
 
@@ -484,37 +470,12 @@ impl LaunchArgs {
                     .ok_or(ConfigError::Mtu { given })
             })
             .transpose()?;
-        let proxy = if self.proxy {
-            let tcp = self
-                .proxy_tcp
-                .map(|given| {
-                    let addr: SocketAddr = given.trim().parse().map_err(|_| ConfigError::ProxyTcp {
-                        given: given.clone(),
-                        reason: "not an IP address and port, like 127.0.0.1:12375".into(),
-                    })?;
-                    weft_proxy::server::check_tcp(
-                        addr,
-                        self.dangerous_proxy_tcp_any_address,
-                        "--dangerous-proxy-tcp-any-address",
-                    )
-                    .map_err(|reason| ConfigError::ProxyTcp { given, reason })
-                })
-                .transpose()?;
-            let docker_host = self
-                .docker_host
-                .trim()
-                .parse()
-                .map_err(|reason| ConfigError::DockerHost { reason })?;
-            Some(weft_proxy::Config {
-                socket: self.proxy_socket,
-                tcp,
-                docker_host,
-                router_socket: self.api_socket.clone(),
-                wait_binary: self.data_dir.join("weft-wait"),
-            })
-        } else {
-            None
-        };
+        #[cfg(feature = "proxy")]
+        let proxy = self.proxy.into_config(&self.api_socket, &self.data_dir)?;
+        #[cfg(not(feature = "proxy"))]
+        if self.proxy {
+            return Err(ConfigError::ProxyUnsupported);
+        }
 
         Ok(LaunchConfig {
             nickname,
@@ -538,6 +499,7 @@ impl LaunchArgs {
                 namespace: self.kube_namespace,
                 init_from_nodes: !init_given,
             }),
+            #[cfg(feature = "proxy")]
             proxy,
         })
     }
@@ -663,20 +625,16 @@ pub enum ConfigError {
     /// `--kube` was given to a `weft` built without the `kube` feature.
     #[error("--kube: this weft was built without Kubernetes support; build it with `--features kube`")]
     KubeUnsupported,
-    /// `--proxy-tcp` is not a usable address.
-    #[error("--proxy-tcp {given:?}: {reason}")]
-    ProxyTcp {
-        /// What was given.
-        given: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// `--docker-host` is not a Docker host URL.
-    #[error("--docker-host {reason}")]
-    DockerHost {
-        /// What is wrong, and how to write it.
-        reason: String,
-    },
+    /// A Docker API proxy flag (`--proxy-tcp`, `--docker-host`) cannot be used as given.
+    #[cfg(feature = "proxy")]
+    #[error(transparent)]
+    Proxy(#[from] weft_proxy::flags::FlagError),
+    /// `--proxy` was given to a `weft` built without the `proxy` feature.
+    #[error(
+        "--proxy: this weft was built without the Docker API proxy; build it with the default features \
+         (or `--features proxy`), or run `weft-proxy` beside it"
+    )]
+    ProxyUnsupported,
     /// With `--kube` and no `--name`, the Node name cannot be a nickname.
     #[error("the node name {node:?} cannot be a nickname ({NICKNAME_RULE}); pass --name NICKNAME")]
     NodeNameNotNickname {
@@ -779,6 +737,10 @@ pub const DEFAULT_KUBE_SECRET: &str = "weft-passwd";
 pub const API_SOCKET_ENV: &str = "WEFT_API_SOCKET";
 /// Default `--api-socket`: root-only by directory permissions.
 pub const DEFAULT_API_SOCKET: &str = "/run/weft/weft.sock";
+/// Default `weft env --proxy-socket`: where `weft launch --proxy` and
+/// `weft-proxy` listen unless told otherwise. Kept here so that `weft env`
+/// works in a weft built without the proxy.
+pub const DEFAULT_PROXY_SOCKET: &str = "/run/weft/docker.sock";
 /// Default `--data-dir`.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/weft";
 /// Default `--listen`: all interfaces, Weave's control port.
@@ -817,7 +779,9 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "proxy")]
     fn proxy_flags() {
+        assert_eq!(DEFAULT_PROXY_SOCKET, weft_proxy::server::DEFAULT_SOCKET);
         assert_eq!(config(&[]).unwrap().proxy, None);
         let p = config(&["--proxy", "--data-dir", "/d"]).unwrap().proxy.unwrap();
         assert_eq!(p.socket, Path::new("/run/weft/docker.sock"));
@@ -845,6 +809,15 @@ mod tests {
         // The proxy's flags mean nothing without --proxy: an error, not a silent no-op.
         let argv = ["weft", "launch", "--proxy-socket", "/x"];
         assert!(Cli::try_parse_from(argv).is_err());
+    }
+
+    #[test]
+    #[cfg(not(feature = "proxy"))]
+    fn proxy_flag_without_the_proxy_says_how_to_get_one() {
+        let err = error(&["--proxy"]);
+        assert!(err.starts_with("--proxy: this weft was built without"), "{err}");
+        assert!(err.contains("weft-proxy"), "{err}");
+        assert!(config(&[]).is_ok());
     }
 
     #[test]

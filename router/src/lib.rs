@@ -17,12 +17,15 @@
 //! - [`api`] and [`metrics`]: the local API on a unix socket and Prometheus
 //!   metrics. [`config`], [`identity`], [`secret`] and [`store`]: command
 //!   line, keys and durable state. [`install_cni`]: `weft install-cni`.
-//!   [`docker_env`]: `weft env`. `weft launch --proxy` runs the Docker API
-//!   proxy of the `weft-proxy` crate inside the router.
+//!   [`docker_env`]: `weft env`.
 //! - `api`, `metrics` and `io` need the cargo feature `daemon` (on by
 //!   default, and needed for the `weft` binary); without it the crate is the
-//!   sans-IO cores and what they use, without quinn, rustls, axum, nftables
-//!   or TUN (what the fuzz targets build).
+//!   sans-IO cores and what they use, without tokio, quinn, rustls, hyper,
+//!   axum, nftables or TUN (what the fuzz targets build).
+//! - With the cargo feature `proxy` (on by default), `weft launch --proxy`
+//!   runs the Docker API proxy of the `weft-proxy` crate inside the router;
+//!   its flags are that crate's (`weft_proxy::flags::LaunchFlags`). Without
+//!   it, `--proxy` is refused with a message saying how to get the proxy.
 //! - With the cargo feature `kube`, `io::kube` feeds Kubernetes Node objects
 //!   to the `core::nodes` discovery core and keeps the cluster secret in a
 //!   Secret (`weft launch --kube`; docs/kubernetes.md).

@@ -93,30 +93,13 @@ async fn launch_async(#[allow(unused_mut)] mut config: LaunchConfig) -> anyhow::
     );
     let daemon = Daemon::bind(config.clone(), identity, &secret).await?;
     drop(secret);
-    // The proxy serves until the router stops, then removes its socket.
-    let (stop_proxy, proxy_stopped) = tokio::sync::oneshot::channel::<()>();
-    let proxy = match config.proxy.clone() {
-        Some(proxy) => {
-            let proxy = weft_proxy::Proxy::bind(proxy)
-                .await
-                .context("cannot start the Docker API proxy (--proxy)")?;
-            Some(tokio::spawn(proxy.run(async {
-                let _ = proxy_stopped.await;
-            })))
-        }
-        None => None,
-    };
+    #[cfg(feature = "proxy")]
+    let proxy = proxy::start(config.proxy.clone()).await?;
     #[cfg(feature = "kube")]
     let discovery = kube.map(|client| kube_mode::spawn_discovery(client, &config));
     let outcome = daemon.run(shutdown_signal()).await;
-    let _ = stop_proxy.send(());
-    if let Some(proxy) = proxy {
-        match proxy.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %e, "the Docker API proxy failed"),
-            Err(e) => warn!(error = %e, "the Docker API proxy's task failed"),
-        }
-    }
+    #[cfg(feature = "proxy")]
+    proxy::stop(proxy).await;
     #[cfg(feature = "kube")]
     if let Some(task) = discovery {
         task.abort();
@@ -248,5 +231,48 @@ fn init_tracing(command: &Command) {
         builder.init();
     } else {
         builder.without_time().with_target(false).init();
+    }
+}
+
+/// The Docker API proxy inside the router (`weft launch --proxy`).
+#[cfg(feature = "proxy")]
+mod proxy {
+    use anyhow::Context as _;
+    use tokio::sync::oneshot;
+    use tokio::task::JoinHandle;
+    use tracing::warn;
+
+    /// A running proxy and the way to stop it.
+    pub(crate) struct Running {
+        stop: oneshot::Sender<()>,
+        task: JoinHandle<Result<(), weft_proxy::StartError>>,
+    }
+
+    /// Binds and starts the proxy, if configured; it serves until [`stop`].
+    pub(crate) async fn start(config: Option<weft_proxy::Config>) -> anyhow::Result<Option<Running>> {
+        let Some(config) = config else {
+            return Ok(None);
+        };
+        let proxy = weft_proxy::Proxy::bind(config)
+            .await
+            .context("cannot start the Docker API proxy (--proxy)")?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(proxy.run(async {
+            let _ = stopped.await;
+        }));
+        Ok(Some(Running { stop, task }))
+    }
+
+    /// Stops the proxy, which removes its socket, and waits for it.
+    pub(crate) async fn stop(running: Option<Running>) {
+        let Some(Running { stop, task }) = running else {
+            return;
+        };
+        let _ = stop.send(());
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "the Docker API proxy failed"),
+            Err(e) => warn!(error = %e, "the Docker API proxy's task failed"),
+        }
     }
 }
