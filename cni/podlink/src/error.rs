@@ -103,7 +103,7 @@ pub enum LinkError {
         /// The pod's namespace, or `None` for the host.
         netns: Option<PathBuf>,
     },
-    /// `proxy_arp` could not be read or turned on for the host veth.
+    /// `proxy_arp` could not be turned on for the host veth.
     #[error("cannot turn on proxy ARP for {host_veth}: {source}")]
     ProxyArp {
         /// The host end.
