@@ -5,8 +5,9 @@
 //! VERSION, STATUS, GC) and get addresses from the local router's API
 //! (`docs/api.md`). A plugin is a short-lived process started for every pod
 //! event, so this crate is small: a blocking HTTP client over the unix
-//! socket ([`api`]), rtnetlink on a current-thread runtime ([`link`]), and
-//! serde for the spec's JSON ([`config`], [`result`], [`error`]).
+//! socket ([`api`]), the pod's interface through `weft-podlink` on a
+//! current-thread runtime ([`link`]), and serde for the spec's JSON
+//! ([`config`], [`result`], [`error`]).
 //!
 //! # Decisions
 //!
@@ -19,7 +20,9 @@
 //!   route via the link-local gateway 169.254.1.1 on-link through the veth
 //!   (as Calico does), a permanent neighbour entry for the gateway, and
 //!   `proxy_arp` on the host veth; the host routes the `/32` to the veth. See
-//!   [`link`].
+//!   [`link`], and `weft_podlink`, which wires it (and the Docker proxy's
+//!   containers). CHECK compares the pod with that desired state and names
+//!   the first difference.
 //! - **MTU**: the router's data-plane MTU (`GET /v1/status`); without a data
 //!   plane, the config's `mtu`, else [`plugin::DEFAULT_MTU`].
 //! - **Timeouts**: everything asked of the router ends within

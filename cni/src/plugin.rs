@@ -14,7 +14,7 @@ use crate::config::{
     Command, DEFAULT_API_SOCKET, DEFAULT_LOG_FILE, Env, LATEST_VERSION, NetConf, SUPPORTED_VERSIONS, check_version,
 };
 use crate::error::{CniError, code};
-use crate::link::{self, POD_GATEWAY, PodLink};
+use crate::link::{self, POD_GATEWAY};
 use crate::log::Log;
 use crate::result::{CniResult, Interface, IpConfig, Route, ip_of};
 
@@ -197,13 +197,7 @@ impl Request<'_> {
         ));
         let host_veth = link::host_veth_name(cid, ifname);
         let attached = parse_v4(&alloc.address).and_then(|addr| {
-            let made = link::attach(&PodLink {
-                netns,
-                ifname,
-                host_veth: &host_veth,
-                addr,
-                mtu,
-            })?;
+            let made = link::attach(&link::spec(netns, ifname, &host_veth, addr, mtu))?;
             link::enable_ip_forward()?;
             Ok((addr, made))
         });
@@ -227,13 +221,13 @@ impl Request<'_> {
             interfaces: vec![
                 Interface {
                     name: host_veth,
-                    mac: Some(made.host_mac),
+                    mac: Some(made.host_mac.to_string()),
                     sandbox: None,
                     mtu: Some(mtu),
                 },
                 Interface {
                     name: ifname.to_owned(),
-                    mac: Some(made.pod_mac),
+                    mac: Some(made.pod_mac.to_string()),
                     sandbox: Some(netns.display().to_string()),
                     mtu: Some(mtu),
                 },
@@ -393,13 +387,9 @@ impl Request<'_> {
         }
         if plugin == Plugin::Net {
             let netns = Path::new(self.env.netns.as_deref().unwrap_or_default());
-            link::check(&PodLink {
-                netns,
-                ifname,
-                host_veth: &link::host_veth_name(self.env.container_id(), ifname),
-                addr,
-                mtu: 0,
-            })?;
+            let host_veth = link::host_veth_name(self.env.container_id(), ifname);
+            // The MTU is not compared.
+            link::check(&link::spec(netns, ifname, &host_veth, addr, 0))?;
         }
         Ok(())
     }

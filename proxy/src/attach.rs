@@ -17,11 +17,12 @@ use std::sync::{Arc, Mutex};
 use ipnet::Ipv4Net;
 use serde_json::Value;
 use tracing::{debug, info, warn};
+use weft_podlink::LinkError;
 
 use crate::cidr::{self, CidrError, Entry};
 use crate::create;
 use crate::docker::{self, DockerError};
-use crate::link::{self, LinkError};
+use crate::link;
 use crate::router::{self, RouterError, Want};
 
 /// The prefix of the proxy's allocation ids.
@@ -207,16 +208,10 @@ impl Attacher {
             addrs.push(Ipv4Net::new(got.addr(), len).expect("prefix lengths are checked to be at most 32"));
         }
         let host_veth = link::host_veth_name(id);
-        let wiring = link::Wiring {
-            netns: &netns,
-            host_veth: &host_veth,
-            addrs: &addrs,
-            pod_range: network.range,
-            mtu: network.mtu,
-        };
-        match link::attach(&wiring).await? {
-            link::Attach::Existing => Ok(Outcome::Existing),
-            link::Attach::Created => {
+        let spec = link::spec(&netns, &host_veth, &addrs, network.range, network.mtu);
+        match weft_podlink::attach(&spec).await?.outcome {
+            weft_podlink::Outcome::Existing => Ok(Outcome::Existing),
+            weft_podlink::Outcome::Created => {
                 info!(container = %short(id), addresses = ?addrs, %host_veth, "attached to the mesh");
                 Ok(Outcome::Attached(addrs))
             }

@@ -17,7 +17,8 @@
 //! - [`cidr`]: `WEFT_CIDR` / `WEAVE_CIDR` in Weave's semantics.
 //! - [`create`]: what to do with a create request, and the rewritten body.
 //! - [`path`]: which Docker API call a request is, for any API version.
-//! - [`link`]: the container's `ethwe` and the host's side of it (rtnetlink).
+//! - [`link`]: the container's `ethwe` and the host's side of it, as the
+//!   proxy asks `weft-podlink` (shared with the CNI plugin) to wire them.
 //! - [`wait`]: the embedded `weft-wait` binary and where it is installed.
 //! - [`docker`] and [`router`]: clients of the Docker daemon and of the
 //!   router's local API.

@@ -108,7 +108,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::link::tests::{TestNetns, root_or_skip};
+    use weft_tests::{TestNetns, root_or_skip};
 
     #[test]
     fn install_writes_once_and_then_leaves_the_file_alone() {

@@ -12,6 +12,9 @@
 //!
 //! Tests never sleep to wait for a state: they poll it with [`wait_until`].
 //!
+//! Unit tests that need a namespace or two and no testbed (veths, routes) make a [`TestNetns`] after
+//! [`root_or_skip`].
+//!
 //! A testbed can have more underlay networks ([`Testbed::add_network`]: `10.98.0.i/24` on `eth1`, say), and two
 //! hosts can be parted on one of them by a firewall of the harness's own ([`Testbed::sever`], [`Host::drop_from`]).
 //!
@@ -46,6 +49,7 @@ mod process;
 pub mod router;
 pub mod runtime;
 mod skip;
+mod test_netns;
 mod testbed;
 pub mod traffic;
 mod wait;
@@ -53,6 +57,7 @@ mod wait;
 pub use error::Error;
 pub use netns::{InNamespace, Netns, netns_names, sweep};
 pub use process::Process;
-pub use skip::{missing_program, netns_unavailable, skip_or_fail};
+pub use skip::{missing_program, netns_unavailable, root_or_skip, skip_or_fail};
+pub use test_netns::TestNetns;
 pub use testbed::{Host, MAX_HOSTS, Network, POD_GATEWAY, Pod, Testbed, UNDERLAY, UNDERLAY_DEV};
 pub use wait::wait_until;

@@ -38,6 +38,19 @@ pub fn skip_or_fail(reason: &str) {
     eprintln!("skipping: {reason}");
 }
 
+/// Whether network namespace tests can run here; if not, says why through [`skip_or_fail`] (so under CI the
+/// test fails) and returns `false`, and the caller returns early. For tests that make their own
+/// [`TestNetns`](crate::TestNetns) rather than a testbed.
+pub fn root_or_skip() -> bool {
+    match netns_unavailable() {
+        Some(reason) => {
+            skip_or_fail(&reason);
+            false
+        }
+        None => true,
+    }
+}
+
 /// `let testbed = testbed_or_skip!(hosts);` builds a [`Testbed`](crate::Testbed) of `hosts` hosts, or returns
 /// from the calling test (which must return `()`) after [`skip_or_fail`](crate::skip_or_fail) when network
 /// namespaces are unavailable. A testbed that fails to build panics the test.
