@@ -350,7 +350,7 @@ async fn deadline<T>(call: impl Future<Output = Result<T, ApiError>>) -> Result<
             ),
         ))
     });
-    Ok(answer?)
+    answer.map_err(ErrorReply)
 }
 
 /// A JSON request body, at most [`MAX_BODY_BYTES`], parsed into `T`; every
