@@ -16,7 +16,7 @@ pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "
 pub const LATEST_VERSION: &str = "1.1.0";
 
 /// Where the router's API socket is unless the configuration says `apiSocket`.
-pub const DEFAULT_API_SOCKET: &str = "/run/weft/weft.sock";
+pub const DEFAULT_API_SOCKET: &str = weft_api::DEFAULT_SOCKET;
 
 /// Where both plugins log unless the configuration says `logFile`.
 pub const DEFAULT_LOG_FILE: &str = "/var/log/weft/cni.log";

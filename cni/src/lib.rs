@@ -4,8 +4,8 @@
 //! Both speak CNI spec 0.3.0, 0.3.1, 0.4.0, 1.0.0 and 1.1.0 (ADD, DEL, CHECK,
 //! VERSION, STATUS, GC) and get addresses from the local router's API
 //! (`docs/api.md`). A plugin is a short-lived process started for every pod
-//! event, so this crate is small: a blocking HTTP client over the unix
-//! socket ([`api`]), the pod's interface through `weft-podlink` on a
+//! event, so this crate is small: `weft-api`'s blocking client over the
+//! unix socket ([`api`]), the pod's interface through `weft-podlink` on a
 //! current-thread runtime ([`link`]), and serde for the spec's JSON
 //! ([`config`], [`result`], [`error`]).
 //!

@@ -8,8 +8,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use weft_api::ClientError;
+use weft_api::blocking::Client;
+use weft_api::types::Status;
 
-use crate::api::{RouterClient, RouterError};
+use crate::api::{allocate_request, cni_error, release_request};
 use crate::config::{
     Command, DEFAULT_API_SOCKET, DEFAULT_LOG_FILE, Env, LATEST_VERSION, NetConf, SUPPORTED_VERSIONS, check_version,
 };
@@ -90,7 +93,7 @@ pub fn main(plugin: Plugin) -> ExitCode {
                 conf.cni_version
             ));
             let started = Instant::now();
-            let client = RouterClient::new(plugin.api_socket(&conf), deadline);
+            let client = Client::new(plugin.api_socket(&conf), deadline);
             let outcome = Request {
                 env: &env,
                 conf: &conf,
@@ -158,7 +161,7 @@ fn requested_version(stdin: &[u8]) -> String {
 struct Request<'a> {
     env: &'a Env,
     conf: &'a NetConf,
-    client: &'a RouterClient,
+    client: &'a Client,
     log: &'a mut Log,
 }
 
@@ -185,11 +188,12 @@ impl Request<'_> {
         drop(link::open_netns(netns)?);
         let prev = self.conf.prev_result.as_ref().map(CniResult::from_value).transpose()?;
         let status = self.ready_status()?;
-        let mtu = status.dataplane.map(|d| d.mtu).or(self.conf.mtu).unwrap_or(DEFAULT_MTU);
+        let router_mtu = status.dataplane.map(|d| u32::from(d.mtu));
+        let mtu = router_mtu.or(self.conf.mtu).unwrap_or(DEFAULT_MTU);
         let alloc = self
             .client
-            .allocate(&id, ifname)
-            .map_err(|e| e.into_cni("cannot allocate an address"))?;
+            .allocate(&allocate_request(&id, ifname))
+            .map_err(|e| cni_error(e, "cannot allocate an address"))?;
         self.log.line(&format!(
             "allocated {} for {id}{}",
             alloc.address,
@@ -207,7 +211,7 @@ impl Request<'_> {
                 let _ = link::detach(&host_veth);
                 // A repeated ADD found the address already allocated: it may be in use, keep it.
                 if !alloc.existing {
-                    match self.client.release(&id, ifname) {
+                    match self.client.release(&release_request(&id, ifname)) {
                         Ok(_) => self.log.line(&format!("rolled back: released {}", alloc.address)),
                         Err(re) => self
                             .log
@@ -267,12 +271,12 @@ impl Request<'_> {
         });
         let alloc = self
             .client
-            .allocate(&id, self.env.ifname())
-            .map_err(|e| e.into_cni("cannot allocate an address"))?;
+            .allocate(&allocate_request(&id, self.env.ifname()))
+            .map_err(|e| cni_error(e, "cannot allocate an address"))?;
         self.log.line(&format!("allocated {} for {id}", alloc.address));
         if let Err(e) = parse_v4(&alloc.address) {
             if !alloc.existing {
-                let _ = self.client.release(&id, self.env.ifname());
+                let _ = self.client.release(&release_request(&id, self.env.ifname()));
             }
             return Err(e);
         }
@@ -318,13 +322,15 @@ impl Request<'_> {
         let Ok(id) = allocation_id(&self.conf.name, cid) else {
             return removed;
         };
-        match self.client.release(&id, ifname) {
-            Ok(addr) => {
-                self.log
-                    .line(&format!("released {}", addr.as_deref().unwrap_or("nothing")));
+        match self.client.release(&release_request(&id, ifname)) {
+            Ok(released) => {
+                self.log.line(&format!(
+                    "released {}",
+                    released.address.as_deref().unwrap_or("nothing")
+                ));
                 removed
             }
-            Err(RouterError::Api { status: 400, error, .. }) => {
+            Err(ClientError::Api { status: 400, error }) => {
                 self.log
                     .line(&format!("nothing to release: the router refuses the key: {error}"));
                 removed
@@ -335,7 +341,7 @@ impl Request<'_> {
                     (Plugin::Net, Ok(())) => "the interfaces were removed, but ",
                     (Plugin::Net, Err(_)) => "the interfaces could not be removed, and ",
                 };
-                let mut err = e.into_cni(&format!("{done}the address of {id} was not released; retry DEL"));
+                let mut err = cni_error(e, &format!("{done}the address of {id} was not released; retry DEL"));
                 if let Err(link_err) = removed {
                     err = err.details(link_err.to_string());
                 }
@@ -372,7 +378,7 @@ impl Request<'_> {
         let held = self
             .client
             .allocations()
-            .map_err(|e| e.into_cni("cannot list the router's allocations"))?
+            .map_err(|e| cni_error(e, "cannot list the router's allocations"))?
             .into_iter()
             .find(|a| a.id == id && a.iface == ifname);
         match held {
@@ -425,7 +431,7 @@ impl Request<'_> {
         let all = self
             .client
             .allocations()
-            .map_err(|e| e.into_cni("cannot list the router's allocations"))?;
+            .map_err(|e| cni_error(e, "cannot list the router's allocations"))?;
         let mut failed = Vec::new();
         for a in &all {
             let Some(cid) = a.id.strip_prefix(&prefix) else {
@@ -437,7 +443,7 @@ impl Request<'_> {
             if plugin == Plugin::Net {
                 let _ = link::detach(&link::host_veth_name(cid, &a.iface));
             }
-            match self.client.release(&a.id, &a.iface) {
+            match self.client.release(&release_request(&a.id, &a.iface)) {
                 Ok(_) => self
                     .log
                     .line(&format!("gc released {} of {} on {}", a.address, a.id, a.iface)),
@@ -449,16 +455,16 @@ impl Request<'_> {
         }
         match failed.into_iter().next() {
             None => Ok(()),
-            Some(e) => Err(e.into_cni("GC could not release every stale address")),
+            Some(e) => Err(cni_error(e, "GC could not release every stale address")),
         }
     }
 
     /// The router's status, if it can allocate now; code 11 if not.
-    fn ready_status(&self) -> Result<crate::api::Status, CniError> {
+    fn ready_status(&self) -> Result<Status, CniError> {
         let status = self
             .client
             .status()
-            .map_err(|e| e.into_cni("cannot reach the weft router"))?;
+            .map_err(|e| cni_error(e, "cannot reach the weft router"))?;
         if let Some(problem) = &status.ipam.problem {
             return Err(CniError::new(
                 code::TRY_AGAIN_LATER,

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use weft_cni::api::RouterClient;
+use weft_api::blocking::Client as RouterClient;
+use weft_cni::api::allocate_request;
 use weft_cni::link::host_veth_name;
 use weft_tests::router::{Router, wait_for, workdir, write_secret};
 use weft_tests::{InNamespace as _, Testbed, require_program};
@@ -448,7 +449,9 @@ fn status_and_gc() {
     let (a, b) = (bed.pod("a"), bed.pod("b"));
     bed.net("ADD", "live", &a, &conf).success("ADD live");
     bed.net("ADD", "stale", &b, &conf).success("ADD stale");
-    bed.client().allocate("cni:othernet:stale", "eth0").unwrap();
+    bed.client()
+        .allocate(&allocate_request("cni:othernet:stale", "eth0"))
+        .unwrap();
 
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "live", "ifname": "eth0"}]);

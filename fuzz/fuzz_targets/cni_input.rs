@@ -1,5 +1,6 @@
 //! What a CNI plugin decodes: the network configuration on stdin (with any
-//! `prevResult`), and the router's HTTP replies.
+//! `prevResult`), and the router's HTTP replies (read by `weft-api`'s
+//! blocking client, which the plugins use).
 //!
 //! Decoding never panics; a configuration that parses has a result that can
 //! be written in every supported version and read back; an error result is
@@ -22,7 +23,7 @@ fuzz_target!(|bytes: &[u8]| {
             assert_eq!(back.ips, result.ips);
         }
     }
-    let _ = weft_cni::api::parse_response(bytes);
+    let _ = weft_api::blocking::parse_response(bytes);
     let err = CniError::new(6, String::from_utf8_lossy(bytes)).details(String::from_utf8_lossy(bytes));
     let json: serde_json::Value = serde_json::from_str(&err.to_json("1.0.0")).expect("error JSON");
     assert_eq!(json["code"], 6);

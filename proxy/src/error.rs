@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Response, StatusCode};
 use serde_json::json;
+use weft_api::ClientError;
 
 use crate::attach::AttachError;
 use crate::cidr::CidrError;
@@ -126,10 +127,13 @@ impl ProxyError {
 
 fn router_status(e: &RouterError) -> StatusCode {
     match e {
-        RouterError::NotRunning { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        RouterError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        RouterError::Call(ClientError::NotRunning { .. } | ClientError::Connect { .. })
+        | RouterError::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        RouterError::Call(ClientError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
         // The router's own status (409 exhausted, 400 out_of_range, 503 no_ring), but never 404.
-        RouterError::Refused { status, .. } if *status != StatusCode::NOT_FOUND => *status,
+        RouterError::Call(ClientError::Api { status, .. }) if *status != StatusCode::NOT_FOUND.as_u16() => {
+            StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        }
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -140,10 +144,11 @@ mod tests {
 
     #[test]
     fn statuses_never_say_not_found() {
-        let refused = |status| RouterError::Refused {
-            code: "not_found".into(),
-            message: "x".into(),
-            status,
+        let refused = |status: StatusCode| {
+            RouterError::Call(ClientError::Api {
+                status: status.as_u16(),
+                error: weft_api::ApiError::new(weft_api::ErrorCode::NotFound, "x"),
+            })
         };
         assert_eq!(
             ProxyError::Router(refused(StatusCode::NOT_FOUND)).status(),

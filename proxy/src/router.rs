@@ -1,33 +1,27 @@
-//! The local router's API (docs/api.md): the calls the proxy makes.
+//! The local router's API (docs/api.md) as the proxy uses it: what to ask
+//! for ([`Want`]), the network containers join ([`Network`]), and failures
+//! worded for `docker` users, on top of the async client of the `weft-api`
+//! crate ([`weft_api::client::Client`]).
 //!
 //! The proxy depends on the API, not on the router's crate, so that it runs
-//! as well beside a router as inside one (`weft launch --proxy`).
+//! as well beside a router as inside one (`weft launch --proxy`). Whether a
+//! failure is worth retrying is the API's one rule
+//! ([`ClientError::is_transient`]).
 
-use std::io;
+use std::error::Error as StdError;
+use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
 use ipnet::Ipv4Net;
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use tokio::net::UnixStream;
-
-/// The router's default API socket.
-pub const DEFAULT_SOCKET: &str = "/run/weft/weft.sock";
-/// The router answers within 33 s (docs/api.md); a little more.
-const TIMEOUT: Duration = Duration::from_secs(35);
-/// Largest reply read.
-const MAX_REPLY: usize = 16 << 20;
+use weft_api::ClientError;
+pub use weft_api::DEFAULT_SOCKET;
+use weft_api::types::{AllocateRequest, AllocationView, ReleaseRequest};
 
 /// A client of the router's API socket.
 #[derive(Debug, Clone)]
 pub struct Client {
-    socket: PathBuf,
+    api: weft_api::client::Client,
 }
 
 /// What the proxy needs from `GET /v1/status`.
@@ -37,17 +31,6 @@ pub struct Network {
     pub range: Ipv4Net,
     /// The MTU of pod interfaces.
     pub mtu: u32,
-}
-
-/// One allocation, from `GET /v1/ipam/allocations`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Allocation {
-    /// The container id it is for.
-    pub id: String,
-    /// The interface it is for.
-    pub iface: String,
-    /// The address, with the pod range's prefix length.
-    pub address: String,
 }
 
 /// What to ask the router for.
@@ -62,117 +45,88 @@ pub enum Want {
 }
 
 /// A failed call.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 #[non_exhaustive]
 pub enum RouterError {
-    /// Nothing answers on the socket.
-    #[error(
-        "the weft router is not running (nothing answers at {}: {source}); start it with `weft launch`",
-        socket.display()
-    )]
-    NotRunning {
+    /// The request failed: no router, no answer in time, a refusal, or a
+    /// broken reply.
+    Call(ClientError),
+    /// The router answers but cannot give out addresses yet (no address
+    /// ring); `problem` says what it waits for.
+    NotReady {
+        /// The router's words.
+        problem: String,
+    },
+    /// The router's answer cannot serve containers (no data plane, or a
+    /// value that does not parse).
+    Unusable {
         /// The socket.
         socket: PathBuf,
-        /// Why connecting failed.
-        #[source]
-        source: io::Error,
-    },
-    /// The router refused the request; `message` says why.
-    #[error("the weft router refused: {message}")]
-    Refused {
-        /// The API's error `code` (`exhausted`, `out_of_range`, `no_ring`, …).
-        code: String,
-        /// The API's error message.
-        message: String,
-        /// The HTTP status.
-        status: StatusCode,
-    },
-    /// The exchange failed, or the reply is not what the API documents.
-    #[error("the weft router's API at {} failed: {reason}", socket.display())]
-    Protocol {
-        /// The socket.
-        socket: PathBuf,
-        /// What went wrong.
+        /// What is wrong.
         reason: String,
     },
-    /// No answer in time.
-    #[error("the weft router did not answer within {} s", TIMEOUT.as_secs())]
-    Timeout,
 }
 
 impl RouterError {
     /// Whether trying again later may work (router down, busy, no ring yet).
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::NotRunning { .. } | Self::Timeout => true,
-            Self::Refused { status, .. } => status.is_server_error(),
-            Self::Protocol { .. } => false,
+            Self::Call(e) => e.is_transient(),
+            Self::NotReady { .. } => true,
+            Self::Unusable { .. } => false,
         }
     }
 }
 
-#[derive(Serialize)]
-struct AllocateBody<'a> {
-    id: &'a str,
-    iface: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ip: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    net: Option<String>,
+impl From<ClientError> for RouterError {
+    fn from(e: ClientError) -> Self {
+        Self::Call(e)
+    }
 }
 
-#[derive(Serialize)]
-struct KeyBody<'a> {
-    id: &'a str,
-    iface: &'a str,
+impl fmt::Display for RouterError {
+    /// The client's own words, except where a `docker` user needs to be
+    /// told which daemon refused: they read these after "Error response
+    /// from daemon:".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Call(ClientError::NotRunning { path }) => write!(
+                f,
+                "the weft router is not running (nothing answers at {}); start it with `weft launch`",
+                path.display()
+            ),
+            Self::Call(ClientError::Api { error, .. }) => write!(f, "the weft router refused: {error}"),
+            Self::Call(e) => e.fmt(f),
+            Self::NotReady { problem } => write!(f, "the weft router cannot give out addresses yet: {problem}"),
+            Self::Unusable { socket, reason } => write!(
+                f,
+                "the weft router at {} cannot serve containers: {reason}",
+                socket.display()
+            ),
+        }
+    }
 }
 
-#[derive(Deserialize)]
-struct Allocated {
-    address: String,
-}
-
-#[derive(Deserialize)]
-struct Allocations {
-    allocations: Vec<Allocation>,
-}
-
-#[derive(Deserialize)]
-struct Status {
-    ipam: StatusIpam,
-    #[serde(default)]
-    dataplane: Option<StatusDataplane>,
-}
-
-#[derive(Deserialize)]
-struct StatusIpam {
-    range: String,
-    #[serde(default)]
-    problem: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct StatusDataplane {
-    mtu: u32,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    #[serde(default)]
-    error: String,
-    #[serde(default)]
-    code: String,
+impl StdError for RouterError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            Self::Call(e) => e.source(),
+            Self::NotReady { .. } | Self::Unusable { .. } => None,
+        }
+    }
 }
 
 impl Client {
     /// A client of the router listening on `socket`.
     pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Self { socket: socket.into() }
+        Self {
+            api: weft_api::client::Client::new(socket),
+        }
     }
 
     /// The socket.
     pub fn socket(&self) -> &Path {
-        &self.socket
+        self.api.path()
     }
 
     /// The pod range and MTU; an error while the router cannot allocate
@@ -181,23 +135,19 @@ impl Client {
     /// # Errors
     /// As [`RouterError`].
     pub async fn network(&self) -> Result<Network, RouterError> {
-        let status: Status = self.call(Method::GET, "/v1/status", None).await?;
+        let status = self.api.status().await?;
         if let Some(problem) = status.ipam.problem {
-            return Err(RouterError::Refused {
-                code: "no_ring".into(),
-                message: format!("it cannot give out addresses yet: {problem}"),
-                status: StatusCode::SERVICE_UNAVAILABLE,
-            });
+            return Err(RouterError::NotReady { problem });
         }
         let range = status
             .ipam
             .range
             .parse()
-            .map_err(|_| self.protocol("the pod range does not parse"))?;
+            .map_err(|_| self.unusable(format!("its pod range {:?} is not an IPv4 CIDR", status.ipam.range)))?;
         let mtu = status
             .dataplane
-            .map(|d| d.mtu)
-            .ok_or_else(|| self.protocol("it runs no data plane"))?;
+            .map(|d| u32::from(d.mtu))
+            .ok_or_else(|| self.unusable("it runs no data plane".to_owned()))?;
         Ok(Network { range, mtu })
     }
 
@@ -205,7 +155,7 @@ impl Client {
     /// the same address again.
     ///
     /// # Errors
-    /// As [`RouterError`]; `Refused` with code `exhausted`, `in_use`,
+    /// As [`RouterError`]; a refusal with code `exhausted`, `in_use`,
     /// `out_of_range`… when the router cannot give what is asked.
     pub async fn allocate(&self, id: &str, iface: &str, want: Want) -> Result<Ipv4Net, RouterError> {
         let (ip, net) = match want {
@@ -213,12 +163,17 @@ impl Client {
             Want::Addr(ip) => (Some(ip.to_string()), None),
             Want::Within(net) => (None, Some(net.to_string())),
         };
-        let body = serde_json::to_vec(&AllocateBody { id, iface, ip, net }).expect("plain strings serialize");
-        let reply: Allocated = self.call(Method::POST, "/v1/ipam/allocate", Some(body)).await?;
+        let req = AllocateRequest {
+            id: id.to_owned(),
+            iface: Some(iface.to_owned()),
+            ip,
+            net,
+        };
+        let reply = self.api.allocate(&req).await?;
         reply
             .address
             .parse()
-            .map_err(|_| self.protocol(&format!("allocated address {:?} does not parse", reply.address)))
+            .map_err(|_| self.unusable(format!("the allocated address {:?} does not parse", reply.address)))
     }
 
     /// Gives the address of `id` on `iface` back (nothing if it has none).
@@ -226,8 +181,11 @@ impl Client {
     /// # Errors
     /// As [`RouterError`].
     pub async fn release(&self, id: &str, iface: &str) -> Result<(), RouterError> {
-        let body = serde_json::to_vec(&KeyBody { id, iface }).expect("plain strings serialize");
-        let _: serde_json::Value = self.call(Method::POST, "/v1/ipam/release", Some(body)).await?;
+        let req = ReleaseRequest {
+            iface: Some(iface.to_owned()),
+            ..ReleaseRequest::new(id)
+        };
+        self.api.release(&req).await?;
         Ok(())
     }
 
@@ -235,9 +193,8 @@ impl Client {
     ///
     /// # Errors
     /// As [`RouterError`].
-    pub async fn allocations(&self) -> Result<Vec<Allocation>, RouterError> {
-        let reply: Allocations = self.call(Method::GET, "/v1/ipam/allocations", None).await?;
-        Ok(reply.allocations)
+    pub async fn allocations(&self) -> Result<Vec<AllocationView>, RouterError> {
+        Ok(self.api.allocations().await?)
     }
 
     /// Whether a router answers `GET /v1/healthz`.
@@ -245,79 +202,22 @@ impl Client {
     /// # Errors
     /// As [`RouterError`].
     pub async fn health(&self) -> Result<(), RouterError> {
-        let _: serde_json::Value = self.call(Method::GET, "/v1/healthz", None).await?;
+        self.api.healthz().await?;
         Ok(())
     }
 
-    async fn call<T: DeserializeOwned>(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<T, RouterError> {
-        tokio::time::timeout(TIMEOUT, self.exchange(method, path, body))
-            .await
-            .map_err(|_| RouterError::Timeout)?
-    }
-
-    async fn exchange<T: DeserializeOwned>(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<T, RouterError> {
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| RouterError::NotRunning {
-                socket: self.socket.clone(),
-                source,
-            })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| self.protocol(&e.to_string()))?;
-        tokio::spawn(conn);
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, "weft")
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .expect("method, path and headers are valid by construction");
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| self.protocol(&e.to_string()))?;
-        let status = response.status();
-        let bytes = http_body_util::Limited::new(response.into_body(), MAX_REPLY)
-            .collect()
-            .await
-            .map_err(|e| self.protocol(&e.to_string()))?
-            .to_bytes();
-        if status.is_success() {
-            let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
-            return serde_json::from_slice(bytes).map_err(|e| self.protocol(&format!("{path}: {e}")));
-        }
-        let err: ErrorBody = serde_json::from_slice(&bytes).unwrap_or(ErrorBody {
-            error: String::from_utf8_lossy(&bytes).into_owned(),
-            code: String::new(),
-        });
-        Err(RouterError::Refused {
-            code: err.code,
-            message: err.error,
-            status,
-        })
-    }
-
-    fn protocol(&self, reason: &str) -> RouterError {
-        RouterError::Protocol {
-            socket: self.socket.clone(),
-            reason: reason.to_owned(),
+    fn unusable(&self, reason: String) -> RouterError {
+        RouterError::Unusable {
+            socket: self.socket().to_owned(),
+            reason,
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use weft_api::ErrorCode;
+
     use super::*;
 
     #[tokio::test]
@@ -353,13 +253,25 @@ mod tests {
             .await
             .unwrap_err();
         match &err {
-            RouterError::Refused { code, status, .. } => {
-                assert_eq!(code, "exhausted");
-                assert_eq!(*status, StatusCode::CONFLICT);
+            RouterError::Call(ClientError::Api { status, error }) => {
+                assert_eq!(error.code, ErrorCode::Exhausted);
+                assert_eq!(*status, 409);
             }
-            other => panic!("expected Refused, got {other:?}"),
+            other => panic!("expected a refusal, got {other:?}"),
         }
         assert!(!err.is_transient());
         assert_eq!(err.to_string(), "the weft router refused: no free address is left");
+    }
+
+    #[test]
+    fn not_ready_is_transient_and_says_why() {
+        let err = RouterError::NotReady {
+            problem: "2 of the 3 routers have met".into(),
+        };
+        assert!(err.is_transient());
+        assert_eq!(
+            err.to_string(),
+            "the weft router cannot give out addresses yet: 2 of the 3 routers have met"
+        );
     }
 }

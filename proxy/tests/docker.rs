@@ -34,7 +34,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipnet::Ipv4Net;
 use tempfile::TempDir;
-use weft_cni::api::{AllocationView, RouterClient};
+use weft_api::blocking::Client as RouterClient;
+use weft_api::types::AllocationView;
 use weft_tests::router::{Router, weft_binary, workdir};
 use weft_tests::runtime::{
     Daemon, SETTLE, launch_mesh, nsenter, output, remove_cgroup, rootfs_tar, run, static_busybox, unmount_under,

@@ -91,11 +91,20 @@ async fn daemon_handle(daemon: Arc<Daemon>, mut req: Request<Incoming>) -> Respo
 
 async fn router_handle(req: Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
-        "/v1/status" => Response::new(full(r#"{"ipam":{"range":"10.40.0.0/16"},"dataplane":{"mtu":1376}}"#)),
+        "/v1/status" => Response::new(full(STATUS)),
         "/v1/ipam/allocations" => Response::new(full(r#"{"allocations":[]}"#)),
         _ => Response::builder().status(404).body(full("{}")).unwrap(),
     }
 }
+
+/// A router's `GET /v1/status` (docs/api.md): pod range 10.40.0.0/16, MTU 1376.
+const STATUS: &str = r#"{
+    "name": "00:00:00:00:00:00:00:01", "nickname": "h1", "version": "0.1.0", "peers": [],
+    "ipam": {"range": "10.40.0.0/16", "owned": 65536, "free": 65534, "allocated": 0},
+    "connections_established": 0, "host_address": null,
+    "dataplane": {"port": 6784, "mtu": 1376, "queues": 1, "offload": false, "sessions": 0, "peers": 0,
+                  "tx_packets": 0, "rx_packets": 0, "drops": {}}
+}"#;
 
 /// Serves `handle` on a unix socket at `path`.
 fn serve<F, Fut>(path: &Path, handle: F)

@@ -736,7 +736,7 @@ pub const DEFAULT_KUBE_SECRET: &str = "weft-passwd";
 /// The environment variable that may set `--api-socket`.
 pub const API_SOCKET_ENV: &str = "WEFT_API_SOCKET";
 /// Default `--api-socket`: root-only by directory permissions.
-pub const DEFAULT_API_SOCKET: &str = "/run/weft/weft.sock";
+pub const DEFAULT_API_SOCKET: &str = weft_api::DEFAULT_SOCKET;
 /// Default `weft env --proxy-socket`: where `weft launch --proxy` and
 /// `weft-proxy` listen unless told otherwise. Kept here so that `weft env`
 /// works in a weft built without the proxy.

@@ -14,10 +14,11 @@
 //!   `host` (TUN, routes, firewall as the daemon runs them), `tun`,
 //!   `netlink`, `sysctl`, `firewall`, and `clock`, the only module allowed
 //!   to read the clock (enforced by `clippy.toml`).
-//! - [`api`] and [`metrics`]: the local API on a unix socket and Prometheus
-//!   metrics. [`config`], [`identity`], [`secret`] and [`store`]: command
-//!   line, keys and durable state. [`install_cni`]: `weft install-cni`.
-//!   [`docker_env`]: `weft env`.
+//! - [`api`] and [`metrics`]: the local API on a unix socket (its server;
+//!   the JSON types and the clients are the `weft-api` crate) and
+//!   Prometheus metrics. [`config`], [`identity`], [`secret`] and
+//!   [`store`]: command line, keys and durable state. [`install_cni`]:
+//!   `weft install-cni`. [`docker_env`]: `weft env`.
 //! - `api`, `metrics` and `io` need the cargo feature `daemon` (on by
 //!   default, and needed for the `weft` binary); without it the crate is the
 //!   sans-IO cores and what they use, without tokio, quinn, rustls, hyper,

@@ -127,7 +127,7 @@ mod kube_mode {
 
     use anyhow::Context;
     use tracing::info;
-    use weft_router::api;
+    use weft_api::client::Client;
     use weft_router::config::{IpallocInit, LaunchConfig};
     use weft_router::core::nodes;
     use weft_router::io::kube::{self, START_TIMEOUT};
@@ -172,7 +172,7 @@ mod kube_mode {
         let node = config.kube.as_ref().map(|k| k.node_name.clone()).unwrap_or_default();
         let mut discovery = nodes::Config::new(node);
         discovery.port = config.listen.port();
-        let router = api::Client::new(config.api_socket.clone());
+        let router = Client::new(config.api_socket.clone());
         tokio::spawn(kube::run_discovery(client, discovery, router, std::future::pending())).abort_handle()
     }
 }

@@ -20,12 +20,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use weft_router::api::types::{Health, PeerData, cidr};
-use weft_router::api::{
-    AllocateRequest, AllocateResponse, AllocationView, ApiError, Backend, BindError, Client, ClientError, ErrorCode,
-    IpamSummary, PeerState, PeerStatus, ReclaimState, ReclaimView, ReleaseRequest, ReleaseResponse, RingView, Status,
-    bind_socket, serve,
+use weft_api::ClientError;
+use weft_api::client::Client;
+use weft_api::types::{
+    AllocateRequest, AllocateResponse, AllocationView, ApiError, ErrorCode, Health, IpamSummary, PeerData, PeerState,
+    PeerStatus, ReclaimState, ReclaimView, ReleaseRequest, ReleaseResponse, RingView, Status, cidr,
 };
+use weft_router::api::convert;
+use weft_router::api::{Backend, BindError, bind_socket, serve};
 use weft_router::config::{Cli, PeerAddr, PeerRef};
 
 // ---- the fake router -------------------------------------------------------
@@ -130,7 +132,7 @@ impl Backend for Fake {
                     .ring()
                     .is_none()
                     .then(|| "waiting for the 3 routers of --init-peer-count to meet".to_owned()),
-                ..IpamSummary::from_replica(self.pool, &state.replica)
+                ..convert::ipam_summary(self.pool, &state.replica)
             },
             connections_established: 0,
             host_address: Some("10.32.0.14/28".to_owned()),
@@ -143,18 +145,18 @@ impl Backend for Fake {
     }
 
     async fn ring(&self) -> Result<RingView, ApiError> {
-        Ok(RingView::from_replica(self.pool, &self.lock().replica, Self::nickname))
+        Ok(convert::ring_view(self.pool, &self.lock().replica, Self::nickname))
     }
 
     async fn allocate(&self, key: AllocKey, request: Request) -> Result<AllocateResponse, ApiError> {
         let mut state = self.lock();
         match state.replica.allocate(key, request) {
-            Ok(a) => Ok(a.into()),
+            Ok(a) => Ok(convert::allocated(a)),
             Err(ipam_crdt::AllocError::NoRing) => Err(ApiError::new(
                 ErrorCode::NoRing,
                 "the address ring does not exist after 30 s: 1 of the 3 routers of --init-peer-count have met",
             )),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(convert::alloc_error(e)),
         }
     }
 
@@ -168,7 +170,7 @@ impl Backend for Fake {
         let prefix = self.pool.net().prefix_len();
         let state = self.lock();
         let mut list: Vec<AllocationView> = (state.replica.allocations())
-            .map(|(key, addr)| AllocationView::new(key, addr, prefix))
+            .map(|(key, addr)| convert::allocation_view(key, addr, prefix))
             .collect();
         list.sort_by(|a, b| (&a.id, &a.iface).cmp(&(&b.id, &b.iface)));
         Ok(list)
@@ -191,8 +193,12 @@ impl Backend for Fake {
         let PeerRef::Name(name) = name else {
             return Err(ApiError::not_found(format!("no router is called {name}")));
         };
-        let status = self.lock().replica.begin_reclaim(name)?;
-        Ok(ReclaimView::new(name, &status, Self::nickname))
+        let status = self
+            .lock()
+            .replica
+            .begin_reclaim(name)
+            .map_err(convert::reclaim_error)?;
+        Ok(convert::reclaim_view(name, &status, Self::nickname))
     }
 
     async fn reset(&self) -> Result<(), ApiError> {
@@ -265,7 +271,7 @@ const TEST_DEADLINE: Duration = Duration::from_secs(20);
 
 fn api_error(result: Result<impl std::fmt::Debug, ClientError>) -> ApiError {
     match result {
-        Err(ClientError::Api(e)) => e,
+        Err(ClientError::Api { error, .. }) => error,
         other => panic!("expected an API error, got {other:?}"),
     }
 }
@@ -319,13 +325,13 @@ async fn every_route_round_trips() {
         );
 
         let peer: PeerAddr = "192.0.2.7".parse().unwrap();
-        c.connect(&peer).await.unwrap();
+        c.connect(&peer.to_string()).await.unwrap();
         let peers = c.peers().await.unwrap();
         assert_eq!(peers.len(), 1);
         assert_eq!(peers[0].address.as_deref(), Some("192.0.2.7:6783"));
         assert_eq!(peers[0].state, PeerState::Dialing);
         assert_eq!(c.status().await.unwrap().peers, peers);
-        c.forget(&peer).await.unwrap();
+        c.forget(&peer.to_string()).await.unwrap();
         assert!(c.peers().await.unwrap().is_empty());
 
         let first = c.allocate(&AllocateRequest::any("c1")).await.unwrap();
@@ -388,7 +394,7 @@ async fn every_route_round_trips() {
         let ids: Vec<String> = c.allocations().await.unwrap().into_iter().map(|a| a.id).collect();
         assert_eq!(ids, ["c2", "c3"]);
 
-        let reclaim = c.rmpeer(&PeerRef::Name(other())).await.unwrap();
+        let reclaim = c.rmpeer(&PeerRef::Name(other()).to_string()).await.unwrap();
         assert_eq!(reclaim.name, other().to_string());
         assert_eq!(reclaim.state, ReclaimState::Done);
         assert_eq!(reclaim.heir, Some(me().to_string()));
@@ -448,12 +454,15 @@ async fn backend_errors_keep_code_and_message() {
         };
         assert_eq!(api_error(c.allocate(&outside).await).code, ErrorCode::OutOfRange);
 
-        let err = api_error(c.forget(&"192.0.2.9:7000".parse().unwrap()).await);
+        let err = api_error(
+            c.forget(&"192.0.2.9:7000".parse::<PeerAddr>().unwrap().to_string())
+                .await,
+        );
         assert_eq!(err, ApiError::not_found("192.0.2.9:7000 was never added"));
 
-        let err = api_error(c.rmpeer(&PeerRef::Name(PeerName::from_u64(7))).await);
+        let err = api_error(c.rmpeer(&PeerRef::Name(PeerName::from_u64(7)).to_string()).await);
         assert_eq!(err.code, ErrorCode::NotFound);
-        let err = api_error(c.rmpeer(&PeerRef::Name(me())).await);
+        let err = api_error(c.rmpeer(&PeerRef::Name(me()).to_string()).await);
         assert_eq!(err.code, ErrorCode::InvalidRequest);
 
         let (status, _) = raw(&h.path, &post("/v1/ipam/allocate", r#"{"id":"c2","ip":"10.32.0.1"}"#)).await;

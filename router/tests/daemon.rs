@@ -13,8 +13,9 @@ use clap::Parser;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use weft_router::api::types::{AllocateRequest, ReclaimState, RingView};
-use weft_router::api::{Client, ClientError, ErrorCode, PeerState, Status};
+use weft_api::ClientError;
+use weft_api::client::Client;
+use weft_api::types::{AllocateRequest, ErrorCode, PeerState, ReclaimState, RingView, Status};
 use weft_router::config::PeerRef;
 use weft_router::config::{Cli, Command, LaunchConfig};
 use weft_router::identity::Identity;
@@ -383,8 +384,8 @@ async fn rmpeer_refuses_a_connected_router_and_reclaims_a_dead_one() {
     let _ = allocate(&c, "doomed").await;
 
     let by_nick: PeerRef = "c".parse().unwrap();
-    match within(10, "rmpeer", a.api.rmpeer(&by_nick)).await {
-        Err(ClientError::Api(e)) => {
+    match within(10, "rmpeer", a.api.rmpeer(&by_nick.to_string())).await {
+        Err(ClientError::Api { error: e, .. }) => {
             assert_eq!(e.code, ErrorCode::Conflict);
             assert!(e.error.contains("connected"), "{}", e.error);
         }
@@ -398,7 +399,7 @@ async fn rmpeer_refuses_a_connected_router_and_reclaims_a_dead_one() {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tick.tick().await;
-            match a.api.rmpeer(&by_nick).await {
+            match a.api.rmpeer(&by_nick.to_string()).await {
                 Ok(view) => return view,
                 Err(e) => last = Some(e.to_string()),
             }

@@ -12,7 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use weft_cni::api::{AllocationView, RouterClient};
+use weft_api::blocking::Client as RouterClient;
+use weft_api::types::AllocationView;
 use weft_tests::router::Router;
 use weft_tests::runtime::{self, nsenter, output, run};
 use weft_tests::{Host, InNamespace as _, Testbed, missing_program};

@@ -8,10 +8,11 @@
 use std::io::{self, Write};
 
 use serde::Serialize;
+use weft_api::ClientError;
+use weft_api::client::Client;
+use weft_api::types::{AllocateRequest, Allocations, Peers, ReleaseRequest};
 
-use super::client::{Client, ClientError};
 use super::render;
-use super::types::{AllocateRequest, Allocations, Peers, ReleaseRequest};
 use crate::config::{Command, IpamArgs, IpamCommand, PeerArgs, RmpeerArgs, ShowArgs};
 
 /// Runs a client command against the router at the command's `--api-socket`.
@@ -40,10 +41,10 @@ pub async fn run(command: Command, out: &mut impl Write) -> Result<(), CliError>
                 print(out, &render::peers(&peers))
             }
         }
-        Command::Connect(PeerArgs { peer, .. }) => Ok(client.connect(&peer).await?),
-        Command::Forget(PeerArgs { peer, .. }) => Ok(client.forget(&peer).await?),
+        Command::Connect(PeerArgs { peer, .. }) => Ok(client.connect(&peer.to_string()).await?),
+        Command::Forget(PeerArgs { peer, .. }) => Ok(client.forget(&peer.to_string()).await?),
         Command::Rmpeer(RmpeerArgs { name, .. }) => {
-            let view = client.rmpeer(&name).await?;
+            let view = client.rmpeer(&name.to_string()).await?;
             print(out, &format!("{}\n", render::reclaim(&view)))
         }
         Command::Ipam(IpamArgs {

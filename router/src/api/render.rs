@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::types::{AllocationView, PeerStatus, ReclaimState, ReclaimView, RingView, Status};
+use weft_api::types::{AllocationView, PeerStatus, ReclaimState, ReclaimView, RingView, Status};
 
 /// `weft status`: key-value lines in the spirit of `weave status`, then the peers table.
 pub fn status(s: &Status) -> String {
@@ -271,7 +271,7 @@ fn table(headers: &[(&str, Align)], rows: Vec<Vec<String>>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::types::{DataState, IpamSummary, OwnerView, PeerData, PeerState, RangeView};
+    use weft_api::types::{DataState, IpamSummary, OwnerView, PeerData, PeerState, RangeView};
 
     fn sample_status() -> Status {
         Status {
@@ -450,12 +450,12 @@ waiting for votes from 00:00:00:00:00:00:00:02
     #[test]
     fn allocations_layout() {
         let list = vec![
-            AllocationView::new(
+            crate::api::convert::allocation_view(
                 &ipam_crdt::AllocKey::new("4f2c", "eth0").unwrap(),
                 "10.32.0.5".parse().unwrap(),
                 12,
             ),
-            AllocationView::new(
+            crate::api::convert::allocation_view(
                 &ipam_crdt::AllocKey::new("a1", "net1").unwrap(),
                 "10.32.0.17".parse().unwrap(),
                 12,

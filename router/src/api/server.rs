@@ -3,7 +3,8 @@
 //! The server parses every request body into typed values (an
 //! [`AllocKey`], a [`PeerAddr`], ...) before the backend sees it, bounds every
 //! request in size and time, and turns every failure into an [`ApiError`]
-//! reply through one function, [`http_status`].
+//! reply in one place, [`ErrorReply`], with the status the API gives its
+//! code ([`ErrorCode::http_status`]).
 
 use std::fs::{DirBuilder, Permissions};
 use std::future::Future;
@@ -24,11 +25,12 @@ use ipam_crdt::{AllocKey, Request};
 use serde::de::DeserializeOwned;
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
-
-use super::types::{
+use weft_api::types::{
     AllocateRequest, AllocateResponse, AllocationView, Allocations, ApiError, ErrorCode, Health, PeerRequest,
     PeerStatus, Peers, ReclaimView, ReleaseRequest, ReleaseResponse, RingView, RmpeerRequest, Status,
 };
+
+use super::convert;
 use crate::config::{PeerAddr, PeerRef};
 
 /// What the API asks of the router. The daemon implements it; tests use a fake.
@@ -220,33 +222,28 @@ pub enum BindError {
     },
 }
 
-/// The HTTP status of each [`ErrorCode`]: the one place errors become replies.
-pub fn http_status(code: &ErrorCode) -> StatusCode {
-    match code {
-        ErrorCode::InvalidRequest | ErrorCode::OutOfRange => StatusCode::BAD_REQUEST,
-        ErrorCode::NotFound => StatusCode::NOT_FOUND,
-        ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::InUse
-        | ErrorCode::AlreadyAllocated
-        | ErrorCode::Exhausted
-        | ErrorCode::Removed
-        | ErrorCode::Conflict => StatusCode::CONFLICT,
-        ErrorCode::NoRing | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
-        ErrorCode::Internal | ErrorCode::Other(_) => StatusCode::INTERNAL_SERVER_ERROR,
+/// An [`ApiError`] on its way out: the one place errors become replies,
+/// with the status of their code ([`ErrorCode::http_status`]).
+#[derive(Debug)]
+pub struct ErrorReply(pub ApiError);
+
+impl From<ApiError> for ErrorReply {
+    fn from(e: ApiError) -> Self {
+        Self(e)
     }
 }
 
-impl IntoResponse for ApiError {
+impl IntoResponse for ErrorReply {
     fn into_response(self) -> Response {
-        let status = http_status(&self.code);
-        if status.is_server_error() && self.code != ErrorCode::NoRing {
-            warn!(code = %self.code, error = %self.error, "API request failed");
+        let Self(e) = self;
+        // The table has only valid statuses; a 500 if that ever breaks.
+        let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() && e.code != ErrorCode::NoRing {
+            warn!(code = %e.code, error = %e.error, "API request failed");
         } else {
-            debug!(code = %self.code, error = %self.error, "API request refused");
+            debug!(code = %e.code, error = %e.error, "API request refused");
         }
-        (status, Json(self)).into_response()
+        (status, Json(e)).into_response()
     }
 }
 
@@ -257,27 +254,27 @@ async fn healthz() -> Json<Health> {
     })
 }
 
-async fn status<B: Backend>(State(b): State<Arc<B>>) -> Result<Json<Status>, ApiError> {
+async fn status<B: Backend>(State(b): State<Arc<B>>) -> Result<Json<Status>, ErrorReply> {
     deadline(b.status()).await.map(Json)
 }
 
-async fn peers<B: Backend>(State(b): State<Arc<B>>) -> Result<Json<Peers>, ApiError> {
+async fn peers<B: Backend>(State(b): State<Arc<B>>) -> Result<Json<Peers>, ErrorReply> {
     deadline(b.peers()).await.map(|peers| Json(Peers { peers }))
 }
 
-async fn ring<B: Backend>(State(b): State<Arc<B>>) -> Result<Json<RingView>, ApiError> {
+async fn ring<B: Backend>(State(b): State<Arc<B>>) -> Result<Json<RingView>, ErrorReply> {
     deadline(b.ring()).await.map(Json)
 }
 
 async fn allocate<B: Backend>(
     State(b): State<Arc<B>>,
     JsonBody(req): JsonBody<AllocateRequest>,
-) -> Result<Json<AllocateResponse>, ApiError> {
-    let (key, request) = req.parse()?;
+) -> Result<Json<AllocateResponse>, ErrorReply> {
+    let (key, request) = convert::parse_allocate(&req)?;
     deadline(b.allocate(key, request)).await.map(Json)
 }
 
-async fn allocations<B: Backend>(State(b): State<Arc<B>>) -> Result<Json<Allocations>, ApiError> {
+async fn allocations<B: Backend>(State(b): State<Arc<B>>) -> Result<Json<Allocations>, ErrorReply> {
     deadline(b.allocations())
         .await
         .map(|allocations| Json(Allocations { allocations }))
@@ -286,15 +283,15 @@ async fn allocations<B: Backend>(State(b): State<Arc<B>>) -> Result<Json<Allocat
 async fn release<B: Backend>(
     State(b): State<Arc<B>>,
     JsonBody(req): JsonBody<ReleaseRequest>,
-) -> Result<Json<ReleaseResponse>, ApiError> {
-    let key = req.parse()?;
+) -> Result<Json<ReleaseResponse>, ErrorReply> {
+    let key = convert::parse_release(&req)?;
     deadline(b.release(key)).await.map(Json)
 }
 
 async fn connect<B: Backend>(
     State(b): State<Arc<B>>,
     JsonBody(req): JsonBody<PeerRequest>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, ErrorReply> {
     let addr = parse_peer(&req)?;
     deadline(b.connect(addr)).await.map(|()| StatusCode::NO_CONTENT)
 }
@@ -302,7 +299,7 @@ async fn connect<B: Backend>(
 async fn forget<B: Backend>(
     State(b): State<Arc<B>>,
     JsonBody(req): JsonBody<PeerRequest>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, ErrorReply> {
     let addr = parse_peer(&req)?;
     deadline(b.forget(addr)).await.map(|()| StatusCode::NO_CONTENT)
 }
@@ -310,7 +307,7 @@ async fn forget<B: Backend>(
 async fn rmpeer<B: Backend>(
     State(b): State<Arc<B>>,
     JsonBody(req): JsonBody<RmpeerRequest>,
-) -> Result<Json<ReclaimView>, ApiError> {
+) -> Result<Json<ReclaimView>, ErrorReply> {
     let name: PeerRef = req
         .name
         .parse()
@@ -318,19 +315,22 @@ async fn rmpeer<B: Backend>(
     deadline(b.rmpeer(name)).await.map(Json)
 }
 
-async fn reset<B: Backend>(State(b): State<Arc<B>>) -> Result<StatusCode, ApiError> {
+async fn reset<B: Backend>(State(b): State<Arc<B>>) -> Result<StatusCode, ErrorReply> {
     deadline(b.reset()).await.map(|()| StatusCode::NO_CONTENT)
 }
 
-async fn no_route(method: Method, uri: Uri) -> ApiError {
-    ApiError::not_found(format!("no API route {method} {}; see docs/api.md", uri.path()))
+async fn no_route(method: Method, uri: Uri) -> ErrorReply {
+    ErrorReply(ApiError::not_found(format!(
+        "no API route {method} {}; see docs/api.md",
+        uri.path()
+    )))
 }
 
-async fn wrong_method(method: Method, uri: Uri) -> ApiError {
-    ApiError::new(
+async fn wrong_method(method: Method, uri: Uri) -> ErrorReply {
+    ErrorReply(ApiError::new(
         ErrorCode::MethodNotAllowed,
         format!("{} does not take {method}; see docs/api.md", uri.path()),
-    )
+    ))
 }
 
 fn parse_peer(req: &PeerRequest) -> Result<PeerAddr, ApiError> {
@@ -340,8 +340,8 @@ fn parse_peer(req: &PeerRequest) -> Result<PeerAddr, ApiError> {
 }
 
 /// Runs a backend call, giving up after [`BACKEND_DEADLINE`].
-async fn deadline<T>(call: impl Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
-    tokio::time::timeout(BACKEND_DEADLINE, call).await.unwrap_or_else(|_| {
+async fn deadline<T>(call: impl Future<Output = Result<T, ApiError>>) -> Result<T, ErrorReply> {
+    let answer = tokio::time::timeout(BACKEND_DEADLINE, call).await.unwrap_or_else(|_| {
         Err(ApiError::new(
             ErrorCode::Timeout,
             format!(
@@ -349,7 +349,8 @@ async fn deadline<T>(call: impl Future<Output = Result<T, ApiError>>) -> Result<
                 BACKEND_DEADLINE.as_secs()
             ),
         ))
-    })
+    });
+    answer.map_err(ErrorReply)
 }
 
 /// A JSON request body, at most [`MAX_BODY_BYTES`], parsed into `T`; every
@@ -357,9 +358,9 @@ async fn deadline<T>(call: impl Future<Output = Result<T, ApiError>>) -> Result<
 struct JsonBody<T>(T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
-    type Rejection = ApiError;
+    type Rejection = ErrorReply;
 
-    async fn from_request(req: HttpRequest, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: HttpRequest, state: &S) -> Result<Self, ErrorReply> {
         let body = Bytes::from_request(req, state)
             .await
             .map_err(|rejection| match rejection {
@@ -371,7 +372,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             })?;
         serde_json::from_slice(&body)
             .map(Self)
-            .map_err(|e| ApiError::invalid_request(format!("invalid JSON body: {e}")))
+            .map_err(|e| ApiError::invalid_request(format!("invalid JSON body: {e}")).into())
     }
 }
 
@@ -392,36 +393,7 @@ pub const SOCKET_MODE: u32 = 0o660;
 
 // The client must outlast the server's deadline to receive its reply.
 const _: () = assert!(RING_WAIT.as_secs() < BACKEND_DEADLINE.as_secs());
-const _: () = assert!(BACKEND_DEADLINE.as_secs() < super::client::REQUEST_TIMEOUT.as_secs());
+const _: () = assert!(BACKEND_DEADLINE.as_secs() < weft_api::client::REQUEST_TIMEOUT.as_secs());
 
 /// How long [`bind_socket`] waits for an existing socket to answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_code_has_one_status() {
-        let cases = [
-            (ErrorCode::InvalidRequest, 400),
-            (ErrorCode::OutOfRange, 400),
-            (ErrorCode::NotFound, 404),
-            (ErrorCode::MethodNotAllowed, 405),
-            (ErrorCode::TooLarge, 413),
-            (ErrorCode::InUse, 409),
-            (ErrorCode::AlreadyAllocated, 409),
-            (ErrorCode::Exhausted, 409),
-            (ErrorCode::Removed, 409),
-            (ErrorCode::Conflict, 409),
-            (ErrorCode::NoRing, 503),
-            (ErrorCode::Unavailable, 503),
-            (ErrorCode::Timeout, 504),
-            (ErrorCode::Internal, 500),
-            (ErrorCode::Other("x".into()), 500),
-        ];
-        for (code, status) in cases {
-            assert_eq!(http_status(&code).as_u16(), status, "{code}");
-        }
-    }
-}

@@ -253,9 +253,9 @@ impl Running {
     }
 
     /// What `weft status` shows.
-    pub fn status(&self) -> crate::api::types::DataplaneStatus {
+    pub fn status(&self) -> weft_api::types::DataplaneStatus {
         let snap = self.plane.snapshot();
-        crate::api::types::DataplaneStatus {
+        weft_api::types::DataplaneStatus {
             port: self.port,
             mtu: self.mtu,
             queues: self.queues,

@@ -34,9 +34,11 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, ResourceExt};
 use tracing::{debug, info, warn};
+use weft_api::ClientError;
+use weft_api::client::Client;
+use weft_api::types::{ErrorCode, PeerState};
 
 use super::clock::Clock;
-use crate::api::{self, ErrorCode, PeerState};
 use crate::config::{PeerAddr, PeerRef};
 use crate::core::Time;
 use crate::core::nodes::{self, Action, Discovery, Node, NodeAddress, PeerView, ReclaimOutcome};
@@ -45,7 +47,7 @@ use crate::secret::ClusterSecret;
 /// The key of the cluster secret in the Secret's `data`.
 pub const SECRET_KEY: &str = "weft-passwd";
 
-/// What discovery asks of the local router. [`api::Client`] implements it
+/// What discovery asks of the local router. [`Client`] implements it
 /// over the API socket; tests implement it with a recorder.
 pub trait PeerControl: Send + Sync {
     /// `weft connect ADDR`.
@@ -58,27 +60,27 @@ pub trait PeerControl: Send + Sync {
     fn peers(&self) -> impl Future<Output = Result<Vec<PeerView>, String>> + Send;
 }
 
-impl PeerControl for api::Client {
+impl PeerControl for Client {
     async fn connect(&self, addr: &PeerAddr) -> Result<(), String> {
-        Self::connect(self, addr).await.map_err(|e| e.to_string())
+        Self::connect(self, &addr.to_string()).await.map_err(|e| e.to_string())
     }
 
     async fn forget(&self, addr: &PeerAddr) -> Result<(), String> {
-        match Self::forget(self, addr).await {
+        match Self::forget(self, &addr.to_string()).await {
             Ok(()) => Ok(()),
-            Err(api::ClientError::Api(e)) if e.code == ErrorCode::NotFound => Ok(()),
+            Err(ClientError::Api { error: e, .. }) if e.code == ErrorCode::NotFound => Ok(()),
             Err(e) => Err(e.to_string()),
         }
     }
 
     async fn rmpeer(&self, peer: PeerName) -> ReclaimOutcome {
-        match Self::rmpeer(self, &PeerRef::Name(peer)).await {
+        match Self::rmpeer(self, &PeerRef::Name(peer).to_string()).await {
             Ok(view) => {
                 info!(%peer, state = ?view.state, heir = ?view.heir, "reclaim under way");
                 ReclaimOutcome::Started
             }
-            Err(api::ClientError::Api(e)) if e.code == ErrorCode::NotFound => ReclaimOutcome::Unknown,
-            Err(api::ClientError::Api(e)) if e.code == ErrorCode::Conflict => {
+            Err(ClientError::Api { error: e, .. }) if e.code == ErrorCode::NotFound => ReclaimOutcome::Unknown,
+            Err(ClientError::Api { error: e, .. }) if e.code == ErrorCode::Conflict => {
                 debug!(%peer, error = %e.error, "reclaim refused for now");
                 ReclaimOutcome::Refused
             }

@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use ipam_crdt::{AllocKey, Request};
 use tokio::sync::{mpsc, oneshot};
-
-use crate::api::types::{
-    AllocateResponse, AllocationView, ApiError, DataState, ErrorCode, IpamSummary, PeerData, PeerStatus, ReclaimView,
-    ReleaseResponse,
+use weft_api::types::{
+    self as api, AllocateResponse, AllocationView, ApiError, DataState, ErrorCode, IpamSummary, PeerData, PeerStatus,
+    ReclaimView, ReleaseResponse, RingView, Status,
 };
-use crate::api::{self, Backend, RingView, Status};
+
+use crate::api::Backend;
+use crate::api::convert;
 use crate::core::data::session::{self, Reach};
 use crate::core::ipam_agent::{AllocFailure, NoRing};
 use crate::core::mesh::{Failure, PeerState};
@@ -111,17 +112,17 @@ impl Waiting {
         let prefix = node.pool().net().prefix_len();
         match (self, reply) {
             (Self::Allocate { reply, since }, Reply::Allocate(result)) => {
-                let _ = reply.send(result.map(Into::into).map_err(alloc_failure));
+                let _ = reply.send(result.map(convert::allocated).map_err(alloc_failure));
                 return Some(now.since(since));
             }
             (Self::Release(reply), Reply::Release(freed)) => {
                 let _ = reply.send(ReleaseResponse {
-                    address: freed.map(|a| api::types::cidr(a, prefix)),
+                    address: freed.map(|a| api::cidr(a, prefix)),
                 });
             }
             (Self::Rmpeer(reply), Reply::Rmpeer(result)) => {
                 let view = result
-                    .map(|(dead, status)| ReclaimView::new(dead, &status, |p| nickname(node, p)))
+                    .map(|(dead, status)| convert::reclaim_view(dead, &status, |p| nickname(node, p)))
                     .map_err(rmpeer_error);
                 let _ = reply.send(view);
             }
@@ -137,7 +138,7 @@ impl Waiting {
 /// `weft status`: the core's view, with the data plane's.
 pub(super) fn status(node: &Node, data: Option<&host::Running>) -> Status {
     let peers = peer_list(node, data);
-    let mut ipam = IpamSummary::from_replica(node.pool(), node.replica());
+    let mut ipam = convert::ipam_summary(node.pool(), node.replica());
     if node.replica().lookup(&Node::host_key()).is_some() {
         // The host address is the router's own, not a pod's.
         ipam.allocated = ipam.allocated.saturating_sub(1);
@@ -206,7 +207,7 @@ pub(super) fn allocations(node: &Node) -> Vec<AllocationView> {
     let host = Node::host_key();
     let mut list: Vec<AllocationView> = (node.replica().allocations())
         .filter(|(key, _)| **key != host)
-        .map(|(key, addr)| AllocationView::new(key, addr, prefix))
+        .map(|(key, addr)| convert::allocation_view(key, addr, prefix))
         .collect();
     list.sort_by(|a, b| (&a.id, &a.iface).cmp(&(&b.id, &b.iface)));
     list
@@ -214,7 +215,7 @@ pub(super) fn allocations(node: &Node) -> Vec<AllocationView> {
 
 /// `weft ipam`: the ring.
 pub(super) fn ring(node: &Node) -> RingView {
-    RingView::from_replica(node.pool(), node.replica(), |p| nickname(node, p))
+    convert::ring_view(node.pool(), node.replica(), |p| nickname(node, p))
 }
 
 fn nickname(node: &Node, peer: ipam_crdt::PeerName) -> Option<String> {
@@ -262,7 +263,7 @@ pub(super) fn alloc_failure(e: AllocFailure) -> ApiError {
             ErrorCode::NoRing,
             format!("the address ring does not exist yet: {}", no_ring(&why)),
         ),
-        AllocFailure::Refused(e) => e.into(),
+        AllocFailure::Refused(e) => convert::alloc_error(e),
         AllocFailure::NoDonor(_) => ApiError::new(ErrorCode::Unavailable, e.to_string()),
     }
 }
@@ -270,7 +271,7 @@ pub(super) fn alloc_failure(e: AllocFailure) -> ApiError {
 fn rmpeer_error(e: RmpeerError) -> ApiError {
     match e {
         RmpeerError::Unknown(_) => ApiError::not_found(e.to_string()),
-        RmpeerError::Reclaim(e) => e.into(),
+        RmpeerError::Reclaim(e) => convert::reclaim_error(e),
         _ => ApiError::new(ErrorCode::Conflict, e.to_string()),
     }
 }
@@ -286,7 +287,7 @@ fn reset_error(e: ResetError) -> ApiError {
             ErrorCode::Timeout,
             format!("{e}; the router keeps its state and stays out of the ring; run `weft reset` again"),
         ),
-        ResetError::Reclaim(e) => e.into(),
+        ResetError::Reclaim(e) => convert::reclaim_error(e),
     }
 }
 

@@ -14,12 +14,12 @@ use ipam_crdt::PeerName;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{Instrument, debug, info, info_span, trace, warn};
+use weft_api::types::{ApiError, ErrorCode};
 
 use super::backend::{self, Command, Waiting, describe};
 use super::tasks::{Conn, Input, accept_loop, close_conn, read_loop, resolve, write_loop};
 use super::{DaemonError, IPAM_FILE};
-use crate::api::types::{ApiError, ErrorCode};
-use crate::api::{self};
+use crate::api::convert;
 use crate::config::{IpallocInit, LaunchConfig};
 use crate::core::endpoints::Policy;
 use crate::core::handshake::HandshakeCounts;
@@ -520,7 +520,7 @@ impl Driver {
         self.metrics.set_connections(ConnState::Established, established);
         self.metrics.set_connections(ConnState::Dialing, dialing);
         self.metrics.set_connections(ConnState::Retrying, retrying);
-        let ipam = api::types::IpamSummary::from_replica(self.node.pool(), self.node.replica());
+        let ipam = convert::ipam_summary(self.node.pool(), self.node.replica());
         self.metrics.set_ipam(ipam.owned, ipam.free, ipam.allocated);
 
         // The endpoint counts handshake failures; carry the new ones over.

@@ -51,14 +51,14 @@ use ipam_crdt::PeerName;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
+use weft_api::types::{ApiError, ErrorCode};
 
 use self::backend::ApiBackend;
 use self::driver::Driver;
 use super::clock::Clock;
 use super::control::{self, ControlEndpoint, ControlStats};
 use super::host;
-use crate::api::types::{ApiError, ErrorCode};
-use crate::api::{self};
+use crate::api;
 use crate::config::LaunchConfig;
 use crate::core::ipam_agent;
 use crate::identity::Identity;

@@ -1,7 +1,7 @@
 //! The JSON bodies of the local API: its wire contract.
 //!
 //! Field names are an interface (scripts, the CNI plugin and the tests read
-//! them); rename nothing. Peer names are [`PeerName`] display strings
+//! them); rename nothing. Peer names are display strings of eight hex bytes
 //! (`3f:2a:9c:1e:0b:7d:44:e1`), addresses are text, and optional values are
 //! `null` rather than absent. Replies tolerate fields they do not know, so an
 //! older `weft` can read a newer router; requests refuse unknown fields, so a
@@ -9,15 +9,14 @@
 //!
 //! Address counts are `u64`: an IPv4 pool has at most 2^32 addresses; counts
 //! above `u64::MAX` (IPv6 pools, not supported yet) are shown as `u64::MAX`.
+//!
+//! These are plain values: turning the router's state into them (and
+//! requests into allocation keys) is the router's business
+//! (`weft_router::api::convert`), so this module depends on serde alone.
 
 use std::fmt;
 use std::net::IpAddr;
 
-use ipam_crdt::{
-    AllocError, AllocKey, Allocation, DonateError, KeyError, PeerName, Pool, ReclaimError, ReclaimStatus, Replica,
-    Request,
-};
-use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// `GET /v1/status`: the local router at a glance.
@@ -203,23 +202,6 @@ pub struct IpamSummary {
     pub problem: Option<String>,
 }
 
-impl IpamSummary {
-    /// The summary of `replica`, whose ring (if any) divides `pool`.
-    pub fn from_replica(pool: Pool, replica: &Replica) -> Self {
-        let owned = replica
-            .ring()
-            .and_then(|ring| ring.owners().get(&replica.name()).map(|s| s.owned))
-            .unwrap_or(0);
-        Self {
-            range: pool.to_string(),
-            owned: saturate(owned),
-            free: saturate(replica.free()),
-            allocated: saturate(replica.allocated() as u128),
-            problem: None,
-        }
-    }
-}
-
 /// `GET /v1/ipam`: the whole address ring as this router sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RingView {
@@ -231,53 +213,6 @@ pub struct RingView {
     pub owners: Vec<OwnerView>,
     /// Reclaims of removed routers (`weft rmpeer`), in peer-name order.
     pub reclaims: Vec<ReclaimView>,
-}
-
-impl RingView {
-    /// The view of `replica`'s ring over `pool`; `nickname` names the peers it can.
-    pub fn from_replica(pool: Pool, replica: &Replica, nickname: impl Fn(PeerName) -> Option<String>) -> Self {
-        let Some(ring) = replica.ring() else {
-            return Self {
-                range: pool.to_string(),
-                ranges: Vec::new(),
-                owners: Vec::new(),
-                reclaims: Vec::new(),
-            };
-        };
-        let me = replica.name();
-        let ranges = ring
-            .ranges()
-            .map(|r| RangeView {
-                first: r.range.first.to_string(),
-                last: r.range.last.to_string(),
-                owner: r.owner.to_string(),
-                owner_nickname: nickname(r.owner),
-                free: saturate(r.free),
-            })
-            .collect();
-        let owners = ring
-            .owners()
-            .into_iter()
-            .map(|(name, stats)| OwnerView {
-                name: name.to_string(),
-                nickname: nickname(name),
-                owned: saturate(stats.owned),
-                free: saturate(stats.free),
-                allocated: (name == me).then(|| saturate(replica.allocated() as u128)),
-            })
-            .collect();
-        let reclaims = ring
-            .reclaims()
-            .iter()
-            .map(|(dead, status)| ReclaimView::new(*dead, status, &nickname))
-            .collect();
-        Self {
-            range: ring.pool().to_string(),
-            ranges,
-            owners,
-            reclaims,
-        }
-    }
 }
 
 /// One range of the ring.
@@ -325,28 +260,6 @@ pub struct ReclaimView {
     pub waiting_for: Vec<String>,
 }
 
-impl ReclaimView {
-    /// The view of the reclaim of `dead`.
-    pub fn new(dead: PeerName, status: &ReclaimStatus, nickname: impl Fn(PeerName) -> Option<String>) -> Self {
-        let (state, heir, waiting_for) = match status {
-            ReclaimStatus::Pending { candidate, waiting_for } => (
-                ReclaimState::Pending,
-                candidate.map(|c| c.to_string()),
-                waiting_for.iter().map(ToString::to_string).collect(),
-            ),
-            ReclaimStatus::Done { heir } => (ReclaimState::Done, Some(heir.to_string()), Vec::new()),
-            _ => (ReclaimState::Unknown, None, Vec::new()),
-        };
-        Self {
-            name: dead.to_string(),
-            nickname: nickname(dead),
-            state,
-            heir,
-            waiting_for,
-        }
-    }
-}
-
 /// How far a reclaim got (`ReclaimView::state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -388,30 +301,6 @@ impl AllocateRequest {
             net: None,
         }
     }
-
-    /// Parses the request into the allocation key and what is asked for.
-    ///
-    /// # Errors
-    /// [`ErrorCode::InvalidRequest`], saying which field is wrong.
-    pub fn parse(&self) -> Result<(AllocKey, Request), ApiError> {
-        let key = alloc_key(&self.id, self.iface.as_deref())?;
-        let request =
-            match (&self.ip, &self.net) {
-                (Some(_), Some(_)) => {
-                    return Err(ApiError::invalid_request("give either \"ip\" or \"net\", not both"));
-                }
-                (Some(ip), None) => Request::Addr(
-                    ip.trim()
-                        .parse::<IpAddr>()
-                        .map_err(|_| ApiError::invalid_request(format!("\"ip\": {ip:?} is not an IP address")))?,
-                ),
-                (None, Some(net)) => Request::Within(net.trim().parse::<IpNet>().map_err(|_| {
-                    ApiError::invalid_request(format!("\"net\": {net:?} is not a CIDR like 10.32.4.0/24"))
-                })?),
-                (None, None) => Request::Any,
-            };
-        Ok((key, request))
-    }
 }
 
 /// `POST /v1/ipam/allocate` reply.
@@ -421,15 +310,6 @@ pub struct AllocateResponse {
     pub address: String,
     /// True when the container already had this address (a repeated request).
     pub existing: bool,
-}
-
-impl From<Allocation> for AllocateResponse {
-    fn from(a: Allocation) -> Self {
-        Self {
-            address: cidr(a.addr, a.prefix_len),
-            existing: a.existing,
-        }
-    }
 }
 
 /// `GET /v1/ipam/allocations`: the addresses this router gave to containers.
@@ -451,17 +331,6 @@ pub struct AllocationView {
     pub address: String,
 }
 
-impl AllocationView {
-    /// The view of `key`'s allocation of `addr` in a pool of `prefix_len`.
-    pub fn new(key: &AllocKey, addr: IpAddr, prefix_len: u8) -> Self {
-        Self {
-            id: key.container().to_owned(),
-            iface: key.iface().to_owned(),
-            address: cidr(addr, prefix_len),
-        }
-    }
-}
-
 /// `POST /v1/ipam/release`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -481,14 +350,6 @@ impl ReleaseRequest {
             iface: None,
         }
     }
-
-    /// The allocation key to release.
-    ///
-    /// # Errors
-    /// [`ErrorCode::InvalidRequest`], saying which field is wrong.
-    pub fn parse(&self) -> Result<AllocKey, ApiError> {
-        alloc_key(&self.id, self.iface.as_deref())
-    }
 }
 
 /// `POST /v1/ipam/release` reply. Releasing is idempotent.
@@ -502,7 +363,7 @@ pub struct ReleaseResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerRequest {
-    /// The peer's address, `host[:port]` (see [`PeerAddr`](crate::config::PeerAddr)).
+    /// The peer's address, `host[:port]` (`node-2`, `192.0.2.2:6783`, `[2001:db8::2]:6783`).
     pub peer: String,
 }
 
@@ -510,7 +371,7 @@ pub struct PeerRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RmpeerRequest {
-    /// The dead router's peer name or nickname (see [`PeerRef`](crate::config::PeerRef)).
+    /// The dead router's peer name or nickname (`3f:2a:9c:1e:0b:7d:44:e1`, `node-3`).
     pub name: String,
 }
 
@@ -561,64 +422,11 @@ impl ApiError {
     }
 }
 
-impl From<KeyError> for ApiError {
-    fn from(e: KeyError) -> Self {
-        Self::invalid_request(e.to_string())
-    }
-}
-
-impl From<AllocError> for ApiError {
-    fn from(e: AllocError) -> Self {
-        let code = match &e {
-            AllocError::NoRing => ErrorCode::NoRing,
-            AllocError::Removed => ErrorCode::Removed,
-            AllocError::OutsidePool { .. } | AllocError::Reserved { .. } => ErrorCode::OutOfRange,
-            AllocError::InUse { .. } => ErrorCode::InUse,
-            AllocError::KeyBound { .. } => ErrorCode::AlreadyAllocated,
-            AllocError::Exhausted => ErrorCode::Exhausted,
-            // The backend asks the peer itself; reaching the API means it could not.
-            AllocError::AskPeer { .. } => ErrorCode::Unavailable,
-            _ => ErrorCode::Internal,
-        };
-        Self::new(code, e.to_string())
-    }
-}
-
-impl From<DonateError> for ApiError {
-    /// A peer's refusal to give space this router asked for on a client's behalf.
-    fn from(e: DonateError) -> Self {
-        let code = match &e {
-            DonateError::NoRing => ErrorCode::NoRing,
-            DonateError::RecipientRemoved(_) => ErrorCode::Removed,
-            DonateError::NothingFree | DonateError::NothingFreeIn(_) => ErrorCode::Exhausted,
-            DonateError::OutsidePool(_) | DonateError::Reserved(_) => ErrorCode::OutOfRange,
-            DonateError::InUse { .. } => ErrorCode::InUse,
-            DonateError::Removed | DonateError::NotOwner { .. } => ErrorCode::Conflict,
-            _ => ErrorCode::Internal,
-        };
-        Self::new(code, e.to_string())
-    }
-}
-
-impl From<ReclaimError> for ApiError {
-    fn from(e: ReclaimError) -> Self {
-        let code = match &e {
-            ReclaimError::NoRing => ErrorCode::NoRing,
-            ReclaimError::IsSelf => ErrorCode::InvalidRequest,
-            ReclaimError::Removed => ErrorCode::Removed,
-            ReclaimError::UnknownPeer(_) => ErrorCode::NotFound,
-            ReclaimError::NoVoters | ReclaimError::NotAMember => ErrorCode::Conflict,
-            _ => ErrorCode::Internal,
-        };
-        Self::new(code, e.to_string())
-    }
-}
-
 /// The machine-readable kind of an [`ApiError`] (`"no_ring"`, ...).
 ///
-/// Each code has one HTTP status; the table is in `docs/api.md` and in
-/// [`server::http_status`](super::server::http_status), the one place that
-/// applies it.
+/// Each code has one HTTP status, [`ErrorCode::http_status`] (the table in
+/// `docs/api.md`), and one answer to "may a client retry?",
+/// [`ErrorCode::is_transient`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorCode {
@@ -676,6 +484,40 @@ impl ErrorCode {
         }
     }
 
+    /// The HTTP status of a reply with this code: the one table the server
+    /// applies. A code this crate does not know is a 500 (internal).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Self::InvalidRequest | Self::OutOfRange => 400,
+            Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
+            Self::TooLarge => 413,
+            Self::InUse | Self::AlreadyAllocated | Self::Exhausted | Self::Removed | Self::Conflict => 409,
+            Self::NoRing | Self::Unavailable => 503,
+            Self::Timeout => 504,
+            Self::Internal | Self::Other(_) => 500,
+        }
+    }
+
+    /// Whether a client may retry a request that failed with this code in a
+    /// reply of HTTP `status`: the API's one retry rule.
+    ///
+    /// Only a router that is not ready yet or is too busy is worth asking
+    /// again: `no_ring`, `unavailable` and `timeout` (the 503 and 504
+    /// codes). Every other known code is the request's fault or the mesh's
+    /// state, and asking again gets the same answer; that includes
+    /// `internal`, since a bug does not go away by asking again. A code
+    /// this crate does not know (from a newer router) is judged by `status`
+    /// alone: 503 and 504 are transient, anything else is not. A known
+    /// code ignores `status`.
+    pub fn is_transient(&self, status: u16) -> bool {
+        match self {
+            Self::NoRing | Self::Unavailable | Self::Timeout => true,
+            Self::Other(_) => is_transient_status(status),
+            _ => false,
+        }
+    }
+
     /// The code with this wire form; unknown forms become [`ErrorCode::Other`].
     pub fn from_wire(s: &str) -> Self {
         match s {
@@ -717,17 +559,15 @@ impl<'de> Deserialize<'de> for ErrorCode {
     }
 }
 
+/// Whether a reply's HTTP status says "try again later": 503 (not ready,
+/// unavailable) or 504 (timeout). The statuses of the transient codes.
+fn is_transient_status(status: u16) -> bool {
+    matches!(status, 503 | 504)
+}
+
 /// `addr/prefix_len`, the form CNI and `weft ipam allocate` print.
 pub fn cidr(addr: IpAddr, prefix_len: u8) -> String {
     format!("{addr}/{prefix_len}")
-}
-
-fn alloc_key(id: &str, iface: Option<&str>) -> Result<AllocKey, ApiError> {
-    AllocKey::new(id, iface.unwrap_or(DEFAULT_IFACE)).map_err(ApiError::from)
-}
-
-fn saturate(v: u128) -> u64 {
-    u64::try_from(v).unwrap_or(u64::MAX)
 }
 
 /// The interface an allocation is for when a request names none, as in Weave.
@@ -738,18 +578,28 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn p(n: u64) -> PeerName {
-        PeerName::from_u64(n)
-    }
-
-    fn pool(s: &str) -> Pool {
-        Pool::new(s.parse().unwrap()).unwrap()
-    }
+    /// Every code this crate knows, with its status and whether it is transient.
+    const CODES: [(ErrorCode, u16, bool); 14] = [
+        (ErrorCode::InvalidRequest, 400, false),
+        (ErrorCode::OutOfRange, 400, false),
+        (ErrorCode::NotFound, 404, false),
+        (ErrorCode::MethodNotAllowed, 405, false),
+        (ErrorCode::TooLarge, 413, false),
+        (ErrorCode::InUse, 409, false),
+        (ErrorCode::AlreadyAllocated, 409, false),
+        (ErrorCode::Exhausted, 409, false),
+        (ErrorCode::Removed, 409, false),
+        (ErrorCode::Conflict, 409, false),
+        (ErrorCode::NoRing, 503, true),
+        (ErrorCode::Unavailable, 503, true),
+        (ErrorCode::Timeout, 504, true),
+        (ErrorCode::Internal, 500, false),
+    ];
 
     #[test]
     fn status_field_names() {
         let status = Status {
-            name: p(1).to_string(),
+            name: "00:00:00:00:00:00:00:01".into(),
             nickname: "node-1".into(),
             version: "0.1.0".into(),
             peers: vec![PeerStatus {
@@ -851,116 +701,97 @@ mod tests {
     }
 
     #[test]
-    fn allocate_request_parse() {
-        let (key, req) = AllocateRequest::any("abc").parse().unwrap();
-        assert_eq!((key.container(), key.iface()), ("abc", DEFAULT_IFACE));
-        assert_eq!(req, Request::Any);
-
-        let r: AllocateRequest =
-            serde_json::from_value(json!({"id": "abc", "iface": "eth1", "ip": "10.32.0.5"})).unwrap();
-        let (key, req) = r.parse().unwrap();
-        assert_eq!(key.iface(), "eth1");
-        assert_eq!(req, Request::Addr("10.32.0.5".parse().unwrap()));
-
-        let r: AllocateRequest = serde_json::from_value(json!({"id": "abc", "net": "10.32.4.0/24"})).unwrap();
-        assert_eq!(r.parse().unwrap().1, Request::Within("10.32.4.0/24".parse().unwrap()));
-
-        let bad = |v: serde_json::Value| {
-            serde_json::from_value::<AllocateRequest>(v)
-                .unwrap()
-                .parse()
-                .unwrap_err()
-        };
-        assert_eq!(bad(json!({"id": ""})).code, ErrorCode::InvalidRequest);
-        assert_eq!(
-            bad(json!({"id": "a", "ip": "nope"})).error,
-            "\"ip\": \"nope\" is not an IP address"
-        );
-        assert_eq!(
-            bad(json!({"id": "a", "net": "10.0.0.0"})).code,
-            ErrorCode::InvalidRequest
-        );
-        assert_eq!(
-            bad(json!({"id": "a", "ip": "10.32.0.1", "net": "10.32.0.0/24"})).code,
-            ErrorCode::InvalidRequest
-        );
-        assert!(serde_json::from_value::<AllocateRequest>(json!({"id": "a", "ipaddr": "x"})).is_err());
+    fn every_code_has_one_status() {
+        for (code, status, _) in CODES {
+            assert_eq!(code.http_status(), status, "{code}");
+        }
+        assert_eq!(ErrorCode::Other("quota".into()).http_status(), 500);
     }
 
     #[test]
-    fn views_from_replica() {
-        let pool = pool("10.32.0.0/28");
-        let mut replica = Replica::create(p(1), pool, &[p(1), p(2)]).unwrap();
-        let key = AllocKey::new("c1", DEFAULT_IFACE).unwrap();
-        let alloc = replica.allocate(key, Request::Any).unwrap();
-        assert_eq!(AllocateResponse::from(alloc).address, "10.32.0.1/28");
+    fn only_not_ready_busy_and_slow_are_retried() {
+        for (code, status, transient) in CODES {
+            assert_eq!(code.is_transient(status), transient, "{code}");
+            // A known code decides by itself, whatever status came with it.
+            assert_eq!(code.is_transient(503), transient, "{code} at 503");
+            assert_eq!(code.is_transient(500), transient, "{code} at 500");
+        }
+        let unknown = ErrorCode::from_wire("quota");
+        assert!(!unknown.is_transient(500), "an unknown code at 500 is a failure");
+        assert!(unknown.is_transient(503), "an unknown code at 503 is worth retrying");
+        assert!(unknown.is_transient(504));
+        assert!(!unknown.is_transient(409));
+        assert!(!unknown.is_transient(400));
+    }
 
-        let summary = IpamSummary::from_replica(pool, &replica);
+    #[test]
+    fn requests_round_trip_and_refuse_unknown_fields() {
+        let req = AllocateRequest {
+            iface: Some("eth1".into()),
+            net: Some("10.32.4.0/24".into()),
+            ..AllocateRequest::any("abc")
+        };
+        let wire = json!({"id": "abc", "iface": "eth1", "ip": null, "net": "10.32.4.0/24"});
+        assert_eq!(serde_json::to_value(&req).unwrap(), wire);
+        assert_eq!(serde_json::from_value::<AllocateRequest>(wire).unwrap(), req);
+        let bare: AllocateRequest = serde_json::from_value(json!({"id": "abc"})).unwrap();
+        assert_eq!(bare, AllocateRequest::any("abc"));
+        assert!(serde_json::from_value::<AllocateRequest>(json!({"id": "a", "ipaddr": "x"})).is_err());
+
+        let release = ReleaseRequest::new("abc");
         assert_eq!(
-            summary,
-            IpamSummary {
-                range: "10.32.0.0/28".into(),
+            serde_json::to_value(&release).unwrap(),
+            json!({"id": "abc", "iface": null})
+        );
+        assert!(serde_json::from_value::<ReleaseRequest>(json!({"id": "a", "if": "x"})).is_err());
+        assert!(serde_json::from_value::<PeerRequest>(json!({"peer": "a", "port": 1})).is_err());
+        assert!(serde_json::from_value::<RmpeerRequest>(json!({"name": "a", "force": true})).is_err());
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        let ring = RingView {
+            range: "10.32.0.0/28".into(),
+            ranges: vec![RangeView {
+                first: "10.32.0.0".into(),
+                last: "10.32.0.7".into(),
+                owner: "00:00:00:00:00:00:00:01".into(),
+                owner_nickname: None,
+                free: 6,
+            }],
+            owners: vec![OwnerView {
+                name: "00:00:00:00:00:00:00:01".into(),
+                nickname: Some("node-1".into()),
                 owned: 8,
                 free: 6,
-                allocated: 1,
-                problem: None,
-            }
-        );
-
-        let nick = |n: PeerName| (n == p(1)).then(|| "node-1".to_owned());
-        let view = RingView::from_replica(pool, &replica, nick);
-        assert_eq!(view.range, "10.32.0.0/28");
-        assert_eq!(view.ranges.len(), 2);
-        assert_eq!(view.ranges[0].first, "10.32.0.0");
-        assert_eq!(view.ranges[0].last, "10.32.0.7");
-        assert_eq!(view.ranges[0].owner_nickname.as_deref(), Some("node-1"));
-        assert_eq!(view.owners[0].allocated, Some(1));
-        assert_eq!(view.owners[1].allocated, None);
-        assert_eq!(view.owners[1].nickname, None);
-        assert!(view.reclaims.is_empty());
-
-        let empty = Replica::new(p(3));
-        assert_eq!(IpamSummary::from_replica(pool, &empty).owned, 0);
-        assert!(RingView::from_replica(pool, &empty, |_| None).ranges.is_empty());
-    }
-
-    #[test]
-    fn reclaim_view() {
-        let done = ReclaimView::new(p(2), &ReclaimStatus::Done { heir: p(1) }, |_| None);
-        assert_eq!(
-            serde_json::to_value(&done).unwrap(),
-            json!({"name": p(2).to_string(), "nickname": null, "state": "done",
-                   "heir": p(1).to_string(), "waiting_for": []})
-        );
-        let pending = ReclaimView::new(
-            p(2),
-            &ReclaimStatus::Pending {
-                candidate: None,
-                waiting_for: vec![p(3)],
-            },
-            |_| Some("n".into()),
-        );
-        assert_eq!(pending.state, ReclaimState::Pending);
-        assert_eq!(pending.waiting_for, vec![p(3).to_string()]);
-    }
-
-    #[test]
-    fn alloc_errors_map_to_codes() {
-        assert_eq!(ApiError::from(AllocError::NoRing).code, ErrorCode::NoRing);
-        assert_eq!(ApiError::from(AllocError::Exhausted).code, ErrorCode::Exhausted);
-        let in_use = AllocError::InUse {
-            addr: "10.32.0.1".parse().unwrap(),
-            by: Box::new(AllocKey::new("c", "ethwe").unwrap()),
+                allocated: Some(1),
+            }],
+            reclaims: vec![ReclaimView {
+                name: "00:00:00:00:00:00:00:02".into(),
+                nickname: None,
+                state: ReclaimState::Pending,
+                heir: None,
+                waiting_for: vec!["00:00:00:00:00:00:00:03".into()],
+            }],
         };
-        let e = ApiError::from(in_use);
+        let wire = serde_json::to_value(&ring).unwrap();
+        assert_eq!(wire["reclaims"][0]["state"], "pending");
+        assert_eq!(wire["ranges"][0]["owner_nickname"], serde_json::Value::Null);
+        assert_eq!(serde_json::from_value::<RingView>(wire).unwrap(), ring);
+
+        let allocated = AllocateResponse {
+            address: cidr("10.32.0.1".parse().unwrap(), 12),
+            existing: false,
+        };
         assert_eq!(
-            (e.code, e.error.as_str()),
-            (ErrorCode::InUse, "10.32.0.1 is in use by c/ethwe")
+            serde_json::to_value(&allocated).unwrap(),
+            json!({"address": "10.32.0.1/12", "existing": false})
         );
-        assert_eq!(
-            ApiError::from(ReclaimError::UnknownPeer(p(9))).code,
-            ErrorCode::NotFound
-        );
-        assert_eq!(ApiError::from(DonateError::NothingFree).code, ErrorCode::Exhausted);
+        // A newer router's extra fields are ignored.
+        let list: Allocations = serde_json::from_value(json!({
+            "allocations": [{"id": "c", "iface": "ethwe", "address": "10.32.0.5/12", "since": 1}]
+        }))
+        .unwrap();
+        assert_eq!(list.allocations[0].address, "10.32.0.5/12");
     }
 }
