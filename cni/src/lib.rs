@@ -9,6 +9,11 @@
 //! current-thread runtime ([`link`]), and serde for the spec's JSON
 //! ([`config`], [`result`], [`error`]).
 //!
+//! The feature `plugin` (on by default) holds the plugins and what only they
+//! need: [`link`] and [`plugin`], the binaries, `weft-podlink` (tokio,
+//! rtnetlink, nix) and the blocking client. Without it the crate is the
+//! spec's JSON and the API mapping alone, which the fuzz crate decodes.
+//!
 //! # Decisions
 //!
 //! - **Allocation ids** are `cni:<network name>:<CNI_CONTAINERID>` with
@@ -53,7 +58,9 @@
 pub mod api;
 pub mod config;
 pub mod error;
+#[cfg(feature = "plugin")]
 pub mod link;
 pub mod log;
+#[cfg(feature = "plugin")]
 pub mod plugin;
 pub mod result;
