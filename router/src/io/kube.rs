@@ -35,7 +35,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, ResourceExt};
 use tracing::{debug, info, warn};
 use weft_api::ClientError;
-use weft_api::client::Client;
+use weft_api::client::Client as RouterClient;
 use weft_api::types::{ErrorCode, PeerState};
 
 use super::clock::Clock;
@@ -47,7 +47,7 @@ use crate::secret::ClusterSecret;
 /// The key of the cluster secret in the Secret's `data`.
 pub const SECRET_KEY: &str = "weft-passwd";
 
-/// What discovery asks of the local router. [`Client`] implements it
+/// What discovery asks of the local router. [`RouterClient`] implements it
 /// over the API socket; tests implement it with a recorder.
 pub trait PeerControl: Send + Sync {
     /// `weft connect ADDR`.
@@ -60,7 +60,7 @@ pub trait PeerControl: Send + Sync {
     fn peers(&self) -> impl Future<Output = Result<Vec<PeerView>, String>> + Send;
 }
 
-impl PeerControl for Client {
+impl PeerControl for RouterClient {
     async fn connect(&self, addr: &PeerAddr) -> Result<(), String> {
         Self::connect(self, &addr.to_string()).await.map_err(|e| e.to_string())
     }
