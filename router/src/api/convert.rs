@@ -18,6 +18,8 @@ use weft_api::types::{
     RangeView, ReclaimState, ReclaimView, ReleaseRequest, RingView, cidr,
 };
 
+use crate::core::node;
+
 /// The summary of `replica`, whose ring (if any) divides `pool`.
 pub fn ipam_summary(pool: Pool, replica: &Replica) -> IpamSummary {
     let owned = replica
@@ -200,8 +202,19 @@ pub fn reclaim_error(e: ReclaimError) -> ApiError {
     ApiError::new(code, e.to_string())
 }
 
+/// The key of an allocate or release call: a valid key, and not one of the
+/// router's own ([`node::is_reserved`]), so no client can take or free the
+/// host's address on the pod network.
 fn alloc_key(id: &str, iface: Option<&str>) -> Result<AllocKey, ApiError> {
-    AllocKey::new(id, iface.unwrap_or(DEFAULT_IFACE)).map_err(key_error)
+    let key = AllocKey::new(id, iface.unwrap_or(DEFAULT_IFACE)).map_err(key_error)?;
+    if node::is_reserved(&key) {
+        return Err(ApiError::invalid_request(format!(
+            "container id {id:?}: the prefix {:?} is reserved for the router's own addresses (the host's \
+             address on the pod network); use another id",
+            node::RESERVED_PREFIX
+        )));
+    }
+    Ok(key)
 }
 
 fn saturate(v: u128) -> u64 {
@@ -267,6 +280,43 @@ mod tests {
             ..ReleaseRequest::new("abc")
         };
         assert_eq!(parse_release(&bad).unwrap_err().code, ErrorCode::InvalidRequest);
+    }
+
+    #[test]
+    fn the_routers_own_keys_are_refused() {
+        let host = node::Node::host_key();
+        assert!(node::is_reserved(&host), "the host key is reserved");
+        let release = ReleaseRequest {
+            iface: Some(host.iface().to_owned()),
+            ..ReleaseRequest::new(host.container())
+        };
+        let e = parse_release(&release).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        assert!(
+            e.error.contains("reserved for the router's own addresses"),
+            "{}",
+            e.error
+        );
+        for id in ["weft:host", "weft:anything"] {
+            assert_eq!(
+                parse_allocate(&AllocateRequest::any(id)).unwrap_err().code,
+                ErrorCode::InvalidRequest,
+                "{id}"
+            );
+            let claim: AllocateRequest = serde_json::from_value(json!({"id": id, "ip": "10.32.0.5"})).unwrap();
+            assert_eq!(
+                parse_allocate(&claim).unwrap_err().code,
+                ErrorCode::InvalidRequest,
+                "{id}"
+            );
+            assert_eq!(
+                parse_release(&ReleaseRequest::new(id)).unwrap_err().code,
+                ErrorCode::InvalidRequest
+            );
+        }
+        // Only the prefix is reserved: the CNI plugin's ids look like "cni:weft:...".
+        assert!(parse_allocate(&AllocateRequest::any("cni:weft:abc")).is_ok());
+        assert!(parse_allocate(&AllocateRequest::any("weft")).is_ok());
     }
 
     #[test]

@@ -1018,6 +1018,12 @@ impl Node {
     }
 }
 
+/// Whether `key` is one of the router's own allocations
+/// ([`RESERVED_PREFIX`]), which only the router itself allocates and releases.
+pub fn is_reserved(key: &AllocKey) -> bool {
+    key.container().starts_with(RESERVED_PREFIX)
+}
+
 /// The forwarding ranges and the desired kernel state for router `me`.
 fn routes(me: PeerName, pod_range: Ipv4Net, ring: &Ring, host: Option<Ipv4Addr>) -> Routes {
     let mut ranges = Vec::new();
@@ -1135,6 +1141,11 @@ impl Outbox {
         }
     }
 }
+
+/// Container ids that start with this are the router's own (the host
+/// address, [`Node::host_key`]): the API may neither allocate nor release
+/// them ([`is_reserved`]).
+pub const RESERVED_PREFIX: &str = "weft:";
 
 /// The container id the host address is allocated under.
 const HOST_CONTAINER: &str = "weft:host";
