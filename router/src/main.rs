@@ -91,7 +91,7 @@ async fn launch_async(#[allow(unused_mut)] mut config: LaunchConfig) -> anyhow::
         data_dir = %config.data_dir.display(),
         "identity ready"
     );
-    let daemon = Daemon::bind(config.clone(), identity, &secret).await?;
+    let daemon = Daemon::bind(config.clone(), identity, created, &secret).await?;
     drop(secret);
     #[cfg(feature = "proxy")]
     let proxy = proxy::start(config.proxy.clone()).await?;

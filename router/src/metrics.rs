@@ -53,6 +53,7 @@ pub struct Metrics {
     ipam_addresses: Family<KindLabel, Gauge<u64, AtomicU64>>,
     allocation_duration: Histogram,
     malformed_ipam: Counter,
+    ipam_writes: Family<ResultLabel, Counter>,
 }
 
 impl Metrics {
@@ -107,6 +108,15 @@ impl Metrics {
             "IPAM messages from other routers that could not be decoded and were dropped",
             malformed_ipam.clone(),
         );
+        let ipam_writes = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "ipam_state_writes",
+            "Writes of the IPAM state to the data directory (each one fsync), by result",
+            ipam_writes.clone(),
+        );
+        for result in [WriteResult::Ok, WriteResult::Failed] {
+            ipam_writes.get_or_create(&ResultLabel { result }).inc_by(0);
+        }
         // Every label value exists from the start, so dashboards see zeros, not gaps.
         for state in [ConnState::Established, ConnState::Dialing, ConnState::Retrying] {
             connections.get_or_create(&StateLabel { state }).set(0);
@@ -127,7 +137,14 @@ impl Metrics {
             ipam_addresses,
             allocation_duration,
             malformed_ipam,
+            ipam_writes,
         }
+    }
+
+    /// Counts one write of the IPAM state, done or failed.
+    pub fn ipam_write(&self, ok: bool) {
+        let result = if ok { WriteResult::Ok } else { WriteResult::Failed };
+        self.ipam_writes.get_or_create(&ResultLabel { result }).inc();
     }
 
     /// Counts one IPAM message dropped as malformed.
@@ -388,6 +405,22 @@ impl AddressKind {
     }
 }
 
+/// How a write of the IPAM state ended (`weft_ipam_state_writes_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum WriteResult {
+    Ok,
+    Failed,
+}
+
+impl WriteResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 /// Implements [`EncodeLabelValue`] by the type's `as_str`.
 macro_rules! label_value {
     ($($t:ty),*) => {$(
@@ -399,7 +432,7 @@ macro_rules! label_value {
     )*};
 }
 
-label_value!(ConnState, HandshakeFailure, Direction, AddressKind);
+label_value!(ConnState, HandshakeFailure, Direction, AddressKind, WriteResult);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct StateLabel {
@@ -419,6 +452,11 @@ struct DirectionLabel {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct KindLabel {
     kind: AddressKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabel {
+    result: WriteResult,
 }
 
 /// The OpenMetrics text format's content type.
@@ -509,5 +547,23 @@ mod tests {
         assert!(text.contains("weft_ipam_addresses{kind=\"free\"} 0"), "{text}");
         assert!(text.contains("weft_gossip_bytes_total{direction=\"in\"} 0"), "{text}");
         assert!(text.contains("weft_allocation_duration_seconds_count 0"), "{text}");
+        assert!(
+            text.contains("weft_ipam_state_writes_total{result=\"failed\"} 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn ipam_writes_are_counted_by_result() {
+        let m = Metrics::new();
+        m.ipam_write(true);
+        m.ipam_write(true);
+        m.ipam_write(false);
+        let text = m.encode();
+        assert!(text.contains("weft_ipam_state_writes_total{result=\"ok\"} 2"), "{text}");
+        assert!(
+            text.contains("weft_ipam_state_writes_total{result=\"failed\"} 1"),
+            "{text}"
+        );
     }
 }

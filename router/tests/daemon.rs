@@ -96,9 +96,9 @@ async fn start(nickname: &str, secret: &str, peers: &[String]) -> Running {
 /// Starts a daemon in `dir`, keeping the identity found there (a restart) or creating one.
 async fn start_with(dir: TempDir, config: LaunchConfig, secret: &str) -> Running {
     let api = Client::new(config.api_socket.clone());
-    let (identity, _) = Identity::load_or_create(&config.data_dir).unwrap();
+    let (identity, created) = Identity::load_or_create(&config.data_dir).unwrap();
     let secret = ClusterSecret::new(secret.as_bytes().to_vec()).unwrap();
-    let daemon = within(10, "bind", Daemon::bind(config, identity, &secret))
+    let daemon = within(10, "bind", Daemon::bind(config, identity, created, &secret))
         .await
         .expect("daemon binds");
     let (stop, stopped) = oneshot::channel::<()>();
@@ -493,11 +493,11 @@ async fn a_corrupt_ipam_state_file_stops_the_router() {
     let _log = subscribe();
     let dir = tempfile::tempdir().unwrap();
     let config = config("a", dir.path(), &[]);
-    let (identity, _) = Identity::load_or_create(&config.data_dir).unwrap();
+    let (identity, created) = Identity::load_or_create(&config.data_dir).unwrap();
     let path = config.data_dir.join("ipam");
     std::fs::write(&path, b"not an IPAM state file").unwrap();
     let secret = ClusterSecret::new(SECRET.as_bytes().to_vec()).unwrap();
-    let err = within(10, "bind", Daemon::bind(config, identity, &secret))
+    let err = within(10, "bind", Daemon::bind(config, identity, created, &secret))
         .await
         .expect_err("a corrupt state file must stop the router");
     let message = err.to_string();

@@ -13,6 +13,17 @@
 //! is on disk before any other router sees it (`ipam-crdt`'s persistence
 //! rule).
 //!
+//! **What waits for the disk.** Every change this router makes (an
+//! allocation, a release, a donation given or received, a vote, an heir's
+//! takeover, a step of ring creation) sets [`Agent::take_dirty`]: written
+//! before anything else goes out. Other routers' entries merged from gossip
+//! change nothing this router answered or voted on, so they are written
+//! lazily: with the next write of a change of ours, or
+//! [`FOREIGN_PERSIST_EVERY`] after they arrived ([`Agent::take_foreign_due`]),
+//! whichever comes first. A crash that loses them loses nothing: they are
+//! their owners' state, durable on their owners' disks, and gossip brings
+//! them back.
+//!
 //! **Gossip.** Changes are announced, batched over [`BATCH`], as the stamps
 //! of the changed entries (`Have`) to [`FANOUT`] neighbours in turn; each
 //! pulls what is newer there once (`Pull`, answered by a [`Delta`]) and
@@ -88,6 +99,11 @@ pub const RING_WAIT: Duration = Duration::from_secs(30);
 
 /// Most routers one allocation asks for space.
 pub const MAX_ASKS: usize = 4;
+
+/// Other routers' entries merged from gossip are written at most this long
+/// after they arrived, if no change of this router's wrote them sooner (see
+/// the [module docs](self)).
+pub const FOREIGN_PERSIST_EVERY: Duration = Duration::from_secs(1);
 
 /// How many neighbours hear each announcement of changed entries (as the
 /// topology's gossip fanout).
@@ -341,6 +357,18 @@ pub enum NoRing {
     /// Waiting for another router to share the ring.
     #[error("waiting for another router to share the ring")]
     Adopting,
+    /// The IPAM state file is gone although this router ran before: it
+    /// creates no ring, only adopts the mesh's ([`Saved::lost`]).
+    #[error(
+        "{file} is missing although this router ran before (its identity is still there), so it will not start \
+         a new ring: that could hand out addresses its pods still hold. To recover, launch it again with a PEER of \
+         the mesh (it receives the ring, in which it still owns its ranges, and takes them back), or run \
+         `weft reset` (it removes this router's identity too) and launch it again as a new router"
+    )]
+    StateLost {
+        /// The missing file, as the shell names it.
+        file: String,
+    },
 }
 
 impl NoRing {
@@ -350,7 +378,7 @@ impl NoRing {
         match self {
             Self::UnknownSeeds(_) | Self::AmbiguousSeed { .. } | Self::ResolvingSeeds => Some("ipalloc-init"),
             Self::Proposed { .. } | Self::Accepted { .. } | Self::Meeting { .. } => Some("init-peer-count"),
-            Self::CannotCreate(_) | Self::FromRouter { .. } | Self::Adopting => None,
+            Self::CannotCreate(_) | Self::FromRouter { .. } | Self::Adopting | Self::StateLost { .. } => None,
         }
     }
 }
@@ -398,6 +426,15 @@ pub enum Event {
         /// Its pool.
         pool: Pool,
     },
+    /// After its state file was lost ([`Saved::lost`]), this router adopted
+    /// the mesh's ring and took back the `ranges` it still owns there, all
+    /// of them free: the list of what was allocated from them is gone.
+    Recovered {
+        /// The state file that was missing.
+        file: String,
+        /// How many ranges it took back.
+        ranges: usize,
+    },
     /// A message could not be decoded and was dropped.
     Malformed {
         /// The neighbour that sent it.
@@ -426,17 +463,38 @@ struct Record {
     init: IpamInit,
 }
 
-/// The agent's state read from disk ([`Agent::decode_saved`]).
+/// The agent's state read from disk ([`Agent::decode_saved`]), or the
+/// knowledge that it was lost ([`Saved::lost`]).
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Saved {
     replica: Replica,
     init: IpamInit,
+    /// The file that should have held the state, when it was lost.
+    lost: Option<String>,
 }
 
 impl Saved {
+    /// Router `me` had IPAM state, but `file` that held it is gone (the
+    /// shell saw the router's identity without it). The agent then creates
+    /// no ring ([`NoRing::StateLost`]) and only adopts the mesh's, in which
+    /// it still owns its ranges. Its allocation list is lost with the file:
+    /// see `docs/control-plane.md` ("Persistence").
+    pub fn lost(me: PeerName, file: impl Into<String>) -> Self {
+        Self {
+            replica: Replica::new(me),
+            init: IpamInit::default(),
+            lost: Some(file.into()),
+        }
+    }
+
     /// The saved replica.
     pub fn replica(&self) -> &Replica {
         &self.replica
+    }
+
+    /// Whether this is [`Saved::lost`]: no state, and none to be had.
+    pub fn is_lost(&self) -> bool {
+        self.lost.is_some()
     }
 }
 
@@ -553,6 +611,11 @@ pub struct Agent {
     replica: Replica,
     /// The replica changed since the last [`Agent::take_persist`].
     dirty: bool,
+    /// Since when other routers' entries merged from gossip wait to be
+    /// written (see the [module docs](self)).
+    foreign_since: Option<Time>,
+    /// The state file was lost ([`Saved::lost`]): adopt a ring, create none.
+    lost: Option<String>,
     /// [`ring_hash`] of the current ring, cleared by every change (which
     /// also sets `dirty`, as every change must be persisted).
     hash: Option<u64>,
@@ -609,9 +672,9 @@ impl Agent {
     /// # Errors
     /// [`PoolMismatch`] when the saved ring divides another pool.
     pub fn new(me: PeerName, pool: Pool, init: Init, saved: Option<Saved>, now: Time) -> Result<Self, PoolMismatch> {
-        let (replica, init_state) = match saved {
-            Some(s) => (s.replica, s.init),
-            None => (Replica::new(me), IpamInit::default()),
+        let (replica, init_state, lost) = match saved {
+            Some(s) => (s.replica, s.init, s.lost),
+            None => (Replica::new(me), IpamInit::default(), None),
         };
         if let Some(ring) = replica.ring()
             && ring.pool() != pool
@@ -627,6 +690,8 @@ impl Agent {
             init,
             replica,
             dirty: false,
+            foreign_since: None,
+            lost,
             hash: None,
             announce_at: None,
             announced: None,
@@ -678,9 +743,67 @@ impl Agent {
 
     /// Whether the record changed since the last call ([`Agent::take_persist`]
     /// in two steps, for a caller that encodes the record later, once, for
-    /// several changes).
+    /// several changes). The write takes the other routers' entries merged
+    /// since the last write too.
     pub fn take_dirty(&mut self) -> bool {
-        std::mem::take(&mut self.dirty)
+        let dirty = std::mem::take(&mut self.dirty);
+        if dirty {
+            self.foreign_since = None;
+        }
+        dirty
+    }
+
+    /// Whether other routers' entries merged from gossip have waited
+    /// [`FOREIGN_PERSIST_EVERY`] to be written: the caller writes the record
+    /// then, and nothing it sends need wait for that write.
+    pub fn take_foreign_due(&mut self, now: Time) -> bool {
+        let due = self
+            .foreign_since
+            .is_some_and(|t| now.since(t) >= FOREIGN_PERSIST_EVERY);
+        if due {
+            self.foreign_since = None;
+        }
+        due
+    }
+
+    /// A write of the other routers' entries failed: try again later.
+    pub fn foreign_unwritten(&mut self, now: Time) {
+        self.foreign_since.get_or_insert(now);
+    }
+
+    /// A write failed: go back to `durable`, the last record on disk
+    /// ([`Agent::record`]; `None`: nothing was ever written), undoing every
+    /// change since. Parked allocations stay parked; the next announcement
+    /// is the whole ring, as announcements made since may never have left.
+    ///
+    /// Returns whether our part in ring creation ([`IpamInit`]) was undone
+    /// too: then the gossip that carried it must not go out.
+    ///
+    /// # Errors
+    /// When `durable` does not decode (it was encoded here, so never).
+    pub fn roll_back(&mut self, durable: Option<&[u8]>) -> Result<bool, String> {
+        let (replica, init) = match durable {
+            Some(bytes) => {
+                let saved = Self::decode_saved(bytes)?;
+                (saved.replica, saved.init)
+            }
+            None => (Replica::new(self.me), IpamInit::default()),
+        };
+        self.replica = replica;
+        let init_undone = init != self.init_state;
+        if init_undone {
+            self.init_state = init;
+            self.announce_init = true;
+        }
+        if !self.replica.ring().is_some_and(|r| r.is_removed(self.me)) {
+            // A leave (`weft reset`) that was undone.
+            self.leaving = None;
+        }
+        self.dirty = false;
+        self.foreign_since = None;
+        self.hash = None;
+        self.announced = None;
+        Ok(init_undone)
     }
 
     /// The agent's record as it is now (what [`Agent::decode_saved`] reads).
@@ -702,6 +825,7 @@ impl Agent {
         Ok(Saved {
             replica,
             init: record.init,
+            lost: None,
         })
     }
 
@@ -733,6 +857,9 @@ impl Agent {
         for r in &self.repull {
             t = t.min(r.0);
         }
+        if let Some(since) = self.foreign_since {
+            t = t.min(since + FOREIGN_PERSIST_EVERY);
+        }
         t
     }
 
@@ -753,6 +880,11 @@ impl Agent {
                 ..self.init_state.clone()
             });
             self.retry_unreachable(now);
+            return;
+        }
+        if let Some(file) = &self.lost {
+            // Never create a ring: adopt the mesh's, which holds our ranges.
+            self.waiting_for = Some(NoRing::StateLost { file: file.clone() });
             return;
         }
         if let Init::Consensus(count) = self.init {
@@ -1283,10 +1415,11 @@ impl Agent {
             return;
         }
         let had_ring = self.replica.ring().is_some();
+        let reclaims = self.replica.ring().map(Ring::reclaims);
         match self.replica.merge(&ring) {
             Ok(out) => {
                 if out.changed {
-                    self.changed(now);
+                    self.merged(now, &out, reclaims);
                     self.events.push_back(Event::Merged {
                         gained: out.gained.len(),
                         reclaimed: out.reclaimed,
@@ -1294,6 +1427,12 @@ impl Agent {
                     self.retry_unreachable(now);
                 }
                 if !had_ring {
+                    if let Some(file) = self.lost.take() {
+                        self.events.push_back(Event::Recovered {
+                            file,
+                            ranges: out.gained.len(),
+                        });
+                    }
                     self.set_init(IpamInit {
                         has_ring: true,
                         ..self.init_state.clone()
@@ -1407,10 +1546,11 @@ impl Agent {
             self.events.push_back(Event::Malformed { from });
             return None;
         };
+        let reclaims = self.replica.ring().map(Ring::reclaims);
         match self.replica.merge_delta(&delta) {
             Ok(out) => {
                 if out.changed {
-                    self.changed(now);
+                    self.merged(now, &out, reclaims);
                     self.events.push_back(Event::Merged {
                         gained: out.gained.len(),
                         reclaimed: out.reclaimed.clone(),
@@ -1562,6 +1702,25 @@ impl Agent {
     fn changed(&mut self, now: Time) {
         self.mutated();
         self.schedule_announce(now);
+    }
+
+    /// A merge changed the replica. What this router received (a donation,
+    /// an heir's takeover) or did (a vote: `reclaims`, the reclaim records
+    /// before, differ from now) is written before anything goes out, as any
+    /// change of ours; other routers' entries alone are written lazily (see
+    /// the [module docs](self)).
+    fn merged(&mut self, now: Time, out: &MergeOutcome, reclaims: Option<BTreeMap<PeerName, ReclaimStatus>>) {
+        let ours = !out.gained.is_empty()
+            || !out.reclaimed.is_empty()
+            || reclaims.is_none()
+            || reclaims != self.replica.ring().map(Ring::reclaims);
+        if ours {
+            self.changed(now);
+        } else {
+            self.hash = None;
+            self.foreign_since.get_or_insert(now);
+            self.schedule_announce(now);
+        }
     }
 
     fn schedule_announce(&mut self, now: Time) {
@@ -1796,6 +1955,9 @@ mod tests {
                 for i in 0..self.agents.len() {
                     if let Some(bytes) = self.agents[i].take_persist() {
                         self.disks[i] = Some(bytes);
+                    }
+                    if self.agents[i].take_foreign_due(self.now) {
+                        self.disks[i] = Some(self.agents[i].record());
                     }
                     if let Some(init) = self.agents[i].take_announcement() {
                         assert!(!self.agents[i].dirty, "announced before it was persisted");
@@ -2363,6 +2525,7 @@ mod tests {
             Some(Saved {
                 replica: saved,
                 init: IpamInit::default(),
+                lost: None,
             }),
             Time::ZERO,
         )

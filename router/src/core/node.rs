@@ -25,7 +25,20 @@
 //! loop if it likes) and then calls [`Node::handle_persisted`]. Until then
 //! [`Node::poll_output`] hands out nothing queued after it: no reply, no
 //! message, no dial. Writes are whole snapshots, so a later write queued
-//! while an earlier one waits to be handed out is folded into it.
+//! while an earlier one waits to be handed out is folded into it: however
+//! many allocations arrive while one write is in flight, they all wait for
+//! the one next write (group commit).
+//!
+//! Other routers' entries merged from gossip are written lazily
+//! ([`ipam_agent`]'s module docs say why that is safe): with the next write,
+//! or on their own write, which holds nothing back.
+//!
+//! A write that fails ([`Node::handle_persist_failed`]: a full or read-only
+//! disk) fails what waited for it, not the router: the IPAM state goes back
+//! to the last record on disk, every reply waiting for the write answers
+//! `cannot persist: ...` ([`Reply::CannotPersist`]), the IPAM messages
+//! waiting for it are dropped (they may carry the undone changes), and the
+//! router keeps serving; the next change writes again.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -146,6 +159,10 @@ pub enum Reply {
     Rmpeer(Result<(PeerName, ReclaimStatus), RmpeerError>),
     /// [`Node::reset`] failed (success is [`Output::ResetDone`]).
     Reset(ResetError),
+    /// Any call: the IPAM record could not be written, so what the call did
+    /// was undone ([`Node::handle_persist_failed`]). Says why, starting
+    /// `cannot persist: `.
+    CannotPersist(String),
 }
 
 /// A router's data plane as the packet path needs it.
@@ -204,6 +221,14 @@ pub enum Event {
     /// The IPAM agent's news (never [`ipam_agent::Event::Allocated`], which
     /// becomes a reply).
     Ipam(ipam_agent::Event),
+    /// A write of the IPAM record failed ([`Node::handle_persist_failed`]).
+    PersistFailed {
+        /// Why, as the shell said.
+        error: String,
+        /// Changes of this router's waited for it and were undone (else only
+        /// other routers' entries did, and they are written again later).
+        undone: bool,
+    },
 }
 
 /// Why `weft rmpeer` refused.
@@ -333,6 +358,11 @@ pub struct Node {
     routes_pushed: Option<(u64, Option<Ipv4Addr>)>,
     /// Set once reset is done: inputs are ignored.
     stopped: bool,
+    /// The last IPAM record known to be on disk (`None`: none was written),
+    /// what a failed write goes back to.
+    durable: Option<Vec<u8>>,
+    /// The record of the write in flight.
+    writing: Option<(u64, Vec<u8>)>,
     out: Outbox,
 }
 
@@ -344,7 +374,9 @@ impl Node {
     /// # Errors
     /// [`PoolMismatch`] when the saved record divides another pod range.
     pub fn new(cfg: Config, saved: Option<Saved>, now: Time, seed: u64) -> Result<Self, PoolMismatch> {
+        let on_disk = saved.as_ref().is_some_and(|s| !s.is_lost());
         let agent = Agent::new(cfg.me, cfg.pool, cfg.init, saved, now)?;
+        let durable = on_disk.then(|| agent.record());
         let mut mesh = Mesh::new(cfg.mesh, cfg.me, cfg.nickname, cfg.advertise, now, seed);
         mesh.set_data(now, cfg.data);
         let mut node = Self {
@@ -364,6 +396,8 @@ impl Node {
             data_pushed: None,
             routes_pushed: None,
             stopped: false,
+            durable,
+            writing: None,
             out: Outbox::default(),
         };
         node.agent.handle_topology(now, node.mesh.topology());
@@ -480,9 +514,10 @@ impl Node {
     /// docs](self) on writes that must be durable first).
     pub fn poll_output(&mut self) -> Option<Output> {
         let mut out = self.out.pop()?;
-        if let Output::Persist { bytes, .. } = &mut out {
+        if let Output::Persist { seq, bytes } = &mut out {
             // Encoded now, once for every change queued since the last write.
             *bytes = self.agent.record();
+            self.writing = Some((*seq, bytes.clone()));
         }
         Some(out)
     }
@@ -588,7 +623,86 @@ impl Node {
 
     /// Write `seq` ([`Output::Persist`]) is durable: what waited for it may go.
     pub fn handle_persisted(&mut self, seq: u64) {
-        self.out.persisted(seq);
+        if self.out.persisted(seq)
+            && let Some((s, bytes)) = self.writing.take()
+        {
+            if s == seq {
+                self.durable = Some(bytes);
+            } else {
+                self.writing = Some((s, bytes));
+            }
+        }
+    }
+
+    /// Write `seq` ([`Output::Persist`]) failed with `error` (the OS's words,
+    /// e.g. `no space left on device`). The router goes on: every change
+    /// since the last record on disk is undone, the replies waiting for the
+    /// write answer [`Reply::CannotPersist`], and the IPAM messages waiting
+    /// for it are dropped (see the [module docs](self)). If only other
+    /// routers' entries waited for it, nothing is undone and they are written
+    /// again later.
+    pub fn handle_persist_failed(&mut self, now: Time, seq: u64, error: &str) {
+        let Some(barrier) = self.out.failed(seq) else {
+            return;
+        };
+        if self.writing.as_ref().is_some_and(|(s, _)| *s == seq) {
+            self.writing = None;
+        }
+        self.out.push(Output::Event(Event::PersistFailed {
+            error: error.to_owned(),
+            undone: barrier,
+        }));
+        if !barrier {
+            self.agent.foreign_unwritten(now);
+            self.step(now);
+            return;
+        }
+        // The gossip of our part in ring creation, if that changed since the
+        // record on disk, must not go out either.
+        let init_undone = match self.agent.roll_back(self.durable.as_deref()) {
+            Ok(undone) => undone,
+            Err(e) => unreachable!("the record this router wrote does not decode: {e}"),
+        };
+        let why = format!("cannot persist: {error}");
+        for out in self.out.take_queue() {
+            match out {
+                Output::Reply { to, .. } => self.out.push(Output::Reply {
+                    to,
+                    reply: Reply::CannotPersist(why.clone()),
+                }),
+                // A reset whose end waited for the write: it did not happen.
+                Output::ResetDone(to) => {
+                    self.stopped = false;
+                    self.out.push(Output::Reply {
+                        to,
+                        reply: Reply::CannotPersist(why.clone()),
+                    });
+                }
+                Output::Send {
+                    msg: Outgoing::Ipam(_), ..
+                }
+                | Output::Persist { .. } => {}
+                Output::Send {
+                    msg: Outgoing::Gossip(_),
+                    ..
+                } if init_undone => {}
+                other => self.out.push(other),
+            }
+        }
+        // A reset whose leave was undone.
+        let removed = (self.agent.replica().ring()).is_some_and(|r| r.is_removed(self.me));
+        if !removed && let Some(l) = self.leaving.take() {
+            self.out.push(Output::Reply {
+                to: l.reply,
+                reply: Reply::CannotPersist(why),
+            });
+        }
+        // The host's address may have been undone: allocated again next step.
+        let host = self.agent.replica().lookup(&Self::host_key());
+        if self.host.addr.is_some_and(|a| host != Some(IpAddr::V4(a))) {
+            self.host.addr = None;
+        }
+        self.step(now);
     }
 
     /// Timers.
@@ -775,6 +889,9 @@ impl Node {
             }
         }
         self.sync_persist();
+        if self.agent.take_foreign_due(now) {
+            self.out.persist_lazy();
+        }
         self.push_data_peers();
         self.push_routes();
     }
@@ -1097,12 +1214,18 @@ impl Hops {
 }
 
 /// Outputs in order, held behind the first write not yet durable.
+///
+/// Writes go one at a time. One of only other routers' entries (lazy, see
+/// the [module docs](self)) holds back the next write but nothing else.
 #[derive(Debug, Default)]
 struct Outbox {
     queue: VecDeque<Output>,
     next_seq: u64,
-    /// A write handed out and not yet durable.
-    waiting_for: Option<u64>,
+    /// A write handed out and not yet durable, and whether what follows
+    /// waits for it.
+    in_flight: Option<(u64, bool)>,
+    /// The lazy write, queued or in flight.
+    lazy: Option<u64>,
 }
 
 impl Outbox {
@@ -1110,11 +1233,15 @@ impl Outbox {
         self.queue.push_back(out);
     }
 
-    /// Queues a write of the record, unless one is queued and not handed
-    /// out yet: the record is encoded when a write is handed out, so that
-    /// one takes this change too, and what follows waits for it anyway.
+    /// Queues a write of the record that what follows waits for, unless one
+    /// is queued and not handed out yet: the record is encoded when a write
+    /// is handed out, so that one takes this change too, and what follows
+    /// waits for it (a lazy one becomes one that holds back).
     fn persist(&mut self) {
-        if self.queue.iter().any(|o| matches!(o, Output::Persist { .. })) {
+        if let Some(seq) = self.queued_write() {
+            if self.lazy == Some(seq) {
+                self.lazy = None;
+            }
             return;
         }
         self.next_seq += 1;
@@ -1124,21 +1251,67 @@ impl Outbox {
         });
     }
 
+    /// Queues a write that nothing waits for, unless one is queued already.
+    fn persist_lazy(&mut self) {
+        if self.queued_write().is_some() {
+            return;
+        }
+        self.next_seq += 1;
+        self.lazy = Some(self.next_seq);
+        self.queue.push_back(Output::Persist {
+            seq: self.next_seq,
+            bytes: Vec::new(),
+        });
+    }
+
+    fn queued_write(&self) -> Option<u64> {
+        self.queue.iter().find_map(|o| match o {
+            Output::Persist { seq, .. } => Some(*seq),
+            _ => None,
+        })
+    }
+
     fn pop(&mut self) -> Option<Output> {
-        if self.waiting_for.is_some() {
-            return None;
+        match (self.in_flight, self.queue.front()?) {
+            (Some((_, true)), _) | (Some(_), Output::Persist { .. }) => return None,
+            _ => {}
         }
         let out = self.queue.pop_front()?;
         if let Output::Persist { seq, .. } = &out {
-            self.waiting_for = Some(*seq);
+            self.in_flight = Some((*seq, self.lazy != Some(*seq)));
         }
         Some(out)
     }
 
-    fn persisted(&mut self, seq: u64) {
-        if self.waiting_for == Some(seq) {
-            self.waiting_for = None;
+    /// Write `seq` is durable; whether it was the one in flight.
+    fn persisted(&mut self, seq: u64) -> bool {
+        self.finished(seq).is_some()
+    }
+
+    /// Write `seq` failed: whether what follows waited for it, if it was the
+    /// one in flight.
+    fn failed(&mut self, seq: u64) -> Option<bool> {
+        self.finished(seq)
+    }
+
+    fn finished(&mut self, seq: u64) -> Option<bool> {
+        let (s, barrier) = self.in_flight?;
+        if s != seq {
+            return None;
         }
+        self.in_flight = None;
+        if self.lazy == Some(seq) {
+            self.lazy = None;
+        }
+        Some(barrier)
+    }
+
+    /// Everything queued, taken out.
+    fn take_queue(&mut self) -> VecDeque<Output> {
+        if self.lazy.is_some_and(|l| self.in_flight.is_none_or(|(s, _)| s != l)) {
+            self.lazy = None;
+        }
+        std::mem::take(&mut self.queue)
     }
 }
 
@@ -1191,27 +1364,34 @@ mod tests {
         replies: Vec<(u64, ReplyTo, Reply)>,
         resets_done: Vec<(u64, ReplyTo)>,
         events: Vec<(u64, Event)>,
+        /// Every write asked for: router, when.
+        writes: Vec<(u64, Time)>,
+        /// Every merge that changed a replica: router, when.
+        merges: Vec<(u64, Time)>,
         hold_writes: bool,
+        /// The next write of this router fails, with this error.
+        fail_write: Option<(u64, &'static str)>,
+    }
+
+    fn config(i: u64, init: Init, data: bool) -> Config {
+        Config {
+            me: p(i),
+            nickname: format!("h{i}"),
+            pool: pool(),
+            init,
+            mesh: mesh::Config::default(),
+            advertise: Policy::fixed(vec![addr(i)]),
+            data: data.then_some(DataPlane {
+                public_key: [i as u8; 32],
+                port: 6784,
+            }),
+        }
     }
 
     impl Net {
         fn new(n: u64, init: impl Fn(u64) -> Init, links: &[(u64, u64)], data: bool) -> Self {
             let nodes = (1..=n)
-                .map(|i| {
-                    let cfg = Config {
-                        me: p(i),
-                        nickname: format!("h{i}"),
-                        pool: pool(),
-                        init: init(i),
-                        mesh: mesh::Config::default(),
-                        advertise: Policy::fixed(vec![addr(i)]),
-                        data: data.then_some(DataPlane {
-                            public_key: [i as u8; 32],
-                            port: 6784,
-                        }),
-                    };
-                    Node::new(cfg, None, Time::ZERO, i).unwrap()
-                })
+                .map(|i| Node::new(config(i, init(i), data), None, Time::ZERO, i).unwrap())
                 .collect();
             let links = links.iter().flat_map(|&(a, b)| [(a, b), (b, a)]).collect();
             Self {
@@ -1224,7 +1404,10 @@ mod tests {
                 replies: Vec::new(),
                 resets_done: Vec::new(),
                 events: Vec::new(),
+                writes: Vec::new(),
+                merges: Vec::new(),
                 hold_writes: false,
+                fail_write: None,
             }
         }
 
@@ -1240,7 +1423,11 @@ mod tests {
                     Output::Persist { seq, bytes } => {
                         assert!(!bytes.is_empty(), "a write carries the record");
                         writes.push(seq);
-                        if !self.hold_writes {
+                        self.writes.push((i, self.now));
+                        if let Some((_, error)) = self.fail_write.take_if(|f| f.0 == i) {
+                            let now = self.now;
+                            self.node(i).handle_persist_failed(now, seq, error);
+                        } else if !self.hold_writes {
                             self.node(i).handle_persisted(seq);
                         }
                     }
@@ -1252,7 +1439,12 @@ mod tests {
                     Output::Close { conn, why } => self.close(conn, why),
                     Output::Reply { to, reply } => self.replies.push((i, to, reply)),
                     Output::ResetDone(to) => self.resets_done.push((i, to)),
-                    Output::Event(e) => self.events.push((i, e)),
+                    Output::Event(e) => {
+                        if let Event::Ipam(ipam_agent::Event::Merged { .. }) = e {
+                            self.merges.push((i, self.now));
+                        }
+                        self.events.push((i, e));
+                    }
                     _ => {}
                 }
             }
@@ -1399,6 +1591,196 @@ mod tests {
         net.node(1).handle_persisted(second[0]);
         net.drain(1);
         assert_eq!(net.replies.len(), 4);
+    }
+
+    #[test]
+    fn a_hundred_allocations_during_one_write_share_the_next() {
+        let mut net = star(1, &[], false);
+        net.hold_writes = true;
+        let now = net.now;
+        net.node(1).allocate(now, ReplyTo(0), key("first"), Request::Any);
+        let first = net.drain(1);
+        assert_eq!(first.len(), 1);
+        for i in 1..=100 {
+            net.node(1)
+                .allocate(now, ReplyTo(i), key(&format!("pod{i}")), Request::Any);
+            net.node(1).release(now, ReplyTo(1000 + i), &key("never-allocated"));
+        }
+        assert!(
+            net.drain(1).is_empty(),
+            "nothing goes out while the first write is in flight"
+        );
+        net.node(1).handle_persisted(first[0]);
+        let second = net.drain(1);
+        assert_eq!(second.len(), 1, "two hundred calls, one more write: {second:?}");
+        assert_eq!(net.replies.len(), 1, "the others wait for the second write");
+        net.node(1).handle_persisted(second[0]);
+        assert!(net.drain(1).is_empty(), "no write after the last");
+        assert_eq!(net.replies.len(), 201);
+        let addrs: BTreeSet<IpAddr> = net
+            .replies
+            .iter()
+            .filter_map(|(_, _, r)| match r {
+                Reply::Allocate(Ok(a)) => Some(a.addr),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(addrs.len(), 101, "every allocation answered, each its own address");
+    }
+
+    #[test]
+    fn other_routers_entries_are_written_in_a_batch_not_at_once() {
+        // Router 3 gets space from router 1; router 2 only hears of it.
+        let mut net = star(3, &[(1, 2), (1, 3)], false);
+        net.run(Duration::from_secs(2));
+        net.writes.clear();
+        net.merges.clear();
+        let got = net.allocate(3, 1, "pod");
+        assert!(matches!(got, Some(Ok(_))), "{got:?}");
+        let start = net.now;
+        net.run(Duration::from_secs(3));
+        let merges: Vec<Time> = net.merges.iter().filter(|m| m.0 == 2).map(|m| m.1).collect();
+        let writes: Vec<Time> = net.writes.iter().filter(|w| w.0 == 2).map(|w| w.1).collect();
+        assert!(!merges.is_empty(), "router 2 merged the donation");
+        assert!(!writes.is_empty(), "router 2 wrote the merged entries in the end");
+        assert!(
+            writes.len() < merges.len() + 1 && writes.len() <= 3,
+            "{writes:?} for {merges:?}"
+        );
+        for w in &writes {
+            let since = merges.iter().filter(|m| *m <= w).map(|m| w.since(*m)).min();
+            assert!(
+                since.is_some_and(|d| d >= ipam_agent::FOREIGN_PERSIST_EVERY),
+                "a write at {w:?} came {since:?} after a merge of others' entries"
+            );
+        }
+        // Routers 1 and 3, whose own entries changed, wrote at once.
+        for i in [1, 3] {
+            let first_merge_or_change = net.writes.iter().find(|w| w.0 == i);
+            assert!(
+                first_merge_or_change.is_some_and(|w| w.1 < start),
+                "router {i} wrote the donation"
+            );
+        }
+        let rings: Vec<_> = (1..=3).map(|i| net.node(i).replica().ring().cloned()).collect();
+        assert!(rings.iter().all(|r| *r == rings[0]), "the rings agree");
+    }
+
+    #[test]
+    fn a_failed_write_undoes_what_waited_for_it_and_the_router_goes_on() {
+        let mut net = star(1, &[], false);
+        let now = net.now;
+        net.node(1).allocate(now, ReplyTo(1), key("kept"), Request::Any);
+        net.drain(1);
+        net.hold_writes = true;
+        net.node(1).allocate(now, ReplyTo(2), key("a"), Request::Any);
+        let write = net.drain(1);
+        let a = net.node(1).replica().lookup(&key("a")).expect("allocated in memory");
+        net.node(1).allocate(now, ReplyTo(3), key("b"), Request::Any);
+        net.node(1).release(now, ReplyTo(4), &key("kept"));
+        assert!(net.drain(1).is_empty());
+        net.node(1)
+            .handle_persist_failed(now, write[0], "no space left on device");
+        assert!(net.drain(1).is_empty(), "nothing to write: memory is what is on disk");
+        let why = Reply::CannotPersist("cannot persist: no space left on device".into());
+        for to in 2..=4 {
+            assert_eq!(net.reply(ReplyTo(to)), Some(why.clone()), "call {to}");
+        }
+        let replica = net.node(1).replica();
+        assert_eq!(replica.lookup(&key("a")), None, "the failed allocation is undone");
+        assert_eq!(replica.lookup(&key("b")), None);
+        assert!(replica.lookup(&key("kept")).is_some(), "the failed release is undone");
+        assert!(net.events.iter().any(|e| matches!(
+            &e.1,
+            Event::PersistFailed { error, undone: true } if error == "no space left on device"
+        )));
+        // Space again: the next allocation succeeds, and may have the address that was undone.
+        net.hold_writes = false;
+        let now = net.now;
+        net.node(1).allocate(now, ReplyTo(5), key("c"), Request::Any);
+        net.drain(1);
+        match net.reply(ReplyTo(5)) {
+            Some(Reply::Allocate(Ok(c))) => assert_eq!(c.addr, a, "the undone address was free again"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failed_write_of_others_entries_undoes_nothing_and_is_tried_again() {
+        let mut net = star(3, &[(1, 2), (1, 3)], false);
+        net.run(Duration::from_secs(2));
+        net.writes.clear();
+        net.fail_write = Some((2, "read-only file system"));
+        let got = net.allocate(3, 1, "pod");
+        assert!(matches!(got, Some(Ok(_))), "{got:?}");
+        net.run(Duration::from_secs(3));
+        let failed = net.fail_write.is_none();
+        assert!(failed, "router 2 wrote the entries it merged");
+        assert!(
+            net.events
+                .iter()
+                .any(|e| e.0 == 2 && matches!(e.1, Event::PersistFailed { undone: false, .. }))
+        );
+        let writes = net.writes.iter().filter(|w| w.0 == 2).count();
+        assert!(writes >= 2, "router 2 wrote again after the failure: {writes} writes");
+        let theirs = net.node(1).replica().ring().cloned();
+        assert_eq!(
+            net.node(2).replica().ring(),
+            theirs.as_ref(),
+            "router 2 kept what it merged"
+        );
+    }
+
+    #[test]
+    fn a_router_that_lost_its_state_creates_no_ring_but_takes_its_ranges_back_from_the_mesh() {
+        // Alone, it waits, and says why.
+        let lost = || Some(Saved::lost(p(1), "/var/lib/weft/ipam"));
+        let mut alone = Node::new(config(1, Init::Consensus(1), false), lost(), Time::ZERO, 1).unwrap();
+        alone.handle_timeout(Time::ZERO + Duration::from_secs(1));
+        assert!(
+            alone.replica().ring().is_none(),
+            "a lone router that lost its state started a ring"
+        );
+        match alone.ipam_problem() {
+            Some(IpamProblem::NoRing(why @ ipam_agent::NoRing::StateLost { .. })) => {
+                let text = why.to_string();
+                for needed in ["/var/lib/weft/ipam", "PEER", "weft reset"] {
+                    assert!(text.contains(needed), "{needed:?} missing from {text:?}");
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // In a mesh: router 1 owns everything, then loses its state and comes back with a PEER.
+        let mut net = star(2, &[(1, 2)], false);
+        let got = net.allocate(1, 1, "before");
+        assert!(matches!(got, Some(Ok(_))), "{got:?}");
+        net.run(Duration::from_secs(6));
+        let owned = |n: &Node| n.replica().ring().map(|r| r.owners().get(&p(1)).map(|s| s.free));
+        let before = owned(net.node(2));
+        assert!(before.is_some_and(|f| f.is_some()), "router 2 knows router 1's space");
+        let conns: Vec<ConnId> = net.conns.keys().copied().collect();
+        for c in conns {
+            net.close(c, Failure::Lost("restarted".into()));
+        }
+        let now = net.now;
+        net.nodes[0] = Node::new(config(1, Init::Consensus(1), false), lost(), now, 9).unwrap();
+        net.node(1).connect(now, PeerAddr::try_from(addr(2)).unwrap());
+        net.run(Duration::from_secs(3));
+        assert!(net.node(1).ipam_problem().is_none(), "{:?}", net.node(1).ipam_problem());
+        assert!(
+            net.events
+                .iter()
+                .any(|e| e.0 == 1
+                    && matches!(e.1, Event::Ipam(ipam_agent::Event::Recovered { ranges, .. }) if ranges > 0))
+        );
+        assert_eq!(
+            net.node(1).replica().ring().map(|r| r.owners().contains_key(&p(1))),
+            Some(true),
+            "router 1 owns its ranges again"
+        );
+        let got = net.allocate(1, 2, "after");
+        assert!(matches!(got, Some(Ok(_))), "{got:?}");
     }
 
     #[test]

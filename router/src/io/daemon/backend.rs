@@ -31,7 +31,7 @@ pub(super) enum Command {
     Forget(PeerAddr, oneshot::Sender<Result<(), ApiError>>),
     Ring(oneshot::Sender<RingView>),
     Allocate(AllocKey, Request, oneshot::Sender<Result<AllocateResponse, ApiError>>),
-    Release(AllocKey, oneshot::Sender<ReleaseResponse>),
+    Release(AllocKey, oneshot::Sender<Result<ReleaseResponse, ApiError>>),
     Allocations(oneshot::Sender<Vec<AllocationView>>),
     Rmpeer(PeerRef, oneshot::Sender<Result<ReclaimView, ApiError>>),
     Reset(oneshot::Sender<Result<(), ApiError>>),
@@ -69,7 +69,7 @@ impl Backend for ApiBackend {
     }
 
     async fn release(&self, key: AllocKey) -> Result<ReleaseResponse, ApiError> {
-        self.ask(|reply| Command::Release(key, reply)).await
+        self.ask(|reply| Command::Release(key, reply)).await?
     }
 
     async fn allocations(&self) -> Result<Vec<AllocationView>, ApiError> {
@@ -101,7 +101,7 @@ pub(super) enum Waiting {
         /// When it was asked, for `weft_allocation_duration_seconds`.
         since: crate::core::Time,
     },
-    Release(oneshot::Sender<ReleaseResponse>),
+    Release(oneshot::Sender<Result<ReleaseResponse, ApiError>>),
     Rmpeer(oneshot::Sender<Result<ReclaimView, ApiError>>),
     Reset(oneshot::Sender<Result<(), ApiError>>),
 }
@@ -116,9 +116,9 @@ impl Waiting {
                 return Some(now.since(since));
             }
             (Self::Release(reply), Reply::Release(freed)) => {
-                let _ = reply.send(ReleaseResponse {
+                let _ = reply.send(Ok(ReleaseResponse {
                     address: freed.map(|a| api::cidr(a, prefix)),
-                });
+                }));
             }
             (Self::Rmpeer(reply), Reply::Rmpeer(result)) => {
                 let view = result
@@ -128,6 +128,16 @@ impl Waiting {
             }
             (Self::Reset(reply), Reply::Reset(e)) => {
                 let _ = reply.send(Err(reset_error(e)));
+            }
+            // A full or read-only disk: the call was undone, the router goes on.
+            (waiting, Reply::CannotPersist(why)) => {
+                let e = ApiError::new(ErrorCode::Unavailable, why);
+                match waiting {
+                    Self::Allocate { reply, .. } => drop(reply.send(Err(e))),
+                    Self::Release(reply) => drop(reply.send(Err(e))),
+                    Self::Rmpeer(reply) => drop(reply.send(Err(e))),
+                    Self::Reset(reply) => drop(reply.send(Err(e))),
+                }
             }
             (waiting, reply) => unreachable!("the core answers a call with its own kind: {waiting:?} got {reply:?}"),
         }

@@ -59,8 +59,6 @@ pub(super) struct Driver {
     timeouts_seen: u64,
     /// When the host's interface addresses are listed again.
     next_local_scan: crate::core::Time,
-    /// Set when the IPAM state could not be written: the router must stop.
-    fatal: Option<DaemonError>,
     /// `weft reset` is done: the driver stops, and this answer waits for the
     /// kernel state to be removed (`Daemon::run`).
     pub(super) reset_reply: Option<oneshot::Sender<Result<(), ApiError>>>,
@@ -133,7 +131,6 @@ impl Driver {
             handshakes_seen: HandshakeCounts::default(),
             timeouts_seen: 0,
             next_local_scan: now,
-            fatal: None,
             reset_reply: None,
             reset_done: false,
         };
@@ -156,10 +153,6 @@ impl Driver {
         tokio::pin!(shutdown);
         self.drain();
         loop {
-            if let Some(e) = self.fatal.take() {
-                warn!(error = %e, "stopping: the IPAM state cannot be saved");
-                return Err(e);
-            }
             if self.reset_done {
                 return Ok(());
             }
@@ -223,12 +216,13 @@ impl Driver {
                 }
             }
             Input::Closed(id, reason) => self.disconnect(id, reason),
-            Input::Persisted(seq, Ok(())) => self.node.handle_persisted(seq),
-            Input::Persisted(_, Err(error)) => {
-                self.fatal = Some(DaemonError::IpamState {
-                    path: self.ipam_path.clone(),
-                    error,
-                });
+            Input::Persisted(seq, Ok(())) => {
+                self.metrics.ipam_write(true);
+                self.node.handle_persisted(seq);
+            }
+            Input::Persisted(seq, Err(error)) => {
+                self.metrics.ipam_write(false);
+                self.node.handle_persist_failed(now, seq, &error);
             }
         }
     }
@@ -349,7 +343,12 @@ impl Driver {
             let written = tokio::task::spawn_blocking(move || store::write_state(&path, Kind::Ipam, &bytes))
                 .await
                 .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
+                .and_then(|r| {
+                    r.map_err(|e| {
+                        warn!(error = %e, "cannot write the IPAM state");
+                        os_cause(&e)
+                    })
+                });
             let _ = tx.send(Input::Persisted(seq, written)).await;
         });
     }
@@ -391,6 +390,14 @@ impl Driver {
             Event::HostAddress(a) => info!(host_address = %a, "the host has an address on the pod network"),
             Event::Resolved { peer, addr } => info!(%peer, %addr, "resolved"),
             Event::Leaving { heir } => info!(heir = %heir, "leaving the address ring"),
+            Event::PersistFailed { error, undone: true } => warn!(
+                %error,
+                "the IPAM state could not be saved: undid the changes that waited for it and answered their calls \
+                 with 'cannot persist'; free space in the data directory (or make it writable) and try again"
+            ),
+            Event::PersistFailed { error, undone: false } => {
+                warn!(%error, "the IPAM state could not be saved; other routers' entries will be written again later");
+            }
             Event::Ipam(e) => {
                 use ipam_agent::Event as E;
                 match e {
@@ -407,6 +414,14 @@ impl Driver {
                         %pool,
                         ours = %self.node.pool(),
                         "refused a ring over another range: the routers were launched with different --ipalloc-range"
+                    ),
+                    E::Recovered { file, ranges } => warn!(
+                        %file,
+                        ranges,
+                        "took this router's ranges back from the mesh's ring after its IPAM state was lost; the list \
+                         of addresses allocated from them was lost with the file, so all count as free: addresses \
+                         that pods on this host still hold can be handed out again until their owners claim them \
+                         (see docs/control-plane.md, \"Persistence\")"
                     ),
                     E::Malformed { from } => {
                         debug!(peer = %from, "malformed ring dropped");
@@ -565,3 +580,21 @@ const OUTBOX_QUEUE: usize = 256;
 
 /// How often the host's interface addresses are listed again.
 const LOCAL_ADDRS_EVERY: Duration = Duration::from_secs(30);
+
+/// What went wrong in a failed write, in the OS's words in lower case
+/// (`no space left on device`, `read-only file system`): the caller's error
+/// says `cannot persist: ` and this.
+fn os_cause(e: &store::StoreError) -> String {
+    let source = match e {
+        store::StoreError::Write { source, .. } | store::StoreError::CreateDir { source, .. } => source,
+        other => return other.to_string(),
+    };
+    let text = source.to_string();
+    let text = match source.raw_os_error() {
+        Some(code) => text
+            .strip_suffix(&format!(" (os error {code})"))
+            .map_or_else(|| text.clone(), str::to_owned),
+        None => text,
+    };
+    text.to_lowercase()
+}

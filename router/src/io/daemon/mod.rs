@@ -28,12 +28,17 @@
 //! record runs on a blocking thread, and the core holds back everything
 //! queued after it until the write is done ([`Node::handle_persisted`]): an
 //! answered allocation, or a ring version others have seen, is on disk
-//! first. A failed write stops the router: answering without the state on
-//! disk could hand an address out twice after a restart.
+//! first. A failed write (a full or read-only disk) does not stop the
+//! router: the core undoes what waited for it and fails those calls with
+//! `unavailable: cannot persist: ...` ([`Node::handle_persist_failed`]).
+//! An `ipam` file missing beside an existing identity is reported to the
+//! core as lost state ([`ipam_agent::Saved::lost`]), which then creates no
+//! ring; a damaged one stops the launch, naming the file.
 //!
 //! [`Node`]: crate::core::node::Node
 //! [`Node::poll_timeout`]: crate::core::node::Node::poll_timeout
 //! [`Node::handle_persisted`]: crate::core::node::Node::handle_persisted
+//! [`Node::handle_persist_failed`]: crate::core::node::Node::handle_persist_failed
 //! [`Output`]: crate::core::node::Output
 
 mod backend;
@@ -61,22 +66,28 @@ use super::host;
 use crate::api;
 use crate::config::LaunchConfig;
 use crate::core::ipam_agent;
-use crate::identity::Identity;
+use crate::identity::{Created, Identity};
 use crate::metrics::{self, Metrics};
 use crate::secret::ClusterSecret;
 use crate::store::{self, Kind};
 
 /// Binds everything and runs the router until `shutdown` completes.
+/// `created` says whether the identity was made just now, or was there
+/// (the router ran before, so its IPAM state should be there too).
 ///
 /// # Errors
 /// [`DaemonError`] if something cannot be bound, or the driver fails.
 pub async fn run(
     config: LaunchConfig,
     identity: Identity,
+    created: Created,
     secret: ClusterSecret,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    Daemon::bind(config, identity, &secret).await?.run(shutdown).await
+    Daemon::bind(config, identity, created, &secret)
+        .await?
+        .run(shutdown)
+        .await
 }
 
 /// A router whose sockets are bound, ready to [`run`](Daemon::run).
@@ -137,11 +148,19 @@ pub enum DaemonError {
 
 impl Daemon {
     /// Binds the control endpoint to `--listen`, the API socket and the
-    /// metrics listener. Must be called inside a tokio runtime.
+    /// metrics listener. Must be called inside a tokio runtime. `created`
+    /// says whether the identity was made just now ([`Identity::load_or_create`]):
+    /// if it was loaded, the router ran before, and a missing `ipam` file
+    /// is lost state ([`ipam_agent::Saved::lost`]), not a first launch.
     ///
     /// # Errors
     /// [`DaemonError`], naming the flag and the address.
-    pub async fn bind(config: LaunchConfig, identity: Identity, secret: &ClusterSecret) -> Result<Self, DaemonError> {
+    pub async fn bind(
+        config: LaunchConfig,
+        identity: Identity,
+        created: Created,
+        secret: &ClusterSecret,
+    ) -> Result<Self, DaemonError> {
         let ipam_path = config.data_dir.join(IPAM_FILE);
         let state_error = |error: String| DaemonError::IpamState {
             path: ipam_path.clone(),
@@ -157,6 +176,16 @@ impl Daemon {
                         identity.name()
                     )));
                 }
+                Some(saved)
+            }
+            None if created == Created::Loaded => {
+                let saved = ipam_agent::Saved::lost(identity.name(), ipam_path.display().to_string());
+                warn!(
+                    path = %ipam_path.display(),
+                    "the IPAM state file is missing although this router's identity is there: it ran before and \
+                     its state was lost. It will not start a new ring; launch it with a PEER of the mesh to take \
+                     its ranges back, or run `weft reset` and launch it again as a new router"
+                );
                 Some(saved)
             }
             None => None,
