@@ -8,6 +8,7 @@
 //! (`weft_tests::skip_or_fail`). Cleanup (routers, namespaces) happens in
 //! `Drop`, also when a test panics.
 
+use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -473,6 +474,55 @@ fn status_and_gc() {
     bed.router.kill();
     let down = bed.plugin(NET, "STATUS", "", Path::new(""), conf.to_string().as_bytes());
     assert_eq!(down.failure("STATUS with the router stopped")["code"], 50);
+}
+
+/// A node's runtime starting 200 pods at once: 200 `weft-net ADD`s run concurrently against one router, and
+/// every one succeeds, each pod with its own address, and the router holds exactly those 200. The router writes
+/// every allocation to disk before it answers; allocations that arrive during a write share the next one (group
+/// commit), which is what lets 200 finish within the plugin's deadline on a slow disk.
+#[test]
+fn two_hundred_concurrent_adds_all_succeed_with_distinct_addresses() {
+    const PODS: usize = 200;
+    let Some(tb) = Testbed::for_test(1) else { return };
+    let mut bed = Bed::start(&tb);
+    let conf = bed.conf("1.0.0");
+    let made = Instant::now();
+    let pods: Vec<PathBuf> = (0..PODS).map(|i| bed.pod(&i.to_string())).collect();
+    eprintln!("{PODS} pod namespaces made in {:?}", made.elapsed());
+    let started = Instant::now();
+    let outcomes: Vec<Outcome> = std::thread::scope(|scope| {
+        let bed = &bed;
+        let conf = &conf;
+        let running: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, netns)| scope.spawn(move || bed.net("ADD", &format!("storm{i:03}"), netns, conf)))
+            .collect();
+        running
+            .into_iter()
+            .map(|t| t.join().expect("a plugin thread"))
+            .collect()
+    });
+    let took = started.elapsed();
+    let slowest = outcomes.iter().map(|o| o.took).max().unwrap_or_default();
+    eprintln!("{PODS} concurrent ADDs took {took:?} (slowest {slowest:?})");
+    let mut addresses = BTreeSet::new();
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        let result = outcome.success(&format!("ADD storm{i:03}"));
+        let address = result["ips"][0]["address"].as_str().unwrap().to_owned();
+        assert!(addresses.insert(address.clone()), "{address} was handed out twice");
+    }
+    let held: Vec<(String, String)> = bed
+        .allocation_ids()
+        .into_iter()
+        .filter(|(id, _)| id.starts_with(&format!("cni:{NETWORK}:storm")))
+        .collect();
+    assert_eq!(held.len(), PODS, "the router's allocations: {held:?}");
+    // Both without the prefix length: the pod's is /32, the router's the pod range's.
+    let bare = |a: &str| a.split('/').next().unwrap().to_owned();
+    let held: BTreeSet<String> = held.iter().map(|(_, a)| bare(a)).collect();
+    let answered: BTreeSet<String> = addresses.iter().map(|a| bare(a)).collect();
+    assert_eq!(held, answered, "the router holds what it answered");
 }
 
 /// weft-ipam alone: an address with the router's prefix and gateway, the configured routes, DEL releases.
