@@ -9,9 +9,9 @@
 //! 2. then [`Agent::take_announcement`] (into the mesh's own entry),
 //!    [`Agent::poll_transmit`] and [`Agent::poll_event`].
 //!
-//! So an address is on disk before the caller hears of it, and a ring state
-//! is on disk before any other router sees it (`ipam-crdt`'s persistence
-//! rule).
+//! So an address is on disk before the caller hears of it, and a state of
+//! this router's own entries is on disk before any other router sees it
+//! (`ipam-crdt`'s persistence rule).
 //!
 //! **What waits for the disk.** Every change this router makes (an
 //! allocation, a release, a donation given or received, a vote, an heir's
