@@ -866,7 +866,7 @@ impl Agent {
     pub fn choose_heir(&self, candidates: impl IntoIterator<Item = PeerName>) -> Option<PeerName> {
         let ring = self.replica.ring()?;
         let owners = ring.owners();
-        let members: BTreeSet<PeerName> = ring.voters().collect();
+        let members: BTreeSet<PeerName> = ring.voters().filter(|v| !ring.is_removed(*v)).collect();
         candidates
             .into_iter()
             .filter(|c| *c != self.me && members.contains(c))
