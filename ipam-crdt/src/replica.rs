@@ -1190,7 +1190,11 @@ pub enum AllocError {
     #[error("the address ring does not exist yet: the router has not agreed on one with its peers")]
     NoRing,
     /// This router was removed from the ring and may not allocate.
-    #[error("this router was removed from the address ring (rmpeer); reset it before use")]
+    #[error(
+        "this router was removed from the address ring (weft rmpeer ran against it), so it allocates and releases nothing: \
+its pods keep their addresses (its heir holds them), but other routers no longer route to them. \
+Run `weft reset` on this host (its pods' addresses are then freed), then launch it again to rejoin under a new name"
+    )]
     Removed,
     /// The request lies outside the pool.
     #[error("{requested} is outside the pod range {pool}")]

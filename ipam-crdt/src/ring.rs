@@ -339,8 +339,9 @@ impl Ring {
     }
 
     /// Whether `peer` was removed and is known to have stopped: it wrote its
-    /// surrender, left, or an operator confirmed it gone.
-    pub(crate) fn has_stopped(&self, peer: PeerName) -> bool {
+    /// surrender, left, or an operator confirmed it gone. Until then its
+    /// heir holds its addresses.
+    pub fn has_stopped(&self, peer: PeerName) -> bool {
         self.removals.contains_key(&peer) && self.surrenders.contains_key(&peer)
     }
 
@@ -348,6 +349,18 @@ impl Ring {
     /// until `dead` surrendered (or was confirmed gone).
     pub(crate) fn surrender_of(&self, dead: PeerName) -> Option<&Surrender> {
         self.surrenders.get(&dead)
+    }
+
+    /// Whether `peer` surrendered everything it had: it left, was reset
+    /// after its removal, or an operator confirmed it gone.
+    pub fn surrendered_all(&self, peer: PeerName) -> bool {
+        self.surrenders.get(&peer).is_some_and(|s| s.all)
+    }
+
+    /// Whether both rings hold the same reclaim records and surrenders
+    /// (which travel only in whole rings).
+    pub fn same_records(&self, other: &Self) -> bool {
+        self.removals == other.removals && self.surrenders == other.surrenders
     }
 
     /// Whether `peer`'s removal is recorded but its ranges not yet taken.
