@@ -25,7 +25,10 @@
 //!   records are what the reclaim safety argument counts, and it relies on a
 //!   vote arriving together with the voter's whole state. So
 //!   [`Ring::delta_since`] answers `None` (send the whole ring) whenever the
-//!   removals changed, or a token was dropped.
+//!   removals or the surrenders of removed routers changed (a surrender
+//!   changes who votes and who may be heir), or a token was dropped. A
+//!   router that gets a delta rewriting its own entries (a takeover after
+//!   its removal, whose record it has not seen) fetches the whole ring.
 //! - **Members travel in deltas.** The member set is grow-only and decides who
 //!   votes, so every member new since the base travels, along with everyone
 //!   the spans name.
