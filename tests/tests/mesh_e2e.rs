@@ -643,6 +643,25 @@ fn forced_rmpeer_of_a_live_router_across_a_partition() {
         }
     }
     eprintln!("{} allocations, no duplicate", answered.len());
+
+    // `weft reset` on the removed h3: its pods are gone, and h1 may now hand out their addresses.
+    let out = h3.cli(&["reset"]);
+    assert!(out.status.success(), "weft reset on the removed h3: {out:?}");
+    let exit = h3.wait_exit(Duration::from_secs(15));
+    assert!(exit.success(), "h3 exited with {exit} after its reset");
+    let pod = bare(&h3_pods[0]).to_owned();
+    let mut last = None;
+    wait_until(
+        Duration::from_secs(10),
+        "h1 to use h3's pod address after h3's reset",
+        || {
+            let out = h1.cli(&["ipam", "allocate", "after-reset", "--ip", &pod]);
+            let ok = out.status.success();
+            last = Some(out);
+            ok
+        },
+    )
+    .unwrap_or_else(|err| panic!("{err}: {last:?}"));
 }
 
 /// An address without its prefix length (`10.45.0.1/22` -> `10.45.0.1`).

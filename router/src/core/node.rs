@@ -1625,6 +1625,25 @@ mod tests {
                 "router {i}'s {a} is not held by its heir"
             );
         }
+        // Router 3 is reset: its pods are gone, and the heir may use their addresses.
+        let now = net.now;
+        net.node(3).reset(now, ReplyTo(950));
+        net.run(Duration::from_secs(3));
+        let failed = net.reply(ReplyTo(950));
+        assert_eq!(net.resets_done, vec![(3, ReplyTo(950))], "{failed:?}");
+        assert!(
+            net.node(1).replica().held().is_empty(),
+            "the heir still holds router 3's pods' addresses"
+        );
+        let pod = answered.iter().find(|(i, _)| *i == 3).expect("router 3 allocated").1;
+        let now = net.now;
+        net.node(1)
+            .allocate(now, ReplyTo(951), key("reuse"), Request::Addr(pod));
+        net.run(Duration::from_secs(1));
+        assert!(
+            matches!(net.reply(ReplyTo(951)), Some(Reply::Allocate(Ok(a))) if a.addr == pod),
+            "the heir cannot use {pod} after router 3's reset"
+        );
     }
 
     #[test]
