@@ -17,7 +17,7 @@ use crate::delta::Delta;
 use crate::peer::PeerName;
 use crate::pool::Pool;
 use crate::replica::{AllocKey, Replica, add_owned};
-use crate::ring::{Entry, Removal, Ring, Taken, Vote};
+use crate::ring::{Entry, Removal, Ring, Surrender, Taken, Vote};
 use crate::space::Space;
 
 /// Largest encoded ring or replica accepted, in bytes (16 MiB). A ring of
@@ -28,9 +28,16 @@ pub const MAX_ENCODED_LEN: usize = 16 << 20;
 pub const MAX_MEMBERS: usize = 1 << 16;
 
 impl Ring {
-    /// The wire form of the ring (what routers gossip).
+    /// The wire form of the ring (what routers gossip). A ring with no
+    /// surrenders is written as V2, byte for byte what routers without
+    /// surrenders write, so they keep reading it; one with surrenders is V3.
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_allocvec(&RingWire::V2(RingV2::from(self))).expect("encoding to a Vec cannot fail")
+        let wire = if self.surrenders.is_empty() {
+            RingWire::V2(RingV2::from(self))
+        } else {
+            RingWire::V3(RingV3::from(self))
+        };
+        postcard::to_allocvec(&wire).expect("encoding to a Vec cannot fail")
     }
 
     /// Decodes and validates a ring received from the network or disk.
@@ -41,16 +48,18 @@ impl Ring {
         match decode_bounded::<RingWire>(bytes, RingWire::VERSIONS)? {
             RingWire::V1(v1) => RingV2::from(v1).into_ring(),
             RingWire::V2(v2) => v2.into_ring(),
+            RingWire::V3(v3) => v3.into_ring(),
         }
     }
 }
 
 impl Replica {
-    /// The disk form of the replica: ring, allocations and deferred entries.
+    /// The disk form of the replica: ring, allocations, deferred entries
+    /// and held spans.
     pub fn encode(&self) -> Vec<u8> {
-        let v2 = ReplicaV2 {
+        let v3 = ReplicaV3 {
             me: self.me,
-            ring: self.ring.as_ref().map(RingV2::from),
+            ring: self.ring.as_ref().map(RingV3::from),
             allocations: self
                 .space
                 .allocations()
@@ -61,8 +70,17 @@ impl Replica {
                 })
                 .collect(),
             deferred: self.deferred.iter().copied().collect(),
+            held: self
+                .held
+                .iter()
+                .map(|(s, (e, from))| HeldV3 {
+                    start: *s,
+                    end: *e,
+                    from: *from,
+                })
+                .collect(),
         };
-        postcard::to_allocvec(&ReplicaDisk::V2(v2)).expect("encoding to a Vec cannot fail")
+        postcard::to_allocvec(&ReplicaDisk::V3(v3)).expect("encoding to a Vec cannot fail")
     }
 
     /// Decodes and validates a replica from disk. A corrupt file is an error,
@@ -73,17 +91,25 @@ impl Replica {
     /// fit the ring.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let v2 = match decode_bounded::<ReplicaDisk>(bytes, ReplicaDisk::VERSIONS)? {
-            ReplicaDisk::V1(v1) => ReplicaV2 {
+            ReplicaDisk::V1(v1) => ReplicaV3 {
                 me: v1.me,
-                ring: v1.ring.map(RingV2::from),
+                ring: v1.ring.map(|r| RingV3::from_v2(RingV2::from(r))),
                 allocations: v1.allocations,
                 deferred: Vec::new(),
+                held: Vec::new(),
             },
-            ReplicaDisk::V2(v2) => v2,
+            ReplicaDisk::V2(v2) => ReplicaV3 {
+                me: v2.me,
+                ring: v2.ring.map(RingV3::from_v2),
+                allocations: v2.allocations,
+                deferred: v2.deferred,
+                held: Vec::new(),
+            },
+            ReplicaDisk::V3(v3) => v3,
         };
         let me = v2.me;
         let Some(ring) = v2.ring else {
-            if !v2.allocations.is_empty() || !v2.deferred.is_empty() {
+            if !v2.allocations.is_empty() || !v2.deferred.is_empty() || !v2.held.is_empty() {
                 return Err(invalid("allocations without a ring"));
             }
             return Ok(Self::new(me));
@@ -94,11 +120,22 @@ impl Replica {
             return Err(invalid("deferred entries must ascend strictly"));
         }
         let deferred: BTreeSet<u128> = v2.deferred.into_iter().collect();
+        let removed = ring.is_removed(me);
         let mut space = Space::default();
         for (s, e, entry) in ring.spans() {
-            if entry.owner == me && !deferred.contains(&s) {
+            if entry.owner == me && !deferred.contains(&s) && !removed {
                 add_owned(&mut space, pool, s, e);
             }
+        }
+        let mut held = BTreeMap::new();
+        for h in v2.held {
+            if h.start >= h.end || h.end > pool.size() || space.count_free(h.start, h.end) != h.end - h.start {
+                return Err(invalid(
+                    "a held span lies outside this router's own free space, or overlaps another",
+                ));
+            }
+            space.remove_free(h.start, h.end);
+            held.insert(h.start, (h.end, h.from));
         }
         for a in v2.allocations {
             let key = AllocKey::new(a.container, a.iface).map_err(|e| invalid(e.to_string()))?;
@@ -112,6 +149,7 @@ impl Replica {
             ring: Some(ring),
             space,
             deferred,
+            held,
         };
         replica.verify().map_err(|v| invalid(v.to_string()))?;
         Ok(replica)
@@ -269,20 +307,112 @@ fn read_varint(bytes: &[u8]) -> Option<u64> {
 enum RingWire {
     V1(RingV1),
     V2(RingV2),
+    V3(RingV3),
 }
 
 impl RingWire {
-    const VERSIONS: u64 = 2;
+    const VERSIONS: u64 = 3;
 }
 
 #[derive(Serialize, Deserialize)]
 enum ReplicaDisk {
     V1(ReplicaV1),
     V2(ReplicaV2),
+    V3(ReplicaV3),
 }
 
 impl ReplicaDisk {
-    const VERSIONS: u64 = 2;
+    const VERSIONS: u64 = 3;
+}
+
+#[derive(Serialize, Deserialize)]
+struct ReplicaV3 {
+    me: PeerName,
+    ring: Option<RingV3>,
+    allocations: Vec<AllocV1>,
+    /// Own tokens not usable yet, ascending.
+    deferred: Vec<u128>,
+    /// Spans held as heir, ascending and disjoint.
+    held: Vec<HeldV3>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct HeldV3 {
+    start: u128,
+    end: u128,
+    from: PeerName,
+}
+
+/// The ring since surrenders: V2 plus what removed routers gave up.
+#[derive(Serialize, Deserialize)]
+struct RingV3 {
+    base: RingV2,
+    surrenders: Vec<SurrenderV3>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SurrenderV3 {
+    /// Member index of the removed router.
+    dead: u32,
+    all: bool,
+    /// `[start, end)` spans, ascending.
+    spans: Vec<(u128, u128)>,
+}
+
+impl RingV3 {
+    fn from_v2(base: RingV2) -> Self {
+        Self {
+            base,
+            surrenders: Vec::new(),
+        }
+    }
+
+    fn into_ring(self) -> Result<Ring, DecodeError> {
+        let members = self.base.members.0.clone();
+        let mut ring = self.base.into_ring()?;
+        let size = ring.pool.size();
+        let mut last: Option<PeerName> = None;
+        for sv in self.surrenders {
+            let dead = members
+                .get(sv.dead as usize)
+                .copied()
+                .ok_or_else(|| invalid(format!("member index {} out of range", sv.dead)))?;
+            if last.is_some_and(|l| l >= dead) || !ring.removals.contains_key(&dead) {
+                return Err(invalid("surrenders must ascend strictly and name removed routers"));
+            }
+            last = Some(dead);
+            if sv.spans.windows(2).any(|w| w[0] >= w[1]) || sv.spans.iter().any(|(s, e)| s >= e || *e > size) {
+                return Err(invalid("surrendered spans must ascend and lie in the pool"));
+            }
+            ring.surrenders.insert(
+                dead,
+                Surrender {
+                    spans: sv.spans.into_iter().collect(),
+                    all: sv.all,
+                },
+            );
+        }
+        Ok(ring)
+    }
+}
+
+impl From<&Ring> for RingV3 {
+    fn from(r: &Ring) -> Self {
+        let members: Vec<PeerName> = r.members.iter().copied().collect();
+        let ix = |p: &PeerName| members.binary_search(p).expect("every named peer is a member") as u32;
+        Self {
+            surrenders: r
+                .surrenders
+                .iter()
+                .map(|(d, s)| SurrenderV3 {
+                    dead: ix(d),
+                    all: s.all,
+                    spans: s.spans.iter().copied().collect(),
+                })
+                .collect(),
+            base: RingV2::from(r),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -696,6 +826,7 @@ impl RingV2 {
             entries: entries.into_iter().collect(),
             members: members.into_iter().collect(),
             removals: removals.into_iter().collect::<BTreeMap<_, _>>(),
+            surrenders: BTreeMap::new(),
         };
         // Merge never keeps a stale token; a ring holding one was not made by merge.
         for k in ring.taken() {
@@ -780,8 +911,8 @@ mod tests {
     #[test]
     fn refuses_newer_versions_oversize_and_trailing_bytes() {
         let mut bytes = small_ring().encode();
-        bytes[0] = 2;
-        assert_eq!(Ring::decode(&bytes), Err(DecodeError::UnsupportedVersion(3)));
+        bytes[0] = 3;
+        assert_eq!(Ring::decode(&bytes), Err(DecodeError::UnsupportedVersion(4)));
         // The largest tag a varint can hold (the input fuzz/ipam_ring found).
         let max_tag = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
         assert_eq!(Ring::decode(&max_tag), Err(DecodeError::UnsupportedVersion(u64::MAX)));
@@ -830,6 +961,30 @@ mod tests {
         r.split_at(100, 0);
         r.entries.get_mut(&100).unwrap().epoch = 0;
         assert!(matches!(Ring::decode(&r.encode()), Err(DecodeError::Invalid(_))));
+    }
+
+    /// A ring with a surrender is V3 and round-trips; the replica keeps its held spans.
+    #[test]
+    fn surrenders_and_held_spans_round_trip() {
+        let pl = small_ring().pool();
+        let mut a = Replica::create(p(1), pl, &[p(1), p(2), p(3)]).unwrap();
+        let mut b = Replica::create(p(2), pl, &[p(1), p(2), p(3)]).unwrap();
+        let mut c = Replica::create(p(3), pl, &[p(1), p(2), p(3)]).unwrap();
+        c.allocate(AllocKey::new("c1", "eth0").unwrap(), Request::Any).unwrap();
+        a.begin_reclaim(p(3)).unwrap();
+        let _ = b.merge(a.ring().unwrap()).unwrap();
+        let _ = a.merge(b.ring().unwrap()).unwrap();
+        assert!(!a.held().is_empty(), "the heir holds what it took");
+        let back = Replica::decode(&a.encode()).unwrap();
+        assert_eq!(back, a);
+        // c hears of it: it surrenders its free space.
+        let _ = c.merge(a.ring().unwrap()).unwrap();
+        let ring = c.ring().unwrap();
+        assert_eq!(ring.encode()[0], 2, "a ring with a surrender is V3");
+        assert_eq!(&Ring::decode(&ring.encode()).unwrap(), ring);
+        assert_eq!(Replica::decode(&c.encode()).unwrap(), c);
+        let _ = a.merge(ring).unwrap();
+        assert_eq!(Replica::decode(&a.encode()).unwrap(), a);
     }
 
     #[test]

@@ -25,7 +25,10 @@
 //!   records are what the reclaim safety argument counts, and it relies on a
 //!   vote arriving together with the voter's whole state. So
 //!   [`Ring::delta_since`] answers `None` (send the whole ring) whenever the
-//!   removals changed, or a token was dropped.
+//!   removals or the surrenders of removed routers changed (a surrender
+//!   changes who votes and who may be heir), or a token was dropped. A
+//!   router that gets a delta rewriting its own entries (a takeover after
+//!   its removal, whose record it has not seen) fetches the whole ring.
 //! - **Members travel in deltas.** The member set is grow-only and decides who
 //!   votes, so every member new since the base travels, along with everyone
 //!   the spans name.
@@ -104,6 +107,7 @@ impl Ring {
             entries: self.entries.iter().map(|(t, e)| (*t, *e)).collect(),
             members: self.members.iter().copied().collect(),
             removals: self.removals.clone(),
+            surrenders: self.surrenders.clone(),
         }
     }
 
@@ -132,7 +136,11 @@ impl Ring {
     /// earlier state of this replica's ring (what an announcement lists).
     /// `None` when only the whole ring will do, as for [`Ring::delta_since`].
     pub fn changes_since(&self, base: &Snapshot) -> Option<Vec<Stamp>> {
-        if self.pool != base.pool || self.seeds.len() != base.seeds || self.removals != base.removals {
+        if self.pool != base.pool
+            || self.seeds.len() != base.seeds
+            || self.removals != base.removals
+            || self.surrenders != base.surrenders
+        {
             return None;
         }
         // Both are sorted: compare them in one walk. Tokens only appear
@@ -166,6 +174,7 @@ impl Ring {
     pub fn owners_changed_since(&self, base: &Snapshot) -> bool {
         self.entries.len() != base.entries.len()
             || self.removals != base.removals
+            || self.surrenders != base.surrenders
             || self
                 .entries
                 .iter()
@@ -260,6 +269,7 @@ pub struct Snapshot {
     entries: Vec<(u128, Entry)>,
     members: Vec<PeerName>,
     removals: BTreeMap<PeerName, crate::ring::Removal>,
+    surrenders: BTreeMap<PeerName, crate::ring::Surrender>,
 }
 
 /// An entry's token and stamp, as announcements list them.
@@ -313,6 +323,7 @@ impl Replica {
             entries: delta.spans.iter().map(|(s, _, e)| (*s, *e)).collect(),
             members: delta.members.clone(),
             removals: Default::default(),
+            surrenders: Default::default(),
         };
         let mut skipped = Vec::new();
         loop {

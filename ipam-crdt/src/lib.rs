@@ -50,45 +50,87 @@
 //! way: its owner donates the free range holding it, or refuses with the
 //! reason (for example [`DonateError::InUse`]).
 //!
-//! ## Reclaiming a dead router's ranges
+//! ## Reclaiming a removed router's ranges
 //! A router that is gone for good (its disk lost, its host destroyed) holds
 //! ranges nobody may use. [`Replica::begin_reclaim`] starts the explicit,
-//! operator-driven reclaim (`weft rmpeer`). It must never give the same range
-//! to two routers, even if started concurrently on both sides of a
-//! partition. The mechanism:
+//! operator-driven reclaim (`weft rmpeer`). **No router can tell a dead peer
+//! from one that is alive and cut off**, and the operator may be wrong, so
+//! the reclaim must never give one address to two pods, even when the
+//! "dead" router is alive, allocating on the other side of a partition, and
+//! even if reclaims start concurrently on both sides. The mechanism:
 //!
 //! 1. **Record.** Reclaiming `D` adds a removal record for `D` to the ring,
 //!    proposing an heir (the router that started it). Concurrent starts just
 //!    add proposals to the same record. From then on `D` is *removed*.
-//! 2. **Vote.** *Members* are every router that ever owned space (a grow-only
+//! 2. **Stop and surrender.** A removed router that learns of its removal
+//!    (any merge showing the record) *stops* at once: it allocates, releases
+//!    and donates nothing more ([`AllocError::Removed`]), forgets its space,
+//!    accepts the takeover of its entries (its merge no longer refuses them,
+//!    so its ring converges with everyone's), and writes a *surrender* into
+//!    the ring: the free spans it had, which it will never use. Its
+//!    allocations are not in it: its pods may still run. A router that
+//!    stopped is known to have stopped once its surrender is seen. Two other
+//!    routes stop a router: a graceful leave ([`Replica::leave`], `weft
+//!    reset`) surrenders everything at once, and so does an operator's
+//!    confirmation that the host is gone ([`Replica::confirm_gone`], `weft
+//!    rmpeer --gone`); a removed router that is reset surrenders everything
+//!    too ([`Replica::surrender_all`]). Surrenders are grow-only.
+//! 3. **Vote.** *Members* are every router that ever owned space (a grow-only
 //!    set: a router that gave all its space away stays a member). *Voters*
-//!    are members not removed. Every voter that sees the record votes for the
-//!    *candidate*: the lowest-named proposal that is not itself removed. A
-//!    voter's vote is a register only it writes (sequence-numbered). If every
-//!    proposed heir has itself been removed, a voter that sees this proposes
-//!    itself, so a reclaim never stalls on a dead heir.
-//! 3. **Act.** Only the candidate acts, and only once its own view shows
-//!    every voter voting for it. It then rewrites every entry of `D` as its
-//!    own, wholly free (the dead router's containers died with it), **one
-//!    epoch up**, and marks the record done, listing the ranges it took.
-//!    Done is final (only its list of taken ranges can grow) and dominates
-//!    on merge.
+//!    are members that have not stopped, **removed or not**: a removed router
+//!    that has not stopped may be alive and acting on what it knows. The
+//!    reclaim of `D` counts every voter but `D` ([`Ring::voters_for`]).
+//!    Every voter that sees the record votes for the *candidate*: the
+//!    lowest-named proposal that has not stopped. A voter's vote is a
+//!    register only it writes (sequence-numbered). If every proposed heir
+//!    has stopped, a voter that sees this proposes itself, so a reclaim never
+//!    stalls on a stopped heir.
+//! 4. **Act, holding.** Only the candidate acts, and only once its own view
+//!    shows every voter voting for it. It then rewrites every entry of `D` as
+//!    its own, **one epoch up**, with nothing free: it *holds* the space
+//!    (neither free nor allocated, not advertised, refused to requests with
+//!    [`AllocError::Held`]), and marks the record done, listing the ranges it
+//!    took. Done is final (only its list of taken ranges can grow) and
+//!    dominates on merge.
+//! 5. **Free what was surrendered.** The heir frees the parts of the space
+//!    it holds from `D` that `D`'s surrender covers (all of it if `D` left,
+//!    was reset or was confirmed gone), as soon as it sees the surrender.
+//!    The rest stays held: `D`'s pods' addresses, and anything `D` gave away
+//!    in a state the heir never saw.
 //!
-//! A graceful leave (`weft reset`, [`Replica::leave`]) is the same thing
-//! started by the router itself: it records its own removal with the heir it
-//! chose and stops allocating at once; the heir acts with every live vote.
-//! A leave and an `rmpeer` of the same router started elsewhere therefore
-//! join into one record instead of racing.
+//! A leave and an `rmpeer` of the same router started elsewhere join into
+//! one record instead of racing.
 //!
-//! **Why two routers can never both take `D`'s ranges.** Suppose live heirs
+//! **Why a removed router's pods' addresses are never handed out again.**
+//! While `D` has not stopped, it allocates only from ranges it owns in its
+//! own view, as any router. The heir's rewrite of those ranges holds them, so
+//! nothing of them is handed out. When `D` stops, the addresses it still has
+//! allocated are exactly those not in its surrender, and it allocates nothing
+//! after, so the heir frees only addresses `D` will never use. An address in
+//! `D`'s surrender is not used by anyone else: it was `D`'s in `D`'s view,
+//! and ownership leaves a router only by its own donation, after which the
+//! range is no longer in its space. A router that was wrongly removed
+//! therefore keeps every address its pods have, and so does its heir's
+//! heir: what an heir holds it can never give away, and if the heir is
+//! removed in turn, its own heir holds those ranges from it.
+//!
+//! **Why two routers can never both take `D`'s ranges.** Suppose heirs
 //! `H1 != H2` both act, `H1` first. When `H1` acts, its record becomes done,
 //! so its vote is frozen on `H1` forever. `H2` acts only when its view shows
-//! every voter voting `H2`. `H1` is a member in `H2`'s view (below), and is
-//! live, so it was never removed: it is a voter there, and its vote in that
-//! view must be `H2`. A vote for `H2` by `H1` was made before `H1` acted
-//! (after that it is frozen on `H1`), and `H1` later voted for itself, which it
-//! does only when `H2` is no longer a valid proposal, i.e. `H2` was removed;
-//! but a removed router is dead and does not act. Contradiction.
+//! every voter voting `H2`. `H1` is a member in `H2`'s view (below). If `H1`
+//! has stopped in that view, `H2`'s view holds `H1`'s surrender, written
+//! after `H1` acted (a stopped router never acts), so it holds `H1`'s done
+//! record too and `H2` does not act; unless an operator confirmed `H1` gone,
+//! which is true only if `H1` died, and then only a done record it made and
+//! nobody received before it died can be missing (see Limits). Otherwise
+//! `H1` is a voter there, and its vote in that view must be `H2`. A vote for
+//! `H2` by `H1` was made before `H1` acted (after that it is frozen on `H1`),
+//! and `H1` later voted for itself, which it does only when `H2` has stopped
+//! (a lower proposal than `H2` cannot have been `H1`'s own: it proposes
+//! itself only when no candidate is left); but a stopped router does not
+//! act. Contradiction. This is also why a removed router stays a voter until
+//! it stopped: two alive routers that each removed the other would
+//! otherwise each be the only voter of a third router's reclaim.
 //!
 //! `H1` is a member in `H2`'s view because views are joins of states that
 //! descend from the genesis state, membership only grows, and every voter's
@@ -120,30 +162,36 @@
 //! - *Leftovers.* Ranges of `D` that surface after its reclaim is done (its
 //!   last state relayed late) are still owned by `D` in the merged ring. The
 //!   router holding what `D` left (its heir, or the heir's heir) takes them
-//!   the same way and adds them to the done record, whose taken ranges are a
-//!   grow-only set.
+//!   the same way, held, and adds them to the done record, whose taken
+//!   ranges are a grow-only set.
 //!
 //! The price is liveness, not safety: a reclaim completes only when every
-//! live member has voted, so during a partition it waits for the heal. A
-//! router that finds itself removed while alive (an operator mistake) stops
-//! allocating ([`AllocError::Removed`]) and must be reset.
+//! voter has voted, so during a partition it waits for the heal, and a
+//! removed router that never stops (it is really dead) stays a voter of
+//! every *other* reclaim, and its pods' addresses stay held, until an
+//! operator confirms it gone. Its own reclaim does not wait for it.
 //!
-//! **Limits, stated once.** A router is removed only when it is dead for
-//! good and never returns with the same name; its messages still in flight
-//! when it died are lost; replicas persist their state after every change
-//! and before sending it. One case stays outside the argument: a router that
-//! had never owned space, got its first range from `D` just before `D` died,
+//! **Limits, stated once.** An operator's confirmation that a router is gone
+//! (`confirm_gone`) is believed: a confirmed router must never run again
+//! with its state, and a done record it made but sent nowhere before it died
+//! is lost with it. Replicas persist their state after every change and
+//! before sending it. One case stays outside the argument: a router that had
+//! never owned space got its first range from `D` just before `D` stopped,
 //! and stayed unknown to every voter until the heir acted. No voter could
 //! have waited for a router it did not know, so the heir takes that range
-//! too, and two routers hold it. The newcomer's merge then refuses every
-//! ring carrying the takeover ([`MergeError::OwnEntryChanged`]), so the
-//! conflict is loud, not silent, and an operator must reset the newcomer. The
-//! router narrows the window by refusing `rmpeer` while it still sees a
-//! connection to `D`.
+//! too; it stays held (it is not in `D`'s surrender), so no address is
+//! handed out twice, but the newcomer's merge refuses every ring carrying
+//! the takeover ([`MergeError::OwnEntryChanged`]), loudly, and an operator
+//! must reset the newcomer. If `D` is then confirmed gone (or left), the
+//! heir frees that range while the newcomer may still use it. The router
+//! narrows the window by refusing `rmpeer` while it still sees a connection
+//! to `D`.
 //!
 //! The property tests check all of this on random histories of six replicas
-//! with allocations, donations, crashes, deaths, leaves and concurrent
-//! reclaims, including the relayed-late-state histories that the fence and
+//! with allocations, donations, crashes, deaths, leaves, concurrent reclaims
+//! and wrong `rmpeer`s of live routers (which go on allocating until they
+//! hear of it, and whose pods' addresses must never be handed out again),
+//! including the relayed-late-state histories that the fence and
 //! epochs were added for (`late_state_through_a_dead_relay_is_fenced`).
 //!
 //! ## Wire and disk form

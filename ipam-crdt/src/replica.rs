@@ -1,6 +1,6 @@
 //! One router's IPAM state: the ring plus its own allocations.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -8,7 +8,7 @@ use ipnet::IpNet;
 
 use crate::peer::PeerName;
 use crate::pool::{AddrRange, Pool};
-use crate::ring::{CreateError, MergeError, MergePlan, ReclaimStatus, Removal, Ring, Taken, Vote};
+use crate::ring::{CreateError, MergeError, MergePlan, ReclaimStatus, Removal, Ring, Surrender, Taken, Vote};
 use crate::space::Space;
 
 /// One router's view of the ring and its own allocations. Pure state: no I/O,
@@ -38,6 +38,10 @@ pub struct Replica {
     /// Own entries not yet usable: written by a router whose removal is
     /// pending when they arrived (see [`Replica::merge`]). Not in `space`.
     pub(crate) deferred: BTreeSet<u128>,
+    /// Spans of own ranges taken as heir and not usable yet: start -> (end,
+    /// the removed router they came from). Neither free nor allocated, and
+    /// not in `space`, until that router's surrender frees them.
+    pub(crate) held: BTreeMap<u128, (u128, PeerName)>,
 }
 
 /// What an allocation is keyed by: a container and one of its interfaces.
@@ -195,6 +199,7 @@ impl Replica {
             ring: None,
             space: Space::default(),
             deferred: BTreeSet::new(),
+            held: BTreeMap::new(),
         }
     }
 
@@ -225,6 +230,27 @@ impl Replica {
     /// or it left). A removed router allocates nothing more; it must be reset.
     pub fn is_removed(&self) -> bool {
         self.ring.as_ref().is_some_and(|r| r.is_removed(self.me))
+    }
+
+    /// The spans this router holds as heir ([`Replica::held`]), in address
+    /// order, each with the removed router it came from.
+    pub fn held_ranges(&self) -> impl Iterator<Item = (AddrRange, PeerName)> + '_ {
+        let pool = self.ring.as_ref().map(Ring::pool);
+        self.held
+            .iter()
+            .map(move |(s, (e, from))| (pool.expect("held spans imply a ring").range(*s, *e), *from))
+    }
+
+    /// Addresses this router holds as heir of removed routers and may not
+    /// hand out yet, by the router they came from: each is freed when that
+    /// router surrenders (it learned of its removal), is reset, or an
+    /// operator confirms it gone ([`Replica::confirm_gone`]).
+    pub fn held(&self) -> BTreeMap<PeerName, u128> {
+        let mut out = BTreeMap::new();
+        for (s, (e, from)) in &self.held {
+            *out.entry(*from).or_default() += e - s;
+        }
+        out
     }
 
     /// The address of `key`, if allocated here.
@@ -313,6 +339,15 @@ impl Replica {
                         addr,
                         by: Box::new(holder.clone()),
                     });
+                }
+                if let Some(from) = self.held_from(off) {
+                    return Err(AllocError::Held { addr, from });
+                }
+                if !self.space.is_free(off) {
+                    // A deferred entry: it came from a router whose removal
+                    // is pending, and waits for that reclaim.
+                    let from = ring.entry_containing(off).1.writer;
+                    return Err(AllocError::Held { addr, from });
                 }
                 off
             }
@@ -409,6 +444,9 @@ impl Replica {
                         by: Box::new(holder.clone()),
                     });
                 }
+                if let Some(from) = self.held_from(off) {
+                    return Err(DonateError::Held { addr, from });
+                }
                 if !self.space.is_free(off) {
                     return Err(DonateError::Reserved(addr));
                 }
@@ -476,7 +514,11 @@ impl Replica {
                     Some(plan) => plan,
                     None => ring.plan_merge(other)?,
                 };
-                let usable = |t: u128, owner: PeerName| owner == me && !self.deferred.contains(&t);
+                // A router that is (or, with this merge, becomes) removed
+                // accepts the takeover of its entries: it stops using them,
+                // and refusing would keep its ring apart forever.
+                let removed = ring.is_removed(me) || plan.removals.iter().any(|(d, _)| *d == me);
+                let usable = |t: u128, owner: PeerName| !removed && owner == me && !self.deferred.contains(&t);
                 let mut tokens = Vec::new();
                 for (t, theirs) in &plan.entries {
                     match ring.entries.get(t) {
@@ -495,7 +537,7 @@ impl Replica {
                         }
                         _ => {}
                     }
-                    if theirs.owner == me {
+                    if theirs.owner == me && !removed {
                         // Space moves wholly free (donations and takeovers alike).
                         let end = plan.next_token(ring, *t);
                         if theirs.free != end - t - ring.pool.reserved_in(*t, end) {
@@ -516,6 +558,7 @@ impl Replica {
         };
         let ring = self.ring.as_ref().expect("set above");
         let mut gained = Vec::with_capacity(arrived.len());
+        let arrived = if ring.is_removed(me) { Vec::new() } else { arrived };
         for t in arrived {
             if self.deferred.contains(&t) {
                 continue;
@@ -529,10 +572,15 @@ impl Replica {
             add_owned(&mut self.space, ring.pool, t, end);
             gained.push(ring.pool.range(t, end));
         }
+        let stopped = self.stop_if_removed();
+        if stopped {
+            gained.clear();
+        }
         let (voted, reclaimed) = self.settle_reclaims();
         self.release_deferred(&mut gained);
+        let freed = self.free_surrendered();
         Ok(MergeOutcome {
-            changed: changed || voted,
+            changed: changed || voted || stopped || freed,
             gained,
             reclaimed,
             skipped: Vec::new(),
@@ -642,7 +690,64 @@ impl Replica {
                 votes: Default::default(),
             },
         );
-        Ok(ring.reclaim_status(me).expect("just recorded"))
+        // A leaving router takes its pods with it: everything it had is
+        // free for the heir at once (the fast path of a reset).
+        ring.surrenders.insert(
+            me,
+            Surrender {
+                spans: BTreeSet::new(),
+                all: true,
+            },
+        );
+        let status = ring.reclaim_status(me).expect("just recorded");
+        self.forget_own_space();
+        Ok(status)
+    }
+
+    /// After this router was removed (`weft rmpeer` ran against it while it
+    /// was alive) and is being reset: its pods are gone, so everything it
+    /// had is free for its heir. Idempotent. Returns whether the ring changed.
+    ///
+    /// # Errors
+    /// [`ReclaimError::NoRing`]; [`ReclaimError::NotRemoved`] when this
+    /// router was not removed (a live router leaves with [`Replica::leave`]).
+    pub fn surrender_all(&mut self) -> Result<bool, ReclaimError> {
+        let me = self.me;
+        let ring = self.ring.as_mut().ok_or(ReclaimError::NoRing)?;
+        if !ring.is_removed(me) {
+            return Err(ReclaimError::NotRemoved(me));
+        }
+        let s = ring.surrenders.entry(me).or_default();
+        let changed = !s.all;
+        s.all = true;
+        Ok(changed)
+    }
+
+    /// The operator's confirmation that the removed router `dead` is gone
+    /// for good (its host destroyed, or its state deleted): its heir may hand
+    /// out everything it held from `dead`, and a reclaim waiting on `dead` as
+    /// its proposed heir moves on. **Only safe if `dead` will never run
+    /// again with its state**: a live `dead` keeps its pods' addresses, and
+    /// they would be handed out twice. Returns whether the ring changed.
+    ///
+    /// # Errors
+    /// [`ReclaimError::NoRing`], [`ReclaimError::IsSelf`], or
+    /// [`ReclaimError::NotRemoved`] when `dead` was not removed first
+    /// (`weft rmpeer`).
+    pub fn confirm_gone(&mut self, dead: PeerName) -> Result<bool, ReclaimError> {
+        if dead == self.me {
+            return Err(ReclaimError::IsSelf);
+        }
+        let ring = self.ring.as_mut().ok_or(ReclaimError::NoRing)?;
+        if !ring.is_removed(dead) {
+            return Err(ReclaimError::NotRemoved(dead));
+        }
+        let s = ring.surrenders.entry(dead).or_default();
+        let changed = !s.all;
+        s.all = true;
+        let _ = self.settle_reclaims();
+        let _ = self.free_surrendered();
+        Ok(changed)
     }
 
     /// Checks every invariant of this replica: its entries' free counts match
@@ -660,6 +765,41 @@ impl Replica {
             };
         };
         let pool = ring.pool;
+        if ring.is_removed(self.me) {
+            // A removed router surrendered and forgot its space at once.
+            if !ring.surrenders.contains_key(&self.me) {
+                return Err(violation("removed without a surrender"));
+            }
+            if self.space != Space::default() || !self.deferred.is_empty() || !self.held.is_empty() {
+                return Err(violation("a removed router still keeps space"));
+            }
+            return Ok(());
+        }
+        let mut held_total = 0u128;
+        let mut prev_end = 0u128;
+        for (s, (e, _)) in &self.held {
+            if *s < prev_end || s >= e || pool.is_reserved(*s) || pool.is_reserved(e - 1) {
+                return Err(violation("held spans overlap, are empty or hold a reserved address"));
+            }
+            prev_end = *e;
+            held_total += e - s;
+            if self.space.count_free(*s, *e) > 0 || self.space.allocations().any(|(_, o)| *s <= o && o < *e) {
+                return Err(violation(format!(
+                    "held span at {} is also free or allocated",
+                    pool.addr_at(*s)
+                )));
+            }
+            let mut t = ring.entry_containing(*s).0;
+            while t < *e {
+                if ring.entries[&t].owner != self.me || self.deferred.contains(&t) {
+                    return Err(violation(format!(
+                        "held span at {} lies outside own ranges",
+                        pool.addr_at(*s)
+                    )));
+                }
+                t = ring.end_of(t);
+            }
+        }
         if let Some(t) = self
             .deferred
             .iter()
@@ -716,9 +856,9 @@ impl Replica {
                 )));
             }
         }
-        if usable_owned != self.space.free_total() + self.space.allocated() as u128 {
+        if usable_owned != self.space.free_total() + self.space.allocated() as u128 + held_total {
             return Err(violation(format!(
-                "own ranges hold {usable_owned} usable addresses but {} free + {} allocated",
+                "own ranges hold {usable_owned} usable addresses but {} free + {} allocated + {held_total} held",
                 self.space.free_total(),
                 self.space.allocated()
             )));
@@ -727,6 +867,114 @@ impl Replica {
     }
 
     // ---- helpers ----
+
+    /// The removed router a held address came from.
+    fn held_from(&self, off: u128) -> Option<PeerName> {
+        self.held
+            .range(..=off)
+            .next_back()
+            .filter(|(_, (e, _))| off < *e)
+            .map(|(_, (_, from))| *from)
+    }
+
+    /// If the ring says this router was removed and it has not stopped yet:
+    /// stops. It writes its surrender (its free space, which it will never
+    /// use) and forgets its space, so it allocates, releases and donates
+    /// nothing more and accepts the takeover of its entries. Its allocations
+    /// stay held by its heir. Returns whether it stopped now.
+    fn stop_if_removed(&mut self) -> bool {
+        let me = self.me;
+        let Some(ring) = self.ring.as_mut() else {
+            return false;
+        };
+        let keeps_space = self.space != Space::default() || !self.held.is_empty() || !self.deferred.is_empty();
+        if !ring.is_removed(me) || (!keeps_space && ring.surrenders.contains_key(&me)) {
+            return false;
+        }
+        let mut s = Surrender::default();
+        s.spans.extend(self.space.free_spans());
+        ring.surrenders.entry(me).or_default().join(&s);
+        self.forget_own_space();
+        true
+    }
+
+    fn forget_own_space(&mut self) {
+        self.space = Space::default();
+        self.deferred.clear();
+        self.held.clear();
+    }
+
+    /// Frees what the surrenders allow of the spans this router holds, and
+    /// advertises the new free counts. Returns whether anything was freed.
+    fn free_surrendered(&mut self) -> bool {
+        let me = self.me;
+        let Some(ring) = self.ring.as_mut() else {
+            return false;
+        };
+        if self.held.is_empty() || ring.is_removed(me) {
+            return false;
+        }
+        // Per held span, the parts its router's surrender frees.
+        // (held start, held end, its router, the freed parts).
+        type Freed = (u128, u128, PeerName, Vec<(u128, u128)>);
+        let mut plan: Vec<Freed> = Vec::new();
+        for (s, (e, from)) in &self.held {
+            let Some(sur) = ring.surrender_of(*from) else { continue };
+            let mut parts: Vec<(u128, u128)> = if sur.all {
+                vec![(*s, *e)]
+            } else {
+                sur.spans
+                    .iter()
+                    .map(|(a, b)| ((*a).max(*s), (*b).min(*e)))
+                    .filter(|(x, y)| x < y)
+                    .collect()
+            };
+            if parts.is_empty() {
+                continue;
+            }
+            // Surrendered spans may overlap (a grow-only set): merge them.
+            parts.sort_unstable();
+            let mut merged: Vec<(u128, u128)> = Vec::with_capacity(parts.len());
+            for (x, y) in parts {
+                match merged.last_mut() {
+                    Some(last) if x <= last.1 => last.1 = last.1.max(y),
+                    _ => merged.push((x, y)),
+                }
+            }
+            plan.push((*s, *e, *from, merged));
+        }
+        if plan.is_empty() {
+            return false;
+        }
+        let mut freed = Vec::new();
+        for (s, e, from, parts) in plan {
+            self.held.remove(&s);
+            let mut at = s;
+            for (x, y) in parts {
+                if at < x {
+                    self.held.insert(at, (x, from));
+                }
+                self.space.add_free(x, y);
+                freed.push((x, y));
+                at = y;
+            }
+            if at < e {
+                self.held.insert(at, (e, from));
+            }
+        }
+        let merged = freed;
+        // Recount the free addresses of every own entry the freed spans touch.
+        let mut tokens = BTreeSet::new();
+        for &(x, y) in &merged {
+            tokens.insert(ring.entry_containing(x).0);
+            tokens.extend(ring.entries.range(x..y).map(|(t, _)| *t));
+        }
+        for t in tokens {
+            let end = ring.end_of(t);
+            ring.write(t, me, me, self.space.count_free(t, end));
+        }
+        true
+    }
 
     /// The answer when this router has no space for `want` in `[s, e)`: the peer to ask, or exhaustion.
     fn no_space(&self, want: Want, s: u128, e: u128) -> AllocError {
@@ -821,8 +1069,11 @@ impl Replica {
             let Some(Removal::Pending { votes, .. }) = ring.removals.get(&dead) else {
                 continue;
             };
-            if ring.voters().all(|v| votes.get(&v).is_some_and(|x| x.heir == me)) {
-                take_over(ring, &mut self.space, me, dead);
+            if ring
+                .voters_for(dead)
+                .all(|v| votes.get(&v).is_some_and(|x| x.heir == me))
+            {
+                take_over(ring, &mut self.held, me, dead);
                 reclaimed.push(dead);
                 changed = true;
             }
@@ -838,7 +1089,7 @@ impl Replica {
             .filter(|o| matches!(ring.removals.get(o), Some(Removal::Done { .. })) && ring.final_heir(*o) == Some(me))
             .collect();
         for dead in leftovers {
-            let more = take_all(ring, &mut self.space, me, dead);
+            let more = take_all(ring, &mut self.held, me, dead);
             if let Some(Removal::Done { taken, .. }) = ring.removals.get_mut(&dead) {
                 taken.extend(more);
             }
@@ -859,16 +1110,22 @@ impl fmt::Debug for Replica {
     }
 }
 
-/// The heir's act: every entry of `dead` becomes `heir`'s, wholly free
-/// (the dead router's containers died with it), one epoch up, and the record
-/// is final with the ranges taken.
-fn take_over(ring: &mut Ring, space: &mut Space, heir: PeerName, dead: PeerName) {
-    let taken = take_all(ring, space, heir, dead);
+/// The heir's act: every entry of `dead` becomes `heir`'s, held (not free:
+/// `dead` may be alive and cut off, with pods on its addresses), one epoch
+/// up, and the record is final with the ranges taken. `dead`'s surrender
+/// frees what it may ([`Replica::free_surrendered`]).
+fn take_over(ring: &mut Ring, held: &mut BTreeMap<u128, (u128, PeerName)>, heir: PeerName, dead: PeerName) {
+    let taken = take_all(ring, held, heir, dead);
     ring.removals.insert(dead, Removal::Done { heir, taken });
 }
 
-/// Rewrites every entry of `dead` as `taker`'s ([`Ring::take`]) and adds it to `space`.
-fn take_all(ring: &mut Ring, space: &mut Space, taker: PeerName, dead: PeerName) -> BTreeSet<Taken> {
+/// Rewrites every entry of `dead` as `taker`'s ([`Ring::take`]) and adds it to `held`.
+fn take_all(
+    ring: &mut Ring,
+    held: &mut BTreeMap<u128, (u128, PeerName)>,
+    taker: PeerName,
+    dead: PeerName,
+) -> BTreeSet<Taken> {
     let pool = ring.pool;
     let tokens: Vec<u128> = ring
         .entries
@@ -879,7 +1136,11 @@ fn take_all(ring: &mut Ring, space: &mut Space, taker: PeerName, dead: PeerName)
     let mut taken = BTreeSet::new();
     for t in tokens {
         let k = ring.take(t, taker);
-        add_owned(space, pool, k.start, k.end);
+        let s = if k.start == 0 { 1 } else { k.start };
+        let e = if k.end == pool.size() { k.end - 1 } else { k.end };
+        if s < e {
+            held.insert(s, (e, dead));
+        }
         taken.insert(k);
     }
     taken
@@ -929,7 +1190,11 @@ pub enum AllocError {
     #[error("the address ring does not exist yet: the router has not agreed on one with its peers")]
     NoRing,
     /// This router was removed from the ring and may not allocate.
-    #[error("this router was removed from the address ring (rmpeer); reset it before use")]
+    #[error(
+        "this router was removed from the address ring (weft rmpeer ran against it), so it allocates and releases nothing: \
+its pods keep their addresses (its heir holds them), but other routers no longer route to them. \
+Run `weft reset` on this host (its pods' addresses are then freed), then launch it again to rejoin under a new name"
+    )]
     Removed,
     /// The request lies outside the pool.
     #[error("{requested} is outside the pod range {pool}")]
@@ -975,6 +1240,16 @@ pub enum AllocError {
     /// No router known has free space for the request.
     #[error("no free addresses left for this request in the pod range")]
     Exhausted,
+    /// The address is held for a removed router that may still use it.
+    #[error(
+        "{addr} is held for removed router {from}, which may still use it; it is freed when {from} hears of its removal or is reset, or when an operator confirms {from} gone (weft rmpeer --gone)"
+    )]
+    Held {
+        /// The address.
+        addr: IpAddr,
+        /// The removed router.
+        from: PeerName,
+    },
 }
 
 /// Why a donation was not made.
@@ -1019,6 +1294,14 @@ pub enum DonateError {
     /// The requested address is the network or broadcast address.
     #[error("{0} is the network or broadcast address of the pod range")]
     Reserved(IpAddr),
+    /// The address is held for a removed router that may still use it.
+    #[error("{addr} is held for removed router {from}, which may still use it")]
+    Held {
+        /// The address.
+        addr: IpAddr,
+        /// The removed router.
+        from: PeerName,
+    },
 }
 
 /// Why a reclaim could not start.
@@ -1044,6 +1327,9 @@ pub enum ReclaimError {
     /// over, and no removal to record.
     #[error("this router never owned space in this ring: it has nothing to hand over")]
     NotAMember,
+    /// The router was not removed: remove it first (`weft rmpeer`).
+    #[error("router {0} was not removed from the address ring; remove it first")]
+    NotRemoved(PeerName),
 }
 
 #[cfg(test)]
@@ -1319,11 +1605,31 @@ mod tests {
         );
         let _ = b.merge(a.ring().unwrap()).unwrap();
         assert_eq!(a.ring(), b.ring());
-        // the heir allocates from the reclaimed range
+        // The heir holds the range: p(3) may be alive and cut off, with pods on it.
+        assert_eq!(a.held().get(&p(3)).copied(), Some(341));
+        assert_eq!(
+            a.allocate(key("x"), Request::Addr(ip("10.32.3.1"))),
+            Err(AllocError::Held {
+                addr: ip("10.32.3.1"),
+                from: p(3)
+            })
+        );
+        assert_eq!(
+            a.ring().unwrap().owners()[&p(1)].free,
+            a.free(),
+            "held space is not advertised"
+        );
+        // The operator confirms p(3) gone: the heir allocates from the reclaimed range.
+        assert_eq!(b.confirm_gone(p(3)), Ok(true));
+        let _ = a.merge(b.ring().unwrap()).unwrap();
+        a.verify().unwrap();
+        assert!(a.held().is_empty());
         assert_eq!(
             a.allocate(key("x"), Request::Addr(ip("10.32.3.1"))).unwrap().addr,
             ip("10.32.3.1")
         );
+        let _ = b.merge(a.ring().unwrap()).unwrap();
+        assert_eq!(a.ring(), b.ring());
     }
 
     #[test]
@@ -1355,26 +1661,117 @@ mod tests {
         }
     }
 
+    /// An operator wrongly removes the live router a while it is cut off. a
+    /// allocates during the cut; the heir takes a's ranges held, never free;
+    /// once a hears of its removal it stops and surrenders its free space,
+    /// the heir frees that and keeps a's pods' addresses held; all converge.
     #[test]
-    fn removed_router_stops_allocating_and_refuses_the_takeover() {
+    fn removed_while_alive_no_duplicate_and_converges() {
         let pl = pool("10.32.0.0/22");
         let seeds = [p(1), p(2), p(3)];
         let mut a = Replica::create(p(1), pl, &seeds).unwrap();
         let mut b = Replica::create(p(2), pl, &seeds).unwrap();
         let mut c = Replica::create(p(3), pl, &seeds).unwrap();
-        // An operator wrongly removes the live router a.
+        let before = a.allocate(key("before"), Request::Any).unwrap().addr;
+        let _ = b.merge(a.ring().unwrap()).unwrap();
+        // The cut: b removes a; c votes; b takes a's ranges.
         b.begin_reclaim(p(1)).unwrap();
-        let _ = a.merge(b.ring().unwrap()).unwrap();
-        assert!(a.is_removed());
-        assert_eq!(a.allocate(key("c"), Request::Any), Err(AllocError::Removed));
-        // Once c votes, b takes a's ranges; a refuses that ring rather than lose space silently.
+        let during = a.allocate(key("during"), Request::Any).unwrap().addr;
         let _ = c.merge(b.ring().unwrap()).unwrap();
         let out = b.merge(c.ring().unwrap()).unwrap();
         assert_eq!(out.reclaimed, vec![p(1)]);
+        b.verify().unwrap();
+        assert_eq!(b.held().get(&p(1)).copied(), Some(340));
+        // The heir hands out nothing of a's range meanwhile.
+        for i in 0..600 {
+            match b.allocate(key(&format!("b{i}")), Request::Any) {
+                Ok(x) => assert_eq!(b.ring().unwrap().owner_of(x.addr), Some(p(2)), "{}", x.addr),
+                Err(AllocError::AskPeer { .. }) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
         assert!(matches!(
-            a.merge(b.ring().unwrap()),
-            Err(MergeError::OwnEntryChanged { .. })
+            b.allocate(key("x"), Request::Addr(during)),
+            Err(AllocError::Held { from, .. }) if from == p(1)
         ));
+        // The heal: a hears of its removal and the takeover, and accepts it.
+        let out = a.merge(b.ring().unwrap()).unwrap();
+        assert!(out.changed);
+        assert!(a.is_removed());
+        a.verify().unwrap();
+        assert_eq!(a.allocated(), 0, "a forgot its space");
+        assert_eq!(a.allocate(key("after"), Request::Any), Err(AllocError::Removed));
+        assert_eq!(a.release(&key("before")), None);
+        assert_eq!(a.donate(p(2), Want::Any), Err(DonateError::Removed));
+        // b learns of a's surrender: it frees all but a's two addresses.
+        let _ = b.merge(a.ring().unwrap()).unwrap();
+        b.verify().unwrap();
+        assert_eq!(b.held().get(&p(1)).copied(), Some(2));
+        for addr in [before, during] {
+            assert!(matches!(
+                b.allocate(key("y"), Request::Addr(addr)),
+                Err(AllocError::Held { .. })
+            ));
+        }
+        let got = b.allocate(key("z"), Request::Addr(ip("10.32.0.200"))).unwrap();
+        assert_eq!(got.addr, ip("10.32.0.200"));
+        for _ in 0..2 {
+            let _ = c.merge(b.ring().unwrap()).unwrap();
+            let _ = a.merge(c.ring().unwrap()).unwrap();
+            let _ = b.merge(a.ring().unwrap()).unwrap();
+        }
+        assert_eq!(a.ring(), b.ring());
+        assert_eq!(b.ring(), c.ring());
+        // a is reset: its pods are gone, and b may use their addresses.
+        assert_eq!(a.surrender_all(), Ok(true));
+        let _ = b.merge(a.ring().unwrap()).unwrap();
+        b.verify().unwrap();
+        assert!(b.held().is_empty());
+        assert_eq!(b.allocate(key("w"), Request::Addr(during)).unwrap().addr, during);
+    }
+
+    /// A removed heir stays the candidate until it is known to have stopped:
+    /// alive and cut off, it may still act, and moving the votes to another
+    /// heir could let two heirs take the same ranges.
+    #[test]
+    fn a_removed_heir_is_replaced_only_once_it_stopped() {
+        let pl = pool("10.32.0.0/22");
+        let seeds = [p(1), p(2), p(3), p(4)];
+        let mut r: Vec<Replica> = (1..=4).map(|i| Replica::create(p(i), pl, &seeds).unwrap()).collect();
+        // p(4) died; p(1) removes it, confirming it gone, proposes itself,
+        // and then is wrongly removed by p(2).
+        r[0].begin_reclaim(p(4)).unwrap();
+        r[0].confirm_gone(p(4)).unwrap();
+        let ring = r[0].ring().unwrap().clone();
+        let _ = r[1].merge(&ring).unwrap();
+        r[1].begin_reclaim(p(1)).unwrap();
+        let ring = r[1].ring().unwrap().clone();
+        let _ = r[2].merge(&ring).unwrap();
+        assert!(
+            matches!(
+                r[2].ring().unwrap().reclaim_status(p(4)),
+                Some(ReclaimStatus::Pending { candidate: Some(c), .. }) if c == p(1)
+            ),
+            "p(1) is still the candidate"
+        );
+        // p(1) hears of its removal and stops: the others move on.
+        let ring = r[2].ring().unwrap().clone();
+        let _ = r[0].merge(&ring).unwrap();
+        assert!(r[0].is_removed());
+        let ring = r[0].ring().unwrap().clone();
+        for _ in 0..3 {
+            let _ = r[1].merge(&ring).unwrap();
+            let ring2 = r[1].ring().unwrap().clone();
+            let _ = r[2].merge(&ring2).unwrap();
+            let ring3 = r[2].ring().unwrap().clone();
+            let _ = r[1].merge(&ring3).unwrap();
+        }
+        for i in [1, 2] {
+            let st = r[i].ring().unwrap().reclaims();
+            assert!(st.values().all(|s| matches!(s, ReclaimStatus::Done { .. })), "{st:?}");
+            r[i].verify().unwrap();
+        }
+        assert_eq!(r[1].ring(), r[2].ring());
     }
 
     #[test]
@@ -1492,7 +1889,10 @@ mod tests {
         send(&mut r, 3, 2);
         // r1 (which saw r0's leave) reaches r3, then dies.
         send(&mut r, 1, 3);
+        // The operator removes r1 and confirms it gone (it is): a dead router
+        // that never stopped would otherwise stay a voter.
         r[2].begin_reclaim(n(1)).unwrap();
+        r[2].confirm_gone(n(1)).unwrap();
         heal(&mut r, &[2, 3]);
         let ring = r[2].ring().unwrap();
         assert!(!ring.owners().contains_key(&n(0)));

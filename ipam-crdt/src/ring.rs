@@ -31,6 +31,38 @@ pub struct Ring {
     /// Every router that ever owned space: a grow-only set.
     pub(crate) members: BTreeSet<PeerName>,
     pub(crate) removals: BTreeMap<PeerName, Removal>,
+    /// What each removed router gave up: written by the router itself when it
+    /// learns of its removal (or leaves), or by an operator who confirms it is
+    /// gone. Grow-only; keys are removed routers.
+    pub(crate) surrenders: BTreeMap<PeerName, Surrender>,
+}
+
+/// What a removed router gave up, so that its heir may hand the space out
+/// again. Until one exists, the heir holds the removed router's ranges
+/// without using them: the router may be alive and cut off, with pods on
+/// those addresses (see the [crate docs](crate)).
+///
+/// A join-semilattice: spans are a grow-only set, `all` only turns on.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub(crate) struct Surrender {
+    /// Spans `[start, end)` the router will never use again: its free space
+    /// at the moment it stopped allocating.
+    pub(crate) spans: BTreeSet<(u128, u128)>,
+    /// Everything it had is free: it left (`weft reset`), or it was reset
+    /// after its removal, or an operator confirmed it gone for good.
+    pub(crate) all: bool,
+}
+
+impl Surrender {
+    /// Whether joining `other` would change `self`.
+    fn grows_by(&self, other: &Self) -> bool {
+        (other.all && !self.all) || !other.spans.is_subset(&self.spans)
+    }
+
+    pub(crate) fn join(&mut self, other: &Self) {
+        self.all |= other.all;
+        self.spans.extend(other.spans.iter().copied());
+    }
 }
 
 /// One token's entry: the range from this token to the next.
@@ -221,6 +253,7 @@ impl Ring {
             entries,
             members,
             removals: BTreeMap::new(),
+            surrenders: BTreeMap::new(),
         })
     }
 
@@ -305,14 +338,50 @@ impl Ring {
         None
     }
 
+    /// Whether `peer` was removed and is known to have stopped: it wrote its
+    /// surrender, left, or an operator confirmed it gone. Until then its
+    /// heir holds its addresses.
+    pub fn has_stopped(&self, peer: PeerName) -> bool {
+        self.removals.contains_key(&peer) && self.surrenders.contains_key(&peer)
+    }
+
+    /// What the heir of `dead` may free of the ranges it holds from it: `None`
+    /// until `dead` surrendered (or was confirmed gone).
+    pub(crate) fn surrender_of(&self, dead: PeerName) -> Option<&Surrender> {
+        self.surrenders.get(&dead)
+    }
+
+    /// Whether `peer` surrendered everything it had: it left, was reset
+    /// after its removal, or an operator confirmed it gone.
+    pub fn surrendered_all(&self, peer: PeerName) -> bool {
+        self.surrenders.get(&peer).is_some_and(|s| s.all)
+    }
+
+    /// Whether both rings hold the same reclaim records and surrenders
+    /// (which travel only in whole rings).
+    pub fn same_records(&self, other: &Self) -> bool {
+        self.removals == other.removals && self.surrenders == other.surrenders
+    }
+
     /// Whether `peer`'s removal is recorded but its ranges not yet taken.
     pub(crate) fn is_pending_removal(&self, peer: PeerName) -> bool {
         matches!(self.removals.get(&peer), Some(Removal::Pending { .. }))
     }
 
-    /// Members that are not removed: the routers whose vote a reclaim needs.
+    /// Members that have not stopped: the routers whose vote a reclaim
+    /// needs. A removed router stays a voter until it is known to have
+    /// stopped (its surrender, or an operator's confirmation that it is
+    /// gone): until then it may be alive and cut off, acting on what it
+    /// knows, and a reclaim decided without it could give one range to two
+    /// heirs. A reclaim counts the votes of every voter but the removed
+    /// router itself ([`Ring::voters_for`]).
     pub fn voters(&self) -> impl Iterator<Item = PeerName> + '_ {
-        self.members.iter().copied().filter(|m| !self.removals.contains_key(m))
+        self.members.iter().copied().filter(|m| !self.has_stopped(*m))
+    }
+
+    /// The voters whose votes the reclaim of `dead` needs: every voter but `dead`.
+    pub fn voters_for(&self, dead: PeerName) -> impl Iterator<Item = PeerName> + '_ {
+        self.voters().filter(move |v| *v != dead)
     }
 
     /// The reclaim of each removed router.
@@ -330,7 +399,7 @@ impl Ring {
             Removal::Pending { votes, .. } => {
                 let candidate = self.candidate(dead);
                 let waiting_for = self
-                    .voters()
+                    .voters_for(dead)
                     .filter(|v| candidate.is_none() || votes.get(v).map(|x| x.heir) != candidate)
                     .collect();
                 ReclaimStatus::Pending { candidate, waiting_for }
@@ -434,6 +503,12 @@ impl Ring {
         }
         dropped.sort_unstable();
         dropped.dedup();
+        let surrenders = other
+            .surrenders
+            .iter()
+            .filter(|(d, theirs)| self.surrenders.get(d).is_none_or(|mine| mine.grows_by(theirs)))
+            .map(|(d, theirs)| (*d, theirs))
+            .collect();
         let members = if other.members.len() * 8 < self.members.len() {
             other
                 .members
@@ -447,6 +522,7 @@ impl Ring {
         Ok(MergePlan {
             entries,
             removals,
+            surrenders,
             members,
             dropped,
         })
@@ -455,6 +531,7 @@ impl Ring {
     pub(crate) fn apply_merge(&mut self, plan: MergePlan<'_>) -> bool {
         let changed = !plan.entries.is_empty()
             || !plan.removals.is_empty()
+            || !plan.surrenders.is_empty()
             || !plan.members.is_empty()
             || !plan.dropped.is_empty();
         for (t, e) in plan.entries {
@@ -470,6 +547,9 @@ impl Ring {
                     self.removals.insert(d, theirs.clone());
                 }
             }
+        }
+        for (d, theirs) in plan.surrenders {
+            self.surrenders.entry(d).or_default().join(theirs);
         }
         self.members.extend(plan.members);
         changed
@@ -549,10 +629,11 @@ impl Ring {
     }
 
     /// The heir's rewrite of a removed router's entry at `token`: the heir
-    /// owns it, wholly free, one epoch up. Returns what was taken.
+    /// owns it, one epoch up, with nothing free (it holds the range until
+    /// the removed router's surrender frees it). Returns what was taken.
     pub(crate) fn take(&mut self, token: u128, heir: PeerName) -> Taken {
         let end = self.end_of(token);
-        let free = end - token - self.pool.reserved_in(token, end);
+        let free = 0;
         let e = self.entries.get_mut(&token).expect("caller passes an existing token");
         *e = Entry {
             owner: heir,
@@ -578,10 +659,14 @@ impl Ring {
     }
 
     /// The heir a reclaim of `dead` would give the ranges to: the smallest
-    /// proposal that is not itself removed.
+    /// proposal that has not *stopped*. A proposed heir that was removed
+    /// stays the candidate until its surrender shows it stopped (it learned
+    /// of its removal, or an operator confirmed it gone): a removed heir that
+    /// is alive and cut off may still act, and moving the votes to another
+    /// heir before it stopped could let two heirs act.
     pub(crate) fn candidate(&self, dead: PeerName) -> Option<PeerName> {
         match self.removals.get(&dead)? {
-            Removal::Pending { proposals, .. } => proposals.iter().copied().find(|p| !self.removals.contains_key(p)),
+            Removal::Pending { proposals, .. } => proposals.iter().copied().find(|p| !self.has_stopped(*p)),
             Removal::Done { heir, .. } => Some(*heir),
         }
     }
@@ -595,6 +680,7 @@ impl fmt::Debug for Ring {
             .field("entries", &self.entries.len())
             .field("members", &self.members.len())
             .field("removals", &self.removals)
+            .field("surrenders", &self.surrenders)
             .finish()
     }
 }
@@ -673,6 +759,7 @@ impl Removal {
 pub(crate) struct MergePlan<'a> {
     pub(crate) entries: Vec<(u128, &'a Entry)>,
     pub(crate) removals: Vec<(PeerName, &'a Removal)>,
+    pub(crate) surrenders: Vec<(PeerName, &'a Surrender)>,
     pub(crate) members: Vec<PeerName>,
     /// Our tokens that new takeovers make stale.
     pub(crate) dropped: Vec<u128>,

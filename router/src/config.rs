@@ -149,6 +149,13 @@ pub struct RmpeerArgs {
     /// The dead router's nickname or peer name.
     #[arg(value_name = "NAME")]
     pub name: PeerRef,
+    /// Confirm that the router's host is gone for good (destroyed, or its
+    /// Weft state deleted): its heir may then hand out the addresses its pods
+    /// had. Without it they stay held until the router hears of its removal.
+    /// Never use it for a router that may come back with its state: its
+    /// pods' addresses would be handed out twice.
+    #[arg(long)]
+    pub gone: bool,
     /// The router to tell.
     #[command(flatten)]
     pub api: ApiArgs,

@@ -189,16 +189,17 @@ impl Backend for Fake {
         }
     }
 
-    async fn rmpeer(&self, name: PeerRef) -> Result<ReclaimView, ApiError> {
+    async fn rmpeer(&self, name: PeerRef, gone: bool) -> Result<ReclaimView, ApiError> {
         let PeerRef::Name(name) = name else {
             return Err(ApiError::not_found(format!("no router is called {name}")));
         };
-        let status = self
-            .lock()
-            .replica
-            .begin_reclaim(name)
-            .map_err(convert::reclaim_error)?;
-        Ok(convert::reclaim_view(name, &status, Self::nickname))
+        let mut state = self.lock();
+        let status = state.replica.begin_reclaim(name).map_err(convert::reclaim_error)?;
+        if gone {
+            state.replica.confirm_gone(name).map_err(convert::reclaim_error)?;
+        }
+        let stopped = state.replica.ring().is_some_and(|r| r.has_stopped(name));
+        Ok(convert::reclaim_view(name, &status, stopped, Self::nickname))
     }
 
     async fn reset(&self) -> Result<(), ApiError> {
@@ -394,7 +395,7 @@ async fn every_route_round_trips() {
         let ids: Vec<String> = c.allocations().await.unwrap().into_iter().map(|a| a.id).collect();
         assert_eq!(ids, ["c2", "c3"]);
 
-        let reclaim = c.rmpeer(&PeerRef::Name(other()).to_string()).await.unwrap();
+        let reclaim = c.rmpeer(&PeerRef::Name(other()).to_string(), false).await.unwrap();
         assert_eq!(reclaim.name, other().to_string());
         assert_eq!(reclaim.state, ReclaimState::Done);
         assert_eq!(reclaim.heir, Some(me().to_string()));
@@ -460,9 +461,9 @@ async fn backend_errors_keep_code_and_message() {
         );
         assert_eq!(err, ApiError::not_found("192.0.2.9:7000 was never added"));
 
-        let err = api_error(c.rmpeer(&PeerRef::Name(PeerName::from_u64(7)).to_string()).await);
+        let err = api_error(c.rmpeer(&PeerRef::Name(PeerName::from_u64(7)).to_string(), false).await);
         assert_eq!(err.code, ErrorCode::NotFound);
-        let err = api_error(c.rmpeer(&PeerRef::Name(me()).to_string()).await);
+        let err = api_error(c.rmpeer(&PeerRef::Name(me()).to_string(), false).await);
         assert_eq!(err.code, ErrorCode::InvalidRequest);
 
         let (status, _) = raw(&h.path, &post("/v1/ipam/allocate", r#"{"id":"c2","ip":"10.32.0.1"}"#)).await;
@@ -722,6 +723,14 @@ async fn commands_print_what_scripts_expect() {
         assert_eq!(ring.owners.len(), 2);
 
         let text = weft(&h, &["rmpeer", &other().to_string()]).await.unwrap();
+        assert_eq!(
+            text,
+            "00:00:00:00:00:00:00:02: removed; its ranges were taken over by 00:00:00:00:00:00:00:01; \
+its addresses stay held (none is handed out) until it hears of its removal, or until \
+`weft rmpeer --gone 00:00:00:00:00:00:00:02` confirms its host is gone for good\n"
+        );
+        // Confirmed gone: nothing is held any more.
+        let text = weft(&h, &["rmpeer", "--gone", &other().to_string()]).await.unwrap();
         assert_eq!(
             text,
             "00:00:00:00:00:00:00:02: removed; its ranges were taken over by 00:00:00:00:00:00:00:01\n"

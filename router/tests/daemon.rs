@@ -384,7 +384,7 @@ async fn rmpeer_refuses_a_connected_router_and_reclaims_a_dead_one() {
     let _ = allocate(&c, "doomed").await;
 
     let by_nick: PeerRef = "c".parse().unwrap();
-    match within(10, "rmpeer", a.api.rmpeer(&by_nick.to_string())).await {
+    match within(10, "rmpeer", a.api.rmpeer(&by_nick.to_string(), false)).await {
         Err(ClientError::Api { error: e, .. }) => {
             assert_eq!(e.code, ErrorCode::Conflict);
             assert!(e.error.contains("connected"), "{}", e.error);
@@ -399,7 +399,7 @@ async fn rmpeer_refuses_a_connected_router_and_reclaims_a_dead_one() {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tick.tick().await;
-            match a.api.rmpeer(&by_nick.to_string()).await {
+            match a.api.rmpeer(&by_nick.to_string(), false).await {
                 Ok(view) => return view,
                 Err(e) => last = Some(e.to_string()),
             }

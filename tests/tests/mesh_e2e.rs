@@ -501,3 +501,213 @@ fn mesh_of_three_with<'t>(tb: &'t Testbed, dir: &Path, secret: &Path, extra: &[&
     );
     [h1, h2, h3]
 }
+
+/// `weft rmpeer h3` on h1 while h3 is only cut off (a real partition: its link is down), not dead. Both sides
+/// allocate during the cut, h3 before and after the rmpeer (it cannot know). The heir (h1) takes h3's ranges but
+/// holds them: it hands none of h3's pods' addresses out. After the heal h3 hears of its removal, stops and
+/// surrenders its free space; the rings agree within 5 s of the routers meeting again; every allocation and
+/// release on h3 answers `removed` with what to do; no address was handed out twice; and h1 may now use what h3
+/// left free, but still none of h3's pods' addresses.
+#[test]
+fn forced_rmpeer_of_a_live_router_across_a_partition() {
+    let tb = testbed_or_skip!(3);
+    let dir = workdir();
+    let secret = write_secret(dir.path(), "secret", SECRET);
+    let seed = ["--ipalloc-range", "10.45.0.0/22", "--ipalloc-init", "seed=h1,h2,h3"];
+    let [h1, h2, h3] = mesh_of_three_with(&tb, dir.path(), &secret, &seed);
+    // Every answered allocation, as (router, id, address): each is a pod using that address.
+    let mut answered: Vec<(String, String, String)> = Vec::new();
+    let allocate = |router: &Router<'_>, id: String, answered: &mut Vec<(String, String, String)>| {
+        let addr = router.allocate(&id);
+        answered.push((router.nickname().to_owned(), id, addr));
+    };
+    for (router, n) in [(&h1, 1), (&h2, 2), (&h3, 3)] {
+        for i in 0..2 {
+            allocate(router, format!("pod-{n}-{i}"), &mut answered);
+        }
+    }
+    let h3_name = h3.status().unwrap().name;
+
+    tb.cut(3).unwrap();
+    wait_for(
+        &[&h1, &h2],
+        Duration::from_secs(40),
+        "h1 and h2 to drop the cut-off h3",
+        |s| s.iter().all(|status| !status.established().contains(h3_name.as_str())),
+    );
+    allocate(&h3, "pod-3-2".into(), &mut answered);
+
+    // rmpeer starts once no router reports a connection to h3 any more.
+    let mut last = None;
+    wait_until(Duration::from_secs(30), "weft rmpeer h3 to be accepted", || {
+        let out = h1.cli(&["rmpeer", "h3"]);
+        let ok = out.status.success();
+        last = Some(out);
+        ok
+    })
+    .unwrap_or_else(|err| panic!("{err}: {last:?}"));
+    let out = last.expect("rmpeer ran");
+    let line = String::from_utf8_lossy(&out.stdout);
+    eprintln!("weft rmpeer h3: {line}");
+    assert!(
+        line.contains("held") && line.contains("rmpeer --gone"),
+        "rmpeer says what is held and how to free it: {line}"
+    );
+    // h3 is not a voter on its own removal: h1 and h2 complete it during the cut.
+    wait_until(Duration::from_secs(20), "h1 to take h3's ranges", || {
+        reclaims(&h1)
+            .iter()
+            .any(|(name, state, _)| *name == h3_name && state == "done")
+    })
+    .unwrap();
+    allocate(&h3, "pod-3-3".into(), &mut answered);
+    for i in 2..4 {
+        allocate(&h1, format!("pod-1-{i}"), &mut answered);
+        allocate(&h2, format!("pod-2-{i}"), &mut answered);
+    }
+    // The heir holds h3's pods' addresses: asking for one is refused.
+    let h3_pods: Vec<String> = answered
+        .iter()
+        .filter(|(r, _, _)| *r == "h3")
+        .map(|(_, _, a)| a.clone())
+        .collect();
+    for addr in &h3_pods {
+        let out = h1.cli(&["ipam", "allocate", "probe", "--ip", bare(addr)]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("held"),
+            "h1 gave out h3's {addr}: {out:?}"
+        );
+    }
+
+    tb.restore(3).unwrap();
+    let restored = Instant::now();
+    wait_for(
+        &[&h1, &h2, &h3],
+        Duration::from_secs(90),
+        "all three routers to be established again",
+        fully_meshed,
+    );
+    let met = Instant::now();
+    eprintln!("established again {:?} after the restore", met.duration_since(restored));
+    let mut views = Vec::new();
+    let agreed = wait_until(Duration::from_secs(5), "the rings to agree, with h3 stopped", || {
+        views = [&h1, &h2, &h3].iter().map(|r| ring_state(r)).collect();
+        views.iter().all(|v| *v == views[0]) && views[0].1.iter().any(|(n, _, _, stopped)| *n == h3_name && *stopped)
+    });
+    if let Err(err) = agreed {
+        panic!("{err}: {views:#?}");
+    }
+    eprintln!(
+        "rings equal {:?} after the routers met again ({:?} after the restore)",
+        met.elapsed(),
+        restored.elapsed()
+    );
+
+    // Every API call on h3 answers `removed`, saying what to do.
+    for args in [
+        &["ipam", "allocate", "pod-3-9"][..],
+        &["ipam", "allocate", "pod-3-0"][..],
+        &["ipam", "release", "pod-3-0"][..],
+    ] {
+        let out = h3.cli(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("removed") && err.contains("weft reset"),
+            "weft {args:?} on the removed h3: {out:?}"
+        );
+    }
+    let problem = h3.status().unwrap().ipam.problem;
+    assert!(problem.as_deref().is_some_and(|p| p.contains("removed")), "{problem:?}");
+
+    // h1 uses what h3 left free, never its pods' addresses; nothing was handed out twice.
+    let freed = h1.cli(&["ipam", "allocate", "after-heal", "--ip", "10.45.3.254"]);
+    assert!(freed.status.success(), "h1 cannot use what h3 surrendered: {freed:?}");
+    answered.push((
+        "h1".into(),
+        "after-heal".into(),
+        String::from_utf8_lossy(&freed.stdout).trim().to_owned(),
+    ));
+    for addr in &h3_pods {
+        let out = h1.cli(&["ipam", "allocate", "probe", "--ip", bare(addr)]);
+        assert!(!out.status.success(), "h1 gave out h3's {addr} after the heal: {out:?}");
+    }
+    for i in 4..8 {
+        allocate(&h1, format!("pod-1-{i}"), &mut answered);
+        allocate(&h2, format!("pod-2-{i}"), &mut answered);
+    }
+    let mut seen = BTreeMap::new();
+    for (router, id, addr) in &answered {
+        if let Some(first) = seen.insert(addr.clone(), (router, id)) {
+            panic!("{addr} handed out twice: {first:?} and ({router}, {id})");
+        }
+    }
+    eprintln!("{} allocations, no duplicate", answered.len());
+
+    // `weft reset` on the removed h3: its pods are gone, and h1 may now hand out their addresses.
+    let out = h3.cli(&["reset"]);
+    assert!(out.status.success(), "weft reset on the removed h3: {out:?}");
+    let exit = h3.wait_exit(Duration::from_secs(15));
+    assert!(exit.success(), "h3 exited with {exit} after its reset");
+    let pod = bare(&h3_pods[0]).to_owned();
+    let mut last = None;
+    wait_until(
+        Duration::from_secs(10),
+        "h1 to use h3's pod address after h3's reset",
+        || {
+            let out = h1.cli(&["ipam", "allocate", "after-reset", "--ip", &pod]);
+            let ok = out.status.success();
+            last = Some(out);
+            ok
+        },
+    )
+    .unwrap_or_else(|err| panic!("{err}: {last:?}"));
+}
+
+/// An address without its prefix length (`10.45.0.1/22` -> `10.45.0.1`).
+fn bare(cidr: &str) -> &str {
+    cidr.split('/').next().unwrap_or(cidr)
+}
+
+/// `(removed router, state, heir)` of each reclaim in `weft ipam --json`.
+fn reclaims(router: &Router<'_>) -> Vec<(String, String, Option<String>)> {
+    router.ring().reclaims
+}
+
+/// What must agree on every router: each range's owner, and each reclaim's state, heir and whether the removed
+/// router stopped (from `weft ipam --json`).
+type RingState = (
+    Vec<(String, String, String)>,
+    Vec<(String, String, Option<String>, bool)>,
+);
+
+fn ring_state(router: &Router<'_>) -> RingState {
+    let out = router.cli(&["ipam", "--json"]);
+    assert!(
+        out.status.success(),
+        "weft ipam --json on {}: {out:?}",
+        router.nickname()
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("weft ipam --json prints JSON");
+    let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    let ranges = v["ranges"]
+        .as_array()
+        .expect("ranges")
+        .iter()
+        .map(|r| (text(r, "first"), text(r, "last"), text(r, "owner")))
+        .collect();
+    let reclaims = v["reclaims"]
+        .as_array()
+        .expect("reclaims")
+        .iter()
+        .map(|r| {
+            (
+                text(r, "name"),
+                text(r, "state"),
+                r["heir"].as_str().map(str::to_owned),
+                r["stopped"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    (ranges, reclaims)
+}

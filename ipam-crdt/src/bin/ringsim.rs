@@ -291,6 +291,10 @@ impl Sim {
             let Some(i) = self.random_up() else { break };
             let name = self.names[d];
             if self.nodes[i].replica.begin_reclaim(name).is_ok() {
+                // Dead for good: the operator confirms it (`weft rmpeer
+                // --gone`), so the heir may use its space and the reclaims
+                // it was a voter or candidate of move on.
+                let _ = self.nodes[i].replica.confirm_gone(name);
                 self.c.reclaims_started += 1;
                 self.nodes[i].wire = None;
             }
@@ -530,6 +534,10 @@ impl Sim {
             let i = candidates[self.rng.random_range(0..candidates.len())];
             let name = self.names[d];
             if self.nodes[i].replica.begin_reclaim(name).is_ok() {
+                // Dead for good: the operator confirms it (`weft rmpeer
+                // --gone`), so the heir may use its space and the reclaims
+                // it was a voter or candidate of move on.
+                let _ = self.nodes[i].replica.confirm_gone(name);
                 self.c.reclaims_started += 1;
                 self.nodes[i].wire = None;
             }

@@ -135,12 +135,16 @@ impl Client {
     }
 
     /// `POST /v1/rmpeer`: reclaim the ranges of the dead router `name` (a
-    /// peer name or a nickname).
+    /// peer name or a nickname); `gone` confirms that its host is gone for
+    /// good, so its heir may hand out the addresses it held for it.
     ///
     /// # Errors
     /// [`ClientError`].
-    pub async fn rmpeer(&self, name: &str) -> Result<ReclaimView, ClientError> {
-        let req = RmpeerRequest { name: name.to_owned() };
+    pub async fn rmpeer(&self, name: &str, gone: bool) -> Result<ReclaimView, ClientError> {
+        let req = RmpeerRequest {
+            name: name.to_owned(),
+            gone,
+        };
         self.call(Method::POST, "/v1/rmpeer", Some(&encode(&req)?)).await
     }
 

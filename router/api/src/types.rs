@@ -258,6 +258,11 @@ pub struct ReclaimView {
     pub heir: Option<String>,
     /// Live routers whose vote is still missing; empty once done.
     pub waiting_for: Vec<String>,
+    /// Whether the removed router is known to have stopped: it heard of its
+    /// removal, was reset, or an operator confirmed it gone (`rmpeer
+    /// --gone`). Until then its heir holds its addresses and hands none out.
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 /// How far a reclaim got (`ReclaimView::state`).
@@ -373,6 +378,11 @@ pub struct PeerRequest {
 pub struct RmpeerRequest {
     /// The dead router's peer name or nickname (`3f:2a:9c:1e:0b:7d:44:e1`, `node-3`).
     pub name: String,
+    /// The operator confirms the router is gone for good (its host destroyed
+    /// or its state deleted): its heir may hand out every address it held
+    /// for it. Only safe if the router never runs again with its state.
+    #[serde(default)]
+    pub gone: bool,
 }
 
 /// `GET /v1/healthz` reply.
@@ -772,6 +782,7 @@ mod tests {
                 state: ReclaimState::Pending,
                 heir: None,
                 waiting_for: vec!["00:00:00:00:00:00:00:03".into()],
+                stopped: false,
             }],
         };
         let wire = serde_json::to_value(&ring).unwrap();

@@ -43,8 +43,8 @@ pub async fn run(command: Command, out: &mut impl Write) -> Result<(), CliError>
         }
         Command::Connect(PeerArgs { peer, .. }) => Ok(client.connect(&peer.to_string()).await?),
         Command::Forget(PeerArgs { peer, .. }) => Ok(client.forget(&peer.to_string()).await?),
-        Command::Rmpeer(RmpeerArgs { name, .. }) => {
-            let view = client.rmpeer(&name.to_string()).await?;
+        Command::Rmpeer(RmpeerArgs { name, gone, .. }) => {
+            let view = client.rmpeer(&name.to_string(), gone).await?;
             print(out, &format!("{}\n", render::reclaim(&view)))
         }
         Command::Ipam(IpamArgs {

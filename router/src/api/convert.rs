@@ -70,7 +70,7 @@ pub fn ring_view(pool: Pool, replica: &Replica, nickname: impl Fn(PeerName) -> O
     let reclaims = ring
         .reclaims()
         .iter()
-        .map(|(dead, status)| reclaim_view(*dead, status, &nickname))
+        .map(|(dead, status)| reclaim_view(*dead, status, ring.has_stopped(*dead), &nickname))
         .collect();
     RingView {
         range: ring.pool().to_string(),
@@ -84,6 +84,7 @@ pub fn ring_view(pool: Pool, replica: &Replica, nickname: impl Fn(PeerName) -> O
 pub fn reclaim_view(
     dead: PeerName,
     status: &ReclaimStatus,
+    stopped: bool,
     nickname: impl Fn(PeerName) -> Option<String>,
 ) -> ReclaimView {
     let (state, heir, waiting_for) = match status {
@@ -101,6 +102,7 @@ pub fn reclaim_view(
         state,
         heir,
         waiting_for,
+        stopped,
     }
 }
 
@@ -165,7 +167,8 @@ pub fn alloc_error(e: AllocError) -> ApiError {
         AllocError::NoRing => ErrorCode::NoRing,
         AllocError::Removed => ErrorCode::Removed,
         AllocError::OutsidePool { .. } | AllocError::Reserved { .. } => ErrorCode::OutOfRange,
-        AllocError::InUse { .. } => ErrorCode::InUse,
+        // A removed router's pod may still use a held address.
+        AllocError::InUse { .. } | AllocError::Held { .. } => ErrorCode::InUse,
         AllocError::KeyBound { .. } => ErrorCode::AlreadyAllocated,
         AllocError::Exhausted => ErrorCode::Exhausted,
         // The backend asks the peer itself; reaching the API means it could not.
@@ -182,7 +185,7 @@ pub fn donate_error(e: DonateError) -> ApiError {
         DonateError::RecipientRemoved(_) => ErrorCode::Removed,
         DonateError::NothingFree | DonateError::NothingFreeIn(_) => ErrorCode::Exhausted,
         DonateError::OutsidePool(_) | DonateError::Reserved(_) => ErrorCode::OutOfRange,
-        DonateError::InUse { .. } => ErrorCode::InUse,
+        DonateError::InUse { .. } | DonateError::Held { .. } => ErrorCode::InUse,
         DonateError::Removed | DonateError::NotOwner { .. } => ErrorCode::Conflict,
         _ => ErrorCode::Internal,
     };
@@ -358,11 +361,11 @@ mod tests {
 
     #[test]
     fn reclaims() {
-        let done = reclaim_view(p(2), &ReclaimStatus::Done { heir: p(1) }, |_| None);
+        let done = reclaim_view(p(2), &ReclaimStatus::Done { heir: p(1) }, false, |_| None);
         assert_eq!(
             serde_json::to_value(&done).unwrap(),
             json!({"name": p(2).to_string(), "nickname": null, "state": "done",
-                   "heir": p(1).to_string(), "waiting_for": []})
+                   "heir": p(1).to_string(), "waiting_for": [], "stopped": false})
         );
         let pending = reclaim_view(
             p(2),
@@ -370,6 +373,7 @@ mod tests {
                 candidate: None,
                 waiting_for: vec![p(3)],
             },
+            true,
             |_| Some("n".into()),
         );
         assert_eq!(pending.state, ReclaimState::Pending);

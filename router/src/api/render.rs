@@ -195,6 +195,18 @@ pub fn ring(r: &RingView) -> String {
 
 /// One line on the reclaim of a removed router (`weft rmpeer`, `weft ipam`).
 pub fn reclaim(r: &ReclaimView) -> String {
+    let line = reclaim_progress(r);
+    if r.stopped {
+        line
+    } else {
+        format!(
+            "{line}; its addresses stay held (none is handed out) until it hears of its removal, or until `weft rmpeer --gone {}` confirms its host is gone for good",
+            r.nickname.as_deref().unwrap_or(&r.name)
+        )
+    }
+}
+
+fn reclaim_progress(r: &ReclaimView) -> String {
     let dead = who(&r.name, r.nickname.as_deref());
     match (r.state, r.heir.as_deref()) {
         (ReclaimState::Done, Some(heir)) => format!("{dead}: removed; its ranges were taken over by {heir}"),
@@ -394,6 +406,7 @@ NAME                     NICKNAME  ADDRESS            STATE          DATA       
                 state: ReclaimState::Pending,
                 heir: Some("00:00:00:00:00:00:00:01".into()),
                 waiting_for: vec!["00:00:00:00:00:00:00:02".into()],
+                stopped: true,
             }],
         }
     }
@@ -444,6 +457,15 @@ waiting for votes from 00:00:00:00:00:00:00:02
         assert_eq!(
             reclaim(&r),
             "00:00:00:00:00:00:00:03 (old): removed; reclaim pending (no heir chosen yet)"
+        );
+        r.stopped = false;
+        r.state = ReclaimState::Done;
+        r.heir = Some("00:00:00:00:00:00:00:01".into());
+        assert_eq!(
+            reclaim(&r),
+            "00:00:00:00:00:00:00:03 (old): removed; its ranges were taken over by 00:00:00:00:00:00:00:01; \
+its addresses stay held (none is handed out) until it hears of its removal, or until \
+`weft rmpeer --gone old` confirms its host is gone for good"
         );
     }
 

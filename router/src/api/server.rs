@@ -78,8 +78,9 @@ pub trait Backend: Send + Sync + 'static {
     /// `POST /v1/forget`: stop connecting to `addr`; [`ErrorCode::NotFound`] if it was never added.
     fn forget(&self, addr: PeerAddr) -> impl Future<Output = Result<(), ApiError>> + Send;
 
-    /// `POST /v1/rmpeer`: start reclaiming a dead router's ranges, and report how far that got.
-    fn rmpeer(&self, name: PeerRef) -> impl Future<Output = Result<ReclaimView, ApiError>> + Send;
+    /// `POST /v1/rmpeer`: start reclaiming a dead router's ranges (`gone`: the
+    /// operator confirms its host is gone for good), and report how far that got.
+    fn rmpeer(&self, name: PeerRef, gone: bool) -> impl Future<Output = Result<ReclaimView, ApiError>> + Send;
 
     /// `POST /v1/reset`: stop the router and delete its persisted state, after this reply is sent.
     fn reset(&self) -> impl Future<Output = Result<(), ApiError>> + Send;
@@ -312,7 +313,7 @@ async fn rmpeer<B: Backend>(
         .name
         .parse()
         .map_err(|e| ApiError::invalid_request(format!("\"name\": {e}")))?;
-    deadline(b.rmpeer(name)).await.map(Json)
+    deadline(b.rmpeer(name, req.gone)).await.map(Json)
 }
 
 async fn reset<B: Backend>(State(b): State<Arc<B>>) -> Result<StatusCode, ErrorReply> {

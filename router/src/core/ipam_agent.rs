@@ -968,16 +968,44 @@ impl Agent {
         Ok(status)
     }
 
+    /// The operator's confirmation that the removed router `dead` is gone
+    /// for good (`weft rmpeer --gone`): its heir may hand out what it held
+    /// for it ([`Replica::confirm_gone`]).
+    ///
+    /// # Errors
+    /// As [`Replica::confirm_gone`].
+    pub fn confirm_gone(&mut self, now: Time, dead: PeerName) -> Result<(), ReclaimError> {
+        if self.replica.confirm_gone(dead)? {
+            self.changed(now);
+            self.retry_unreachable(now);
+        }
+        Ok(())
+    }
+
     /// Leaves the ring (`weft reset`): records this router's removal with
     /// `heir` proposed, and sends the ring to every neighbour at once. Calling
-    /// it again after a leave just sends the ring again.
+    /// it again after a leave just sends the ring again. A router that was
+    /// removed while alive (`weft rmpeer` ran against it) instead records
+    /// that its pods are gone, so its heir may hand out their addresses
+    /// ([`Replica::surrender_all`]).
     ///
     /// # Errors
     /// As [`Replica::leave`].
     pub fn leave(&mut self, now: Time, heir: PeerName) -> Result<(), ReclaimError> {
         match self.replica.leave(heir) {
             Ok(_) => self.changed(now),
-            Err(ReclaimError::Removed) if self.replica.ring().is_some_and(|r| r.is_removed(self.me)) => {}
+            Err(ReclaimError::Removed) if self.replica.ring().is_some_and(|r| r.is_removed(self.me)) => {
+                if self.replica.surrender_all()? {
+                    self.changed(now);
+                }
+                // A neighbour's ring that carries the surrender confirms it
+                // ([`Agent::heir_confirmed`]): ask for one after ours arrived.
+                let ring = self.replica.ring().expect("removed implies a ring");
+                self.out.push_back((Dest::AllNeighbours, IpamMsg::Ring(ring.encode())));
+                self.out.push_back((Dest::AllNeighbours, IpamMsg::WantRing));
+                self.leaving = Some((heir, false));
+                return Ok(());
+            }
             Err(e) => return Err(e),
         }
         let ring = self.replica.ring().expect("leave needs a ring");
@@ -998,7 +1026,7 @@ impl Agent {
     pub fn choose_heir(&self, candidates: impl IntoIterator<Item = PeerName>) -> Option<PeerName> {
         let ring = self.replica.ring()?;
         let owners = ring.owners();
-        let members: BTreeSet<PeerName> = ring.voters().collect();
+        let members: BTreeSet<PeerName> = ring.voters().filter(|v| !ring.is_removed(*v)).collect();
         candidates
             .into_iter()
             .filter(|c| *c != self.me && members.contains(c))
@@ -1397,6 +1425,9 @@ impl Agent {
             return;
         };
         if let Some((heir, ok)) = &mut self.leaving {
+            // A router removed while alive waits for a ring that carries its
+            // reset (its surrender of everything).
+            *ok |= ring.surrendered_all(self.me);
             *ok |= match ring.reclaim_status(self.me) {
                 Some(ReclaimStatus::Pending { candidate, waiting_for }) => {
                     candidate == Some(*heir) && !waiting_for.contains(heir)
@@ -1444,7 +1475,7 @@ impl Agent {
                 // or members differ.
                 let mine = self.replica.ring().expect("merged");
                 let ours = mine.newer_here(&ring.stamps());
-                if !ours.is_empty() && mine.reclaims() == ring.reclaims() {
+                if !ours.is_empty() && mine.same_records(&ring) {
                     self.out.push_back((Dest::Neighbour(from), IpamMsg::Have(ours)));
                 } else if *mine != ring {
                     self.out
@@ -1578,6 +1609,15 @@ impl Agent {
             }
             Err(MergeError::NoRing) => {
                 self.ask_for_ring(from);
+                None
+            }
+            Err(error @ (MergeError::OwnEntryChanged { .. } | MergeError::OwnRangeSplit { .. })) => {
+                // Our entries rewritten by someone else: a takeover after
+                // this router's removal, whose record travels only in whole
+                // rings. Fetch one; if it is a takeover, merging it stops
+                // this router, otherwise it is refused the same way.
+                self.ask_for_ring(from);
+                self.events.push_back(Event::Refused { from, error });
                 None
             }
             Err(error) => {

@@ -45,7 +45,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use ipam_crdt::{
-    AllocKey, Allocation, MergeError, PeerName, Pool, ReclaimError, ReclaimStatus, Replica, Request, Ring,
+    AllocError, AllocKey, Allocation, MergeError, PeerName, Pool, ReclaimError, ReclaimStatus, Replica, Request, Ring,
 };
 use ipnet::{IpNet, Ipv4Net};
 
@@ -153,8 +153,9 @@ pub enum Outgoing {
 pub enum Reply {
     /// [`Node::allocate`].
     Allocate(Result<Allocation, AllocFailure>),
-    /// [`Node::release`]: the address freed, if the key had one.
-    Release(Option<IpAddr>),
+    /// [`Node::release`]: the address freed, if the key had one; refused
+    /// ([`AllocError::Removed`]) on a router removed from the ring.
+    Release(Result<Option<IpAddr>, AllocError>),
     /// [`Node::rmpeer`]: the reclaim of this router, and how far it got.
     Rmpeer(Result<(PeerName, ReclaimStatus), RmpeerError>),
     /// [`Node::reset`] failed (success is [`Output::ResetDone`]).
@@ -317,6 +318,9 @@ pub enum IpamProblem {
     },
     /// No ring yet, and why ([`Agent::no_ring_reason`]).
     NoRing(ipam_agent::NoRing),
+    /// The ring says this router was removed (`weft rmpeer` ran against it):
+    /// it stopped, and answers every allocation and release with `removed`.
+    Removed,
 }
 
 /// One router (or an operator's address) as `weft status` lists it.
@@ -461,6 +465,9 @@ impl Node {
 
     /// Why there is no usable ring, if there is none.
     pub fn ipam_problem(&self) -> Option<IpamProblem> {
+        if self.agent.replica().is_removed() && self.leaving.is_none() {
+            return Some(IpamProblem::Removed);
+        }
         self.ring_refusal
             .clone()
             .or_else(|| self.agent.no_ring_reason().map(IpamProblem::NoRing))
@@ -770,8 +777,16 @@ impl Node {
 
     /// `weft ipam release`: answered with [`Reply::Release`], once durable.
     pub fn release(&mut self, now: Time, to: ReplyTo, key: &AllocKey) {
+        if self.agent.replica().is_removed() {
+            // It stopped: it frees nothing, since its heir holds what it had.
+            self.out.push(Output::Reply {
+                to,
+                reply: Reply::Release(Err(AllocError::Removed)),
+            });
+            return;
+        }
         let freed = self.agent.release(now, key);
-        self.reply_durably(to, Reply::Release(freed));
+        self.reply_durably(to, Reply::Release(Ok(freed)));
         self.step(now);
     }
 
@@ -779,8 +794,24 @@ impl Node {
     /// while this router, or any router it hears of, still shows a
     /// connection to it: reclaiming a live router's ranges would hand its
     /// addresses out twice. Answered with [`Reply::Rmpeer`].
-    pub fn rmpeer(&mut self, now: Time, to: ReplyTo, name: &PeerRef) {
-        let reply = self.begin_rmpeer(now, name);
+    ///
+    /// With `gone`, the operator also confirms that the router is gone for
+    /// good ([`Agent::confirm_gone`]): its heir may then hand out the
+    /// addresses it held for it. Without it they stay held until the router
+    /// hears of its removal (it may be alive and cut off).
+    pub fn rmpeer(&mut self, now: Time, to: ReplyTo, name: &PeerRef, gone: bool) {
+        let reply = self.begin_rmpeer(now, name).and_then(|(dead, status)| {
+            if gone {
+                self.agent.confirm_gone(now, dead)?;
+            }
+            let status = self
+                .agent
+                .replica()
+                .ring()
+                .and_then(|r| r.reclaim_status(dead))
+                .unwrap_or(status);
+            Ok((dead, status))
+        });
         self.reply_durably(to, Reply::Rmpeer(reply));
         self.step(now);
     }
@@ -1821,19 +1852,19 @@ mod tests {
         assert!(matches!(net.allocate(3, 50, "a"), Some(Ok(_))));
         let now = net.now;
         // Connected to this router: alive.
-        net.node(1).rmpeer(now, ReplyTo(1), &PeerRef::Name(p(2)));
+        net.node(1).rmpeer(now, ReplyTo(1), &PeerRef::Name(p(2)), false);
         net.drain(1);
         assert_eq!(
             net.reply(ReplyTo(1)),
             Some(Reply::Rmpeer(Err(RmpeerError::Connected(p(2)))))
         );
         // Reported by a neighbour: maybe alive.
-        net.node(1).rmpeer(now, ReplyTo(2), &"h3".parse().unwrap());
+        net.node(1).rmpeer(now, ReplyTo(2), &"h3".parse().unwrap(), false);
         net.drain(1);
         assert!(
             matches!(net.reply(ReplyTo(2)), Some(Reply::Rmpeer(Err(RmpeerError::ReportedBy { dead, by, .. }))) if dead == p(3) && by == p(2)),
         );
-        net.node(1).rmpeer(now, ReplyTo(3), &"nobody".parse().unwrap());
+        net.node(1).rmpeer(now, ReplyTo(3), &"nobody".parse().unwrap(), false);
         net.drain(1);
         assert_eq!(
             net.reply(ReplyTo(3)),
@@ -1843,7 +1874,7 @@ mod tests {
         net.cut(2, 3);
         net.run(Duration::from_secs(2));
         let now = net.now;
-        net.node(1).rmpeer(now, ReplyTo(4), &"h3".parse().unwrap());
+        net.node(1).rmpeer(now, ReplyTo(4), &"h3".parse().unwrap(), false);
         net.drain(1);
         let got = net.reply(ReplyTo(4));
         assert!(
@@ -1854,6 +1885,157 @@ mod tests {
         assert!(
             !net.node(1).replica().ring().unwrap().owners().contains_key(&p(3)),
             "3's ranges went to an heir"
+        );
+    }
+
+    /// The operator removes router 3 while it is only cut off. Both sides
+    /// allocate during the cut; after the heal router 3 learns of its
+    /// removal, stops, answers `removed`, and every ring agrees, with no
+    /// address handed out twice.
+    #[test]
+    fn forced_rmpeer_of_a_live_router_across_a_partition() {
+        let mut net = star(3, &[(1, 2), (1, 3), (2, 3)], false);
+        let mut answered: Vec<(u64, IpAddr)> = Vec::new();
+        let mut id = 100;
+        let mut alloc = |net: &mut Net, i: u64, answered: &mut Vec<(u64, IpAddr)>| {
+            id += 1;
+            let got = net.allocate(i, id, &format!("c{id}"));
+            let a = got.expect("answered").expect("allocated");
+            answered.push((i, a.addr));
+        };
+        for i in 1..=3 {
+            alloc(&mut net, i, &mut answered);
+        }
+        net.cut(1, 3);
+        net.cut(2, 3);
+        // Once nobody reports a connection to router 3, rmpeer starts.
+        let mut started = None;
+        for n in 0..40 {
+            net.run(Duration::from_millis(500));
+            let now = net.now;
+            net.node(1).rmpeer(now, ReplyTo(n), &"h3".parse().unwrap(), false);
+            net.drain(1);
+            if let Some(Reply::Rmpeer(Ok(st))) = net.reply(ReplyTo(n)) {
+                started = Some(st);
+                break;
+            }
+        }
+        assert!(started.is_some(), "rmpeer never started");
+        for _ in 0..3 {
+            alloc(&mut net, 3, &mut answered);
+            alloc(&mut net, 1, &mut answered);
+            alloc(&mut net, 2, &mut answered);
+        }
+        let ring1 = net.node(1).replica().ring().unwrap().clone();
+        assert_eq!(ring1.reclaim_status(p(3)), Some(ReclaimStatus::Done { heir: p(1) }));
+        assert!(!ring1.has_stopped(p(3)), "router 3 cannot know yet");
+        assert!(
+            net.node(1).replica().held()[&p(3)] > 0,
+            "the heir holds router 3's space"
+        );
+        // The heal.
+        for (a, b) in [(1, 3), (2, 3)] {
+            net.links.insert((a, b));
+            net.links.insert((b, a));
+        }
+        let healed = net.now;
+        let mut reconnected = None;
+        let mut equal = None;
+        for _ in 0..1200 {
+            net.run(Duration::from_millis(100));
+            if reconnected.is_none() && [1, 2].iter().any(|&i| net.node(i).connection_of(p(3)).is_some()) {
+                reconnected = Some(net.now);
+            }
+            let rings: Vec<Ring> = (1..=3).map(|i| net.node(i).replica().ring().unwrap().clone()).collect();
+            if rings.iter().all(|r| *r == rings[0]) && rings[0].has_stopped(p(3)) {
+                equal = Some(net.now);
+                break;
+            }
+        }
+        if equal.is_none() {
+            for i in 1..=3u64 {
+                let conns: Vec<u64> = (1..=3u64)
+                    .filter(|j| net.nodes[i as usize - 1].connection_of(p(*j)).is_some())
+                    .collect();
+                let r = net.nodes[i as usize - 1].replica();
+                eprintln!(
+                    "{i}: removed {} conns {:?} reclaims {:?} stopped {} held {:?} events {:?}",
+                    r.is_removed(),
+                    conns,
+                    r.ring().unwrap().reclaims(),
+                    r.ring().unwrap().has_stopped(p(3)),
+                    r.held(),
+                    net.events
+                        .iter()
+                        .filter(|(n, _)| *n == i)
+                        .rev()
+                        .take(3)
+                        .collect::<Vec<_>>()
+                );
+            }
+        }
+        let equal = equal.expect("the rings never agreed after the heal");
+        let reconnected = reconnected.expect("router 3 reconnected");
+        eprintln!(
+            "rings equal {:?} after router 3 reconnected ({:?} after the links came back)",
+            equal.since(reconnected),
+            equal.since(healed)
+        );
+        assert!(
+            equal.since(reconnected) <= Duration::from_secs(5),
+            "rings took too long to agree"
+        );
+        assert!(net.node(3).replica().is_removed());
+        assert_eq!(net.node(3).ipam_problem(), Some(IpamProblem::Removed));
+        // Router 3 answers `removed` to every call.
+        let now = net.now;
+        net.node(3).release(now, ReplyTo(900), &key("c103"));
+        net.drain(3);
+        assert_eq!(net.reply(ReplyTo(900)), Some(Reply::Release(Err(AllocError::Removed))));
+        let got = net.allocate(3, 901, "late");
+        assert!(
+            matches!(got, Some(Err(AllocFailure::Refused(AllocError::Removed)))),
+            "{got:?}"
+        );
+        // Router 3's pods keep their addresses: nobody hands them out again.
+        for _ in 0..3 {
+            alloc(&mut net, 1, &mut answered);
+            alloc(&mut net, 2, &mut answered);
+        }
+        let mut seen = BTreeSet::new();
+        for (i, a) in &answered {
+            assert!(
+                seen.insert(*a),
+                "{a} handed out twice (last by router {i}): {answered:?}"
+            );
+        }
+        let heir = net.node(1).replica();
+        for (i, a) in answered.iter().filter(|(i, _)| *i == 3) {
+            let key = key("probe");
+            let mut probe = heir.clone();
+            assert!(
+                matches!(probe.allocate(key, Request::Addr(*a)), Err(AllocError::Held { .. })),
+                "router {i}'s {a} is not held by its heir"
+            );
+        }
+        // Router 3 is reset: its pods are gone, and the heir may use their addresses.
+        let now = net.now;
+        net.node(3).reset(now, ReplyTo(950));
+        net.run(Duration::from_secs(3));
+        let failed = net.reply(ReplyTo(950));
+        assert_eq!(net.resets_done, vec![(3, ReplyTo(950))], "{failed:?}");
+        assert!(
+            net.node(1).replica().held().is_empty(),
+            "the heir still holds router 3's pods' addresses"
+        );
+        let pod = answered.iter().find(|(i, _)| *i == 3).expect("router 3 allocated").1;
+        let now = net.now;
+        net.node(1)
+            .allocate(now, ReplyTo(951), key("reuse"), Request::Addr(pod));
+        net.run(Duration::from_secs(1));
+        assert!(
+            matches!(net.reply(ReplyTo(951)), Some(Reply::Allocate(Ok(a))) if a.addr == pod),
+            "the heir cannot use {pod} after router 3's reset"
         );
     }
 

@@ -74,7 +74,7 @@ impl PeerControl for RouterClient {
     }
 
     async fn rmpeer(&self, peer: PeerName) -> ReclaimOutcome {
-        match Self::rmpeer(self, &PeerRef::Name(peer).to_string()).await {
+        match Self::rmpeer(self, &PeerRef::Name(peer).to_string(), false).await {
             Ok(view) => {
                 info!(%peer, state = ?view.state, heir = ?view.heir, "reclaim under way");
                 ReclaimOutcome::Started

@@ -33,7 +33,7 @@ pub(super) enum Command {
     Allocate(AllocKey, Request, oneshot::Sender<Result<AllocateResponse, ApiError>>),
     Release(AllocKey, oneshot::Sender<Result<ReleaseResponse, ApiError>>),
     Allocations(oneshot::Sender<Vec<AllocationView>>),
-    Rmpeer(PeerRef, oneshot::Sender<Result<ReclaimView, ApiError>>),
+    Rmpeer(PeerRef, bool, oneshot::Sender<Result<ReclaimView, ApiError>>),
     Reset(oneshot::Sender<Result<(), ApiError>>),
 }
 
@@ -84,8 +84,8 @@ impl Backend for ApiBackend {
         self.ask(|reply| Command::Forget(addr, reply)).await?
     }
 
-    async fn rmpeer(&self, name: PeerRef) -> Result<ReclaimView, ApiError> {
-        self.ask(|reply| Command::Rmpeer(name, reply)).await?
+    async fn rmpeer(&self, name: PeerRef, gone: bool) -> Result<ReclaimView, ApiError> {
+        self.ask(|reply| Command::Rmpeer(name, gone, reply)).await?
     }
 
     async fn reset(&self) -> Result<(), ApiError> {
@@ -116,13 +116,20 @@ impl Waiting {
                 return Some(now.since(since));
             }
             (Self::Release(reply), Reply::Release(freed)) => {
-                let _ = reply.send(Ok(ReleaseResponse {
-                    address: freed.map(|a| api::cidr(a, prefix)),
-                }));
+                let _ = reply.send(
+                    freed
+                        .map(|freed| ReleaseResponse {
+                            address: freed.map(|a| api::cidr(a, prefix)),
+                        })
+                        .map_err(convert::alloc_error),
+                );
             }
             (Self::Rmpeer(reply), Reply::Rmpeer(result)) => {
                 let view = result
-                    .map(|(dead, status)| convert::reclaim_view(dead, &status, |p| nickname(node, p)))
+                    .map(|(dead, status)| {
+                        let stopped = node.replica().ring().is_some_and(|r| r.has_stopped(dead));
+                        convert::reclaim_view(dead, &status, stopped, |p| nickname(node, p))
+                    })
                     .map_err(rmpeer_error);
                 let _ = reply.send(view);
             }
@@ -252,6 +259,7 @@ pub(super) fn problem(p: &IpamProblem) -> String {
             "refused the ring of router {from}: it divides {pool}, this router was launched with --ipalloc-range {ours}"
         ),
         IpamProblem::NoRing(why) => no_ring(why),
+        IpamProblem::Removed => ipam_crdt::AllocError::Removed.to_string(),
     }
 }
 

@@ -265,9 +265,9 @@ impl Driver {
                 let to = self.wait(Waiting::Release(reply));
                 self.node.release(now, to, &key);
             }
-            Command::Rmpeer(name, reply) => {
+            Command::Rmpeer(name, gone, reply) => {
                 let to = self.wait(Waiting::Rmpeer(reply));
-                self.node.rmpeer(now, to, &name);
+                self.node.rmpeer(now, to, &name, gone);
             }
             Command::Reset(reply) => {
                 let to = self.wait(Waiting::Reset(reply));
