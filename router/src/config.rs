@@ -240,8 +240,8 @@ pub struct LaunchArgs {
     /// for --init-peer-count routers to meet.
     #[arg(long, value_name = "seed=NAME,...")]
     pub ipalloc_init: Option<String>,
-    /// How many routers, this one included, start the mesh; the range is split when they have all met
-    /// [default: number of PEERs + 1].
+    /// How many routers, this one included, start the mesh; the range is split when they have all met, or
+    /// when a majority of them has been reachable for 10 s [default: number of PEERs + 1].
     #[arg(long, value_name = "N")]
     pub init_peer_count: Option<String>,
     /// File holding the cluster secret [default: the WEFT_PASSWORD environment variable].

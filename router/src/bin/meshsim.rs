@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p weft-router --bin meshsim -- --routers 1000 --seed 1 [--loss 5] [--partition-secs 30]
-//!     [--init-peer-count N] [--allocs K]
+//!     [--init-peer-count N] [--allocs K] [--silent-router I]
 //! ```
 //!
 //! Routers launch one by one, each pointed (`weft launch PEER`) at a random
@@ -12,7 +12,10 @@
 //! it: by consensus among `--init-peer-count` routers, by default the launch
 //! default (PEER arguments + 1, so the first router creates it alone). Every
 //! router allocates `--allocs` addresses as soon as it runs, and one more on
-//! each side of the partition while it lasts. Control connections are modelled as QUIC gives
+//! each side of the partition while it lasts. `--silent-router I` keeps router
+//! `I` cut off from everyone from its launch until some router has a ring, as
+//! a member of `--init-peer-count` that died before it acked and comes back
+//! later (the others create the ring by a quorum, and it adopts it). Control connections are modelled as QUIC gives
 //! them: a dial succeeds after a round trip if the other router is up and
 //! reachable, else fails after a timeout; messages on a connection are
 //! reliable, delayed 2-20 ms, and at `--loss` percent each transmission is
@@ -53,7 +56,7 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(msg) => {
             eprintln!(
-                "meshsim: {msg}\nusage: meshsim --routers N --seed S [--loss PERCENT] [--partition-secs T] [--join-ms MS] \\\n               [--init-peer-count N] [--allocs K]"
+                "meshsim: {msg}\nusage: meshsim --routers N --seed S [--loss PERCENT] [--partition-secs T] [--join-ms MS] \\\n               [--init-peer-count N] [--allocs K] [--silent-router I]"
             );
             return ExitCode::from(2);
         }
@@ -160,6 +163,8 @@ struct Args {
     /// `--init-peer-count` of every router; `None` is the launch default.
     init_peer_count: Option<usize>,
     allocs: usize,
+    /// A router cut off from its launch until a ring exists.
+    silent: Option<usize>,
 }
 
 impl Args {
@@ -172,6 +177,7 @@ impl Args {
             join_ms: 50,
             init_peer_count: None,
             allocs: 2,
+            silent: None,
         };
         let (mut routers, mut seed) = (None, None);
         while let Some(flag) = it.next() {
@@ -188,6 +194,7 @@ impl Args {
                 "--join-ms" => a.join_ms = num(&v)?,
                 "--init-peer-count" => a.init_peer_count = Some((num(&v)? as usize).max(1)),
                 "--allocs" => a.allocs = num(&v)? as usize,
+                "--silent-router" => a.silent = Some(num(&v)? as usize),
                 _ => return Err(format!("unknown flag {flag}")),
             }
         }
@@ -195,6 +202,9 @@ impl Args {
         a.seed = seed.ok_or("--seed is required")?;
         if a.routers < 2 || a.routers > 60_000 {
             return Err("--routers must be between 2 and 60000".into());
+        }
+        if a.silent.is_some_and(|i| i >= a.routers) {
+            return Err("--silent-router takes the index of a router, below --routers".into());
         }
         if !(0.0..100.0).contains(&a.loss) {
             return Err("--loss must be in [0, 100)".into());
@@ -259,6 +269,8 @@ struct Sim {
     waiting: BTreeMap<ReplyTo, (usize, String)>,
     next_reply: u64,
     failures: u64,
+    /// The router kept cut off until a ring exists (`--silent-router`).
+    silent: Option<usize>,
 }
 
 impl Sim {
@@ -297,7 +309,11 @@ impl Sim {
             waiting: BTreeMap::new(),
             next_reply: 0,
             failures: 0,
+            silent: args.silent,
         };
+        if let Some(i) = args.silent {
+            sim.routers[i].group = SILENT_GROUP;
+        }
         for i in 0..args.routers {
             sim.at(Time::from_millis(i as u64 * args.join_ms), Ev::Launch(i));
         }
@@ -328,6 +344,7 @@ impl Sim {
         let mut t = from;
         while t <= from + limit {
             self.run_until(t);
+            self.end_silence();
             if self.converged() {
                 return Some(t);
             }
@@ -361,7 +378,11 @@ impl Sim {
                 let r = &self.routers[i];
                 let seed = self.rng.random();
                 let peer = (i > 0).then(|| {
-                    let j = self.rng.random_range(0..i);
+                    let mut j = self.rng.random_range(0..i);
+                    // Not the silent router, so that nobody waits on it alone.
+                    if self.silent == Some(j) {
+                        j = (j + 1) % i;
+                    }
                     self.routers[j].addr
                 });
                 let count = self.init_peer_count.unwrap_or(usize::from(peer.is_some()) + 1);
@@ -596,6 +617,24 @@ impl Sim {
         (holders.values().filter(|n| **n > 1).count(), misplaced)
     }
 
+    /// Brings the `--silent-router` back once another router has a ring.
+    fn end_silence(&mut self) {
+        let Some(i) = self.silent else { return };
+        let ring = self
+            .routers
+            .iter()
+            .enumerate()
+            .any(|(j, r)| j != i && r.node.as_ref().is_some_and(|n| n.replica().ring().is_some()));
+        if ring {
+            self.silent = None;
+            self.routers[i].group = 0;
+            println!(
+                "meshsim: router {i} was cut off until the ring existed; reachable from {:?}",
+                self.now
+            );
+        }
+    }
+
     fn partition(&mut self) {
         for r in &mut self.routers {
             r.group = self.rng.random_range(0..2);
@@ -627,6 +666,9 @@ fn encoded_len<T: serde::Serialize>(msg: &T) -> u64 {
 fn pool() -> Pool {
     Pool::new("10.32.0.0/12".parse().expect("a valid CIDR")).expect("a valid pool")
 }
+
+/// The group of the `--silent-router` while it is cut off: no other router's.
+const SILENT_GROUP: u8 = u8::MAX;
 
 /// Length prefix and message type on a QUIC stream, roughly.
 const FRAME_OVERHEAD: u64 = 4;

@@ -126,6 +126,16 @@ pub const ROUTE_WAIT: Duration = ASK_TIMEOUT;
 /// Most routed messages waiting for a route ([`Unrouted`]).
 pub const MAX_UNROUTED: usize = 1024;
 
+/// How long a router that has met a quorum of the `--init-peer-count`
+/// routers ([`quorum`]) waits for the others before the ring is created
+/// without them (`docs/control-plane.md`, "Ring creation by consensus").
+/// Long enough for routers launched together by hand or by a deployment to
+/// find each other (a few gossip rounds of 200 ms and the dials' first
+/// back-off steps), short enough that a launch with a dead member is
+/// delayed by seconds, not until it returns. Safety does not depend on it:
+/// it only decides when a quorum may proceed.
+pub const QUORUM_WAIT: Duration = Duration::from_secs(10);
+
 /// An IPAM message between routers (inside [`ControlMsg::Ipam`](super::wire::ControlMsg)).
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum IpamMsg {
@@ -334,11 +344,22 @@ pub enum NoRing {
         /// Its nickname.
         nickname: String,
     },
-    /// This router proposed the split and waits for every member to accept.
-    #[error("proposed splitting the range between {members} routers; waiting for all of them to accept")]
+    /// This router proposed the split and waits for every member to accept,
+    /// or, once it has waited [`QUORUM_WAIT`], for a quorum.
+    #[error(
+        "proposed splitting the range between {members} routers, {accepted} accepted; waiting for all of them, {}",
+        quorum_text(*.needed, *.proceed_in)
+    )]
     Proposed {
         /// How many routers the proposal names.
         members: usize,
+        /// How many of them accepted it so far.
+        accepted: usize,
+        /// How many must accept once the wait is over.
+        needed: usize,
+        /// How long until it may create the ring with `needed` (zero: it
+        /// may now); `None` while fewer than a quorum are reachable.
+        proceed_in: Option<Duration>,
     },
     /// This router accepted another's proposal and waits for it to create the ring.
     #[error("accepted router {proposer}'s proposal; waiting for it to create the ring")]
@@ -347,12 +368,21 @@ pub enum NoRing {
         proposer: PeerName,
     },
     /// Fewer of the routers that start the mesh have met than it takes.
-    #[error("{met} of the {count} routers that start the mesh have met")]
+    #[error(
+        "{met} of the {count} routers that start the mesh have met; waiting for all of them, {}",
+        quorum_text(*.quorum, *.proceed_in)
+    )]
     Meeting {
         /// How many have met.
         met: usize,
         /// How many it takes.
         count: usize,
+        /// A majority of `count` ([`quorum`]): how many may create the ring
+        /// without the others after [`QUORUM_WAIT`].
+        quorum: usize,
+        /// How long until that quorum proceeds (zero: it may now); `None`
+        /// while fewer than a quorum are reachable.
+        proceed_in: Option<Duration>,
     },
     /// Waiting for another router to share the ring.
     #[error("waiting for another router to share the ring")]
@@ -381,6 +411,28 @@ impl NoRing {
             Self::CannotCreate(_) | Self::FromRouter { .. } | Self::Adopting | Self::StateLost { .. } => None,
         }
     }
+}
+
+/// The part of a [`NoRing`] text that says when a quorum proceeds.
+fn quorum_text(quorum: usize, proceed_in: Option<Duration>) -> String {
+    match proceed_in {
+        None => format!(
+            "or for a quorum of {quorum} to be reachable for {} s",
+            QUORUM_WAIT.as_secs()
+        ),
+        Some(d) if d.is_zero() => format!("or for {quorum} (a quorum): the wait is over, the ring is being created"),
+        Some(d) => format!(
+            "or for {quorum} (a quorum, reachable now) in {} s, without the others",
+            d.as_secs_f64().ceil()
+        ),
+    }
+}
+
+/// How many of `count` routers make a quorum: a majority, so that two
+/// quorums of the same routers always share one
+/// (`docs/control-plane.md`, "Ring creation by consensus").
+pub fn quorum(count: usize) -> usize {
+    count / 2 + 1
 }
 
 /// Why an allocation failed, in the words the API shows.
@@ -651,6 +703,21 @@ pub struct Agent {
     /// Our part in creating the ring (persisted), and whether the mesh must hear of a change.
     init_state: IpamInit,
     announce_init: bool,
+    /// The record holds a step of ring creation (a proposal, withdrawal or
+    /// ack, or the ring this router created) not yet written: it must be
+    /// durable before anything else leaves ([`Agent::must_sync`]).
+    must_sync: bool,
+    /// When this router (in this life) first had a quorum of the
+    /// `--init-peer-count` routers reachable; [`QUORUM_WAIT`] later it may
+    /// go on without the others. Not persisted: after a restart it waits
+    /// again, which only delays.
+    quorum_since: Option<Time>,
+    /// The end of that wait, while [`Agent::handle_timeout`] has not seen it.
+    quorum_due: Option<Time>,
+    /// When this router (in this life) first saw its own proposal live.
+    proposed_at: Option<Time>,
+    /// The latest time the shell passed in, for the status's "in N s".
+    clock: Time,
     out: VecDeque<(Dest, IpamMsg)>,
     events: VecDeque<Event>,
 }
@@ -711,6 +778,11 @@ impl Agent {
             leaving: None,
             init_state,
             announce_init: true,
+            must_sync: false,
+            quorum_since: None,
+            quorum_due: None,
+            proposed_at: None,
+            clock: now,
             out: VecDeque::new(),
             events: VecDeque::new(),
         })
@@ -726,11 +798,37 @@ impl Agent {
         if self.replica.ring().is_some() {
             return None;
         }
+        let proceed_in = self.quorum_since.map(|t| (t + QUORUM_WAIT).since(self.clock));
         Some(match (&self.init, &self.waiting_for) {
+            (_, Some(NoRing::Meeting { met, count, quorum, .. })) => NoRing::Meeting {
+                met: *met,
+                count: *count,
+                quorum: *quorum,
+                proceed_in,
+            },
+            (
+                _,
+                Some(NoRing::Proposed {
+                    members,
+                    accepted,
+                    needed,
+                    ..
+                }),
+            ) => NoRing::Proposed {
+                members: *members,
+                accepted: *accepted,
+                needed: *needed,
+                proceed_in,
+            },
             (_, Some(why)) => why.clone(),
             (Init::Seeds(_), None) => NoRing::ResolvingSeeds,
             (Init::Adopt, None) => NoRing::Adopting,
-            (Init::Consensus(n), None) => NoRing::Meeting { met: 1, count: *n },
+            (Init::Consensus(n), None) => NoRing::Meeting {
+                met: 1,
+                count: *n,
+                quorum: quorum(*n),
+                proceed_in,
+            },
         })
     }
 
@@ -746,6 +844,7 @@ impl Agent {
     /// several changes). The write takes the other routers' entries merged
     /// since the last write too.
     pub fn take_dirty(&mut self) -> bool {
+        self.must_sync = false;
         let dirty = std::mem::take(&mut self.dirty);
         if dirty {
             self.foreign_since = None;
@@ -800,10 +899,23 @@ impl Agent {
             self.leaving = None;
         }
         self.dirty = false;
+        self.must_sync = false;
         self.foreign_since = None;
         self.hash = None;
         self.announced = None;
         Ok(init_undone)
+    }
+
+    /// Whether the unwritten change includes a step of ring creation: a
+    /// proposal, a withdrawal, an ack, or the ring this router created.
+    /// **Such a write must be durable before anything queued after it is
+    /// sent, and never batched or deferred**: a router that forgot an ack
+    /// in a crash could ack a second proposer, and the consensus counts
+    /// every ack once (`docs/control-plane.md`). The topology entry that
+    /// carries it comes from [`Agent::take_announcement`], which the shell
+    /// calls after the write.
+    pub fn must_sync(&self) -> bool {
+        self.must_sync
     }
 
     /// The agent's record as it is now (what [`Agent::decode_saved`] reads).
@@ -848,6 +960,9 @@ impl Agent {
     /// When [`Agent::handle_timeout`] wants to run next.
     pub fn poll_timeout(&self) -> Time {
         let mut t = self.next_summary;
+        if let Some(q) = self.quorum_due {
+            t = t.min(q);
+        }
         if let Some(a) = self.announce_at {
             t = t.min(a);
         }
@@ -872,7 +987,8 @@ impl Agent {
     /// otherwise at most one every [`REACH_EVERY`], which is what a router
     /// that uses its last address before the next view goes by.
     pub fn handle_topology(&mut self, now: Time, topo: &Topology) {
-        let urgent = self.replica.free() == 0 || !self.parked.is_empty();
+        self.clock = self.clock.max(now);
+        let urgent = self.replica.free() == 0 || !self.parked.is_empty() || self.replica.ring().is_none();
         self.reach.update(now, topo, urgent);
         if self.replica.ring().is_some() {
             self.set_init(IpamInit {
@@ -1036,17 +1152,20 @@ impl Agent {
     /// An IPAM message from neighbour `from`. Messages for other routers are
     /// the shell's to forward ([`IpamMsg::destination`]).
     pub fn handle_message(&mut self, now: Time, from: PeerName, msg: IpamMsg) {
+        self.clock = self.clock.max(now);
         match msg {
             IpamMsg::Ring(bytes) => self.handle_ring(now, from, &bytes),
-            IpamMsg::Summary(hash) => {
-                if let Some(mine) = self.ring_hash()
-                    && mine != hash
-                {
+            IpamMsg::Summary(hash) => match self.ring_hash() {
+                Some(mine) if mine != hash => {
                     let stamps = self.replica.ring().expect("hashed above").stamps();
                     self.out
                         .push_back((Dest::Neighbour(from), IpamMsg::Digest { hash: mine, stamps }));
                 }
-            }
+                Some(_) => {}
+                // It has a ring and we have none (our request for it was
+                // lost with a connection, say): ask again.
+                None => self.ask_for_ring(from),
+            },
             IpamMsg::Digest { hash, stamps } => self.handle_digest(now, from, hash, &stamps),
             IpamMsg::WantRing => {
                 if let Some(ring) = self.replica.ring() {
@@ -1100,6 +1219,17 @@ impl Agent {
 
     /// Timers: announcements, summaries, parked allocations' deadlines.
     pub fn handle_timeout(&mut self, now: Time) {
+        self.clock = self.clock.max(now);
+        if self.quorum_due.is_some_and(|t| t <= now) {
+            self.quorum_due = None;
+            // The quorum's wait is over: the next step may go on without
+            // the silent routers, with the latest view taken.
+            if let (Init::Consensus(count), None, Some(view)) =
+                (&self.init, self.replica.ring(), self.reach.view.clone())
+            {
+                self.consensus(now, &view, *count);
+            }
+        }
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.repull).into_iter().partition(|r| r.0 <= now);
         self.repull = later;
         for (_, peer, tokens) in due {
@@ -1176,11 +1306,14 @@ impl Agent {
         if init != self.init_state {
             self.init_state = init;
             self.mutated();
+            // Durable before announced, never batched ([`Agent::must_sync`]).
+            self.must_sync = true;
             self.announce_init = true;
         }
     }
 
-    /// One step of ring creation by consensus (`docs/control-plane.md`).
+    /// One step of ring creation by consensus (`docs/control-plane.md`,
+    /// "Ring creation by consensus", which gives the argument).
     fn consensus(&mut self, now: Time, topo: &Topology, count: usize) {
         let me = self.me;
         let others: Vec<&PeerEntry> = topo.entries().filter(|e| e.name != me).collect();
@@ -1191,14 +1324,32 @@ impl Agent {
             });
             return;
         }
+        let quorum = quorum(count);
         let mut st = self.init_state.clone();
         let mut known: Vec<PeerName> = others.iter().map(|e| e.name).collect();
         known.push(me);
         known.sort_unstable();
+        // The routers this one reaches now over confirmed connections (a
+        // router that died or is cut off is known but not reachable).
+        let mut reachable: Vec<PeerName> = topo.next_hops().into_keys().collect();
+        reachable.push(me);
+        reachable.sort_unstable();
+        if reachable.len() >= quorum && self.quorum_since.is_none() {
+            self.quorum_since = Some(now);
+            self.quorum_due = Some(now + QUORUM_WAIT);
+        }
+        let waited = self.quorum_since.is_some_and(|t| now >= t + QUORUM_WAIT);
+        // Before the wait every router known counts; after it, only the
+        // reachable ones: a router that died or is cut off neither blocks a
+        // proposal nor draws acks. (Which proposals a router makes, acks or
+        // withdraws in favour of is free: the argument rests only on how
+        // acks move and on withdrawals being final.)
+        let counts = |p: PeerName| !waited || reachable.binary_search(&p).is_ok();
+        let live = |e: &&&PeerEntry| counts(e.name) && e.ipam.live_proposal().is_some();
         // Withdraw in favour of a lower-named live proposal that shares a member with ours.
         if let Some(mine) = st.proposal.clone()
             && !st.withdrawn
-            && others.iter().any(|e| {
+            && others.iter().filter(live).any(|e| {
                 e.name < me
                     && e.ipam
                         .live_proposal()
@@ -1207,13 +1358,36 @@ impl Agent {
         {
             st.withdrawn = true;
         }
-        // Propose: enough routers met, we are the lowest, and nobody lower proposes.
-        if st.proposal.is_none()
-            && known.len() >= count
-            && known[0] == me
-            && !others.iter().any(|e| e.ipam.live_proposal().is_some())
+        // Withdraw a proposal that can no longer gather its quorum: the wait
+        // is over, ours has been live for as long, fewer of its members than
+        // it needs are reachable, and a quorum is reachable without it.
+        if st.live_proposal().is_none() {
+            self.proposed_at = None;
+        } else if self.proposed_at.is_none() {
+            self.proposed_at = Some(now);
+        }
+        if let Some(s) = st.live_proposal()
+            && waited
+            && self.proposed_at.is_some_and(|t| now >= t + QUORUM_WAIT)
+            && reachable.len() >= quorum
+            && s.iter()
+                .filter(|m| reachable.binary_search(m).is_ok() || topo.get(**m).and_then(|e| e.ipam.ack) == Some(me))
+                .count()
+                < (quorum + s.len().saturating_sub(count)).min(s.len())
         {
-            st.proposal = Some(known.clone());
+            st.withdrawn = true;
+        }
+        // Propose, while nobody proposes: every router known, once `count`
+        // have met and we are the lowest of them; or, once a quorum has been
+        // reachable for QUORUM_WAIT, the reachable routers, if we are the
+        // lowest of those that have not withdrawn.
+        if st.proposal.is_none() && !others.iter().any(|e| live(&e)) {
+            let fresh = |p: &&PeerName| **p == me || topo.get(**p).is_some_and(|e| !e.ipam.withdrawn);
+            if known.len() >= count && known[0] == me {
+                st.proposal = Some(known.clone());
+            } else if waited && reachable.len() >= quorum && reachable.iter().find(fresh) == Some(&me) {
+                st.proposal = Some(reachable.clone());
+            }
         }
         // Ack: keep an ack unless its proposer withdrew; else the lowest live proposal naming us.
         let withdrawn = |p: PeerName| {
@@ -1227,11 +1401,14 @@ impl Agent {
             let own = st.live_proposal().is_some_and(|s| s.contains(&me)).then_some(me);
             let theirs = others
                 .iter()
+                .filter(live)
                 .filter(|e| e.ipam.live_proposal().is_some_and(|s| s.contains(&me)))
                 .map(|e| e.name);
             st.ack = own.into_iter().chain(theirs).min();
         }
-        // Create once every member of our live proposal acks it.
+        // Create once every member of our live proposal acks it, or, after
+        // the wait, a quorum of `count` and every member beyond `count`; the
+        // ring is divided between the routers that acked.
         let ack_of = |p: PeerName| {
             if p == me {
                 st.ack
@@ -1239,17 +1416,33 @@ impl Agent {
                 topo.get(p).and_then(|e| e.ipam.ack)
             }
         };
-        let ready = st
-            .live_proposal()
-            .filter(|s| s.iter().all(|m| ack_of(*m) == Some(me)))
-            .map(<[PeerName]>::to_vec);
-        self.waiting_for = match (&st.proposal, st.ack) {
+        let mut progress = None;
+        let mut ready = None;
+        if let Some(s) = st.live_proposal() {
+            let accepted: Vec<PeerName> = s.iter().copied().filter(|m| ack_of(*m) == Some(me)).collect();
+            let needed = (quorum + s.len().saturating_sub(count)).min(s.len());
+            debug_assert!(needed >= quorum, "every proposal names a quorum");
+            if accepted.len() == s.len() || (waited && accepted.len() >= needed) {
+                ready = Some(accepted);
+            } else {
+                progress = Some((s.len(), accepted.len(), needed));
+            }
+        }
+        let proceed_in = self.quorum_since.map(|t| (t + QUORUM_WAIT).since(now));
+        self.waiting_for = match (progress, st.ack) {
             _ if ready.is_some() => None,
-            (Some(s), _) if !st.withdrawn => Some(NoRing::Proposed { members: s.len() }),
-            (_, Some(proposer)) => Some(NoRing::Accepted { proposer }),
-            _ => Some(NoRing::Meeting {
+            (Some((members, accepted, needed)), _) => Some(NoRing::Proposed {
+                members,
+                accepted,
+                needed,
+                proceed_in,
+            }),
+            (None, Some(proposer)) => Some(NoRing::Accepted { proposer }),
+            (None, None) => Some(NoRing::Meeting {
                 met: known.len().min(count),
                 count,
+                quorum,
+                proceed_in,
             }),
         };
         self.set_init(st);
@@ -1258,6 +1451,7 @@ impl Agent {
                 Ok(r) => {
                     self.replica = r;
                     self.waiting_for = None;
+                    self.quorum_due = None;
                     self.mutated();
                     self.events.push_back(Event::Created(seeds));
                     self.set_init(IpamInit {
@@ -1909,6 +2103,9 @@ pub fn ring_hash(ring: &Ring) -> u64 {
     let digest = Blake2s256::digest(ring.encode());
     u64::from_le_bytes(digest[..8].try_into().expect("a BLAKE2s digest has 32 bytes"))
 }
+
+#[cfg(test)]
+mod consensus_model;
 
 #[cfg(test)]
 mod tests {
@@ -2627,7 +2824,12 @@ mod tests {
         assert!(net.created().is_empty());
         assert_eq!(
             net.agents[0].no_ring_reason(),
-            Some(NoRing::Meeting { met: 2, count: 3 })
+            Some(NoRing::Meeting {
+                met: 2,
+                count: 3,
+                quorum: 2,
+                proceed_in: None
+            })
         );
         for _ in 0..4 {
             net.topology_round(&all(3));
@@ -2663,6 +2865,48 @@ mod tests {
         for i in 0..3 {
             assert_eq!(net.ring(i), net.ring(0), "p(2) adopted the one ring");
         }
+    }
+
+    #[test]
+    fn a_quorum_creates_the_ring_without_a_silent_member_which_then_adopts_it() {
+        let mut net = Net::new(pool("10.32.0.0/24"), vec![Init::Consensus(3); 3]);
+        // p(3) was seen, then died before it acked: p(1) proposes the three,
+        // p(2) acks, and they wait for p(3).
+        net.mute.insert(2);
+        net.deaf.insert(2);
+        let pair = [(0, 1)];
+        for _ in 0..2 {
+            net.connect(0, &pair);
+            net.connect(1, &pair);
+        }
+        assert_eq!(net.inits[0].proposal, Some(vec![p(1), p(2), p(3)]));
+        assert!(net.created().is_empty(), "not before the wait");
+        match net.agents[0].no_ring_reason() {
+            Some(NoRing::Proposed {
+                members: 3,
+                accepted: 2,
+                needed: 2,
+                proceed_in: Some(d),
+            }) => assert!(d > Duration::ZERO && d <= QUORUM_WAIT, "{d:?}"),
+            other => panic!("{other:?}"),
+        }
+        let text = net.agents[0].no_ring_reason().unwrap().to_string();
+        assert!(text.contains("or for 2 (a quorum, reachable now) in 10 s"), "{text}");
+        // The wait ends on a timer, with no new view: the two that acked
+        // create it between them.
+        net.advance(QUORUM_WAIT);
+        assert_eq!(net.created(), vec![(0, vec![p(1), p(2)])], "the quorum created it");
+        // p(3) comes back: it adopts that ring and creates none.
+        net.mute.clear();
+        net.deaf.clear();
+        let all = [(0, 1), (0, 2), (1, 2)];
+        for i in [2, 0, 1, 2] {
+            net.connect(i, &all);
+        }
+        net.advance(BATCH * 2);
+        assert_eq!(net.ring(2), net.ring(0));
+        assert_eq!(net.created().len(), 1);
+        assert!(net.inits[2].has_ring && net.inits[2].proposal.is_none());
     }
 
     #[test]

@@ -928,7 +928,9 @@ impl Node {
     }
 
     /// Queues a write of the IPAM record if it changed: everything after
-    /// waits for it.
+    /// waits for it. A step of ring creation ([`Agent::must_sync`]: a
+    /// proposal, withdrawal or ack) must always take this path, durable
+    /// before the mesh entry that announces it goes out.
     fn sync_persist(&mut self) {
         if self.agent.take_dirty() {
             self.out.persist();

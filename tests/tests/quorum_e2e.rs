@@ -1,0 +1,83 @@
+//! End-to-end test of ring creation by a quorum (`docs/control-plane.md`, "Ring creation by consensus") with the
+//! real `weft` binary on netns hosts: three routers launched with `--init-peer-count 3`, one of them cut off
+//! before the others can reach it (alive but silent, which no router can tell from dead). The other two create
+//! the ring after the quorum's wait and allocate; the silent one creates nothing while alone, and once it is
+//! reachable again it adopts the same ring and allocates from it, with no duplicate address.
+//!
+//! Needs root, like every testbed test, and the binary built by `cargo build -p weft-router --bin weft`.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use weft_tests::router::{Router, fully_meshed, wait_for, wait_for_rings, workdir, write_secret};
+use weft_tests::{testbed_or_skip, wait_until};
+
+const SECRET: &str = "correct horse battery staple";
+
+#[test]
+fn a_quorum_creates_the_ring_without_a_silent_member_which_adopts_it_later() {
+    let tb = testbed_or_skip!(3);
+    let dir = workdir();
+    let secret = write_secret(dir.path(), "secret", SECRET);
+    let count = ["--init-peer-count", "3"];
+
+    // h3 is cut off from the start: it never hears of the others, nor they of it.
+    tb.cut(3).unwrap();
+    let start = Instant::now();
+    let h3 = Router::launch_with(tb.host(3), dir.path(), &secret, &[tb.host(1), tb.host(2)], &count);
+    let h1 = Router::launch_with(tb.host(1), dir.path(), &secret, &[tb.host(2), tb.host(3)], &count);
+    let h2 = Router::launch_with(tb.host(2), dir.path(), &secret, &[tb.host(1), tb.host(3)], &count);
+    wait_for(
+        &[&h1, &h2],
+        Duration::from_secs(30),
+        "h1 and h2 to be established",
+        fully_meshed,
+    );
+    // While they wait, the status says for what, and when the quorum goes on (the proposer's; the other
+    // says whose proposal it accepted).
+    let problems: Vec<Option<String>> = [&h1, &h2].iter().map(|r| r.status().unwrap().ipam.problem).collect();
+    eprintln!("h1 and h2 while waiting: {problems:?}");
+    if problems.iter().all(Option::is_some) {
+        assert!(problems.iter().flatten().any(|p| p.contains("quorum")), "{problems:?}");
+    }
+
+    let quorum: BTreeSet<String> = [&h1, &h2].iter().map(|r| r.status().unwrap().name).collect();
+    wait_for_rings(
+        &[&h1, &h2],
+        Duration::from_secs(40),
+        "h1 and h2 to create the ring",
+        |ring| ring.owners == quorum,
+    );
+    eprintln!("ring of h1 and h2 {:?} after launch, without h3", start.elapsed());
+    let mut addrs: Vec<String> = [&h1, &h2].iter().map(|r| r.allocate("before")).collect();
+
+    // h3, alone, has made no ring of its own.
+    let alone = h3.status().unwrap();
+    assert!(
+        alone.ipam.owned == 0 && alone.ipam.problem.is_some(),
+        "h3 alone: {:#?}",
+        alone.json
+    );
+
+    tb.restore(3).unwrap();
+    let restored = Instant::now();
+    // Equal rings on all three: h3 merged the ring of h1 and h2 (a ring of another origin is refused, so the
+    // rings would differ). h3 may own space by now, given to it for its host address.
+    wait_for_rings(
+        &[&h1, &h2, &h3],
+        Duration::from_secs(60),
+        "h3 to adopt the ring of h1 and h2",
+        |ring| quorum.is_subset(&ring.owners),
+    );
+    eprintln!(
+        "h3 adopted the ring {:?} after it was reachable again",
+        restored.elapsed()
+    );
+    wait_until(Duration::from_secs(30), "h3 to allocate", || {
+        h3.status().is_ok_and(|s| s.ipam.problem.is_none())
+    })
+    .unwrap();
+    addrs.extend([&h1, &h2, &h3].iter().map(|r| r.allocate("after")));
+    let unique: BTreeSet<&String> = addrs.iter().collect();
+    assert_eq!(unique.len(), addrs.len(), "duplicate addresses: {addrs:?}");
+}
