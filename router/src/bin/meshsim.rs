@@ -33,7 +33,13 @@
 //! of them over confirmed connections, and holds the same ring.
 //! `duplicate_addresses` counts addresses allocated by more than one router;
 //! `misplaced_addresses` those allocated outside the ring's ranges of their
-//! router. Exits 1 unless converged with none of either.
+//! router. `allocation_failures_with_space` counts allocations that failed
+//! although a router on the requester's side of the partition (any router,
+//! outside one) had free space then; `max_allocation_ms` is the longest an
+//! allocation took, in virtual time, among those asked for by a router that
+//! had the ring (before it, an allocation waits for the ring);
+//! `ipam_bytes_by_kind` splits `ipam_bytes` by message kind. Exits 1 unless
+//! converged with none of either and no failure with space.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -112,6 +118,7 @@ fn main() -> ExitCode {
     let converged = first.is_some() && after_heal.is_some() && sim.converged();
     let (duplicates, misplaced) = sim.address_check();
     let converged = converged && duplicates == 0 && misplaced == 0;
+    let ok = converged && sim.failures_with_space == 0;
     let origins: std::collections::BTreeSet<String> = sim
         .routers
         .iter()
@@ -138,20 +145,20 @@ fn main() -> ExitCode {
         "mean_degree": degrees.iter().sum::<usize>() as f64 / degrees.len().max(1) as f64,
         "ipam_bytes": sim.ipam_bytes,
         "ipam_messages_and_bytes_by_kind": sim.ipam_kinds,
+        "ipam_bytes_by_kind": sim.ipam_kinds.iter().map(|(k, (_, b))| (*k, *b)).collect::<BTreeMap<_, _>>(),
         "rings": origins.len(),
         "allocations": sim.allocations.len(),
         "allocation_failures": sim.failures,
+        "allocation_failures_with_space": sim.failures_with_space,
+        "allocation_failure_examples": sim.failure_examples,
+        "max_allocation_ms": sim.max_alloc.as_millis() as u64,
         "duplicate_addresses": duplicates,
         "misplaced_addresses": misplaced,
         "virtual_ms": sim.now.as_millis(),
         "elapsed_ms": started.elapsed().as_millis() as u64,
     });
     println!("{report}");
-    if converged {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 struct Args {
@@ -271,6 +278,14 @@ struct Sim {
     failures: u64,
     /// The router kept cut off until a ring exists (`--silent-router`).
     silent: Option<usize>,
+    /// Failures while a router on the requester's side had free space.
+    failures_with_space: u64,
+    /// The first few failures' reasons.
+    failure_examples: Vec<String>,
+    /// When each waiting allocation was asked for, if its router had the ring then.
+    asked_at: BTreeMap<ReplyTo, Time>,
+    /// The longest of those, answered.
+    max_alloc: Duration,
 }
 
 impl Sim {
@@ -310,6 +325,10 @@ impl Sim {
             next_reply: 0,
             failures: 0,
             silent: args.silent,
+            failures_with_space: 0,
+            failure_examples: Vec::new(),
+            asked_at: BTreeMap::new(),
+            max_alloc: Duration::ZERO,
         };
         if let Some(i) = args.silent {
             sim.routers[i].group = SILENT_GROUP;
@@ -519,6 +538,17 @@ impl Sim {
                     reply: Reply::Allocate(result),
                 } => {
                     let (router, key) = self.waiting.remove(&to).expect("every allocation was recorded");
+                    if let Some(at) = self.asked_at.remove(&to) {
+                        self.max_alloc = self.max_alloc.max(now.since(at));
+                    }
+                    if let Err(e) = &result {
+                        if self.side_has_space(router) {
+                            self.failures_with_space += 1;
+                        }
+                        if self.failure_examples.len() < 5 {
+                            self.failure_examples.push(e.to_string());
+                        }
+                    }
                     self.record(router, key, result.map(|a| a.addr).ok());
                 }
                 _ => {}
@@ -576,6 +606,9 @@ impl Sim {
         self.next_reply += 1;
         let to = ReplyTo(self.next_reply);
         self.waiting.insert(to, (i, key));
+        if self.node(i).replica().ring().is_some() {
+            self.asked_at.insert(to, now);
+        }
         self.node(i).allocate(now, to, alloc_key, Request::Any);
         self.drain(i);
     }
@@ -633,6 +666,17 @@ impl Sim {
                 self.now
             );
         }
+    }
+
+    /// Whether a router on router `i`'s side of the partition (or any
+    /// router, when there is none) owns free addresses now.
+    fn side_has_space(&self, i: usize) -> bool {
+        let group = self.routers[i].group;
+        self.routers
+            .iter()
+            .filter(|r| r.group == group)
+            .filter_map(|r| r.node.as_ref())
+            .any(|n| n.replica().free() > 0)
     }
 
     fn partition(&mut self) {

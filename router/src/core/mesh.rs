@@ -24,7 +24,10 @@
 //! sees this router at ([`Message::Seen`], sent on every new connection).
 //! Routers learned by gossip are dialed at their advertised endpoints in
 //! order, each address backing off on its own, so one that never answers is
-//! not retried in a tight loop and the next one is tried meanwhile.
+//! not retried in a tight loop and the next one is tried meanwhile; a router
+//! that shows itself alive again (a newer entry by gossip, or the shell hears
+//! it, [`Mesh::handle_alive`]) is dialed at once, so a healed partition does
+//! not wait out backoffs that grew while it lasted.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -49,7 +52,9 @@ pub struct Config {
     /// random choices this keeps a mesh of thousands connected with a
     /// diameter of a few hops, at a few connections per router.
     pub target_degree: usize,
-    /// Period of the anti-entropy summary. Default 10 s.
+    /// Period of the anti-entropy summary. Default 3 s: it repairs what the
+    /// push missed (a partition that heals changes many entries at once), and
+    /// costs one 8-byte hash per router per period when views agree.
     pub gossip_interval: Duration,
     /// Changes are batched and pushed this often. Default 200 ms: a join
     /// storm costs one batch per window, not one message per change.
@@ -68,7 +73,7 @@ impl Default for Config {
         Self {
             conn_limit: 64,
             target_degree: 8,
-            gossip_interval: Duration::from_secs(10),
+            gossip_interval: Duration::from_secs(3),
             flush_interval: Duration::from_millis(200),
             fanout: 4,
             backoff_min: Duration::from_secs(1),
@@ -202,6 +207,8 @@ struct Dial {
     /// Who we expect there, if learned from gossip.
     expect: Option<PeerName>,
     attempts: u32,
+    /// When [`Mesh::handle_alive`] last brought its retry forward.
+    early_at: Option<Time>,
     state: DialState,
 }
 
@@ -330,6 +337,7 @@ impl Mesh {
         self.dials.entry(addr).or_insert(Dial {
             expect: None,
             attempts: 0,
+            early_at: None,
             state: DialState::Waiting {
                 until: now,
                 reason: Failure::Unreachable,
@@ -516,6 +524,9 @@ impl Mesh {
                 let changed = self.topo.merge(entries);
                 if !changed.is_empty() {
                     self.events.push_back(Event::TopologyChanged);
+                    for &name in &changed {
+                        self.handle_alive(now, name);
+                    }
                     for name in changed {
                         self.pending.entry(name).or_insert(Some(from));
                     }
@@ -721,6 +732,7 @@ impl Mesh {
                 Dial {
                     expect: Some(name),
                     attempts: 0,
+                    early_at: None,
                     state: DialState::InFlight,
                 },
             );
@@ -740,6 +752,7 @@ impl Mesh {
         let d = self.dials.entry(addr).or_insert(Dial {
             expect: Some(peer),
             attempts: 0,
+            early_at: None,
             state: DialState::Connected,
         });
         d.expect = Some(peer);
@@ -767,6 +780,32 @@ impl Mesh {
             .backoff_min
             .saturating_mul(1 << attempts.min(16).saturating_sub(1));
         exp.min(self.cfg.backoff_max).mul_f64(self.rng.random_range(0.75..1.25))
+    }
+
+    /// `peer` shows itself alive: gossip brought a newer entry, which only
+    /// it writes (called from [`Mesh::handle_message`]), or the shell heard
+    /// an authenticated datagram from it (its data-plane session).
+    /// Addresses that stand for it and wait out a backoff are dialed at
+    /// once, not when the backoff ends: across a partition the backoff grows
+    /// to `backoff_max`, and after the heal the first connection across
+    /// brings the other side's entries, so every router redials the routers
+    /// it lost within a gossip round or two. At most once per
+    /// [`ALIVE_REDIAL_EVERY`] for each address, so a router that is alive
+    /// but whose control port cannot be reached from here is not dialed in a
+    /// loop as its entry changes or its datagrams arrive (the backoff itself
+    /// keeps growing).
+    pub fn handle_alive(&mut self, now: Time, peer: PeerName) {
+        for d in self.dials.values_mut() {
+            if d.expect != Some(peer) || d.early_at.is_some_and(|t| now.since(t) < ALIVE_REDIAL_EVERY) {
+                continue;
+            }
+            if let DialState::Waiting { until, .. } = &mut d.state
+                && *until > now
+            {
+                *until = now;
+                d.early_at = Some(now);
+            }
+        }
     }
 
     fn neighbours_changed(&mut self, now: Time) {
@@ -821,6 +860,8 @@ impl Mesh {
 const SIMULTANEOUS_OPEN_WINDOW: Duration = Duration::from_secs(2);
 /// How long an entry requested from one announcer is not requested from others.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most often [`Mesh::handle_alive`] brings one address's retry forward.
+const ALIVE_REDIAL_EVERY: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {
@@ -919,6 +960,67 @@ mod tests {
         for w in delays.windows(2) {
             assert!(w[1] > w[0], "backoff grows: {delays:?}");
         }
+    }
+
+    #[test]
+    fn a_router_that_gossip_shows_alive_is_redialed_at_once_not_after_the_backoff() {
+        let mut ms = [mesh(1), mesh(2), mesh(3)];
+        ms[0].connect(Time::ZERO, addr(2));
+        assert_eq!(ms[0].poll_dial(), Some(addr(2)));
+        let [a, b, c] = &mut ms;
+        link(Time::ZERO, a, b, 1);
+        link(Time::ZERO, a, c, 2);
+        pump(Time::ZERO, &mut ms);
+        // Router 2 is cut off: the connection times out, and dials fail
+        // until the backoff is long.
+        let mut now = Time::from_millis(1000);
+        ms[0].handle_disconnected(now, p(2), ConnId(1), Failure::Lost("idle timeout".into()));
+        let mut failures = 0;
+        while failures < 5 {
+            now = ms[0].poll_timeout().max(now);
+            ms[0].handle_timeout(now);
+            while ms[0].poll_dial().is_some() {
+                ms[0].handle_dial_failed(now, addr(2), Failure::Unreachable);
+                failures += 1;
+            }
+        }
+        let failed = now;
+        let retry_at = |m: &Mesh| {
+            m.peer_states().into_iter().find_map(|(_, ad, s)| match s {
+                PeerState::Retrying { at, .. } if ad == Some(addr(2)) => Some(at),
+                _ => None,
+            })
+        };
+        assert!(
+            retry_at(&ms[0]).unwrap().since(failed) > Duration::from_secs(10),
+            "backed off"
+        );
+        // Router 3 relays a newer entry of router 2: it is alive again.
+        let entry = ms[1].topology().get_shared(p(2)).unwrap().clone();
+        let newer = |v: u64| {
+            Message::Update(vec![Arc::new(PeerEntry {
+                version: entry.version + v,
+                ..(*entry).clone()
+            })])
+        };
+        now = failed + Duration::from_millis(500);
+        ms[0].handle_message(now, p(3), newer(1));
+        assert_eq!(retry_at(&ms[0]), Some(now), "due at once");
+        ms[0].handle_timeout(now);
+        assert_eq!(ms[0].poll_dial(), Some(addr(2)));
+        // That dial fails too; more news within ALIVE_REDIAL_EVERY waits for the backoff.
+        ms[0].handle_dial_failed(now, addr(2), Failure::Unreachable);
+        let early = now;
+        now = early + ALIVE_REDIAL_EVERY - Duration::from_millis(1);
+        ms[0].handle_message(now, p(3), newer(2));
+        assert!(
+            retry_at(&ms[0]).unwrap() > now + Duration::from_secs(5),
+            "not in a loop"
+        );
+        // The data plane hears it later: at once again.
+        now = early + ALIVE_REDIAL_EVERY;
+        ms[0].handle_alive(now, p(2));
+        assert_eq!(retry_at(&ms[0]), Some(now));
     }
 
     #[test]

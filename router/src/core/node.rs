@@ -579,6 +579,15 @@ impl Node {
         self.step(now);
     }
 
+    /// An authenticated datagram from `peer` arrived outside the control
+    /// connections (on the data plane): it is alive, so a
+    /// control connection to it that waits out a backoff is dialed at once
+    /// ([`Mesh::handle_alive`](mesh::Mesh::handle_alive)).
+    pub fn handle_heard(&mut self, now: Time, peer: PeerName) {
+        self.mesh.handle_alive(now, peer);
+        self.step(now);
+    }
+
     /// A gossip message from neighbour `from`.
     pub fn handle_gossip(&mut self, now: Time, from: PeerName, msg: mesh::Message) {
         self.mesh.handle_message(now, from, msg);
@@ -886,6 +895,10 @@ impl Node {
                     Dest::Routed(p) => self.route(now, p, msg),
                 }
             }
+            if self.agent.wants_routes() {
+                more = true;
+                self.give_routes(now);
+            }
             while let Some(event) = self.agent.poll_event() {
                 more = true;
                 self.ipam_event(event);
@@ -971,6 +984,19 @@ impl Node {
             }
             hop => hop,
         }
+    }
+
+    /// Tells the IPAM agent which routers it can reach now, to choose whom
+    /// to ask for space: the neighbours, and the routers the current
+    /// topology routes to through a neighbour still connected (computed
+    /// afresh if the topology changed since the last search: a donor chosen
+    /// from a stale view may be on the far side of a partition).
+    fn give_routes(&mut self, now: Time) {
+        let mesh = &self.mesh;
+        let hops = self.hops.get(now, mesh.topology(), true);
+        self.agent.handle_routes(now, |p| {
+            mesh.remote_of(p).is_some() || hops.get(&p).is_some_and(|h| mesh.remote_of(*h).is_some())
+        });
     }
 
     /// When held IPAM messages should be tried again on routes computed

@@ -164,6 +164,8 @@ pub struct PeerStatus {
     pub reach: Reach,
     /// Where transport datagrams to it go (its last authenticated address).
     pub endpoint: Option<SocketAddr>,
+    /// When something authenticated last arrived from it.
+    pub heard: Option<Time>,
 }
 /// At most one stale notice per source address per this long.
 const STALE_EVERY: Duration = Duration::from_secs(1);
@@ -559,6 +561,7 @@ impl Sessions {
             name: p.name,
             reach: self.reach(p, now),
             endpoint: p.endpoint,
+            heard: Activity::time(&p.activity.last_recv),
         })
     }
 

@@ -282,7 +282,9 @@ pub(super) fn alloc_failure(e: AllocFailure) -> ApiError {
             format!("the address ring does not exist yet: {}", no_ring(&why)),
         ),
         AllocFailure::Refused(e) => convert::alloc_error(e),
-        AllocFailure::NoDonor(_) => ApiError::new(ErrorCode::Unavailable, e.to_string()),
+        AllocFailure::NoDonor(_) | AllocFailure::Unreachable { .. } => {
+            ApiError::new(ErrorCode::Unavailable, e.to_string())
+        }
     }
 }
 

@@ -59,6 +59,10 @@ pub(super) struct Driver {
     timeouts_seen: u64,
     /// When the host's interface addresses are listed again.
     next_local_scan: crate::core::Time,
+    /// When the data plane last heard each peer, at the last look, and when
+    /// the next look is ([`Driver::check_data_reach`]).
+    data_heard: BTreeMap<PeerName, crate::core::Time>,
+    next_data_check: crate::core::Time,
     /// `weft reset` is done: the driver stops, and this answer waits for the
     /// kernel state to be removed (`Daemon::run`).
     pub(super) reset_reply: Option<oneshot::Sender<Result<(), ApiError>>>,
@@ -131,6 +135,8 @@ impl Driver {
             handshakes_seen: HandshakeCounts::default(),
             timeouts_seen: 0,
             next_local_scan: now,
+            data_heard: BTreeMap::new(),
+            next_data_check: now,
             reset_reply: None,
             reset_done: false,
         };
@@ -156,7 +162,10 @@ impl Driver {
             if self.reset_done {
                 return Ok(());
             }
-            let next = self.node.poll_timeout().min(self.next_local_scan);
+            let mut next = self.node.poll_timeout().min(self.next_local_scan);
+            if self.data.is_some() {
+                next = next.min(self.next_data_check);
+            }
             let deadline = self.clock.deadline(next);
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
@@ -166,6 +175,9 @@ impl Driver {
                     let now = self.clock.now();
                     if now >= self.next_local_scan {
                         self.scan_local_addrs(now);
+                    }
+                    if now >= self.next_data_check {
+                        self.check_data_reach(now);
                     }
                     self.node.handle_timeout(now);
                 }
@@ -522,6 +534,26 @@ impl Driver {
         self.reset_done = true;
     }
 
+    /// Tells the core of every peer the data plane heard from since the
+    /// last look (an authenticated datagram): it is alive and reachable, so
+    /// a control connection to it that waits out a backoff (a partition just
+    /// healed) is dialed at once.
+    fn check_data_reach(&mut self, now: crate::core::Time) {
+        self.next_data_check = now + DATA_CHECK_EVERY;
+        let Some(data) = &self.data else { return };
+        let heard: BTreeMap<PeerName, crate::core::Time> = data
+            .peer_status()
+            .iter()
+            .filter_map(|s| Some((s.name, s.heard?)))
+            .collect();
+        for (&peer, &at) in &heard {
+            if self.data_heard.get(&peer).is_some_and(|&before| before < at) {
+                self.node.handle_heard(now, peer);
+            }
+        }
+        self.data_heard = heard;
+    }
+
     fn update_metrics(&mut self) {
         let (mut established, mut dialing, mut retrying) = (0, 0, 0);
         for row in self.node.peer_rows() {
@@ -570,6 +602,10 @@ impl Driver {
         while self.tasks.join_next().await.is_some() {}
     }
 }
+
+/// How often the data plane's sessions are looked at for peers that came up
+/// ([`Driver::check_data_reach`]).
+const DATA_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Inputs from helper tasks waiting for the driver.
 const INPUT_QUEUE: usize = 1024;

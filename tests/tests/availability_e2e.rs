@@ -1,0 +1,163 @@
+//! End-to-end test of the real `weft` binary: allocation keeps working during a partition, errors say what is
+//! wrong, and the mesh heals in seconds (issue 21, "Allocation availability" and "Heal in seconds").
+//!
+//! Three routers split a small pod range by a seed list; h3 is cut off from the underlay. On h1, allocations go on
+//! past h1's own space, from h2's, each within 2 s; a claim of an address in h3's range fails at once as
+//! `unavailable`, naming h3; a claim of an address h2 allocated fails as `in_use`. After the heal every router
+//! sees every other again within a few seconds (measured and printed). Needs root, like every testbed test, and the
+//! binary built by `cargo build -p weft-router --bin weft`.
+
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use weft_tests::router::{Router, fully_meshed, wait_for, wait_for_rings, workdir, write_secret};
+use weft_tests::testbed_or_skip;
+
+const SECRET: &str = "correct horse battery staple";
+
+/// How long an allocation may take while a reachable router has space.
+const WITHIN: Duration = Duration::from_secs(2);
+
+/// How long after the heal every router must see every other again.
+const HEAL_WITHIN: Duration = Duration::from_secs(5);
+
+#[test]
+fn allocation_works_across_a_partition_with_clear_errors_and_the_mesh_heals_in_seconds() {
+    let tb = testbed_or_skip!(3);
+    let dir = workdir();
+    let secret = write_secret(dir.path(), "secret", SECRET);
+    // 62 addresses, about 20 a router: h1 runs out after about 20 allocations.
+    let seed = ["--ipalloc-range", "10.44.0.0/26", "--ipalloc-init", "seed=h1,h2,h3"];
+    let h1 = Router::launch_with(tb.host(1), dir.path(), &secret, &[], &seed);
+    let h2 = Router::launch_with(tb.host(2), dir.path(), &secret, &[tb.host(1)], &seed);
+    let h3 = Router::launch_with(tb.host(3), dir.path(), &secret, &[tb.host(1)], &seed);
+    let routers = [&h1, &h2, &h3];
+    wait_for(
+        &routers,
+        Duration::from_secs(30),
+        "all three routers to be established",
+        fully_meshed,
+    );
+    let names: Vec<String> = routers.iter().map(|r| r.status().unwrap().name).collect();
+    wait_for_rings(&routers, Duration::from_secs(30), "one ring of three owners", |ring| {
+        ring.owners.len() == 3
+    });
+
+    // Before the cut: an address h2 holds, and a free one in h3's space.
+    let taken = ip_of(&h2.allocate("held-on-h2"));
+    let before = h1.ring();
+    let h3_free = before
+        .ranges
+        .iter()
+        .filter(|(_, _, owner)| *owner == names[2])
+        .map(|(_, last, _)| ip_of(last))
+        .map(|last| {
+            if last.octets()[3] == 63 {
+                Ipv4Addr::from(u32::from(last) - 1)
+            } else {
+                last
+            }
+        })
+        .next()
+        .expect("h3 owns a range");
+
+    tb.cut(3).unwrap();
+    let cut = Instant::now();
+    wait_for(
+        &[&h1, &h2],
+        Duration::from_secs(40),
+        "h1 and h2 to drop the cut-off h3",
+        |s| s.iter().all(|status| !status.established().contains(names[2].as_str())),
+    );
+    eprintln!("h1 and h2 dropped h3 {:?} after the cut", cut.elapsed());
+
+    // h1 uses up its own space, then gets more from h2 (never waiting on h3, which may have the most).
+    let mut donated = None;
+    for i in 0..40 {
+        let start = Instant::now();
+        let addr = ip_of(&h1.allocate(&format!("pod-{i}")));
+        let took = start.elapsed();
+        assert!(
+            took <= WITHIN,
+            "allocation {i} on h1 took {took:?} during the partition"
+        );
+        if before.owner_of(addr) != Some(names[0].as_str()) {
+            donated = Some((i, addr, took));
+            break;
+        }
+    }
+    let (i, addr, took) = donated.expect("h1 never needed another router's space: the pool is too large");
+    eprintln!("h1's allocation {i} came from another router's space: {addr} in {took:?}");
+    assert_eq!(
+        before.owner_of(addr),
+        Some(names[1].as_str()),
+        "given by h2, the reachable one"
+    );
+
+    // A claim in h3's space: unavailable, naming h3, at once.
+    let start = Instant::now();
+    let (status, reply) = allocate_ip(h1.api_socket(), "claim-on-h3", h3_free);
+    let took = start.elapsed();
+    eprintln!("claim of {h3_free} (h3's) answered {status} in {took:?}: {reply}");
+    assert_eq!(code_of(&reply), "unavailable", "{reply}");
+    assert!(reply.contains(&names[2]), "names h3 ({}): {reply}", names[2]);
+    assert!(took <= WITHIN, "took {took:?}");
+
+    // A claim of an address h2 allocated: in use, not unavailable.
+    let (status, reply) = allocate_ip(h1.api_socket(), "claim-on-h2", taken);
+    eprintln!("claim of {taken} (held on h2) answered {status}: {reply}");
+    assert_eq!(code_of(&reply), "in_use", "{reply}");
+
+    let cut_for = cut.elapsed();
+    tb.restore(3).unwrap();
+    let restore = Instant::now();
+    wait_for(
+        &routers,
+        Duration::from_secs(90),
+        "all three routers to be established again",
+        fully_meshed,
+    );
+    let healed = restore.elapsed();
+    eprintln!("after a cut of {cut_for:?}, every router sees every other {healed:?} after the heal");
+    assert!(healed <= HEAL_WITHIN, "healed after {healed:?}");
+}
+
+/// The address of `weft ipam allocate`'s CIDR output.
+fn ip_of(cidr: &str) -> Ipv4Addr {
+    let addr = cidr.split('/').next().unwrap_or(cidr);
+    addr.parse().unwrap_or_else(|err| panic!("{cidr}: {err}"))
+}
+
+/// `POST /v1/ipam/allocate` for `id` at `ip`, over the API socket: the HTTP status line and the body.
+fn allocate_ip(socket: &Path, id: &str, ip: Ipv4Addr) -> (String, String) {
+    let body = format!(r#"{{"id":"{id}","iface":"eth0","ip":"{ip}"}}"#);
+    let request = format!(
+        "POST /v1/ipam/allocate HTTP/1.1\r\nHost: weft\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = UnixStream::connect(socket).unwrap_or_else(|err| panic!("{}: {err}", socket.display()));
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let status = reply.lines().next().unwrap_or_default().to_owned();
+    let body = match (reply.find('{'), reply.rfind('}')) {
+        (Some(a), Some(b)) if a < b => reply[a..=b].to_owned(),
+        _ => panic!("no JSON in the reply: {reply:?}"),
+    };
+    (status, body)
+}
+
+/// The `code` of an API error body.
+fn code_of(body: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|err| panic!("not JSON ({err}): {body}"));
+    value
+        .get("code")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_else(|| panic!("no code in {body}"))
+        .to_owned()
+}
