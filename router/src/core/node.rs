@@ -1694,6 +1694,7 @@ mod tests {
         net.run(Duration::from_secs(2));
         net.writes.clear();
         net.merges.clear();
+        let cleared = net.now;
         let got = net.allocate(3, 1, "pod");
         assert!(matches!(got, Some(Ok(_))), "{got:?}");
         let start = net.now;
@@ -1706,12 +1707,19 @@ mod tests {
             writes.len() < merges.len() + 1 && writes.len() <= 3,
             "{writes:?} for {merges:?}"
         );
+        // Each write takes a batch: the merges since the write before it.
+        // The batch is written once its first merge has waited
+        // FOREIGN_PERSIST_EVERY, never at once; merges after the first fold
+        // into the same write.
+        let mut previous = cleared;
         for w in &writes {
-            let since = merges.iter().filter(|m| *m <= w).map(|m| w.since(*m)).min();
+            let first = merges.iter().filter(|m| **m >= previous && *m <= w).min();
+            let waited = first.map(|m| w.since(*m));
             assert!(
-                since.is_some_and(|d| d >= ipam_agent::FOREIGN_PERSIST_EVERY),
-                "a write at {w:?} came {since:?} after a merge of others' entries"
+                waited.is_some_and(|d| d >= ipam_agent::FOREIGN_PERSIST_EVERY),
+                "a write at {w:?} came {waited:?} after the first merge of others' entries it holds"
             );
+            previous = *w;
         }
         // Routers 1 and 3, whose own entries changed, wrote at once.
         for i in [1, 3] {
