@@ -155,6 +155,40 @@ fn a_router_whose_ipam_file_is_gone_creates_no_ring_and_recovers_from_a_peer() {
     h1.allocate("after");
 }
 
+/// A router killed before its first change of IPAM state (here, waiting for a second router to create the ring
+/// with) is not one that lost its state: its first launch wrote an empty `ipam` file beside the new identity, so
+/// relaunched alone it creates its ring. Without that file it would be taken for a router whose state was deleted
+/// and refuse to create a ring until `weft reset`.
+#[test]
+fn a_router_killed_before_its_first_change_has_not_lost_its_state() {
+    let tb = testbed_or_skip!(1);
+    let dir = workdir();
+    let secret = write_secret(dir.path(), "secret", SECRET);
+    let mut h1 = Router::launch_with(tb.host(1), dir.path(), &secret, &[], &["--init-peer-count", "2"]);
+    wait_for(&[&h1], Duration::from_secs(30), "h1 to wait for a second router", |s| {
+        s[0].ipam
+            .problem
+            .as_deref()
+            .is_some_and(|p| p.contains("init-peer-count"))
+    });
+    assert!(
+        h1.data_dir().join("ipam").exists(),
+        "the first launch wrote no ipam file beside the identity"
+    );
+    h1.kill();
+    drop(h1);
+
+    let h1 = Router::launch(tb.host(1), dir.path(), &secret, &[]);
+    wait_for(&[&h1], Duration::from_secs(30), "h1's ring, created alone", |s| {
+        s[0].ipam.problem.is_none() && s[0].host_address.is_some()
+    });
+    assert!(
+        !h1.log().contains("the IPAM state file is missing"),
+        "h1 was taken for a router that lost its state"
+    );
+    h1.allocate("pod");
+}
+
 /// A data directory on a full tmpfs fails the allocation with `unavailable: cannot persist: no space left on
 /// device`, and nothing else: `weft status` answers, and once space is freed the next allocation succeeds and
 /// the failed one is not recorded. A read-only data directory behaves the same (`read-only file system`).

@@ -597,6 +597,27 @@ impl Saved {
         }
     }
 
+    /// The record of router `me` before it has done anything: no ring, no
+    /// allocations, no step of ring creation. The shell writes it at the
+    /// first launch, so that a missing file later always means lost state.
+    pub fn fresh(me: PeerName) -> Self {
+        Self {
+            replica: Replica::new(me),
+            init: IpamInit::default(),
+            lost: None,
+        }
+    }
+
+    /// The disk form, as [`Agent::record`] writes it and
+    /// [`Agent::decode_saved`] reads it.
+    pub fn encode(&self) -> Vec<u8> {
+        let record = Record {
+            replica: self.replica.encode(),
+            init: self.init.clone(),
+        };
+        postcard::to_allocvec(&record).expect("encoding to a Vec cannot fail")
+    }
+
     /// The saved replica.
     pub fn replica(&self) -> &Replica {
         &self.replica
@@ -2815,6 +2836,16 @@ mod tests {
 
     fn all(n: usize) -> Vec<Vec<usize>> {
         vec![(0..n).collect(); n]
+    }
+
+    #[test]
+    fn a_fresh_record_reads_back_as_a_router_that_has_done_nothing() {
+        let saved = Agent::decode_saved(&Saved::fresh(p(1)).encode()).expect("decodes");
+        assert!(!saved.is_lost());
+        assert!(saved.replica().ring().is_none());
+        let from_fresh = Agent::new(p(1), pool("10.32.0.0/24"), Init::Consensus(1), Some(saved), Time::ZERO).unwrap();
+        let from_nothing = Agent::new(p(1), pool("10.32.0.0/24"), Init::Consensus(1), None, Time::ZERO).unwrap();
+        assert_eq!(from_fresh.record(), from_nothing.record());
     }
 
     #[test]

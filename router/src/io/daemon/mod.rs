@@ -188,7 +188,14 @@ impl Daemon {
                 );
                 Some(saved)
             }
-            None => None,
+            None => {
+                // The first launch: write the empty record now, so that an
+                // `ipam` file missing later always means lost state, even
+                // if this router stops before its first change.
+                let fresh = ipam_agent::Saved::fresh(identity.name());
+                store::write_state(&ipam_path, Kind::Ipam, &fresh.encode()).map_err(|e| state_error(e.to_string()))?;
+                Some(fresh)
+            }
         };
         let clock = Clock::start();
         let data = if config.dataplane {
