@@ -861,7 +861,7 @@ const SIMULTANEOUS_OPEN_WINDOW: Duration = Duration::from_secs(2);
 /// How long an entry requested from one announcer is not requested from others.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most often [`Mesh::handle_alive`] brings one address's retry forward.
-const ALIVE_REDIAL_EVERY: Duration = Duration::from_secs(5);
+pub const ALIVE_REDIAL_EVERY: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {
