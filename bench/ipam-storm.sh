@@ -6,8 +6,8 @@
 # fresh ids each; prints each run's rate and the median. Root.
 #
 #   cargo build --release -p weft-router
-#   sudo bench/ipam-storm.sh                       # N=200 R=7
-#   WEFT_BIN=/path/to/main/weft sudo bench/ipam-storm.sh    # another build
+#   bench/ipam-storm.sh                            # as root; N=200 R=7
+#   WEFT_BIN=/path/to/main/weft bench/ipam-storm.sh         # another build
 #
 # One curl process sends the N requests over N connections at once
 # (--parallel), so process start-up is not what is measured. A run counts
