@@ -355,6 +355,7 @@ struct SurrenderV3 {
     /// Member index of the removed router.
     dead: u32,
     all: bool,
+    by_self: bool,
     /// `[start, end)` spans, ascending.
     spans: Vec<(u128, u128)>,
 }
@@ -389,6 +390,7 @@ impl RingV3 {
                 Surrender {
                     spans: sv.spans.into_iter().collect(),
                     all: sv.all,
+                    by_self: sv.by_self,
                 },
             );
         }
@@ -407,6 +409,7 @@ impl From<&Ring> for RingV3 {
                 .map(|(d, s)| SurrenderV3 {
                     dead: ix(d),
                     all: s.all,
+                    by_self: s.by_self,
                     spans: s.spans.iter().copied().collect(),
                 })
                 .collect(),

@@ -8,7 +8,7 @@ use ipnet::IpNet;
 
 use crate::peer::PeerName;
 use crate::pool::{AddrRange, Pool};
-use crate::ring::{CreateError, MergeError, MergePlan, ReclaimStatus, Removal, Ring, Surrender, Taken, Vote};
+use crate::ring::{CreateError, Entry, MergeError, MergePlan, ReclaimStatus, Removal, Ring, Surrender, Taken, Vote};
 use crate::space::Space;
 
 /// One router's view of the ring and its own allocations. Pure state: no I/O,
@@ -697,6 +697,7 @@ impl Replica {
             Surrender {
                 spans: BTreeSet::new(),
                 all: true,
+                by_self: true,
             },
         );
         let status = ring.reclaim_status(me).expect("just recorded");
@@ -718,15 +719,17 @@ impl Replica {
             return Err(ReclaimError::NotRemoved(me));
         }
         let s = ring.surrenders.entry(me).or_default();
-        let changed = !s.all;
+        let changed = !s.all || !s.by_self;
         s.all = true;
+        s.by_self = true;
         Ok(changed)
     }
 
     /// The operator's confirmation that the removed router `dead` is gone
     /// for good (its host destroyed, or its state deleted): its heir may hand
     /// out everything it held from `dead`, and a reclaim waiting on `dead` as
-    /// its proposed heir moves on. **Only safe if `dead` will never run
+    /// its proposed heir moves on once `dead`'s own reclaim is done (`dead`
+    /// may have completed it before it went). **Only safe if `dead` will never run
     /// again with its state**: a live `dead` keeps its pods' addresses, and
     /// they would be handed out twice. Returns whether the ring changed.
     ///
@@ -888,10 +891,13 @@ impl Replica {
             return false;
         };
         let keeps_space = self.space != Space::default() || !self.held.is_empty() || !self.deferred.is_empty();
-        if !ring.is_removed(me) || (!keeps_space && ring.surrenders.contains_key(&me)) {
+        if !ring.is_removed(me) || (!keeps_space && ring.surrenders.get(&me).is_some_and(|s| s.by_self)) {
             return false;
         }
-        let mut s = Surrender::default();
+        let mut s = Surrender {
+            by_self: true,
+            ..Surrender::default()
+        };
         s.spans.extend(self.space.free_spans());
         ring.surrenders.entry(me).or_default().join(&s);
         self.forget_own_space();
@@ -1085,8 +1091,12 @@ impl Replica {
         let leftovers: BTreeSet<PeerName> = ring
             .entries
             .values()
+            .filter(|e| {
+                matches!(ring.removals.get(&e.owner), Some(Removal::Done { .. }))
+                    && ring.final_heir(e.owner) == Some(me)
+                    && takeable(ring, e, e.owner)
+            })
             .map(|e| e.owner)
-            .filter(|o| matches!(ring.removals.get(o), Some(Removal::Done { .. })) && ring.final_heir(*o) == Some(me))
             .collect();
         for dead in leftovers {
             let more = take_all(ring, &mut self.held, me, dead);
@@ -1119,7 +1129,17 @@ fn take_over(ring: &mut Ring, held: &mut BTreeMap<u128, (u128, PeerName)>, heir:
     ring.removals.insert(dead, Removal::Done { heir, taken });
 }
 
-/// Rewrites every entry of `dead` as `taker`'s ([`Ring::take`]) and adds it to `held`.
+/// Whether `e` is `dead`'s and may be taken now. Not while it was written by
+/// another router whose removal is pending (its donation, learned late): the
+/// fence of [`Replica::merge`] for takeovers. That reclaim's heir may take the
+/// range from a view without the donation; once it is done, the entry is
+/// either stale or a leftover taken then.
+fn takeable(ring: &Ring, e: &Entry, dead: PeerName) -> bool {
+    e.owner == dead && (e.writer == dead || !ring.is_pending_removal(e.writer))
+}
+
+/// Rewrites every [takeable](takeable) entry of `dead` as `taker`'s
+/// ([`Ring::take`]) and adds it to `held`.
 fn take_all(
     ring: &mut Ring,
     held: &mut BTreeMap<u128, (u128, PeerName)>,
@@ -1130,7 +1150,7 @@ fn take_all(
     let tokens: Vec<u128> = ring
         .entries
         .iter()
-        .filter(|(_, e)| e.owner == dead)
+        .filter(|(_, e)| takeable(ring, e, dead))
         .map(|(t, _)| *t)
         .collect();
     let mut taken = BTreeSet::new();

@@ -51,16 +51,21 @@ pub(crate) struct Surrender {
     /// Everything it had is free: it left (`weft reset`), or it was reset
     /// after its removal, or an operator confirmed it gone for good.
     pub(crate) all: bool,
+    /// The router wrote this itself (it left, heard of its removal, or was
+    /// reset), so whatever it did before, a reclaim it completed included,
+    /// travels with it. An operator's confirmation alone does not set it.
+    pub(crate) by_self: bool,
 }
 
 impl Surrender {
     /// Whether joining `other` would change `self`.
     fn grows_by(&self, other: &Self) -> bool {
-        (other.all && !self.all) || !other.spans.is_subset(&self.spans)
+        (other.all && !self.all) || (other.by_self && !self.by_self) || !other.spans.is_subset(&self.spans)
     }
 
     pub(crate) fn join(&mut self, other: &Self) {
         self.all |= other.all;
+        self.by_self |= other.by_self;
         self.spans.extend(other.spans.iter().copied());
     }
 }
@@ -664,9 +669,53 @@ impl Ring {
     /// of its removal, or an operator confirmed it gone): a removed heir that
     /// is alive and cut off may still act, and moving the votes to another
     /// heir before it stopped could let two heirs act.
+    /// Whether `p` stopped on an operator's word alone (`confirm_gone`)
+    /// with its own reclaim not done: what it did before it went may not be
+    /// known yet. It may have completed a reclaim as heir, seen only by a
+    /// router not heard from since.
+    fn stopped_unseen(&self, p: PeerName) -> bool {
+        self.has_stopped(p)
+            && !self.surrenders[&p].by_self
+            && !matches!(self.removals.get(&p), Some(Removal::Done { .. }))
+    }
+
+    /// Whether the reclaim of `dead` may pass over `p` as heir: `p` has
+    /// stopped and whatever it did is known (it wrote its surrender itself,
+    /// or its own reclaim is done: every voter's state, with any record of
+    /// `p`'s it carried, was in that heir's view). Or `p`'s reclaim waits,
+    /// through heirs stopped the same way, on `dead`'s (routers removed in a
+    /// ring and confirmed gone): someone must move first.
+    fn passed_over(&self, p: PeerName, dead: PeerName) -> bool {
+        self.has_stopped(p) && (!self.stopped_unseen(p) || self.waits_on(p, dead))
+    }
+
+    /// Whether the reclaim of `from` waits on the reclaim of `target`: some
+    /// chain of proposed heirs stopped unseen leads from one to the other.
+    fn waits_on(&self, from: PeerName, target: PeerName) -> bool {
+        let mut stack = vec![from];
+        let mut seen = BTreeSet::new();
+        while let Some(x) = stack.pop() {
+            if !seen.insert(x) {
+                continue;
+            }
+            let Some(Removal::Pending { proposals, .. }) = self.removals.get(&x) else {
+                continue;
+            };
+            for &q in proposals {
+                if q == target {
+                    return true;
+                }
+                if self.stopped_unseen(q) {
+                    stack.push(q);
+                }
+            }
+        }
+        false
+    }
+
     pub(crate) fn candidate(&self, dead: PeerName) -> Option<PeerName> {
         match self.removals.get(&dead)? {
-            Removal::Pending { proposals, .. } => proposals.iter().copied().find(|p| !self.has_stopped(*p)),
+            Removal::Pending { proposals, .. } => proposals.iter().copied().find(|p| !self.passed_over(*p, dead)),
             Removal::Done { heir, .. } => Some(*heir),
         }
     }

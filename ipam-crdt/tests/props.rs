@@ -231,8 +231,11 @@ impl World {
             let delta = Delta::decode(&delta.encode()).map_err(|e| TestCaseError::fail(e.to_string()))?;
             match self.reps[to].merge_delta(&delta) {
                 Ok(out) if out.skipped.is_empty() => return Ok(()),
-                // The router fetches the whole ring when a delta could not be placed.
-                Ok(_) | Err(MergeError::NoRing) => {}
+                // The router fetches the whole ring when a delta could not be
+                // placed, and when it rewrites our entries: a takeover after
+                // our removal, whose record travels only in whole rings.
+                Ok(_)
+                | Err(MergeError::NoRing | MergeError::OwnEntryChanged { .. } | MergeError::OwnRangeSplit { .. }) => {}
                 Err(e) => return Err(TestCaseError::fail(format!("delta refused: {e}"))),
             }
         }
@@ -378,6 +381,63 @@ fn merged(a: &Ring, b: &Ring) -> Ring {
     m
 }
 
+/// Applies `ops`, checking the invariants after each; heals and checks
+/// convergence; then checks the merge laws on states `picks` chooses.
+fn check_history(ops: &[Op], picks: &[prop::sample::Index]) -> Result<(), TestCaseError> {
+    let mut w = World::new();
+    for op in ops {
+        w.apply(op)?;
+    }
+    w.heal()?;
+    let live: Vec<usize> = w.live().collect();
+    // Routers that removed each other while alive can leave nobody to
+    // inherit: then the reclaims wait (for ever), but the rings still agree.
+    let voter_left = live.iter().any(|&i| !w.reps[i].is_removed());
+    for &i in &live {
+        prop_assert_eq!(
+            w.reps[i].ring(),
+            w.reps[live[0]].ring(),
+            "live replicas did not converge"
+        );
+        let reclaims = w.reps[i].ring().unwrap().reclaims();
+        let all_done = reclaims
+            .values()
+            .all(|s| matches!(s, ipam_crdt::ReclaimStatus::Done { .. }));
+        prop_assert!(all_done || !voter_left, "a reclaim is still pending after healing");
+    }
+    for d in (0..REPLICAS).filter(|&d| voter_left && (w.dead[d] || w.reps[d].is_removed())) {
+        let ring = w.reps[live[0]].ring().unwrap();
+        prop_assert!(
+            !ring.owners().contains_key(&name(d)),
+            "dead router {} still owns space: {:?} {:?}",
+            name(d),
+            ring.ranges().collect::<Vec<_>>(),
+            ring.reclaims()
+        );
+    }
+
+    // CRDT laws on states of replicas that stayed alive (a dead replica's
+    // last state may hold changes nobody saw, which died with it).
+    let states: Vec<&Ring> = w
+        .snapshots
+        .iter()
+        .filter(|(i, _)| !w.dead[*i])
+        .map(|(_, r)| r)
+        .collect();
+    for t in picks.chunks(3) {
+        let (a, b, c) = (t[0].get(&states), t[1].get(&states), t[2].get(&states));
+        prop_assert_eq!(&merged(a, a), *a, "merge is not idempotent");
+        prop_assert_eq!(merged(a, b), merged(b, a), "merge is not commutative");
+        prop_assert_eq!(
+            merged(&merged(a, b), c),
+            merged(a, &merged(b, c)),
+            "merge is not associative"
+        );
+        prop_assert_eq!(&Ring::decode(&a.encode()).unwrap(), *a, "wire form does not round-trip");
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
@@ -385,36 +445,7 @@ proptest! {
     /// merge laws on every state the run produced.
     #[test]
     fn histories_keep_invariants_and_converge(ops in proptest::collection::vec(op(), 1..160), picks in proptest::collection::vec(any::<prop::sample::Index>(), 9)) {
-        let mut w = World::new();
-        for op in &ops {
-            w.apply(op)?;
-        }
-        w.heal()?;
-        let live: Vec<usize> = w.live().collect();
-        // Routers that removed each other while alive can leave nobody to
-        // inherit: then the reclaims wait (for ever), but the rings still agree.
-        let voter_left = live.iter().any(|&i| !w.reps[i].is_removed());
-        for &i in &live {
-            prop_assert_eq!(w.reps[i].ring(), w.reps[live[0]].ring(), "live replicas did not converge");
-            let reclaims = w.reps[i].ring().unwrap().reclaims();
-            let all_done = reclaims.values().all(|s| matches!(s, ipam_crdt::ReclaimStatus::Done { .. }));
-            prop_assert!(all_done || !voter_left, "a reclaim is still pending after healing");
-        }
-        for d in (0..REPLICAS).filter(|&d| voter_left && (w.dead[d] || w.reps[d].is_removed())) {
-            let ring = w.reps[live[0]].ring().unwrap();
-            prop_assert!(!ring.owners().contains_key(&name(d)), "dead router {} still owns space: {:?} {:?}", name(d), ring.ranges().collect::<Vec<_>>(), ring.reclaims());
-        }
-
-        // CRDT laws on states of replicas that stayed alive (a dead replica's
-        // last state may hold changes nobody saw, which died with it).
-        let states: Vec<&Ring> = w.snapshots.iter().filter(|(i, _)| !w.dead[*i]).map(|(_, r)| r).collect();
-        for t in picks.chunks(3) {
-            let (a, b, c) = (t[0].get(&states), t[1].get(&states), t[2].get(&states));
-            prop_assert_eq!(&merged(a, a), *a, "merge is not idempotent");
-            prop_assert_eq!(merged(a, b), merged(b, a), "merge is not commutative");
-            prop_assert_eq!(merged(&merged(a, b), c), merged(a, &merged(b, c)), "merge is not associative");
-            prop_assert_eq!(&Ring::decode(&a.encode()).unwrap(), *a, "wire form does not round-trip");
-        }
+        check_history(&ops, &picks)?;
     }
 
     /// Arbitrary bytes never panic the decoders; they are refused or decode to a valid state.
@@ -462,4 +493,100 @@ proptest! {
             Err(e) => prop_assert!(false, "unexpected error {e}"),
         }
     }
+}
+
+/// Found by CI: a router removed while alive had donated to a router that
+/// then left to an heir that died; a third router that knew none of it
+/// reclaims the dead ones while the removed donor still runs.
+#[test]
+fn removed_donor_whose_recipient_left_to_a_dead_heir() {
+    let ops = [
+        Op::Donate { from: 5, to: 2 },
+        Op::Rmpeer { r: 1, victim: 5 },
+        Op::Leave { r: 2, heir: 4 },
+        Op::Kill { r: 4 },
+        Op::Sync { from: 1, to: 0 },
+    ];
+    check_history(&ops, &[]).unwrap();
+}
+
+/// A reclaim's heir completed it and died, seen only by the removed router;
+/// the operator confirms the heir gone. The reclaim must not move on to
+/// another heir before the dead heir's own reclaim is done.
+#[test]
+fn heir_that_completed_then_died_is_not_passed_over_early() {
+    let ops = [
+        Op::Rmpeer { r: 2, victim: 5 },
+        Op::Leave { r: 0, heir: 1 },
+        Op::Announce { from: 2, to: 4 },
+        Op::Leave { r: 1, heir: 2 },
+        Op::Sync { from: 4, to: 2 },
+        Op::Leave { r: 3, heir: 2 },
+        Op::Announce { from: 2, to: 5 },
+        Op::Kill { r: 2 },
+    ];
+    check_history(&ops, &[]).unwrap();
+}
+
+/// A removed router hears of its takeover through a delta, which carries no
+/// removal record: it fetches the whole ring, as the router does.
+#[test]
+fn takeover_heard_first_through_a_delta() {
+    let ops = [
+        Op::Leave { r: 4, heir: 0 },
+        Op::Rmpeer { r: 3, victim: 2 },
+        Op::Sync { from: 3, to: 0 },
+        Op::Alloc { r: 0, req: Req::Any },
+        Op::Leave { r: 0, heir: 1 },
+        Op::Sync { from: 1, to: 5 },
+        Op::Sync { from: 5, to: 3 },
+        Op::Announce { from: 3, to: 5 },
+        Op::Alloc { r: 0, req: Req::Any },
+        Op::Alloc { r: 3, req: Req::Any },
+        Op::Announce { from: 3, to: 2 },
+    ];
+    check_history(&ops, &[]).unwrap();
+}
+
+/// Two routers that removed each other and died, both confirmed gone: each
+/// reclaim's proposed heir waits on the other's, so a survivor moves first.
+#[test]
+fn mutual_removals_confirmed_gone_do_not_wait_on_each_other() {
+    let ops = [
+        Op::Rmpeer { r: 3, victim: 1 },
+        Op::Alloc {
+            r: 2,
+            req: Req::Within(8),
+        },
+        Op::Rmpeer { r: 1, victim: 3 },
+        Op::Announce { from: 1, to: 2 },
+        Op::Kill { r: 1 },
+        Op::Kill { r: 3 },
+    ];
+    check_history(&ops, &[]).unwrap();
+}
+
+/// Known open (issue 21): a heir completed a reclaim, the news reached a
+/// removed router that had already surrendered, and the heir died. Its own
+/// reclaim completes without that router's vote, the first reclaim moves on
+/// to a second heir, and the relayed record later conflicts with it. Needs
+/// a join of two completions (or numbered rounds), not a narrower rule.
+#[test]
+#[ignore = "known conflict of two reclaim completions; see issue 21's note"]
+fn heir_record_relayed_by_a_stopped_router() {
+    let ops = [
+        Op::Rmpeer { r: 2, victim: 0 },
+        Op::Rmpeer { r: 2, victim: 1 },
+        Op::Leave { r: 5, heir: 1 },
+        Op::Leave { r: 4, heir: 1 },
+        Op::Announce { from: 2, to: 1 },
+        Op::Alloc { r: 0, req: Req::Any },
+        Op::Sync { from: 1, to: 3 },
+        Op::Announce { from: 3, to: 2 },
+        Op::Announce { from: 2, to: 0 },
+        Op::Sync { from: 0, to: 1 },
+        Op::Kill { r: 2 },
+        Op::Kill { r: 0 },
+    ];
+    check_history(&ops, &[]).unwrap();
 }
