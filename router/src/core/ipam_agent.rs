@@ -573,6 +573,15 @@ struct Record {
     init: IpamInit,
 }
 
+/// The disk form of a [`Record`] of `replica` and `init`.
+fn encode_record(replica: &Replica, init: &IpamInit) -> Vec<u8> {
+    let record = Record {
+        replica: replica.encode(),
+        init: init.clone(),
+    };
+    postcard::to_allocvec(&record).expect("encoding to a Vec cannot fail")
+}
+
 /// The agent's state read from disk ([`Agent::decode_saved`]), or the
 /// knowledge that it was lost ([`Saved::lost`]).
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -611,11 +620,7 @@ impl Saved {
     /// The disk form, as [`Agent::record`] writes it and
     /// [`Agent::decode_saved`] reads it.
     pub fn encode(&self) -> Vec<u8> {
-        let record = Record {
-            replica: self.replica.encode(),
-            init: self.init.clone(),
-        };
-        postcard::to_allocvec(&record).expect("encoding to a Vec cannot fail")
+        encode_record(&self.replica, &self.init)
     }
 
     /// The saved replica.
@@ -905,12 +910,14 @@ impl Agent {
     /// Returns whether our part in ring creation ([`IpamInit`]) was undone
     /// too: then the gossip that carried it must not go out.
     ///
-    /// # Errors
-    /// When `durable` does not decode (it was encoded here, so never).
-    pub fn roll_back(&mut self, durable: Option<&[u8]>) -> Result<bool, String> {
+    /// # Panics
+    /// When `durable` does not decode: it is what [`Agent::record`] encoded
+    /// in this process, so that is a bug, not an input.
+    pub fn roll_back(&mut self, durable: Option<&[u8]>) -> bool {
         let (replica, init) = match durable {
             Some(bytes) => {
-                let saved = Self::decode_saved(bytes)?;
+                let saved = Self::decode_saved(bytes)
+                    .unwrap_or_else(|e| panic!("the record this router encoded does not decode: {e}"));
                 (saved.replica, saved.init)
             }
             None => (Replica::new(self.me), IpamInit::default()),
@@ -930,7 +937,7 @@ impl Agent {
         self.foreign_since = None;
         self.hash = None;
         self.announced = None;
-        Ok(init_undone)
+        init_undone
     }
 
     /// Whether the unwritten change includes a step of ring creation: a
@@ -947,11 +954,7 @@ impl Agent {
 
     /// The agent's record as it is now (what [`Agent::decode_saved`] reads).
     pub fn record(&self) -> Vec<u8> {
-        let record = Record {
-            replica: self.replica.encode(),
-            init: self.init_state.clone(),
-        };
-        postcard::to_allocvec(&record).expect("encoding to a Vec cannot fail")
+        encode_record(&self.replica, &self.init_state)
     }
 
     /// Decodes what [`Agent::take_persist`] returned.
@@ -1008,6 +1011,15 @@ impl Agent {
         t
     }
 
+    /// The parked allocations waiting for `wait`, oldest first.
+    fn waiting(&self, wait: Wait) -> Vec<Ticket> {
+        self.parked
+            .iter()
+            .filter(|(_, p)| p.wait == wait)
+            .map(|(t, _)| *t)
+            .collect()
+    }
+
     /// Whether an allocation waits for the routers this one can reach now:
     /// call [`Agent::handle_routes`] before anything else.
     pub fn wants_routes(&self) -> bool {
@@ -1018,13 +1030,7 @@ impl Agent {
     /// current routes): allocations that need another router's space ask
     /// one of them, or fail or wait as the [module docs](self) say.
     pub fn handle_routes(&mut self, now: Time, reachable: impl Fn(PeerName) -> bool) {
-        let waiting: Vec<Ticket> = self
-            .parked
-            .iter()
-            .filter(|(_, p)| p.wait == Wait::Routes)
-            .map(|(t, _)| *t)
-            .collect();
-        for ticket in waiting {
+        for ticket in self.waiting(Wait::Routes) {
             let mut p = self.parked.remove(&ticket).expect("listed above");
             // Space may have come meanwhile (a release, a late donation).
             match self.replica.allocate(p.key.clone(), p.req) {
@@ -1705,13 +1711,7 @@ impl Agent {
         }
         self.rechecked_at = Some(now);
         self.recheck_at = None;
-        let waiting: Vec<Ticket> = self
-            .parked
-            .iter()
-            .filter(|(_, p)| p.wait == Wait::Reachable)
-            .map(|(t, _)| *t)
-            .collect();
-        for ticket in waiting {
+        for ticket in self.waiting(Wait::Reachable) {
             let mut p = self.parked.remove(&ticket).expect("listed above");
             // Donors that did not answer may answer now.
             let silent = std::mem::take(&mut p.silent);

@@ -675,10 +675,7 @@ impl Node {
         }
         // The gossip of our part in ring creation, if that changed since the
         // record on disk, must not go out either.
-        let init_undone = match self.agent.roll_back(self.durable.as_deref()) {
-            Ok(undone) => undone,
-            Err(e) => unreachable!("the record this router wrote does not decode: {e}"),
-        };
+        let init_undone = self.agent.roll_back(self.durable.as_deref());
         let why = format!("cannot persist: {error}");
         for out in self.out.take_queue() {
             match out {
@@ -1626,30 +1623,6 @@ mod tests {
         net.drain(1);
         let got: Vec<ReplyTo> = net.replies.iter().map(|r| r.1).collect();
         assert_eq!(got, vec![ReplyTo(7), ReplyTo(8)], "answered in order, once durable");
-    }
-
-    #[test]
-    fn writes_queued_behind_one_in_flight_are_folded_into_one() {
-        let mut net = star(1, &[], false);
-        net.hold_writes = true;
-        let now = net.now;
-        net.node(1).allocate(now, ReplyTo(1), key("a"), Request::Any);
-        let first = net.drain(1);
-        for (i, c) in ["b", "c", "d"].into_iter().enumerate() {
-            let now = net.now;
-            net.node(1).allocate(now, ReplyTo(2 + i as u64), key(c), Request::Any);
-        }
-        net.node(1).handle_persisted(first[0]);
-        let second = net.drain(1);
-        assert_eq!(second.len(), 1, "three allocations, one more write: {second:?}");
-        assert_eq!(
-            net.replies.len(),
-            1,
-            "only the first is answered until the second write"
-        );
-        net.node(1).handle_persisted(second[0]);
-        net.drain(1);
-        assert_eq!(net.replies.len(), 4);
     }
 
     #[test]
