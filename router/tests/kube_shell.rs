@@ -192,7 +192,8 @@ async fn start_fake() -> (Shared, kube::KubeClient) {
 enum Call {
     Connect(String),
     Forget(String),
-    Rmpeer(PeerName),
+    /// `weft rmpeer PEER`, and whether with `--gone`.
+    Rmpeer(PeerName, bool),
 }
 
 #[derive(Default)]
@@ -225,8 +226,8 @@ impl PeerControl for Handle {
         Ok(())
     }
 
-    async fn rmpeer(&self, peer: PeerName) -> ReclaimOutcome {
-        self.0.calls.lock().unwrap().push(Call::Rmpeer(peer));
+    async fn rmpeer(&self, peer: PeerName, gone: bool) -> ReclaimOutcome {
+        self.0.calls.lock().unwrap().push(Call::Rmpeer(peer, gone));
         ReclaimOutcome::Started
     }
 
@@ -318,7 +319,8 @@ async fn discovery_connects_to_nodes_and_reclaims_only_dead_deleted_ones() {
     }
     let n3 = PeerName::from_u64(3);
     eventually("the dead router is reclaimed", || {
-        router.calls().contains(&Call::Rmpeer(n3))
+        // Confirmed gone: a deleted Node's pods are deleted by Kubernetes.
+        router.calls().contains(&Call::Rmpeer(n3, true))
     })
     .await;
     assert!(router.calls().contains(&Call::Forget("10.0.0.2:6783".into())));
@@ -331,7 +333,7 @@ async fn discovery_connects_to_nodes_and_reclaims_only_dead_deleted_ones() {
     eventually("the peers list was read past n2's grace", || {
         let calls = router.calls();
         assert!(
-            !calls.contains(&Call::Rmpeer(n2)),
+            !calls.iter().any(|c| matches!(c, Call::Rmpeer(p, _) if *p == n2)),
             "a live router was reclaimed: {calls:?}"
         );
         router.queries() >= seen + 2 * grace_polls
@@ -341,10 +343,10 @@ async fn discovery_connects_to_nodes_and_reclaims_only_dead_deleted_ones() {
     // n2's router dies: now it is reclaimed, once.
     router.set_peers(vec![peer(2, "n2", "10.0.0.2", false)]);
     eventually("the now dead router is reclaimed", || {
-        router.calls().contains(&Call::Rmpeer(n2))
+        router.calls().contains(&Call::Rmpeer(n2, true))
     })
     .await;
-    let reclaims = router.calls().iter().filter(|c| matches!(c, Call::Rmpeer(_))).count();
+    let reclaims = router.calls().iter().filter(|c| matches!(c, Call::Rmpeer(..))).count();
     assert_eq!(reclaims, 2, "{:?}", router.calls());
     task.abort();
 }

@@ -36,6 +36,18 @@
 //! refusal starts the grace period again. The reclaim names the dead router by
 //! its peer name (learnt from the peers list), so a new router that took the
 //! same nickname is never the target.
+//!
+//! The reclaim confirms the router gone (`weft rmpeer --gone`): its heir
+//! frees its pods' addresses. A deleted Node object is the cluster's own
+//! verdict: Kubernetes deletes the pods bound to a node that no longer exists
+//! (pod garbage collection), so no pod the cluster knows holds those
+//! addresses, and a kubelet that comes back finds its pods deleted. Without
+//! the confirmation the heir would hold them until an operator confirmed
+//! each node by hand, and the removed router, never heard from again, would
+//! stay a voter that every later reclaim waits for. The cost: a host cut off
+//! from every router for the whole grace whose Node an operator deleted may
+//! keep running orphaned pods whose addresses are handed out again; they
+//! lose the network when its router hears of its removal.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -107,6 +119,9 @@ pub enum Action {
         node: String,
         /// Its router.
         peer: PeerName,
+        /// `--gone`: confirm the router gone for good, so that its heir frees
+        /// its pods' addresses (see the [module docs](self)).
+        gone: bool,
     },
 }
 
@@ -285,6 +300,7 @@ impl Discovery {
                 self.actions.push_back(Action::Rmpeer {
                     node: node.clone(),
                     peer: *peer,
+                    gone: true,
                 });
             }
             gone.in_flight = targets;
@@ -549,6 +565,7 @@ mod tests {
         assert_eq!(drain(&mut d), []);
         d.handle_peers(t(155), &dead);
         let rmpeer = Action::Rmpeer {
+            gone: true,
             node: "n2".into(),
             peer: PeerName::from_u64(2),
         };

@@ -54,8 +54,8 @@ pub trait PeerControl: Send + Sync {
     fn connect(&self, addr: &PeerAddr) -> impl Future<Output = Result<(), String>> + Send;
     /// `weft forget ADDR`; an address the router does not have is not an error.
     fn forget(&self, addr: &PeerAddr) -> impl Future<Output = Result<(), String>> + Send;
-    /// `weft rmpeer PEER`.
-    fn rmpeer(&self, peer: PeerName) -> impl Future<Output = ReclaimOutcome> + Send;
+    /// `weft rmpeer PEER`, with `--gone` if `gone`.
+    fn rmpeer(&self, peer: PeerName, gone: bool) -> impl Future<Output = ReclaimOutcome> + Send;
     /// `weft peers`, reduced.
     fn peers(&self) -> impl Future<Output = Result<Vec<PeerView>, String>> + Send;
 }
@@ -73,8 +73,8 @@ impl PeerControl for RouterClient {
         }
     }
 
-    async fn rmpeer(&self, peer: PeerName) -> ReclaimOutcome {
-        match Self::rmpeer(self, &PeerRef::Name(peer).to_string(), false).await {
+    async fn rmpeer(&self, peer: PeerName, gone: bool) -> ReclaimOutcome {
+        match Self::rmpeer(self, &PeerRef::Name(peer).to_string(), gone).await {
             Ok(view) => {
                 info!(%peer, state = ?view.state, heir = ?view.heir, "reclaim under way");
                 ReclaimOutcome::Started
@@ -322,8 +322,8 @@ async fn carry_out(
     let result = match &action {
         Action::Connect(addr) => router.connect(addr).await,
         Action::Forget(addr) => router.forget(addr).await,
-        Action::Rmpeer { node, peer } => {
-            let outcome = router.rmpeer(*peer).await;
+        Action::Rmpeer { node, peer, gone } => {
+            let outcome = router.rmpeer(*peer, *gone).await;
             core.handle_reclaim(clock.now(), node, *peer, outcome);
             return;
         }
