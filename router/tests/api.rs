@@ -198,8 +198,7 @@ impl Backend for Fake {
         if gone {
             state.replica.confirm_gone(name).map_err(convert::reclaim_error)?;
         }
-        let stopped = state.replica.ring().is_some_and(|r| r.has_stopped(name));
-        Ok(convert::reclaim_view(name, &status, stopped, Self::nickname))
+        Ok(convert::reclaim_of(&state.replica, name, &status, Self::nickname))
     }
 
     async fn reset(&self) -> Result<(), ApiError> {
@@ -726,7 +725,7 @@ async fn commands_print_what_scripts_expect() {
         assert_eq!(
             text,
             "00:00:00:00:00:00:00:02: removed; its ranges were taken over by 00:00:00:00:00:00:00:01; \
-its addresses stay held (none is handed out) until it hears of its removal, or until \
+its addresses stay held (7 held here) (none is handed out) until it hears of its removal, or until \
 `weft rmpeer --gone 00:00:00:00:00:00:00:02` confirms its host is gone for good\n"
         );
         // Confirmed gone: nothing is held any more.

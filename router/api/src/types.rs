@@ -263,6 +263,11 @@ pub struct ReclaimView {
     /// --gone`). Until then its heir holds its addresses and hands none out.
     #[serde(default)]
     pub stopped: bool,
+    /// Addresses of the removed router's that this router holds as its heir
+    /// and hands none out (its pods may still use them); 0 on every other
+    /// router.
+    #[serde(default)]
+    pub held: u64,
 }
 
 /// How far a reclaim got (`ReclaimView::state`).
@@ -783,6 +788,7 @@ mod tests {
                 heir: None,
                 waiting_for: vec!["00:00:00:00:00:00:00:03".into()],
                 stopped: false,
+                held: 0,
             }],
         };
         let wire = serde_json::to_value(&ring).unwrap();

@@ -70,7 +70,7 @@ pub fn ring_view(pool: Pool, replica: &Replica, nickname: impl Fn(PeerName) -> O
     let reclaims = ring
         .reclaims()
         .iter()
-        .map(|(dead, status)| reclaim_view(*dead, status, ring.has_stopped(*dead), &nickname))
+        .map(|(dead, status)| reclaim_of(replica, *dead, status, &nickname))
         .collect();
     RingView {
         range: ring.pool().to_string(),
@@ -80,11 +80,26 @@ pub fn ring_view(pool: Pool, replica: &Replica, nickname: impl Fn(PeerName) -> O
     }
 }
 
-/// The view of the reclaim of `dead`.
+/// The view of the reclaim of `dead` as `replica` sees it: whether `dead`
+/// stopped, and what `replica` holds for it.
+pub fn reclaim_of(
+    replica: &Replica,
+    dead: PeerName,
+    status: &ReclaimStatus,
+    nickname: impl Fn(PeerName) -> Option<String>,
+) -> ReclaimView {
+    let stopped = replica.ring().is_some_and(|r| r.has_stopped(dead));
+    let held = replica.held().get(&dead).copied().unwrap_or(0);
+    reclaim_view(dead, status, stopped, saturate(held), nickname)
+}
+
+/// The view of the reclaim of `dead`, which `stopped` or not, with `held`
+/// of its addresses held here.
 pub fn reclaim_view(
     dead: PeerName,
     status: &ReclaimStatus,
     stopped: bool,
+    held: u64,
     nickname: impl Fn(PeerName) -> Option<String>,
 ) -> ReclaimView {
     let (state, heir, waiting_for) = match status {
@@ -103,6 +118,7 @@ pub fn reclaim_view(
         heir,
         waiting_for,
         stopped,
+        held,
     }
 }
 
@@ -359,13 +375,36 @@ mod tests {
         assert!(ring_view(pool, &empty, |_| None).ranges.is_empty());
     }
 
+    /// The heir of a router removed while it may be alive shows what it holds
+    /// for it, until the operator confirms it gone.
+    #[test]
+    fn the_heir_shows_what_it_holds() {
+        let pool = Pool::new("10.32.0.0/28".parse().unwrap()).unwrap();
+        let mut heir = Replica::create(p(1), pool, &[p(1), p(2)]).unwrap();
+        heir.begin_reclaim(p(2)).unwrap();
+        let status = heir.ring().unwrap().reclaim_status(p(2)).unwrap();
+        let view = reclaim_of(&heir, p(2), &status, |_| None);
+        assert_eq!(view.state, ReclaimState::Done);
+        assert!(!view.stopped);
+        assert_eq!(u128::from(view.held), heir.held()[&p(2)]);
+        assert!(view.held > 0, "{view:?}");
+        heir.confirm_gone(p(2)).unwrap();
+        let view = reclaim_of(&heir, p(2), &status, |_| None);
+        assert!(view.stopped);
+        assert_eq!(view.held, 0, "{view:?}");
+        // Any other router holds nothing for it.
+        let mut other = Replica::new(p(3));
+        let _ = other.merge(heir.ring().unwrap()).unwrap();
+        assert_eq!(reclaim_of(&other, p(2), &status, |_| None).held, 0);
+    }
+
     #[test]
     fn reclaims() {
-        let done = reclaim_view(p(2), &ReclaimStatus::Done { heir: p(1) }, false, |_| None);
+        let done = reclaim_view(p(2), &ReclaimStatus::Done { heir: p(1) }, false, 12, |_| None);
         assert_eq!(
             serde_json::to_value(&done).unwrap(),
             json!({"name": p(2).to_string(), "nickname": null, "state": "done",
-                   "heir": p(1).to_string(), "waiting_for": [], "stopped": false})
+                   "heir": p(1).to_string(), "waiting_for": [], "stopped": false, "held": 12})
         );
         let pending = reclaim_view(
             p(2),
@@ -374,6 +413,7 @@ mod tests {
                 waiting_for: vec![p(3)],
             },
             true,
+            0,
             |_| Some("n".into()),
         );
         assert_eq!(pending.state, ReclaimState::Pending);

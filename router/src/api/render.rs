@@ -196,13 +196,21 @@ pub fn ring(r: &RingView) -> String {
 /// One line on the reclaim of a removed router (`weft rmpeer`, `weft ipam`).
 pub fn reclaim(r: &ReclaimView) -> String {
     let line = reclaim_progress(r);
-    if r.stopped {
-        line
-    } else {
+    let name = r.nickname.as_deref().unwrap_or(&r.name);
+    let here = match r.held {
+        0 => String::new(),
+        n => format!(" ({n} held here)"),
+    };
+    if !r.stopped {
         format!(
-            "{line}; its addresses stay held (none is handed out) until it hears of its removal, or until `weft rmpeer --gone {}` confirms its host is gone for good",
-            r.nickname.as_deref().unwrap_or(&r.name)
+            "{line}; its addresses stay held{here} (none is handed out) until it hears of its removal, or until `weft rmpeer --gone {name}` confirms its host is gone for good"
         )
+    } else if r.held > 0 {
+        format!(
+            "{line}; its pods' addresses stay held{here} until it is reset, or until `weft rmpeer --gone {name}` confirms its host is gone for good"
+        )
+    } else {
+        line
     }
 }
 
@@ -407,6 +415,7 @@ NAME                     NICKNAME  ADDRESS            STATE          DATA       
                 heir: Some("00:00:00:00:00:00:00:01".into()),
                 waiting_for: vec!["00:00:00:00:00:00:00:02".into()],
                 stopped: true,
+                held: 0,
             }],
         }
     }
@@ -466,6 +475,20 @@ waiting for votes from 00:00:00:00:00:00:00:02
             "00:00:00:00:00:00:00:03 (old): removed; its ranges were taken over by 00:00:00:00:00:00:00:01; \
 its addresses stay held (none is handed out) until it hears of its removal, or until \
 `weft rmpeer --gone old` confirms its host is gone for good"
+        );
+        r.held = 7;
+        assert_eq!(
+            reclaim(&r),
+            "00:00:00:00:00:00:00:03 (old): removed; its ranges were taken over by 00:00:00:00:00:00:00:01; \
+its addresses stay held (7 held here) (none is handed out) until it hears of its removal, or until \
+`weft rmpeer --gone old` confirms its host is gone for good"
+        );
+        r.stopped = true;
+        assert_eq!(
+            reclaim(&r),
+            "00:00:00:00:00:00:00:03 (old): removed; its ranges were taken over by 00:00:00:00:00:00:00:01; \
+its pods' addresses stay held (7 held here) until it is reset, or until `weft rmpeer --gone old` confirms its \
+host is gone for good"
         );
     }
 

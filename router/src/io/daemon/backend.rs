@@ -126,10 +126,7 @@ impl Waiting {
             }
             (Self::Rmpeer(reply), Reply::Rmpeer(result)) => {
                 let view = result
-                    .map(|(dead, status)| {
-                        let stopped = node.replica().ring().is_some_and(|r| r.has_stopped(dead));
-                        convert::reclaim_view(dead, &status, stopped, |p| nickname(node, p))
-                    })
+                    .map(|(dead, status)| convert::reclaim_of(node.replica(), dead, &status, |p| nickname(node, p)))
                     .map_err(rmpeer_error);
                 let _ = reply.send(view);
             }
