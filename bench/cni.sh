@@ -15,9 +15,9 @@
 set -euo pipefail
 
 N=${N:-100}
-SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TARGET=$(cd "$SRC" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
-    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+TARGET=$(weft_target_dir)
 NET=${WEFT_NET_BIN:-$TARGET/release/weft-net}
 WEFT=${WEFT_BIN:-$TARGET/release/weft}
 BRIDGE=${BRIDGE_BIN:-/usr/lib/cni/bridge}
@@ -41,16 +41,7 @@ trap cleanup EXIT
 ip netns add "$HOST"
 ip netns add "$POD"
 ip -n "$HOST" link set lo up
-echo "cni bench secret" >"$WORK/secret"
-chmod 600 "$WORK/secret"
-ip netns exec "$HOST" "$WEFT" launch --name b1 --data-dir "$WORK/data" --password-file "$WORK/secret" \
-    --api-socket "$WORK/weft.sock" --listen 127.0.0.1:6783 --ipalloc-range 10.48.0.0/16 \
-    --ipalloc-init seed=b1 >"$WORK/router.log" 2>&1 &
-ROUTER=$!
-for _ in $(seq 100); do
-    "$WEFT" status --api-socket "$WORK/weft.sock" 2>/dev/null | grep -q 'Host address: 10\.' && break
-    sleep 0.1
-done
+launch_one_router b1 10.48.0.0/16
 
 # The runtime is cnitool (upstream libcni, as podman and containerd use): each
 # plugin sits in a conflist of its own, and every ADD and DEL goes through

@@ -21,9 +21,9 @@ set -euo pipefail
 
 N=${N:-200}
 R=${R:-7}
-SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TARGET=$(cd "$SRC" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
-    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+TARGET=$(weft_target_dir)
 WEFT=${WEFT_BIN:-$TARGET/release/weft}
 [[ -x $WEFT ]] || { echo "missing $WEFT (cargo build --release -p weft-router)" >&2; exit 1; }
 command -v curl >/dev/null || { echo "missing curl" >&2; exit 1; }
@@ -40,19 +40,8 @@ trap cleanup EXIT
 
 ip netns add "$HOST"
 ip -n "$HOST" link set lo up
-echo "ipam storm bench secret" >"$WORK/secret"
-chmod 600 "$WORK/secret"
+launch_one_router s1 10.52.0.0/16
 SOCK=$WORK/weft.sock
-ip netns exec "$HOST" "$WEFT" launch --name s1 --data-dir "$WORK/data" --password-file "$WORK/secret" \
-    --api-socket "$SOCK" --listen 127.0.0.1:6783 --ipalloc-range 10.52.0.0/16 \
-    --ipalloc-init seed=s1 >"$WORK/router.log" 2>&1 &
-ROUTER=$!
-for _ in $(seq 100); do
-    "$WEFT" status --api-socket "$SOCK" 2>/dev/null | grep -q 'Host address: 10\.' && break
-    sleep 0.1
-done
-"$WEFT" status --api-socket "$SOCK" | grep -q 'Host address: 10\.' ||
-    { echo "the router did not get its ring; its log:" >&2; cat "$WORK/router.log" >&2; exit 1; }
 
 # writes: the router's IPAM state writes so far (weft_ipam_state_writes_total,
 # ok and failed), or "n/a" for a router without that metric.
