@@ -30,7 +30,10 @@
 //!
 //! The last output line is a JSON object: `converged` means every router
 //! knows every other with the same versions (equal summaries), routes to all
-//! of them over confirmed connections, and holds the same ring.
+//! of them over confirmed connections, and holds the same ring;
+//! `converged_after_ms` is when after the heal, and
+//! `views_converged_after_ms` / `rings_converged_after_ms` when each half
+//! first held (which one is the tail).
 //! `duplicate_addresses` counts addresses allocated by more than one router;
 //! `misplaced_addresses` those allocated outside the ring's ranges of their
 //! router. `allocation_failures_with_space` counts allocations that failed
@@ -79,7 +82,7 @@ fn main() -> ExitCode {
     );
     let joined_at = Time::from_millis(args.join_ms * args.routers as u64);
     sim.run_until(joined_at);
-    let first = sim.run_until_converged(joined_at, Duration::from_secs(600));
+    let first = sim.run_until_converged(joined_at, Duration::from_secs(600)).both;
     println!(
         "meshsim: all joined at {:?}; views converged {} ({:.1} s run time)",
         joined_at,
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         started.elapsed().as_secs_f64()
     );
     let mut after_heal = None;
+    let mut heal_parts: (Option<Duration>, Option<Duration>) = (None, None);
     if let Some(t) = first {
         let split = t + Duration::from_secs(10);
         sim.run_until(split);
@@ -100,12 +104,15 @@ fn main() -> ExitCode {
         let heal = split + Duration::from_secs(args.partition_secs);
         sim.run_until(heal);
         sim.heal();
-        after_heal = sim
-            .run_until_converged(heal, Duration::from_secs(600))
-            .map(|c| c.since(heal));
+        let c = sim.run_until_converged(heal, Duration::from_secs(600));
+        after_heal = c.both.map(|c| c.since(heal));
+        heal_parts = (c.views.map(|t| t.since(heal)), c.rings.map(|t| t.since(heal)));
+        let ms = |d: Option<Duration>| d.map_or("never".into(), |d| format!("{} ms later", d.as_millis()));
         println!(
-            "meshsim: healed at {heal:?}; converged {} ({:.1} s run time)",
-            after_heal.map_or("never".into(), |d| format!("{} ms later", d.as_millis())),
+            "meshsim: healed at {heal:?}; converged {} (views {}, rings {}; {:.1} s run time)",
+            ms(after_heal),
+            ms(heal_parts.0),
+            ms(heal_parts.1),
             started.elapsed().as_secs_f64()
         );
     }
@@ -138,6 +145,8 @@ fn main() -> ExitCode {
         "converged": converged,
         "first_converged_ms": first.map(Time::as_millis),
         "converged_after_ms": after_heal.map(|d| d.as_millis() as u64),
+        "views_converged_after_ms": heal_parts.0.map(|d| d.as_millis() as u64),
+        "rings_converged_after_ms": heal_parts.1.map(|d| d.as_millis() as u64),
         "control_bytes_per_router_per_sec": (steady * 10.0).round() / 10.0,
         "total_control_bytes": sim.bytes,
         "messages": sim.messages,
@@ -159,6 +168,17 @@ fn main() -> ExitCode {
     });
     println!("{report}");
     if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// When a run converged ([`Sim::run_until_converged`]), in parts.
+#[derive(Default)]
+struct Convergence {
+    /// The topology views first agreed.
+    views: Option<Time>,
+    /// The rings first agreed.
+    rings: Option<Time>,
+    /// Both at once: converged.
+    both: Option<Time>,
 }
 
 struct Args {
@@ -358,36 +378,57 @@ impl Sim {
         self.now = end;
     }
 
-    /// Runs in 500 ms slices until converged; returns when, or `None` after `limit`.
-    fn run_until_converged(&mut self, from: Time, limit: Duration) -> Option<Time> {
+    /// Runs in 500 ms slices until converged, or for `limit`; says when the
+    /// views first agreed, when the rings did, and when both did.
+    fn run_until_converged(&mut self, from: Time, limit: Duration) -> Convergence {
+        let mut c = Convergence::default();
         let mut t = from;
         while t <= from + limit {
             self.run_until(t);
             self.end_silence();
-            if self.converged() {
-                return Some(t);
+            let (views, rings) = (self.views_agree(), self.rings_agree());
+            if views {
+                c.views.get_or_insert(t);
+            }
+            if rings {
+                c.rings.get_or_insert(t);
+            }
+            if views && rings {
+                c.both = Some(t);
+                break;
             }
             t = t + Duration::from_millis(500);
         }
-        None
+        c
     }
 
     fn converged(&self) -> bool {
+        self.views_agree() && self.rings_agree()
+    }
+
+    /// Every router knows every router, with the same topology, and the
+    /// first has a route to each.
+    fn views_agree(&self) -> bool {
         let n = self.routers.len();
         let Some(first) = self.routers[0].node.as_ref() else {
             return false;
         };
         let summary = first.topology().summary();
-        let Some(ring) = first.replica().ring() else {
+        self.routers.iter().all(|r| {
+            r.node
+                .as_ref()
+                .is_some_and(|node| node.topology().len() == n && node.topology().summary() == summary)
+        }) && first.topology().next_hops().len() == n - 1
+    }
+
+    /// Every router holds the same ring.
+    fn rings_agree(&self) -> bool {
+        let Some(ring) = self.routers[0].node.as_ref().and_then(|n| n.replica().ring()) else {
             return false;
         };
-        self.routers.iter().all(|r| {
-            r.node.as_ref().is_some_and(|node| {
-                node.topology().len() == n
-                    && node.topology().summary() == summary
-                    && node.replica().ring() == Some(ring)
-            })
-        }) && first.topology().next_hops().len() == n - 1
+        self.routers
+            .iter()
+            .all(|r| r.node.as_ref().is_some_and(|node| node.replica().ring() == Some(ring)))
     }
 
     fn handle(&mut self, ev: Ev) {
