@@ -22,7 +22,7 @@ use ipnet::Ipv4Net;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::{Host, InNamespace as _, Pod, Process, wait_until};
+use crate::{Host, InNamespace as _, Pod, Process, Testbed, wait_until};
 
 /// The control port every router listens on.
 pub const CONTROL_PORT: u16 = 6783;
@@ -755,6 +755,33 @@ pub fn wait_for(
         panic!("{err}; last statuses: {last:#?}");
     }
     held
+}
+
+/// Launches routers on hosts 1-3 of `tb` (h1 with no PEER, h2 and h3 given only h1), each with its data, API
+/// socket and log under `dir`, and waits up to 30 s until all three are established with each other
+/// ([`fully_meshed`]).
+///
+/// # Panics
+/// If a router cannot be started, or the three do not mesh in time (with their last statuses).
+pub fn mesh_of_three<'t>(tb: &'t Testbed, dir: &Path, secret: &Path) -> [Router<'t>; 3] {
+    mesh_of_three_with(tb, dir, secret, &[])
+}
+
+/// [`mesh_of_three`], with more `weft launch` options for every router.
+///
+/// # Panics
+/// As [`mesh_of_three`].
+pub fn mesh_of_three_with<'t>(tb: &'t Testbed, dir: &Path, secret: &Path, extra: &[&str]) -> [Router<'t>; 3] {
+    let h1 = Router::launch_with(tb.host(1), dir, secret, &[], extra);
+    let h2 = Router::launch_with(tb.host(2), dir, secret, &[tb.host(1)], extra);
+    let h3 = Router::launch_with(tb.host(3), dir, secret, &[tb.host(1)], extra);
+    wait_for(
+        &[&h1, &h2, &h3],
+        Duration::from_secs(30),
+        "all three routers to be established",
+        fully_meshed,
+    );
+    [h1, h2, h3]
 }
 
 /// `10.99.0.N:6783`: where host N's router listens, and how the others name it.

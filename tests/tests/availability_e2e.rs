@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use weft_api::ClientError;
 use weft_api::blocking::Client;
 use weft_api::types::{AllocateRequest, ApiError, ErrorCode};
-use weft_tests::router::{Router, fully_meshed, wait_for, wait_for_rings, workdir, write_secret};
+use weft_tests::router::{Router, fully_meshed, mesh_of_three_with, wait_for, wait_for_rings, workdir, write_secret};
 use weft_tests::testbed_or_skip;
 
 const SECRET: &str = "correct horse battery staple";
@@ -31,16 +31,8 @@ fn allocation_works_across_a_partition_with_clear_errors_and_the_mesh_heals_in_s
     let secret = write_secret(dir.path(), "secret", SECRET);
     // 62 addresses, about 20 a router: h1 runs out after about 20 allocations.
     let seed = ["--ipalloc-range", "10.44.0.0/26", "--ipalloc-init", "seed=h1,h2,h3"];
-    let h1 = Router::launch_with(tb.host(1), dir.path(), &secret, &[], &seed);
-    let h2 = Router::launch_with(tb.host(2), dir.path(), &secret, &[tb.host(1)], &seed);
-    let h3 = Router::launch_with(tb.host(3), dir.path(), &secret, &[tb.host(1)], &seed);
+    let [h1, h2, h3] = mesh_of_three_with(&tb, dir.path(), &secret, &seed);
     let routers = [&h1, &h2, &h3];
-    wait_for(
-        &routers,
-        Duration::from_secs(30),
-        "all three routers to be established",
-        fully_meshed,
-    );
     let names: Vec<String> = routers.iter().map(|r| r.status().unwrap().name).collect();
     wait_for_rings(&routers, Duration::from_secs(30), "one ring of three owners", |ring| {
         ring.owners.len() == 3

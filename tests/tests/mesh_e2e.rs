@@ -7,7 +7,7 @@
 //! `cargo test --workspace` does). When a test fails, every router's log is printed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,9 +15,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use weft_tests::router::{
-    Launch, Router, fully_meshed, peer_addr, wait_for, wait_for_rings, weft_binary, workdir, write_secret,
+    Launch, Router, fully_meshed, mesh_of_three, mesh_of_three_with, peer_addr, wait_for, wait_for_rings, weft_binary,
+    workdir, write_secret,
 };
-use weft_tests::{Testbed, require_program, testbed_or_skip, wait_until};
+use weft_tests::{require_program, testbed_or_skip, wait_until};
 
 const SECRET: &str = "correct horse battery staple";
 const OTHER_SECRET: &str = "a different cluster entirely";
@@ -481,25 +482,6 @@ fn reset_hands_ranges_over_and_removes_state() {
         "h1 and h2 to stay established",
         fully_meshed,
     );
-}
-
-/// Launches routers on hosts 1-3 (2 and 3 given only host 1 as PEER) and waits until all three are established.
-fn mesh_of_three<'t>(tb: &'t Testbed, dir: &Path, secret: &Path) -> [Router<'t>; 3] {
-    mesh_of_three_with(tb, dir, secret, &[])
-}
-
-/// [`mesh_of_three`], with more `weft launch` options.
-fn mesh_of_three_with<'t>(tb: &'t Testbed, dir: &Path, secret: &Path, extra: &[&str]) -> [Router<'t>; 3] {
-    let h1 = Router::launch_with(tb.host(1), dir, secret, &[], extra);
-    let h2 = Router::launch_with(tb.host(2), dir, secret, &[tb.host(1)], extra);
-    let h3 = Router::launch_with(tb.host(3), dir, secret, &[tb.host(1)], extra);
-    wait_for(
-        &[&h1, &h2, &h3],
-        Duration::from_secs(30),
-        "all three routers to be established",
-        fully_meshed,
-    );
-    [h1, h2, h3]
 }
 
 /// `weft rmpeer h3` on h1 while h3 is only cut off (a real partition: its link is down), not dead. Both sides
