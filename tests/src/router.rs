@@ -626,8 +626,8 @@ pub struct Ring {
     pub ranges: Vec<(String, String, String)>,
     /// The peer names of the routers that own space.
     pub owners: BTreeSet<String>,
-    /// (removed router, state, heir) for each reclaim.
-    pub reclaims: Vec<(String, String, Option<String>)>,
+    /// (removed router, state, heir, whether the removed router is known to have stopped) for each reclaim.
+    pub reclaims: Vec<(String, String, Option<String>, bool)>,
 }
 
 impl Ring {
@@ -646,6 +646,11 @@ impl Ring {
         };
         let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
         let must = |v: &Value, k: &str| text(v, k).unwrap_or_else(|| panic!("no {k} in {v} of {json}"));
+        let flag = |v: &Value, k: &str| {
+            v.get(k)
+                .and_then(Value::as_bool)
+                .unwrap_or_else(|| panic!("no {k} in {v} of {json}"))
+        };
         Self {
             ranges: list("ranges")
                 .iter()
@@ -654,7 +659,7 @@ impl Ring {
             owners: list("owners").iter().map(|o| must(o, "name")).collect(),
             reclaims: list("reclaims")
                 .iter()
-                .map(|r| (must(r, "name"), must(r, "state"), text(r, "heir")))
+                .map(|r| (must(r, "name"), must(r, "state"), text(r, "heir"), flag(r, "stopped")))
                 .collect(),
         }
     }

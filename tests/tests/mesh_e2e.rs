@@ -459,8 +459,8 @@ fn reset_hands_ranges_over_and_removes_state() {
     let heirs: Vec<&Option<String>> = ring
         .reclaims
         .iter()
-        .filter(|(name, state, _)| *name == h3_name && state == "done")
-        .map(|(_, _, heir)| heir)
+        .filter(|(name, state, _, _)| *name == h3_name && state == "done")
+        .map(|(_, _, heir, _)| heir)
         .collect();
     let [Some(heir)] = heirs[..] else {
         panic!("h1's ring has no one finished reclaim of h3: {ring:#?}");
@@ -537,9 +537,10 @@ fn forced_rmpeer_of_a_live_router_across_a_partition() {
     );
     // h3 is not a voter on its own removal: h1 and h2 complete it during the cut.
     wait_until(Duration::from_secs(20), "h1 to take h3's ranges", || {
-        reclaims(&h1)
+        h1.ring()
+            .reclaims
             .iter()
-            .any(|(name, state, _)| *name == h3_name && state == "done")
+            .any(|(name, state, _, _)| *name == h3_name && state == "done")
     })
     .unwrap();
     allocate(&h3, "pod-3-3".into(), &mut answered);
@@ -651,45 +652,15 @@ fn bare(cidr: &str) -> &str {
     cidr.split('/').next().unwrap_or(cidr)
 }
 
-/// `(removed router, state, heir)` of each reclaim in `weft ipam --json`.
-fn reclaims(router: &Router<'_>) -> Vec<(String, String, Option<String>)> {
-    router.ring().reclaims
-}
-
 /// What must agree on every router: each range's owner, and each reclaim's state, heir and whether the removed
 /// router stopped (from `weft ipam --json`).
+fn ring_state(router: &Router<'_>) -> RingState {
+    let ring = router.ring();
+    (ring.ranges, ring.reclaims)
+}
+
+/// [`ring_state`]'s ranges (first, last, owner) and reclaims (removed router, state, heir, stopped).
 type RingState = (
     Vec<(String, String, String)>,
     Vec<(String, String, Option<String>, bool)>,
 );
-
-fn ring_state(router: &Router<'_>) -> RingState {
-    let out = router.cli(&["ipam", "--json"]);
-    assert!(
-        out.status.success(),
-        "weft ipam --json on {}: {out:?}",
-        router.nickname()
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("weft ipam --json prints JSON");
-    let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
-    let ranges = v["ranges"]
-        .as_array()
-        .expect("ranges")
-        .iter()
-        .map(|r| (text(r, "first"), text(r, "last"), text(r, "owner")))
-        .collect();
-    let reclaims = v["reclaims"]
-        .as_array()
-        .expect("reclaims")
-        .iter()
-        .map(|r| {
-            (
-                text(r, "name"),
-                text(r, "state"),
-                r["heir"].as_str().map(str::to_owned),
-                r["stopped"].as_bool().unwrap_or(false),
-            )
-        })
-        .collect();
-    (ranges, reclaims)
-}
