@@ -232,6 +232,38 @@ impl<'t> Router<'t> {
         Ring::parse(&String::from_utf8_lossy(&out.stdout))
     }
 
+    /// `weft ipam allocations --json`: (id, address) of each allocation on this router, in the order it lists
+    /// them; the router's own (`weft:` ids) among them.
+    ///
+    /// # Panics
+    /// If the command fails or prints something else.
+    pub fn allocations(&self) -> Vec<(String, String)> {
+        let out = self.cli(&["ipam", "allocations", "--json"]);
+        let json = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "weft ipam allocations --json on {} ({}): {json}{}",
+            self.nickname,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let value: Value = serde_json::from_str(&json)
+            .unwrap_or_else(|err| panic!("weft ipam allocations --json is not JSON ({err}): {json}"));
+        let must = |v: &Value, k: &str| {
+            v.get(k)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| panic!("no {k} in {v} of {json}"))
+        };
+        value
+            .get("allocations")
+            .and_then(Value::as_array)
+            .unwrap_or_else(|| panic!("weft ipam allocations --json has no allocations: {json}"))
+            .iter()
+            .map(|a| (must(a, "id"), must(a, "address")))
+            .collect()
+    }
+
     /// Waits up to `timeout` for the router to exit by itself, and returns how it exited.
     ///
     /// # Panics

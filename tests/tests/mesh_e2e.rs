@@ -342,19 +342,11 @@ fn allocations_answered_before_a_crash_survive_it() {
         });
         // What the router has after the restart, before anyone allocates again (allocating a lost id again
         // would likely give it its old address back: the lowest free one).
-        let out = h1.cli(&["ipam", "allocations", "--json"]);
-        assert!(out.status.success(), "weft ipam allocations: {out:?}");
-        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let kept: BTreeMap<&str, &str> = list["allocations"]
-            .as_array()
-            .expect("a list of allocations")
-            .iter()
-            .map(|a| (a["id"].as_str().unwrap(), a["address"].as_str().unwrap()))
-            .collect();
+        let kept: BTreeMap<String, String> = h1.allocations().into_iter().collect();
         for (id, addr) in &answered {
             assert_eq!(
-                kept.get(id.as_str()),
-                Some(&addr.as_str()),
+                kept.get(id),
+                Some(addr),
                 "round {round}: {id} was answered, then lost in the crash"
             );
         }
