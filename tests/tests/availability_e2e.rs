@@ -39,13 +39,13 @@ fn allocation_works_across_a_partition_with_clear_errors_and_the_mesh_heals_in_s
     });
 
     // Before the cut: an address h2 holds, and a free one in h3's space.
-    let taken = ip_of(&h2.allocate("held-on-h2"));
+    let taken = h2.allocate_net("held-on-h2").addr();
     let before = h1.ring();
     let h3_free = before
         .ranges
         .iter()
         .filter(|(_, _, owner)| *owner == names[2])
-        .map(|(_, last, _)| ip_of(last))
+        .map(|(_, last, _)| last.parse::<Ipv4Addr>().unwrap_or_else(|err| panic!("{last}: {err}")))
         .map(|last| {
             if last.octets()[3] == 63 {
                 Ipv4Addr::from(u32::from(last) - 1)
@@ -70,7 +70,7 @@ fn allocation_works_across_a_partition_with_clear_errors_and_the_mesh_heals_in_s
     let mut donated = None;
     for i in 0..40 {
         let start = Instant::now();
-        let addr = ip_of(&h1.allocate(&format!("pod-{i}")));
+        let addr = h1.allocate_net(&format!("pod-{i}")).addr();
         let took = start.elapsed();
         assert!(
             took <= WITHIN,
@@ -115,12 +115,6 @@ fn allocation_works_across_a_partition_with_clear_errors_and_the_mesh_heals_in_s
     let healed = restore.elapsed();
     eprintln!("after a cut of {cut_for:?}, every router sees every other {healed:?} after the heal");
     assert!(healed <= HEAL_WITHIN, "healed after {healed:?}");
-}
-
-/// The address of `weft ipam allocate`'s CIDR output.
-fn ip_of(cidr: &str) -> Ipv4Addr {
-    let addr = cidr.split('/').next().unwrap_or(cidr);
-    addr.parse().unwrap_or_else(|err| panic!("{cidr}: {err}"))
 }
 
 /// `POST /v1/ipam/allocate` for `id` at `ip` on `router`, through the API's own client: the HTTP status and the
