@@ -761,6 +761,11 @@ pub fn fully_meshed(statuses: &[Status]) -> bool {
     })
 }
 
+/// For [`wait_for`]: no router is established with the one named `name` (cut off, say, or stopped).
+pub fn none_established_with(name: &str) -> impl Fn(&[Status]) -> bool + '_ {
+    move |statuses| statuses.iter().all(|status| !status.established().contains(name))
+}
+
 /// Polls every router's status until `done` holds for all of them at once; returns the statuses it held for.
 /// `done` may assert, to check something on every poll.
 ///
@@ -930,6 +935,21 @@ mod tests {
         assert_eq!(s.peers[0].data, None);
         assert!(s.data_up().is_empty());
         assert_eq!(s.established(), BTreeSet::from(["00:00:00:00:00:00:00:02"]));
+    }
+
+    #[test]
+    fn none_established_with_looks_only_at_established_peers_of_that_name() {
+        let s = status(
+            r#"[{"name": "00:00:00:00:00:00:00:02", "nickname": "h2", "address": "10.99.0.2:6783",
+                 "state": "established", "reason": null},
+                {"name": "00:00:00:00:00:00:00:03", "nickname": "h3", "address": "10.99.0.3:6783",
+                 "state": "retrying", "reason": "timed out"}]"#,
+        )
+        .unwrap();
+        let statuses = [s];
+        assert!(!none_established_with("00:00:00:00:00:00:00:02")(&statuses));
+        assert!(none_established_with("00:00:00:00:00:00:00:03")(&statuses));
+        assert!(none_established_with("00:00:00:00:00:00:00:04")(&statuses));
     }
 
     #[test]

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use weft_api::ClientError;
 use weft_api::blocking::Client;
 use weft_api::types::{AllocateRequest, ApiError, ErrorCode};
-use weft_tests::router::{Router, fully_meshed, mesh_of_three_with, wait_for, wait_for_rings, workdir, write_secret};
+use weft_tests::router::{
+    Router, fully_meshed, mesh_of_three_with, none_established_with, wait_for, wait_for_rings, workdir, write_secret,
+};
 use weft_tests::testbed_or_skip;
 
 const SECRET: &str = "correct horse battery staple";
@@ -62,7 +64,7 @@ fn allocation_works_across_a_partition_with_clear_errors_and_the_mesh_heals_in_s
         &[&h1, &h2],
         Duration::from_secs(40),
         "h1 and h2 to drop the cut-off h3",
-        |s| s.iter().all(|status| !status.established().contains(names[2].as_str())),
+        none_established_with(&names[2]),
     );
     eprintln!("h1 and h2 dropped h3 {:?} after the cut", cut.elapsed());
 

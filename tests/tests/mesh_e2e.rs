@@ -15,8 +15,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use weft_tests::router::{
-    Launch, Router, fully_meshed, mesh_of_three, mesh_of_three_with, peer_addr, wait_for, wait_for_rings, weft_binary,
-    workdir, write_secret,
+    Launch, Router, fully_meshed, mesh_of_three, mesh_of_three_with, none_established_with, peer_addr, wait_for,
+    wait_for_rings, weft_binary, workdir, write_secret,
 };
 use weft_tests::{require_program, testbed_or_skip, wait_until};
 
@@ -261,7 +261,7 @@ fn ipam_addresses_stay_unique_across_crash_and_partition() {
         &[&h1, &h2],
         Duration::from_secs(40),
         "h1 and h2 to drop the cut-off h3",
-        |s| s.iter().all(|status| !status.established().contains(h3_name.as_str())),
+        none_established_with(&h3_name),
     );
     for i in 3..6 {
         remember(h3.allocate(&format!("ctr-3-{i}")));
@@ -507,7 +507,7 @@ fn forced_rmpeer_of_a_live_router_across_a_partition() {
         &[&h1, &h2],
         Duration::from_secs(40),
         "h1 and h2 to drop the cut-off h3",
-        |s| s.iter().all(|status| !status.established().contains(h3_name.as_str())),
+        none_established_with(&h3_name),
     );
     allocate(&h3, "pod-3-2".into(), &mut answered);
 
