@@ -22,7 +22,7 @@ use ipnet::Ipv4Net;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::{Host, InNamespace as _, Pod, Process, wait_until};
+use crate::{Host, InNamespace as _, Pod, Process, Testbed, wait_until};
 
 /// The control port every router listens on.
 pub const CONTROL_PORT: u16 = 6783;
@@ -230,6 +230,38 @@ impl<'t> Router<'t> {
             String::from_utf8_lossy(&out.stderr)
         );
         Ring::parse(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// `weft ipam allocations --json`: (id, address) of each allocation on this router, in the order it lists
+    /// them; the router's own (`weft:` ids) among them.
+    ///
+    /// # Panics
+    /// If the command fails or prints something else.
+    pub fn allocations(&self) -> Vec<(String, String)> {
+        let out = self.cli(&["ipam", "allocations", "--json"]);
+        let json = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "weft ipam allocations --json on {} ({}): {json}{}",
+            self.nickname,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let value: Value = serde_json::from_str(&json)
+            .unwrap_or_else(|err| panic!("weft ipam allocations --json is not JSON ({err}): {json}"));
+        let must = |v: &Value, k: &str| {
+            v.get(k)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| panic!("no {k} in {v} of {json}"))
+        };
+        value
+            .get("allocations")
+            .and_then(Value::as_array)
+            .unwrap_or_else(|| panic!("weft ipam allocations --json has no allocations: {json}"))
+            .iter()
+            .map(|a| (must(a, "id"), must(a, "address")))
+            .collect()
     }
 
     /// Waits up to `timeout` for the router to exit by itself, and returns how it exited.
@@ -626,8 +658,8 @@ pub struct Ring {
     pub ranges: Vec<(String, String, String)>,
     /// The peer names of the routers that own space.
     pub owners: BTreeSet<String>,
-    /// (removed router, state, heir) for each reclaim.
-    pub reclaims: Vec<(String, String, Option<String>)>,
+    /// (removed router, state, heir, whether the removed router is known to have stopped) for each reclaim.
+    pub reclaims: Vec<(String, String, Option<String>, bool)>,
 }
 
 impl Ring {
@@ -646,6 +678,11 @@ impl Ring {
         };
         let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
         let must = |v: &Value, k: &str| text(v, k).unwrap_or_else(|| panic!("no {k} in {v} of {json}"));
+        let flag = |v: &Value, k: &str| {
+            v.get(k)
+                .and_then(Value::as_bool)
+                .unwrap_or_else(|| panic!("no {k} in {v} of {json}"))
+        };
         Self {
             ranges: list("ranges")
                 .iter()
@@ -654,7 +691,7 @@ impl Ring {
             owners: list("owners").iter().map(|o| must(o, "name")).collect(),
             reclaims: list("reclaims")
                 .iter()
-                .map(|r| (must(r, "name"), must(r, "state"), text(r, "heir")))
+                .map(|r| (must(r, "name"), must(r, "state"), text(r, "heir"), flag(r, "stopped")))
                 .collect(),
         }
     }
@@ -724,6 +761,11 @@ pub fn fully_meshed(statuses: &[Status]) -> bool {
     })
 }
 
+/// For [`wait_for`]: no router is established with the one named `name` (cut off, say, or stopped).
+pub fn none_established_with(name: &str) -> impl Fn(&[Status]) -> bool + '_ {
+    move |statuses| statuses.iter().all(|status| !status.established().contains(name))
+}
+
 /// Polls every router's status until `done` holds for all of them at once; returns the statuses it held for.
 /// `done` may assert, to check something on every poll.
 ///
@@ -755,6 +797,33 @@ pub fn wait_for(
         panic!("{err}; last statuses: {last:#?}");
     }
     held
+}
+
+/// Launches routers on hosts 1-3 of `tb` (h1 with no PEER, h2 and h3 given only h1), each with its data, API
+/// socket and log under `dir`, and waits up to 30 s until all three are established with each other
+/// ([`fully_meshed`]).
+///
+/// # Panics
+/// If a router cannot be started, or the three do not mesh in time (with their last statuses).
+pub fn mesh_of_three<'t>(tb: &'t Testbed, dir: &Path, secret: &Path) -> [Router<'t>; 3] {
+    mesh_of_three_with(tb, dir, secret, &[])
+}
+
+/// [`mesh_of_three`], with more `weft launch` options for every router.
+///
+/// # Panics
+/// As [`mesh_of_three`].
+pub fn mesh_of_three_with<'t>(tb: &'t Testbed, dir: &Path, secret: &Path, extra: &[&str]) -> [Router<'t>; 3] {
+    let h1 = Router::launch_with(tb.host(1), dir, secret, &[], extra);
+    let h2 = Router::launch_with(tb.host(2), dir, secret, &[tb.host(1)], extra);
+    let h3 = Router::launch_with(tb.host(3), dir, secret, &[tb.host(1)], extra);
+    wait_for(
+        &[&h1, &h2, &h3],
+        Duration::from_secs(30),
+        "all three routers to be established",
+        fully_meshed,
+    );
+    [h1, h2, h3]
 }
 
 /// `10.99.0.N:6783`: where host N's router listens, and how the others name it.
@@ -866,6 +935,21 @@ mod tests {
         assert_eq!(s.peers[0].data, None);
         assert!(s.data_up().is_empty());
         assert_eq!(s.established(), BTreeSet::from(["00:00:00:00:00:00:00:02"]));
+    }
+
+    #[test]
+    fn none_established_with_looks_only_at_established_peers_of_that_name() {
+        let s = status(
+            r#"[{"name": "00:00:00:00:00:00:00:02", "nickname": "h2", "address": "10.99.0.2:6783",
+                 "state": "established", "reason": null},
+                {"name": "00:00:00:00:00:00:00:03", "nickname": "h3", "address": "10.99.0.3:6783",
+                 "state": "retrying", "reason": "timed out"}]"#,
+        )
+        .unwrap();
+        let statuses = [s];
+        assert!(!none_established_with("00:00:00:00:00:00:00:02")(&statuses));
+        assert!(none_established_with("00:00:00:00:00:00:00:03")(&statuses));
+        assert!(none_established_with("00:00:00:00:00:00:00:04")(&statuses));
     }
 
     #[test]

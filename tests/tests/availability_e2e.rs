@@ -7,13 +7,15 @@
 //! sees every other again within a few seconds (measured and printed). Needs root, like every testbed test, and the
 //! binary built by `cargo build -p weft-router --bin weft`.
 
-use std::io::{Read, Write};
 use std::net::Ipv4Addr;
-use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use weft_tests::router::{Router, fully_meshed, wait_for, wait_for_rings, workdir, write_secret};
+use weft_api::ClientError;
+use weft_api::blocking::Client;
+use weft_api::types::{AllocateRequest, ApiError, ErrorCode};
+use weft_tests::router::{
+    Router, fully_meshed, mesh_of_three_with, none_established_with, wait_for, wait_for_rings, workdir, write_secret,
+};
 use weft_tests::testbed_or_skip;
 
 const SECRET: &str = "correct horse battery staple";
@@ -31,29 +33,21 @@ fn allocation_works_across_a_partition_with_clear_errors_and_the_mesh_heals_in_s
     let secret = write_secret(dir.path(), "secret", SECRET);
     // 62 addresses, about 20 a router: h1 runs out after about 20 allocations.
     let seed = ["--ipalloc-range", "10.44.0.0/26", "--ipalloc-init", "seed=h1,h2,h3"];
-    let h1 = Router::launch_with(tb.host(1), dir.path(), &secret, &[], &seed);
-    let h2 = Router::launch_with(tb.host(2), dir.path(), &secret, &[tb.host(1)], &seed);
-    let h3 = Router::launch_with(tb.host(3), dir.path(), &secret, &[tb.host(1)], &seed);
+    let [h1, h2, h3] = mesh_of_three_with(&tb, dir.path(), &secret, &seed);
     let routers = [&h1, &h2, &h3];
-    wait_for(
-        &routers,
-        Duration::from_secs(30),
-        "all three routers to be established",
-        fully_meshed,
-    );
     let names: Vec<String> = routers.iter().map(|r| r.status().unwrap().name).collect();
     wait_for_rings(&routers, Duration::from_secs(30), "one ring of three owners", |ring| {
         ring.owners.len() == 3
     });
 
     // Before the cut: an address h2 holds, and a free one in h3's space.
-    let taken = ip_of(&h2.allocate("held-on-h2"));
+    let taken = h2.allocate_net("held-on-h2").addr();
     let before = h1.ring();
     let h3_free = before
         .ranges
         .iter()
         .filter(|(_, _, owner)| *owner == names[2])
-        .map(|(_, last, _)| ip_of(last))
+        .map(|(_, last, _)| last.parse::<Ipv4Addr>().unwrap_or_else(|err| panic!("{last}: {err}")))
         .map(|last| {
             if last.octets()[3] == 63 {
                 Ipv4Addr::from(u32::from(last) - 1)
@@ -70,7 +64,7 @@ fn allocation_works_across_a_partition_with_clear_errors_and_the_mesh_heals_in_s
         &[&h1, &h2],
         Duration::from_secs(40),
         "h1 and h2 to drop the cut-off h3",
-        |s| s.iter().all(|status| !status.established().contains(names[2].as_str())),
+        none_established_with(&names[2]),
     );
     eprintln!("h1 and h2 dropped h3 {:?} after the cut", cut.elapsed());
 
@@ -78,7 +72,7 @@ fn allocation_works_across_a_partition_with_clear_errors_and_the_mesh_heals_in_s
     let mut donated = None;
     for i in 0..40 {
         let start = Instant::now();
-        let addr = ip_of(&h1.allocate(&format!("pod-{i}")));
+        let addr = h1.allocate_net(&format!("pod-{i}")).addr();
         let took = start.elapsed();
         assert!(
             took <= WITHIN,
@@ -99,17 +93,17 @@ fn allocation_works_across_a_partition_with_clear_errors_and_the_mesh_heals_in_s
 
     // A claim in h3's space: unavailable, naming h3, at once.
     let start = Instant::now();
-    let (status, reply) = allocate_ip(h1.api_socket(), "claim-on-h3", h3_free);
+    let (status, error) = refused_claim(&h1, "claim-on-h3", h3_free);
     let took = start.elapsed();
-    eprintln!("claim of {h3_free} (h3's) answered {status} in {took:?}: {reply}");
-    assert_eq!(code_of(&reply), "unavailable", "{reply}");
-    assert!(reply.contains(&names[2]), "names h3 ({}): {reply}", names[2]);
+    eprintln!("claim of {h3_free} (h3's) answered {status} in {took:?}: {error:?}");
+    assert_eq!(error.code, ErrorCode::Unavailable, "{error:?}");
+    assert!(error.error.contains(&names[2]), "names h3 ({}): {error:?}", names[2]);
     assert!(took <= WITHIN, "took {took:?}");
 
     // A claim of an address h2 allocated: in use, not unavailable.
-    let (status, reply) = allocate_ip(h1.api_socket(), "claim-on-h2", taken);
-    eprintln!("claim of {taken} (held on h2) answered {status}: {reply}");
-    assert_eq!(code_of(&reply), "in_use", "{reply}");
+    let (status, error) = refused_claim(&h1, "claim-on-h2", taken);
+    eprintln!("claim of {taken} (held on h2) answered {status}: {error:?}");
+    assert_eq!(error.code, ErrorCode::InUse, "{error:?}");
 
     let cut_for = cut.elapsed();
     tb.restore(3).unwrap();
@@ -125,39 +119,26 @@ fn allocation_works_across_a_partition_with_clear_errors_and_the_mesh_heals_in_s
     assert!(healed <= HEAL_WITHIN, "healed after {healed:?}");
 }
 
-/// The address of `weft ipam allocate`'s CIDR output.
-fn ip_of(cidr: &str) -> Ipv4Addr {
-    let addr = cidr.split('/').next().unwrap_or(cidr);
-    addr.parse().unwrap_or_else(|err| panic!("{cidr}: {err}"))
-}
-
-/// `POST /v1/ipam/allocate` for `id` at `ip`, over the API socket: the HTTP status line and the body.
-fn allocate_ip(socket: &Path, id: &str, ip: Ipv4Addr) -> (String, String) {
-    let body = format!(r#"{{"id":"{id}","iface":"eth0","ip":"{ip}"}}"#);
-    let request = format!(
-        "POST /v1/ipam/allocate HTTP/1.1\r\nHost: weft\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let mut stream = UnixStream::connect(socket).unwrap_or_else(|err| panic!("{}: {err}", socket.display()));
-    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).unwrap();
-    let status = reply.lines().next().unwrap_or_default().to_owned();
-    let body = match (reply.find('{'), reply.rfind('}')) {
-        (Some(a), Some(b)) if a < b => reply[a..=b].to_owned(),
-        _ => panic!("no JSON in the reply: {reply:?}"),
+/// `POST /v1/ipam/allocate` for `id` at `ip` on `router`, through the API's own client: the HTTP status and the
+/// error of the refusal it must be.
+///
+/// # Panics
+/// If the claim succeeds, or fails other than by the router's refusal.
+fn refused_claim(router: &Router<'_>, id: &str, ip: Ipv4Addr) -> (u16, ApiError) {
+    let client = Client::new(router.api_socket(), Instant::now() + Duration::from_secs(60));
+    let request = AllocateRequest {
+        ip: Some(ip.to_string()),
+        ..AllocateRequest::any(id)
     };
-    (status, body)
-}
-
-/// The `code` of an API error body.
-fn code_of(body: &str) -> String {
-    let value: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|err| panic!("not JSON ({err}): {body}"));
-    value
-        .get("code")
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or_else(|| panic!("no code in {body}"))
-        .to_owned()
+    match client.allocate(&request) {
+        Ok(reply) => panic!(
+            "the claim of {ip} as {id} on {} succeeded: {reply:?}",
+            router.nickname()
+        ),
+        Err(ClientError::Api { status, error }) => (status, error),
+        Err(err) => panic!(
+            "the claim of {ip} as {id} on {} was not refused by the router: {err}",
+            router.nickname()
+        ),
+    }
 }

@@ -7,7 +7,7 @@
 //! `cargo test --workspace` does). When a test fails, every router's log is printed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,9 +15,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use weft_tests::router::{
-    Launch, Router, fully_meshed, peer_addr, wait_for, wait_for_rings, weft_binary, workdir, write_secret,
+    Launch, Router, fully_meshed, mesh_of_three, mesh_of_three_with, none_established_with, peer_addr, wait_for,
+    wait_for_rings, weft_binary, workdir, write_secret,
 };
-use weft_tests::{Testbed, require_program, testbed_or_skip, wait_until};
+use weft_tests::{require_program, testbed_or_skip, wait_until};
 
 const SECRET: &str = "correct horse battery staple";
 const OTHER_SECRET: &str = "a different cluster entirely";
@@ -260,7 +261,7 @@ fn ipam_addresses_stay_unique_across_crash_and_partition() {
         &[&h1, &h2],
         Duration::from_secs(40),
         "h1 and h2 to drop the cut-off h3",
-        |s| s.iter().all(|status| !status.established().contains(h3_name.as_str())),
+        none_established_with(&h3_name),
     );
     for i in 3..6 {
         remember(h3.allocate(&format!("ctr-3-{i}")));
@@ -341,19 +342,11 @@ fn allocations_answered_before_a_crash_survive_it() {
         });
         // What the router has after the restart, before anyone allocates again (allocating a lost id again
         // would likely give it its old address back: the lowest free one).
-        let out = h1.cli(&["ipam", "allocations", "--json"]);
-        assert!(out.status.success(), "weft ipam allocations: {out:?}");
-        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let kept: BTreeMap<&str, &str> = list["allocations"]
-            .as_array()
-            .expect("a list of allocations")
-            .iter()
-            .map(|a| (a["id"].as_str().unwrap(), a["address"].as_str().unwrap()))
-            .collect();
+        let kept: BTreeMap<String, String> = h1.allocations().into_iter().collect();
         for (id, addr) in &answered {
             assert_eq!(
-                kept.get(id.as_str()),
-                Some(&addr.as_str()),
+                kept.get(id),
+                Some(addr),
                 "round {round}: {id} was answered, then lost in the crash"
             );
         }
@@ -458,8 +451,8 @@ fn reset_hands_ranges_over_and_removes_state() {
     let heirs: Vec<&Option<String>> = ring
         .reclaims
         .iter()
-        .filter(|(name, state, _)| *name == h3_name && state == "done")
-        .map(|(_, _, heir)| heir)
+        .filter(|(name, state, _, _)| *name == h3_name && state == "done")
+        .map(|(_, _, heir, _)| heir)
         .collect();
     let [Some(heir)] = heirs[..] else {
         panic!("h1's ring has no one finished reclaim of h3: {ring:#?}");
@@ -481,25 +474,6 @@ fn reset_hands_ranges_over_and_removes_state() {
         "h1 and h2 to stay established",
         fully_meshed,
     );
-}
-
-/// Launches routers on hosts 1-3 (2 and 3 given only host 1 as PEER) and waits until all three are established.
-fn mesh_of_three<'t>(tb: &'t Testbed, dir: &Path, secret: &Path) -> [Router<'t>; 3] {
-    mesh_of_three_with(tb, dir, secret, &[])
-}
-
-/// [`mesh_of_three`], with more `weft launch` options.
-fn mesh_of_three_with<'t>(tb: &'t Testbed, dir: &Path, secret: &Path, extra: &[&str]) -> [Router<'t>; 3] {
-    let h1 = Router::launch_with(tb.host(1), dir, secret, &[], extra);
-    let h2 = Router::launch_with(tb.host(2), dir, secret, &[tb.host(1)], extra);
-    let h3 = Router::launch_with(tb.host(3), dir, secret, &[tb.host(1)], extra);
-    wait_for(
-        &[&h1, &h2, &h3],
-        Duration::from_secs(30),
-        "all three routers to be established",
-        fully_meshed,
-    );
-    [h1, h2, h3]
 }
 
 /// `weft rmpeer h3` on h1 while h3 is only cut off (a real partition: its link is down), not dead. Both sides
@@ -533,7 +507,7 @@ fn forced_rmpeer_of_a_live_router_across_a_partition() {
         &[&h1, &h2],
         Duration::from_secs(40),
         "h1 and h2 to drop the cut-off h3",
-        |s| s.iter().all(|status| !status.established().contains(h3_name.as_str())),
+        none_established_with(&h3_name),
     );
     allocate(&h3, "pod-3-2".into(), &mut answered);
 
@@ -555,9 +529,10 @@ fn forced_rmpeer_of_a_live_router_across_a_partition() {
     );
     // h3 is not a voter on its own removal: h1 and h2 complete it during the cut.
     wait_until(Duration::from_secs(20), "h1 to take h3's ranges", || {
-        reclaims(&h1)
+        h1.ring()
+            .reclaims
             .iter()
-            .any(|(name, state, _)| *name == h3_name && state == "done")
+            .any(|(name, state, _, _)| *name == h3_name && state == "done")
     })
     .unwrap();
     allocate(&h3, "pod-3-3".into(), &mut answered);
@@ -669,45 +644,15 @@ fn bare(cidr: &str) -> &str {
     cidr.split('/').next().unwrap_or(cidr)
 }
 
-/// `(removed router, state, heir)` of each reclaim in `weft ipam --json`.
-fn reclaims(router: &Router<'_>) -> Vec<(String, String, Option<String>)> {
-    router.ring().reclaims
-}
-
 /// What must agree on every router: each range's owner, and each reclaim's state, heir and whether the removed
 /// router stopped (from `weft ipam --json`).
+fn ring_state(router: &Router<'_>) -> RingState {
+    let ring = router.ring();
+    (ring.ranges, ring.reclaims)
+}
+
+/// [`ring_state`]'s ranges (first, last, owner) and reclaims (removed router, state, heir, stopped).
 type RingState = (
     Vec<(String, String, String)>,
     Vec<(String, String, Option<String>, bool)>,
 );
-
-fn ring_state(router: &Router<'_>) -> RingState {
-    let out = router.cli(&["ipam", "--json"]);
-    assert!(
-        out.status.success(),
-        "weft ipam --json on {}: {out:?}",
-        router.nickname()
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("weft ipam --json prints JSON");
-    let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
-    let ranges = v["ranges"]
-        .as_array()
-        .expect("ranges")
-        .iter()
-        .map(|r| (text(r, "first"), text(r, "last"), text(r, "owner")))
-        .collect();
-    let reclaims = v["reclaims"]
-        .as_array()
-        .expect("reclaims")
-        .iter()
-        .map(|r| {
-            (
-                text(r, "name"),
-                text(r, "state"),
-                r["heir"].as_str().map(str::to_owned),
-                r["stopped"].as_bool().unwrap_or(false),
-            )
-        })
-        .collect();
-    (ranges, reclaims)
-}
