@@ -11,9 +11,9 @@
 //! (`weft launch PEER...`, `weft connect`) always, and routers it learned
 //! by gossip only until it holds `target_degree` connections; it accepts
 //! up to `conn_limit`. Changes are batched (`flush_interval`) and announced
-//! as `(name, version)` pairs to `fanout` random neighbours, which request
-//! the entries they lack from one announcer, so each entry version reaches
-//! each router about once; every `gossip_interval` a
+//! as `(name, version)` pairs to every neighbour (at most `fanout`), which
+//! request the entries they lack from one announcer, so each entry version
+//! reaches each router about once; every `gossip_interval` a
 //! router sends one random neighbour a summary hash, and only on mismatch do
 //! they exchange digests and then the missing entries. Steady-state cost is
 //! one small message per router per interval, whatever the mesh size.
@@ -59,8 +59,14 @@ pub struct Config {
     /// Changes are batched and pushed this often. Default 200 ms: a join
     /// storm costs one batch per window, not one message per change.
     pub flush_interval: Duration,
-    /// Neighbours each batch of changes is announced to (epidemic fanout);
-    /// anti-entropy catches whoever the push missed. Default 4.
+    /// Most neighbours each batch of changes is announced to, chosen at
+    /// random; anti-entropy catches whoever the push missed. Default
+    /// `usize::MAX`: every neighbour. An announcement is only `(name,
+    /// version)` pairs and the entries themselves still cross once per
+    /// router, so telling every neighbour costs little; with 4 of about 12,
+    /// a router all of whose neighbours passed it over waited for
+    /// anti-entropy, which made the tail of a heal (meshsim, 1,000 routers:
+    /// 6.5 s with 4, 4.5-5.0 s with 8, 2.0-2.5 s with all).
     pub fanout: usize,
     /// First retry delay after a failed dial; doubles up to `backoff_max`. Default 1 s.
     pub backoff_min: Duration,
@@ -75,7 +81,7 @@ impl Default for Config {
             target_degree: 8,
             gossip_interval: Duration::from_secs(3),
             flush_interval: Duration::from_millis(200),
-            fanout: 4,
+            fanout: usize::MAX,
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
         }
