@@ -1,8 +1,9 @@
 //! End-to-end test of ring creation by a quorum (`docs/control-plane.md`, "Ring creation by consensus") with the
-//! real `weft` binary on netns hosts: three routers launched with `--init-peer-count 3`, one of them cut off
-//! before the others can reach it (alive but silent, which no router can tell from dead). The other two create
-//! the ring after the quorum's wait and allocate; the silent one creates nothing while alone, and once it is
-//! reachable again it adopts the same ring and allocates from it, with no duplicate address.
+//! real `weft` binary on netns hosts: three routers launched with `--init-peer-count 3`, one of them silent:
+//! cut off before the others can reach it (alive, which no router can tell from dead), or killed after one of
+//! them met it and before it acked anything. The other two create the ring after the quorum's wait and
+//! allocate; the silent one creates nothing, and once it is back it adopts the same ring and allocates from it,
+//! with no duplicate address.
 //!
 //! Needs root, like every testbed test, and the binary built by `cargo build -p weft-router --bin weft`.
 
@@ -73,6 +74,78 @@ fn a_quorum_creates_the_ring_without_a_silent_member_which_adopts_it_later() {
         "h3 adopted the ring {:?} after it was reachable again",
         restored.elapsed()
     );
+    wait_until(Duration::from_secs(30), "h3 to allocate", || {
+        h3.status().is_ok_and(|s| s.ipam.problem.is_none())
+    })
+    .unwrap();
+    addrs.extend([&h1, &h2, &h3].iter().map(|r| r.allocate("after")));
+    let unique: BTreeSet<&String> = addrs.iter().collect();
+    assert_eq!(unique.len(), addrs.len(), "duplicate addresses: {addrs:?}");
+}
+
+/// A member that dies before it acks (issue 21: it used to stall ring creation until it came back). h3 meets h1,
+/// so h1 knows it by name, and is killed (SIGKILL) while no proposal exists yet (two of three routers known, the
+/// quorum's wait not over); then h2 launches. h1 and h2 create the ring by a quorum after the wait, without h3;
+/// h3, started again from its own record, adopts that ring and allocates from it, with no duplicate address.
+#[test]
+fn a_member_killed_before_it_acks_does_not_stall_the_ring_and_adopts_it_when_back() {
+    let tb = testbed_or_skip!(3);
+    let dir = workdir();
+    let secret = write_secret(dir.path(), "secret", SECRET);
+    let count = ["--init-peer-count", "3"];
+
+    let mut h3 = Router::launch_with(tb.host(3), dir.path(), &secret, &[tb.host(1), tb.host(2)], &count);
+    let h1 = Router::launch_with(tb.host(1), dir.path(), &secret, &[tb.host(2), tb.host(3)], &count);
+    let met = Instant::now();
+    wait_for(
+        &[&h1, &h3],
+        Duration::from_secs(8),
+        "h1 and h3 to be established",
+        fully_meshed,
+    );
+    // Before the quorum's wait (10 s after two routers reach each other) runs out, nothing is proposed: no ring.
+    let before = h1.status().unwrap();
+    assert!(
+        before.ipam.owned == 0 && before.ipam.problem.is_some(),
+        "h1 has a ring before the third member came: {:#?}",
+        before.json
+    );
+    h3.kill();
+    eprintln!("h3 killed {:?} after meeting h1", met.elapsed());
+
+    let start = Instant::now();
+    let h2 = Router::launch_with(tb.host(2), dir.path(), &secret, &[tb.host(1), tb.host(3)], &count);
+    wait_for(
+        &[&h1, &h2],
+        Duration::from_secs(30),
+        "h1 and h2 to be established",
+        fully_meshed,
+    );
+    let quorum: BTreeSet<String> = [&h1, &h2].iter().map(|r| r.status().unwrap().name).collect();
+    wait_for_rings(
+        &[&h1, &h2],
+        Duration::from_secs(40),
+        "h1 and h2 to create the ring without the dead h3",
+        |ring| ring.owners == quorum,
+    );
+    eprintln!("ring of h1 and h2 {:?} after h2's launch, h3 dead", start.elapsed());
+    let mut addrs: Vec<String> = [&h1, &h2].iter().map(|r| r.allocate("before")).collect();
+
+    h3.start();
+    let back = Instant::now();
+    wait_for(
+        &[&h1, &h2, &h3],
+        Duration::from_secs(30),
+        "h3, started again, to be established with h1 and h2",
+        fully_meshed,
+    );
+    wait_for_rings(
+        &[&h1, &h2, &h3],
+        Duration::from_secs(60),
+        "h3, started again, to adopt the ring of h1 and h2",
+        |ring| quorum.is_subset(&ring.owners),
+    );
+    eprintln!("h3 adopted the ring {:?} after it started again", back.elapsed());
     wait_until(Duration::from_secs(30), "h3 to allocate", || {
         h3.status().is_ok_and(|s| s.ipam.problem.is_none())
     })
