@@ -42,15 +42,7 @@ fn a_quorum_creates_the_ring_without_a_silent_member_which_adopts_it_later() {
         assert!(problems.iter().flatten().any(|p| p.contains("quorum")), "{problems:?}");
     }
 
-    let quorum: BTreeSet<String> = [&h1, &h2].iter().map(|r| r.status().unwrap().name).collect();
-    wait_for_rings(
-        &[&h1, &h2],
-        Duration::from_secs(40),
-        "h1 and h2 to create the ring",
-        |ring| ring.owners == quorum,
-    );
-    eprintln!("ring of h1 and h2 {:?} after launch, without h3", start.elapsed());
-    let mut addrs: Vec<String> = [&h1, &h2].iter().map(|r| r.allocate("before")).collect();
+    let (quorum, addrs) = ring_of_two(&h1, &h2, start, "after launch, without h3");
 
     // h3, alone, has made no ring of its own.
     let alone = h3.status().unwrap();
@@ -62,25 +54,13 @@ fn a_quorum_creates_the_ring_without_a_silent_member_which_adopts_it_later() {
 
     tb.restore(3).unwrap();
     let restored = Instant::now();
-    // Equal rings on all three: h3 merged the ring of h1 and h2 (a ring of another origin is refused, so the
-    // rings would differ). h3 may own space by now, given to it for its host address.
-    wait_for_rings(
-        &[&h1, &h2, &h3],
-        Duration::from_secs(60),
-        "h3 to adopt the ring of h1 and h2",
-        |ring| quorum.is_subset(&ring.owners),
+    third_adopts_and_allocates(
+        [&h1, &h2, &h3],
+        &quorum,
+        addrs,
+        restored,
+        "after it was reachable again",
     );
-    eprintln!(
-        "h3 adopted the ring {:?} after it was reachable again",
-        restored.elapsed()
-    );
-    wait_until(Duration::from_secs(30), "h3 to allocate", || {
-        h3.status().is_ok_and(|s| s.ipam.problem.is_none())
-    })
-    .unwrap();
-    addrs.extend([&h1, &h2, &h3].iter().map(|r| r.allocate("after")));
-    let unique: BTreeSet<&String> = addrs.iter().collect();
-    assert_eq!(unique.len(), addrs.len(), "duplicate addresses: {addrs:?}");
 }
 
 /// A member that dies before it acks (issue 21: it used to stall ring creation until it came back). h3 meets h1,
@@ -121,15 +101,7 @@ fn a_member_killed_before_it_acks_does_not_stall_the_ring_and_adopts_it_when_bac
         "h1 and h2 to be established",
         fully_meshed,
     );
-    let quorum: BTreeSet<String> = [&h1, &h2].iter().map(|r| r.status().unwrap().name).collect();
-    wait_for_rings(
-        &[&h1, &h2],
-        Duration::from_secs(40),
-        "h1 and h2 to create the ring without the dead h3",
-        |ring| ring.owners == quorum,
-    );
-    eprintln!("ring of h1 and h2 {:?} after h2's launch, h3 dead", start.elapsed());
-    let mut addrs: Vec<String> = [&h1, &h2].iter().map(|r| r.allocate("before")).collect();
+    let (quorum, addrs) = ring_of_two(&h1, &h2, start, "after h2's launch, h3 dead");
 
     h3.start();
     let back = Instant::now();
@@ -139,18 +111,46 @@ fn a_member_killed_before_it_acks_does_not_stall_the_ring_and_adopts_it_when_bac
         "h3, started again, to be established with h1 and h2",
         fully_meshed,
     );
+    third_adopts_and_allocates([&h1, &h2, &h3], &quorum, addrs, back, "after it started again");
+}
+
+/// Waits until `a` and `b` hold a ring of the two of them alone, printing how long after `since` (`when`), and
+/// allocates one address on each: the ring's owners, and those addresses.
+fn ring_of_two(a: &Router<'_>, b: &Router<'_>, since: Instant, when: &str) -> (BTreeSet<String>, Vec<String>) {
+    let quorum: BTreeSet<String> = [a, b].iter().map(|r| r.status().unwrap().name).collect();
     wait_for_rings(
-        &[&h1, &h2, &h3],
+        &[a, b],
+        Duration::from_secs(40),
+        "the two to create the ring without the third",
+        |ring| ring.owners == quorum,
+    );
+    eprintln!("ring of the two {:?} {when}", since.elapsed());
+    let addrs = [a, b].iter().map(|r| r.allocate("before")).collect();
+    (quorum, addrs)
+}
+
+/// The third router, back since `since` (`when`), adopts the ring of `quorum` (equal rings on all three: a ring
+/// of another origin is refused, so they would differ; it may own space by now, given to it for its host
+/// address) and allocates; one more address on each, and none of them, nor of `addrs`, is handed out twice.
+fn third_adopts_and_allocates(
+    routers: [&Router<'_>; 3],
+    quorum: &BTreeSet<String>,
+    mut addrs: Vec<String>,
+    since: Instant,
+    when: &str,
+) {
+    wait_for_rings(
+        &routers,
         Duration::from_secs(60),
-        "h3, started again, to adopt the ring of h1 and h2",
+        "the third to adopt the ring of the two",
         |ring| quorum.is_subset(&ring.owners),
     );
-    eprintln!("h3 adopted the ring {:?} after it started again", back.elapsed());
-    wait_until(Duration::from_secs(30), "h3 to allocate", || {
-        h3.status().is_ok_and(|s| s.ipam.problem.is_none())
+    eprintln!("the third adopted the ring {:?} {when}", since.elapsed());
+    wait_until(Duration::from_secs(30), "the third to allocate", || {
+        routers[2].status().is_ok_and(|s| s.ipam.problem.is_none())
     })
     .unwrap();
-    addrs.extend([&h1, &h2, &h3].iter().map(|r| r.allocate("after")));
+    addrs.extend(routers.iter().map(|r| r.allocate("after")));
     let unique: BTreeSet<&String> = addrs.iter().collect();
     assert_eq!(unique.len(), addrs.len(), "duplicate addresses: {addrs:?}");
 }
