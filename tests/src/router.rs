@@ -159,21 +159,30 @@ impl<'t> Router<'t> {
             .unwrap()
     }
 
+    /// [`Router::cli`] that must succeed: what it printed on standard output.
+    ///
+    /// # Panics
+    /// If `weft` fails; the message has both outputs.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "weft {} on {} ({}): {stdout}{}",
+            args.join(" "),
+            self.nickname,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
     /// `weft ipam allocate ID`: the address in CIDR form, the only line it prints.
     ///
     /// # Panics
     /// If the allocation fails or prints anything else.
     pub fn allocate(&self, id: &str) -> String {
-        let out = self.cli(&["ipam", "allocate", id]);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "weft ipam allocate {id} on {} ({}): {}{}",
-            self.nickname,
-            out.status,
-            stdout,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let stdout = self.cli_ok(&["ipam", "allocate", id]);
         let lines: Vec<&str> = stdout.lines().collect();
         assert_eq!(lines.len(), 1, "allocate prints one line: {stdout:?}");
         lines[0].to_owned()
@@ -221,15 +230,7 @@ impl<'t> Router<'t> {
     /// # Panics
     /// If `weft ipam --json` fails or prints something else.
     pub fn ring(&self) -> Ring {
-        let out = self.cli(&["ipam", "--json"]);
-        assert!(
-            out.status.success(),
-            "weft ipam --json on {} ({}): {}",
-            self.nickname,
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ring::parse(&String::from_utf8_lossy(&out.stdout))
+        Ring::parse(&self.cli_ok(&["ipam", "--json"]))
     }
 
     /// `weft ipam allocations --json`: (id, address) of each allocation on this router, in the order it lists
@@ -238,15 +239,7 @@ impl<'t> Router<'t> {
     /// # Panics
     /// If the command fails or prints something else.
     pub fn allocations(&self) -> Vec<(String, String)> {
-        let out = self.cli(&["ipam", "allocations", "--json"]);
-        let json = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "weft ipam allocations --json on {} ({}): {json}{}",
-            self.nickname,
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let json = self.cli_ok(&["ipam", "allocations", "--json"]);
         let value: Value = serde_json::from_str(&json)
             .unwrap_or_else(|err| panic!("weft ipam allocations --json is not JSON ({err}): {json}"));
         let must = |v: &Value, k: &str| {
