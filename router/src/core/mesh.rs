@@ -840,7 +840,11 @@ impl Mesh {
         if self.pending.is_empty() {
             return;
         }
-        let pending = std::mem::take(&mut self.pending);
+        // Looked up once for the batch, not once per neighbour.
+        let pending: Vec<(PeerName, u64, Option<PeerName>)> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .filter_map(|(name, from)| self.topo.get(name).map(|e| (e.name, e.version, from)))
+            .collect();
         let mut targets: Vec<PeerName> = self.conns.keys().copied().collect();
         while targets.len() > self.cfg.fanout {
             let k = self.rng.random_range(0..targets.len());
@@ -849,8 +853,8 @@ impl Mesh {
         for n in targets {
             let versions: Vec<(PeerName, u64)> = pending
                 .iter()
-                .filter(|(_, from)| **from != Some(n))
-                .filter_map(|(name, _)| self.topo.get(*name).map(|e| (e.name, e.version)))
+                .filter(|(_, _, from)| *from != Some(n))
+                .map(|(name, version, _)| (*name, *version))
                 .collect();
             if !versions.is_empty() {
                 self.transmits.push_back((n, Message::Announce(versions)));
