@@ -211,7 +211,7 @@ mod ring;
 mod space;
 
 pub use codec::{DecodeError, MAX_ENCODED_LEN};
-pub use delta::{Delta, Snapshot, Stamp};
+pub use delta::{Delta, MAX_BUCKETS, Snapshot, Stamp};
 pub use peer::{ParsePeerNameError, PeerName};
 pub use pool::{AddrRange, Pool, PoolError};
 pub use replica::{

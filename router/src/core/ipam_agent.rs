@@ -27,15 +27,19 @@
 //! **Gossip.** Changes are announced, batched over [`BATCH`], as the stamps
 //! of the changed entries (`Have`) to [`FANOUT`] neighbours in turn; each
 //! pulls what is newer there once (`Pull`, answered by a [`Delta`]) and
-//! announces in turn, so a change crosses each router once. Free-count-only
-//! changes wait up to [`FREE_COUNTS_EVERY`]. The whole ring goes to every
+//! announces in turn, so a change crosses each router once. Changes of
+//! this router's own free counts alone wait up to [`FREE_COUNTS_EVERY`];
+//! what it merged from others is passed on after [`BATCH`]. The whole ring goes to every
 //! neighbour when the reclaim records changed (votes travel only with the
 //! voter's whole state: `ipam-crdt`'s `delta` module says why), and to a
 //! router that could not place a delta even when pulled again
 //! ([`REPULL_AFTER`]). A new neighbour gets our ring hash; every
 //! [`SUMMARY_EVERY`] a hash goes to one neighbour in turn; a differing hash
-//! is answered with a digest of stamps, from which both sides pull what they
-//! lack, which repairs anything a lost announcement left out.
+//! is answered with a digest of stamps (for a large ring, bucket sums first,
+//! and then the stamps of the buckets that differ), from which both sides
+//! pull what they lack, which repairs anything a lost announcement left
+//! out. A router without a ring asks one neighbour at a time for it, and
+//! one that adopted a ring does not pass it on whole.
 //!
 //! **Creating the ring.** From a seed list once every name resolves, or by
 //! the consensus of `docs/control-plane.md` (`--init-peer-count`): proposals,
@@ -71,8 +75,8 @@ use std::time::Duration;
 
 use blake2::{Blake2s256, Digest};
 use ipam_crdt::{
-    AllocError, AllocKey, Allocation, Delta, DonateError, MergeError, MergeOutcome, PeerName, Pool, ReclaimError,
-    ReclaimStatus, Replica, Request, Ring, Snapshot, Stamp, Want,
+    AllocError, AllocKey, Allocation, Delta, DonateError, MAX_BUCKETS, MergeError, MergeOutcome, PeerName, Pool,
+    ReclaimError, ReclaimStatus, Replica, Request, Ring, Snapshot, Stamp, Want,
 };
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -85,10 +89,12 @@ use super::topology::{IpamInit, PeerEntry, Topology};
 /// Ring changes are announced at most this often.
 pub const BATCH: Duration = Duration::from_millis(200);
 
-/// Changes of free counts alone (allocations, releases) are announced at
-/// most this often: other routers use them only to choose a donor, and at
-/// 1,000 routers announcing each allocation at once would make every
-/// allocation cross the whole mesh. Ownership changes go out after [`BATCH`].
+/// Changes of this router's own free counts alone (its allocations and
+/// releases) are announced at most this often: other routers use them only
+/// to choose a donor, and at 1,000 routers announcing each allocation at
+/// once would make every allocation cross the whole mesh. Ownership
+/// changes, and whatever was merged from other routers, go out after
+/// [`BATCH`], so a change waits once at its origin, not at every hop.
 pub const FREE_COUNTS_EVERY: Duration = Duration::from_secs(5);
 
 /// How often a ring summary goes to one neighbour.
@@ -118,6 +124,15 @@ pub const FOREIGN_PERSIST_EVERY: Duration = Duration::from_secs(1);
 /// summary, the tail of a heal (meshsim, 1,000 routers: rings agreed 4.0-6.0 s
 /// after it with 4, 1.5-2.0 s with 8, for 7-10 % more IPAM bytes).
 pub const FANOUT: usize = 8;
+
+/// Rings of at most this many entries answer a differing summary with
+/// every entry's stamp ([`IpamMsg::Digest`], under a kilobyte); larger ones
+/// with bucket sums first ([`IpamMsg::Buckets`]).
+pub const DIGEST_WHOLE: usize = 64;
+
+/// How long a router without a ring waits for the neighbour it asked before
+/// it asks another ([`IpamMsg::WantRing`]).
+pub const RING_ASK_EVERY: Duration = Duration::from_secs(1);
 
 /// How long an entry pulled from one neighbour is not pulled from another.
 pub const PULL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -202,6 +217,35 @@ pub enum IpamMsg {
     },
     /// Send your whole ring (the sender has none, or could not place a delta).
     WantRing,
+    /// In answer to a [`IpamMsg::Summary`] that differs, when the ring is
+    /// too large for a [`IpamMsg::Digest`] to be cheap: one sum per bucket
+    /// of entries ([`Ring::bucket_sums`]). The other side asks for the
+    /// entries of the buckets that differ ([`IpamMsg::WantPart`]), or sends
+    /// its whole ring if none does (the reclaim records or members differ).
+    Buckets {
+        /// The sender's ring hash.
+        hash: u64,
+        /// The sums, as many as the buckets (at most [`MAX_BUCKETS`]).
+        sums: Vec<u64>,
+    },
+    /// Send the stamps of your entries in these buckets ([`IpamMsg::Part`]).
+    WantPart {
+        /// How many buckets the pool was split into.
+        count: u16,
+        /// The buckets whose sums differed.
+        buckets: Vec<u16>,
+    },
+    /// The stamps of the entries in some buckets, in answer to
+    /// [`IpamMsg::WantPart`]: pull what is newer, announce what is older,
+    /// as for a [`IpamMsg::Digest`] of those buckets.
+    Part {
+        /// How many buckets the pool was split into.
+        count: u16,
+        /// The buckets listed, those whose sums differed.
+        buckets: Vec<u16>,
+        /// The sender's entries in those buckets, in token order.
+        stamps: Vec<Stamp>,
+    },
 }
 
 /// Ring state inside a [`IpamMsg::Gave`].
@@ -265,7 +309,10 @@ impl IpamMsg {
             | Self::Have(_)
             | Self::Pull(_)
             | Self::Digest { .. }
-            | Self::WantRing => None,
+            | Self::WantRing
+            | Self::Buckets { .. }
+            | Self::WantPart { .. }
+            | Self::Part { .. } => None,
         }
     }
 
@@ -286,6 +333,9 @@ impl IpamMsg {
             Self::Pull(_) => "pull",
             Self::Digest { .. } => "digest",
             Self::WantRing => "want_ring",
+            Self::Buckets { .. } => "buckets",
+            Self::WantPart { .. } => "want_part",
+            Self::Part { .. } => "part",
         }
     }
 
@@ -702,6 +752,16 @@ pub struct Agent {
     announce_at: Option<Time>,
     /// The ring as last announced: the base of the next delta.
     announced: Option<Snapshot>,
+    /// Without a ring: the neighbour last asked for one, and when.
+    ring_asked: Option<(PeerName, Time)>,
+    /// The entries that may have changed since the last announcement, when
+    /// only deltas merged from other routers changed the ring; `None` when
+    /// anything else may have (then the whole ring is compared).
+    since_announced: Option<BTreeSet<u128>>,
+    /// Entry stamps each neighbour showed it has since the last
+    /// announcement (it announced them, or pulled them from us): it is not
+    /// told of them again, and the [`FANOUT`] goes to those that may lack them.
+    told: BTreeMap<PeerName, BTreeMap<u128, (u32, u64)>>,
     /// When the last announcement went out.
     announced_at: Time,
     /// Rotates which neighbours hear the next announcement.
@@ -794,6 +854,9 @@ impl Agent {
             hash: None,
             announce_at: None,
             announced: None,
+            ring_asked: None,
+            told: BTreeMap::new(),
+            since_announced: None,
             announced_at: now,
             announce_turn: 0,
             pulled: BTreeMap::new(),
@@ -939,6 +1002,7 @@ impl Agent {
         self.foreign_since = None;
         self.hash = None;
         self.announced = None;
+        self.since_announced = None;
         init_undone
     }
 
@@ -1077,6 +1141,16 @@ impl Agent {
             self.retry_unreachable(now);
             return;
         }
+        // A neighbour's topology entry says it has a ring: ask it (the
+        // ring's creator sends it to its neighbours, and routers that adopt
+        // it do not pass it on whole).
+        if let Some(e) = topo
+            .entries()
+            .find(|e| e.ipam.has_ring && self.neighbours.contains(&e.name))
+        {
+            let peer = e.name;
+            self.ask_for_ring(peer);
+        }
         if let Some(file) = &self.lost {
             // Never create a ring: adopt the mesh's, which holds our ranges.
             self.waiting_for = Some(NoRing::StateLost { file: file.clone() });
@@ -1122,6 +1196,7 @@ impl Agent {
     /// A neighbour went away.
     pub fn neighbour_down(&mut self, peer: PeerName) {
         self.neighbours.remove(&peer);
+        self.told.remove(&peer);
     }
 
     /// Allocates for `key`, or parks the request (see [`Progress`]).
@@ -1240,9 +1315,19 @@ impl Agent {
             IpamMsg::Ring(bytes) => self.handle_ring(now, from, &bytes),
             IpamMsg::Summary(hash) => match self.ring_hash() {
                 Some(mine) if mine != hash => {
-                    let stamps = self.replica.ring().expect("hashed above").stamps();
-                    self.out
-                        .push_back((Dest::Neighbour(from), IpamMsg::Digest { hash: mine, stamps }));
+                    let ring = self.replica.ring().expect("hashed above");
+                    let msg = if ring.len() <= DIGEST_WHOLE {
+                        IpamMsg::Digest {
+                            hash: mine,
+                            stamps: ring.stamps(),
+                        }
+                    } else {
+                        IpamMsg::Buckets {
+                            hash: mine,
+                            sums: ring.bucket_sums(ring.digest_buckets()),
+                        }
+                    };
+                    self.out.push_back((Dest::Neighbour(from), msg));
                 }
                 Some(_) => {}
                 // It has a ring and we have none (our request for it was
@@ -1250,6 +1335,9 @@ impl Agent {
                 None => self.ask_for_ring(from),
             },
             IpamMsg::Digest { hash, stamps } => self.handle_digest(now, from, hash, &stamps),
+            IpamMsg::Buckets { hash, sums } => self.handle_buckets(from, hash, &sums),
+            IpamMsg::WantPart { count, buckets } => self.handle_want_part(from, count, &buckets),
+            IpamMsg::Part { count, buckets, stamps } => self.handle_part(now, from, count, &buckets, &stamps),
             IpamMsg::WantRing => {
                 if let Some(ring) = self.replica.ring() {
                     self.out
@@ -1276,6 +1364,11 @@ impl Agent {
             IpamMsg::Pull(tokens) => {
                 if let Some(ring) = self.replica.ring() {
                     let delta = ring.delta_of(&tokens);
+                    let told = self.told.entry(from).or_default();
+                    for s in delta.stamps() {
+                        let st = told.entry(s.token).or_default();
+                        *st = (*st).max((s.epoch, s.version));
+                    }
                     self.out
                         .push_back((Dest::Neighbour(from), IpamMsg::Delta(delta.encode())));
                 }
@@ -1322,8 +1415,9 @@ impl Agent {
         }
         if self.announce_at.is_some_and(|t| t <= now) {
             self.announce_at = None;
-            let free_counts_only = match (self.replica.ring(), &self.announced) {
-                (Some(ring), Some(base)) => !ring.owners_changed_since(base),
+            // Changes merged from others alone go on at once.
+            let free_counts_only = match (self.replica.ring(), &self.announced, &self.since_announced) {
+                (Some(ring), Some(base), None) => !ring.changed_beyond_own_free_counts(base, self.me),
                 _ => false,
             };
             let due = self.announced_at + FREE_COUNTS_EVERY;
@@ -1777,7 +1871,7 @@ impl Agent {
         match self.replica.merge(&ring) {
             Ok(out) => {
                 if out.changed {
-                    self.merged(now, &out, reclaims);
+                    self.merged(now, &out, reclaims, None);
                     self.events.push_back(Event::Merged {
                         gained: out.gained.len(),
                         reclaimed: out.reclaimed,
@@ -1785,6 +1879,11 @@ impl Agent {
                     self.retry_unreachable(now);
                 }
                 if !had_ring {
+                    // The ring came from the mesh: announce what changes
+                    // from here on, not the whole ring to every neighbour,
+                    // which has it or hears of it the way this router did.
+                    self.announced = Some(ring.snapshot());
+                    self.ring_asked = None;
                     if let Some(file) = self.lost.take() {
                         self.events.push_back(Event::Recovered {
                             file,
@@ -1920,7 +2019,8 @@ impl Agent {
         match self.replica.merge_delta(&delta) {
             Ok(out) => {
                 if out.changed {
-                    self.merged(now, &out, reclaims);
+                    let tokens: Vec<u128> = delta.stamps().map(|s| s.token).collect();
+                    self.merged(now, &out, reclaims, Some(&tokens));
                     self.events.push_back(Event::Merged {
                         gained: out.gained.len(),
                         reclaimed: out.reclaimed.clone(),
@@ -1973,6 +2073,11 @@ impl Agent {
             self.ask_for_ring(from);
             return;
         };
+        let told = self.told.entry(from).or_default();
+        for s in stamps {
+            let st = told.entry(s.token).or_default();
+            *st = (*st).max((s.epoch, s.version));
+        }
         let mut want = Vec::new();
         for s in ring.newer_elsewhere(stamps) {
             let asked = self
@@ -1989,8 +2094,20 @@ impl Agent {
         }
     }
 
-    /// Asks `peer` for its whole ring.
+    /// Asks `peer` for its whole ring. A router without one asks one
+    /// neighbour at a time ([`RING_ASK_EVERY`]), not every neighbour that
+    /// connects or sends a summary: each would answer with the whole ring.
     fn ask_for_ring(&mut self, peer: PeerName) {
+        if self.replica.ring().is_none() {
+            let now = self.clock;
+            if let Some((asked, at)) = self.ring_asked
+                && self.neighbours.contains(&asked)
+                && now.since(at) < RING_ASK_EVERY
+            {
+                return;
+            }
+            self.ring_asked = Some((peer, now));
+        }
         self.out.push_back((Dest::Neighbour(peer), IpamMsg::WantRing));
     }
 
@@ -2005,19 +2122,100 @@ impl Agent {
         };
         let want: Vec<Stamp> = ring.newer_elsewhere(stamps).copied().collect();
         let ours = ring.newer_here(stamps);
-        if !want.is_empty() {
-            for s in &want {
-                self.pulled.insert(s.token, ((s.epoch, s.version), now));
-            }
-            let tokens = want.iter().map(|s| s.token).collect();
-            self.out.push_back((Dest::Neighbour(from), IpamMsg::Pull(tokens)));
-        }
+        self.pull(now, from, &want);
         if !ours.is_empty() {
             self.out.push_back((Dest::Neighbour(from), IpamMsg::Have(ours)));
         } else if want.is_empty() && self.ring_hash().is_some_and(|mine| mine != hash) {
             let ring = self.replica.ring().expect("checked above").encode();
             self.out.push_back((Dest::Neighbour(from), IpamMsg::Ring(ring)));
         }
+    }
+
+    /// `from`'s bucket sums, sent because our ring hashes differ: ask for
+    /// its entries of the buckets whose sums differ, or send the whole ring
+    /// if none does (then the reclaim records or the members differ, and
+    /// records travel only in whole rings).
+    fn handle_buckets(&mut self, from: PeerName, hash: u64, sums: &[u64]) {
+        let Some(count) = u16::try_from(sums.len()).ok().filter(|c| (1..=MAX_BUCKETS).contains(c)) else {
+            self.events.push_back(Event::Malformed { from });
+            return;
+        };
+        let Some(ring) = self.replica.ring() else {
+            self.ask_for_ring(from);
+            return;
+        };
+        let differ: BTreeSet<u16> = ring
+            .bucket_sums(count)
+            .iter()
+            .zip(sums)
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .map(|(i, _)| u16::try_from(i).expect("at most MAX_BUCKETS"))
+            .collect();
+        if differ.is_empty() {
+            if self.ring_hash().is_some_and(|mine| mine != hash) {
+                let ring = self.replica.ring().expect("checked above").encode();
+                self.out.push_back((Dest::Neighbour(from), IpamMsg::Ring(ring)));
+            }
+            return;
+        }
+        self.out.push_back((
+            Dest::Neighbour(from),
+            IpamMsg::WantPart {
+                count,
+                buckets: differ.into_iter().collect(),
+            },
+        ));
+    }
+
+    /// `from` asks for the stamps of our entries in `buckets` (of `count`).
+    fn handle_want_part(&mut self, from: PeerName, count: u16, buckets: &[u16]) {
+        let Some(buckets) = valid_buckets(count, buckets) else {
+            self.events.push_back(Event::Malformed { from });
+            return;
+        };
+        if let Some(ring) = self.replica.ring() {
+            let stamps = ring.stamps_in(count, &buckets);
+            self.out.push_back((
+                Dest::Neighbour(from),
+                IpamMsg::Part {
+                    count,
+                    buckets: buckets.into_iter().collect(),
+                    stamps,
+                },
+            ));
+        }
+    }
+
+    /// `from`'s entries of the buckets whose sums differed: pull what is
+    /// newer there, announce to it what is newer here.
+    fn handle_part(&mut self, now: Time, from: PeerName, count: u16, buckets: &[u16], stamps: &[Stamp]) {
+        let Some(buckets) = valid_buckets(count, buckets) else {
+            self.events.push_back(Event::Malformed { from });
+            return;
+        };
+        let Some(ring) = self.replica.ring() else {
+            self.ask_for_ring(from);
+            return;
+        };
+        let want: Vec<Stamp> = ring.newer_elsewhere(stamps).copied().collect();
+        let ours = ring.newer_here_in(stamps, count, &buckets);
+        self.pull(now, from, &want);
+        if !ours.is_empty() {
+            self.out.push_back((Dest::Neighbour(from), IpamMsg::Have(ours)));
+        }
+    }
+
+    /// Pulls the entries of `want` from `from`, noting them as asked for.
+    fn pull(&mut self, now: Time, from: PeerName, want: &[Stamp]) {
+        if want.is_empty() {
+            return;
+        }
+        for s in want {
+            self.pulled.insert(s.token, ((s.epoch, s.version), now));
+        }
+        let tokens = want.iter().map(|s| s.token).collect();
+        self.out.push_back((Dest::Neighbour(from), IpamMsg::Pull(tokens)));
     }
 
     /// [`ring_hash`] of our ring, computed once per change.
@@ -2032,6 +2230,7 @@ impl Agent {
     fn mutated(&mut self) {
         self.dirty = true;
         self.hash = None;
+        self.since_announced = None;
     }
 
     /// Tells every neighbour which entries changed since the last
@@ -2040,6 +2239,17 @@ impl Agent {
     /// the reclaim records changed.
     fn announce(&mut self) {
         let Some(ring) = self.replica.ring() else { return };
+        // Only deltas from others changed the ring: look at their entries alone.
+        let since = self.since_announced.replace(BTreeSet::new());
+        if let (Some(base), Some(tokens)) = (&mut self.announced, since)
+            && let Some(stamps) = ring.changes_at(base, &tokens)
+        {
+            base.update_at(ring, &stamps);
+            if !stamps.is_empty() {
+                self.send_have(stamps);
+            }
+            return;
+        }
         let base = self.announced.as_ref();
         let msg = match base.and_then(|b| Some((b, ring.changes_since(b)?))) {
             None => Some(IpamMsg::Ring(ring.encode())),
@@ -2052,28 +2262,38 @@ impl Agent {
         };
         self.announced = Some(ring.snapshot());
         match msg {
-            // Announcements go to a few neighbours, a different few each
-            // time; each router that pulls announces in turn, so a change
-            // spreads as an epidemic, and digests repair what it misses.
-            Some(IpamMsg::Have(stamps)) => {
-                let n = self.neighbours.len();
-                let every = n.div_ceil(FANOUT).max(1);
-                self.announce_turn = self.announce_turn.wrapping_add(1);
-                let turn = self.announce_turn % every;
-                let chosen: Vec<PeerName> = self
-                    .neighbours
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| i % every == turn)
-                    .map(|(_, p)| *p)
-                    .collect();
-                for peer in chosen {
-                    self.out
-                        .push_back((Dest::Neighbour(peer), IpamMsg::Have(stamps.clone())));
-                }
-            }
+            Some(IpamMsg::Have(stamps)) => self.send_have(stamps),
             Some(msg) => self.out.push_back((Dest::AllNeighbours, msg)),
             None => {}
+        }
+    }
+
+    /// Announcements go to a few neighbours, a different few each time;
+    /// each router that pulls announces in turn, so a change spreads as an
+    /// epidemic, and digests repair what it misses.
+    fn send_have(&mut self, stamps: Vec<Stamp>) {
+        // Not to a neighbour that showed it has all of them already.
+        let told = std::mem::take(&mut self.told);
+        let has_all = |peer: &PeerName| {
+            told.get(peer).is_some_and(|seen| {
+                stamps
+                    .iter()
+                    .all(|s| seen.get(&s.token).is_some_and(|st| *st >= (s.epoch, s.version)))
+            })
+        };
+        let candidates: Vec<PeerName> = self.neighbours.iter().filter(|p| !has_all(p)).copied().collect();
+        let every = candidates.len().div_ceil(FANOUT).max(1);
+        self.announce_turn = self.announce_turn.wrapping_add(1);
+        let turn = self.announce_turn % every;
+        let chosen: Vec<PeerName> = candidates
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % every == turn)
+            .map(|(_, p)| p)
+            .collect();
+        for peer in chosen {
+            self.out
+                .push_back((Dest::Neighbour(peer), IpamMsg::Have(stamps.clone())));
         }
     }
 
@@ -2088,7 +2308,15 @@ impl Agent {
     /// before, differ from now) is written before anything goes out, as any
     /// change of ours; other routers' entries alone are written lazily (see
     /// the [module docs](self)).
-    fn merged(&mut self, now: Time, out: &MergeOutcome, reclaims: Option<BTreeMap<PeerName, ReclaimStatus>>) {
+    ///
+    /// `tokens`: the entries a merged delta carried, `None` for a whole ring.
+    fn merged(
+        &mut self,
+        now: Time,
+        out: &MergeOutcome,
+        reclaims: Option<BTreeMap<PeerName, ReclaimStatus>>,
+        tokens: Option<&[u128]>,
+    ) {
         let ours = !out.gained.is_empty()
             || !out.reclaimed.is_empty()
             || reclaims.is_none()
@@ -2096,6 +2324,10 @@ impl Agent {
         if ours {
             self.changed(now);
         } else {
+            match (tokens, &mut self.since_announced) {
+                (Some(tokens), Some(since)) => since.extend(tokens),
+                _ => self.since_announced = None,
+            }
             self.hash = None;
             self.foreign_since.get_or_insert(now);
             self.schedule_announce(now);
@@ -2174,6 +2406,13 @@ fn gave_nothing(asked: usize) -> String {
         1 => "the router asked gave nothing".to_owned(),
         n => format!("the {n} routers asked gave nothing"),
     }
+}
+
+/// The buckets a [`IpamMsg::WantPart`] or [`IpamMsg::Part`] names, if they
+/// are buckets of `count` (at most [`MAX_BUCKETS`]).
+fn valid_buckets(count: u16, buckets: &[u16]) -> Option<BTreeSet<u16>> {
+    ((1..=MAX_BUCKETS).contains(&count) && buckets.iter().all(|b| *b < count))
+        .then(|| buckets.iter().copied().collect())
 }
 
 /// A 64-bit hash of a ring's wire form (identical states encode identically).
@@ -2970,6 +3209,91 @@ mod tests {
         net.mute.clear();
         net.advance(SUMMARY_EVERY * 2);
         assert_eq!(net.ring(0), net.ring(1));
+    }
+
+    /// A ring of more entries than a whole digest is sent for: each of the
+    /// agents gives the others 20 ranges in turn.
+    fn large_ring(n: u64) -> Net {
+        let mut net = Net::seeded(pool("10.0.0.0/8"), n);
+        let n = net.agents.len();
+        for round in 0..20 {
+            for i in 0..n {
+                let to = (i + 1 + round % (n - 1)) % n;
+                let _ = net.agents[i].replica.donate(p(to as u64 + 1), Want::Any).unwrap();
+                net.agents[i].changed(net.now);
+            }
+            net.advance(BATCH * 2);
+        }
+        assert!(net.ring(0).len() > DIGEST_WHOLE, "{} entries", net.ring(0).len());
+        assert!((1..n).all(|i| net.ring(i) == net.ring(0)));
+        net
+    }
+
+    #[test]
+    fn a_large_ring_is_repaired_from_the_buckets_that_differ() {
+        let mut net = large_ring(4);
+        net.mute.insert(0);
+        let _ = net.agents[0].allocate(net.now, key("c"), Request::Any).unwrap();
+        net.advance(FREE_COUNTS_EVERY + BATCH);
+        assert_ne!(net.ring(0), net.ring(1), "the announcement was lost");
+        net.mute.clear();
+        net.log.clear();
+        net.advance(SUMMARY_EVERY * 2);
+        assert_eq!(net.ring(0), net.ring(1));
+        assert_eq!(net.ring(0), net.ring(2));
+        let kinds: BTreeSet<&str> = net.log.iter().map(|m| m.2).collect();
+        for kind in ["summary", "buckets", "want_part", "part", "pull", "delta"] {
+            assert!(kinds.contains(kind), "{kind} missing: {:?}", net.log);
+        }
+        assert!(
+            !kinds.contains("digest") && !kinds.contains("ring"),
+            "neither every stamp nor the whole ring: {:?}",
+            net.log
+        );
+        // The part lists the entries of one bucket or two, not the ring's.
+        let whole = net.ring(0).stamps().len();
+        let part = net.log.iter().filter(|m| m.2 == "part").map(|m| m.3).max().unwrap();
+        let digest = IpamMsg::Digest {
+            hash: 0,
+            stamps: net.ring(0).stamps(),
+        }
+        .encode()
+        .len();
+        assert!(
+            part * 4 < digest,
+            "a part of {part} bytes against a digest of {digest} ({whole} entries)"
+        );
+    }
+
+    #[test]
+    fn a_router_that_adopts_the_ring_asks_one_neighbour_and_does_not_pass_it_on_whole() {
+        let mut net = Net::seeded(pool("10.32.0.0/24"), 2);
+        let mut late = Agent::new(p(3), pool("10.32.0.0/24"), Init::Adopt, None, Time::ZERO).unwrap();
+        late.neighbour_up(p(1));
+        late.neighbour_up(p(2));
+        let asks = std::iter::from_fn(|| late.poll_transmit()).collect::<Vec<_>>();
+        assert_eq!(
+            asks,
+            [(Dest::Neighbour(p(1)), IpamMsg::WantRing)],
+            "one neighbour at a time"
+        );
+        // Another neighbour's summary does not make it ask again at once...
+        late.handle_message(net.now, p(2), IpamMsg::Summary(7));
+        assert_eq!(late.poll_transmit(), None);
+        // ...only once the first had time to answer.
+        late.handle_message(net.now + RING_ASK_EVERY, p(2), IpamMsg::Summary(7));
+        assert_eq!(late.poll_transmit(), Some((Dest::Neighbour(p(2)), IpamMsg::WantRing)));
+        net.advance(BATCH);
+        late.handle_message(net.now, p(1), IpamMsg::Ring(net.ring(0).encode()));
+        assert_eq!(late.replica.ring(), Some(net.ring(0)));
+        let _ = late.take_persist();
+        let _ = late.take_announcement();
+        late.handle_timeout(net.now + BATCH * 2);
+        let sent: Vec<_> = std::iter::from_fn(|| late.poll_transmit()).collect();
+        assert!(
+            !sent.iter().any(|(_, m)| matches!(m, IpamMsg::Ring(_))),
+            "its neighbours have the ring: {sent:?}"
+        );
     }
 
     /// Agent 0 gives agent 1 `n` ranges (halving its largest free range each time), announcing each.
