@@ -179,12 +179,12 @@ impl Ring {
     /// have changed since `base` (deltas merged from other routers change
     /// nothing else): a lookup per token instead of a walk over the whole
     /// ring, which at 2,000 routers was a tenth of meshsim's time. `None`
-    /// when the reclaim records, the members or the seeds differ from
-    /// `base`, or a token is not in this ring: then compare the whole ring.
+    /// when the reclaim records or the seeds differ from `base`, a token is
+    /// not in this ring, or only the members grew (they travel in a delta of
+    /// their own): then compare the whole ring.
     pub fn changes_at(&self, base: &Snapshot, tokens: &BTreeSet<u128>) -> Option<Vec<Stamp>> {
         if self.pool != base.pool
             || self.seeds.len() != base.seeds
-            || self.members.len() != base.members.len()
             || self.removals != base.removals
             || self.surrenders != base.surrenders
         {
@@ -205,7 +205,9 @@ impl Ring {
                 });
             }
         }
-        Some(changed)
+        // Members only grow, so equal counts mean equal sets; new ones
+        // travel with the entries that name them, when pulled.
+        (!changed.is_empty() || self.members.len() == base.members.len()).then_some(changed)
     }
 
     /// Whether anything but `me`'s own advertised free counts changed since
@@ -282,8 +284,15 @@ impl Ring {
     /// collision only delays a repair until the bucket changes again.
     pub fn bucket_sums(&self, count: u16) -> Vec<u64> {
         let mut sums = vec![0u64; usize::from(count.max(1))];
+        // Tokens ascend, so buckets do: step to the next bucket's start
+        // instead of dividing every token.
+        let width = self.pool.size().div_ceil(u128::from(count.max(1))).max(1);
+        let (mut b, mut next) = (0usize, width);
         for (t, e) in &self.entries {
-            let b = usize::from(self.bucket_of(*t, count));
+            while *t >= next && b + 1 < sums.len() {
+                b += 1;
+                next = next.saturating_add(width);
+            }
             sums[b] = sums[b].wrapping_add(stamp_digest(*t, e.epoch, e.version));
         }
         sums
@@ -378,6 +387,9 @@ impl Snapshot {
     /// Brings the snapshot up to date with `ring` at `stamps` (what
     /// [`Ring::changes_at`] found changed), as [`Ring::snapshot`] would.
     pub fn update_at(&mut self, ring: &Ring, stamps: &[Stamp]) {
+        if ring.members.len() != self.members.len() {
+            self.members = ring.members.iter().copied().collect();
+        }
         for s in stamps {
             let Some(e) = ring.entries.get(&s.token) else { continue };
             match self.entries.binary_search_by_key(&s.token, |(t, _)| *t) {
@@ -584,6 +596,13 @@ mod tests {
             !differ.is_empty() && differ.len() < usize::from(count),
             "{differ:?} of {count}"
         );
+        // The sums put each entry in its bucket_of.
+        let mut by_division = vec![0u64; usize::from(count)];
+        for st in a.stamps() {
+            let i = usize::from(a.bucket_of(st.token, count));
+            by_division[i] = by_division[i].wrapping_add(stamp_digest(st.token, st.epoch, st.version));
+        }
+        assert_eq!(a.bucket_sums(count), by_division);
         let whole_here = a.newer_here(&b.stamps());
         let whole_there = b.newer_here(&a.stamps());
         assert!(!whole_here.is_empty() && !whole_there.is_empty());
