@@ -2238,6 +2238,7 @@ impl Agent {
     /// router once, not once per neighbour. The whole ring goes instead when
     /// the reclaim records changed.
     fn announce(&mut self) {
+        let told = std::mem::take(&mut self.told);
         let Some(ring) = self.replica.ring() else { return };
         // Only deltas from others changed the ring: look at their entries alone.
         let since = self.since_announced.replace(BTreeSet::new());
@@ -2246,7 +2247,7 @@ impl Agent {
         {
             base.update_at(ring, &stamps);
             if !stamps.is_empty() {
-                self.send_have(stamps);
+                self.send_have(stamps, &told);
             }
             return;
         }
@@ -2262,7 +2263,7 @@ impl Agent {
         };
         self.announced = Some(ring.snapshot());
         match msg {
-            Some(IpamMsg::Have(stamps)) => self.send_have(stamps),
+            Some(IpamMsg::Have(stamps)) => self.send_have(stamps, &told),
             Some(msg) => self.out.push_back((Dest::AllNeighbours, msg)),
             None => {}
         }
@@ -2271,9 +2272,8 @@ impl Agent {
     /// Announcements go to a few neighbours, a different few each time;
     /// each router that pulls announces in turn, so a change spreads as an
     /// epidemic, and digests repair what it misses.
-    fn send_have(&mut self, stamps: Vec<Stamp>) {
+    fn send_have(&mut self, stamps: Vec<Stamp>, told: &BTreeMap<PeerName, BTreeMap<u128, (u32, u64)>>) {
         // Not to a neighbour that showed it has all of them already.
-        let told = std::mem::take(&mut self.told);
         let has_all = |peer: &PeerName| {
             told.get(peer).is_some_and(|seen| {
                 stamps
