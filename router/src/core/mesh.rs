@@ -187,6 +187,10 @@ pub struct Mesh {
     next_gossip: Time,
     /// Entries changed since the last push, with the neighbour each came from.
     pending: BTreeMap<PeerName, Option<PeerName>>,
+    /// Entry versions each neighbour showed it holds since the last flush
+    /// (it announced them, or sent them): the flush does not announce them
+    /// back to it.
+    heard: BTreeMap<PeerName, BTreeMap<PeerName, u64>>,
     /// Our own neighbour set changed since the last push.
     own_dirty: bool,
     /// When the pending changes are pushed, if any are pending.
@@ -248,6 +252,7 @@ impl Mesh {
             events: VecDeque::new(),
             next_gossip: now + first,
             pending: BTreeMap::new(),
+            heard: BTreeMap::new(),
             own_dirty: false,
             next_flush: None,
             requested: BTreeMap::new(),
@@ -487,6 +492,7 @@ impl Mesh {
             return;
         }
         self.conns.remove(&peer);
+        self.heard.remove(&peer);
         self.events.push_back(Event::Down(peer));
         if self.seen.remove(&peer).is_some() {
             self.readvertise(now);
@@ -522,10 +528,13 @@ impl Mesh {
         }
         match msg {
             Message::Update(entries) => {
+                let heard = self.heard.entry(from).or_default();
                 for e in &entries {
                     if self.requested.get(&e.name).is_some_and(|(v, _)| *v <= e.version) {
                         self.requested.remove(&e.name);
                     }
+                    let v = heard.entry(e.name).or_default();
+                    *v = (*v).max(e.version);
                 }
                 let changed = self.topo.merge(entries);
                 if !changed.is_empty() {
@@ -542,7 +551,10 @@ impl Mesh {
             }
             Message::Announce(versions) => {
                 let mut want = Vec::new();
+                let heard = self.heard.entry(from).or_default();
                 for (n, v) in versions {
+                    let hv = heard.entry(n).or_default();
+                    *hv = (*hv).max(v);
                     let newer = n != self.topo.me() && self.topo.get(n).is_none_or(|e| e.version < v);
                     let asked = self
                         .requested
@@ -594,6 +606,10 @@ impl Mesh {
             self.flush();
         }
         if now >= self.next_gossip {
+            // Forgotten every round, so that it stays small while nothing
+            // is flushed; forgetting costs at most an announcement that
+            // could have been skipped.
+            self.heard.clear();
             if !self.conns.is_empty() {
                 let k = self.rng.random_range(0..self.conns.len());
                 let to = *self.conns.keys().nth(k).expect("k < len");
@@ -827,7 +843,9 @@ impl Mesh {
 
     /// Announces the batch: our own entry (one version bump for all neighbour
     /// changes in the window) and every entry learned in the window, to
-    /// `fanout` random neighbours, never back to where an entry came from.
+    /// `fanout` random neighbours, never back to where an entry came from
+    /// nor to a neighbour that announced it (at that version or newer)
+    /// since the last flush.
     fn flush(&mut self) {
         self.next_flush = None;
         if std::mem::take(&mut self.own_dirty) {
@@ -850,10 +868,14 @@ impl Mesh {
             let k = self.rng.random_range(0..targets.len());
             targets.swap_remove(k);
         }
+        let heard = std::mem::take(&mut self.heard);
         for n in targets {
+            let has = heard.get(&n);
             let versions: Vec<(PeerName, u64)> = pending
                 .iter()
-                .filter(|(_, _, from)| *from != Some(n))
+                .filter(|(name, version, from)| {
+                    *from != Some(n) && has.and_then(|h| h.get(name)).is_none_or(|v| v < version)
+                })
                 .map(|(name, version, _)| (*name, *version))
                 .collect();
             if !versions.is_empty() {
@@ -1088,6 +1110,29 @@ mod tests {
                 .all(|m| m.topology().len() == 4 && m.topology().summary() == s)
         );
         assert_eq!(ms[0].topology().next_hops().get(&p(4)), Some(&p(2)));
+    }
+
+    #[test]
+    fn an_entry_is_not_announced_back_to_neighbours_that_announced_it() {
+        let mut ms: Vec<Mesh> = (1..=4).map(mesh).collect();
+        for (j, conn) in [(1, 1), (2, 2), (3, 3)] {
+            let (a, b) = ms.split_at_mut(j);
+            link(Time::ZERO, &mut a[0], &mut b[0], conn);
+        }
+        run(&mut ms, Time::from_millis(1_000));
+        let m = &mut ms[0];
+        while m.poll_transmit().is_some() {}
+        // Router 9's entry arrives from 2; 3 announces it too before the flush.
+        let nine = Topology::new(p(9), "h9".into(), vec![addr(9)]).own().clone();
+        let now = Time::from_millis(1_100);
+        m.handle_message(now, p(2), Message::Update(vec![Arc::new(nine.clone())]));
+        m.handle_message(now, p(3), Message::Announce(vec![(p(9), nine.version)]));
+        m.handle_timeout(now + Duration::from_secs(1));
+        let told: Vec<PeerName> = std::iter::from_fn(|| m.poll_transmit())
+            .filter(|(_, msg)| matches!(msg, Message::Announce(v) if v.iter().any(|(n, _)| *n == p(9))))
+            .map(|(to, _)| to)
+            .collect();
+        assert_eq!(told, [p(4)], "only the neighbour that showed nothing hears of it");
     }
 
     #[test]
