@@ -70,11 +70,7 @@ impl Delta {
 
     /// The stamps of the entries it carries.
     pub fn stamps(&self) -> impl Iterator<Item = Stamp> + '_ {
-        self.spans.iter().map(|(token, _, e)| Stamp {
-            token: *token,
-            epoch: e.epoch,
-            version: e.version,
-        })
+        self.spans.iter().map(|(token, _, e)| Stamp::of(*token, e))
     }
 }
 
@@ -162,11 +158,7 @@ impl Ring {
             }
             if old.next_if(|(b, be)| b == t && be == e).is_none() {
                 old.next_if(|(b, _)| b == t);
-                changed.push(Stamp {
-                    token: *t,
-                    epoch: e.epoch,
-                    version: e.version,
-                });
+                changed.push(Stamp::of(*t, e));
             }
         }
         if old.next().is_some() {
@@ -198,11 +190,7 @@ impl Ring {
                 .binary_search_by_key(t, |(bt, _)| *bt)
                 .is_ok_and(|i| base.entries[i].1 == *e);
             if !same {
-                changed.push(Stamp {
-                    token: *t,
-                    epoch: e.epoch,
-                    version: e.version,
-                });
+                changed.push(Stamp::of(*t, e));
             }
         }
         // Members only grow, so equal counts mean equal sets; new ones
@@ -253,11 +241,7 @@ impl Ring {
                 _ => true,
             };
             if older_there {
-                out.push(Stamp {
-                    token: *t,
-                    epoch: e.epoch,
-                    version: e.version,
-                });
+                out.push(Stamp::of(*t, e));
             }
         }
         out
@@ -310,11 +294,7 @@ impl Ring {
         self.entries
             .iter()
             .filter(|(t, _)| buckets.contains(&self.bucket_of(**t, count)))
-            .map(|(t, e)| Stamp {
-                token: *t,
-                epoch: e.epoch,
-                version: e.version,
-            })
+            .map(|(t, e)| Stamp::of(*t, e))
             .collect()
     }
 
@@ -327,14 +307,7 @@ impl Ring {
 
     /// Every entry's stamp, in token order (a digest of the entries).
     pub fn stamps(&self) -> Vec<Stamp> {
-        self.entries
-            .iter()
-            .map(|(t, e)| Stamp {
-                token: *t,
-                epoch: e.epoch,
-                version: e.version,
-            })
-            .collect()
+        self.entries.iter().map(|(t, e)| Stamp::of(*t, e)).collect()
     }
 
     /// A delta carrying the entries at `tokens` (those that exist here),
@@ -409,6 +382,17 @@ pub struct Stamp {
     pub epoch: u32,
     /// Its version within the epoch.
     pub version: u64,
+}
+
+impl Stamp {
+    /// The stamp of `entry`, at `token`.
+    fn of(token: u128, entry: &Entry) -> Self {
+        Self {
+            token,
+            epoch: entry.epoch,
+            version: entry.version,
+        }
+    }
 }
 
 impl Replica {
@@ -589,8 +573,9 @@ mod tests {
         let _ = other.merge(r[0].ring().unwrap()).unwrap();
         let (a, b) = (r[1].ring().unwrap(), other.ring().unwrap());
         let count = a.digest_buckets();
+        let (sums_a, sums_b) = (a.bucket_sums(count), b.bucket_sums(count));
         let differ: BTreeSet<u16> = (0..count)
-            .filter(|i| a.bucket_sums(count)[usize::from(*i)] != b.bucket_sums(count)[usize::from(*i)])
+            .filter(|i| sums_a[usize::from(*i)] != sums_b[usize::from(*i)])
             .collect();
         assert!(
             !differ.is_empty() && differ.len() < usize::from(count),
@@ -602,7 +587,7 @@ mod tests {
             let i = usize::from(a.bucket_of(st.token, count));
             by_division[i] = by_division[i].wrapping_add(stamp_digest(st.token, st.epoch, st.version));
         }
-        assert_eq!(a.bucket_sums(count), by_division);
+        assert_eq!(sums_a, by_division);
         let whole_here = a.newer_here(&b.stamps());
         let whole_there = b.newer_here(&a.stamps());
         assert!(!whole_here.is_empty() && !whole_there.is_empty());

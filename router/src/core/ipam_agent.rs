@@ -1364,11 +1364,7 @@ impl Agent {
             IpamMsg::Pull(tokens) => {
                 if let Some(ring) = self.replica.ring() {
                     let delta = ring.delta_of(&tokens);
-                    let told = self.told.entry(from).or_default();
-                    for s in delta.stamps() {
-                        let st = told.entry(s.token).or_default();
-                        *st = (*st).max((s.epoch, s.version));
-                    }
+                    self.note_told(from, delta.stamps());
                     self.out
                         .push_back((Dest::Neighbour(from), IpamMsg::Delta(delta.encode())));
                 }
@@ -2069,15 +2065,11 @@ impl Agent {
     /// An announcement from `from`: pull the entries newer there, unless
     /// another neighbour was asked for them moments ago.
     fn handle_have(&mut self, now: Time, from: PeerName, stamps: &[Stamp]) {
+        self.note_told(from, stamps.iter().copied());
         let Some(ring) = self.replica.ring() else {
             self.ask_for_ring(from);
             return;
         };
-        let told = self.told.entry(from).or_default();
-        for s in stamps {
-            let st = told.entry(s.token).or_default();
-            *st = (*st).max((s.epoch, s.version));
-        }
         let mut want = Vec::new();
         for s in ring.newer_elsewhere(stamps) {
             let asked = self
@@ -2091,6 +2083,17 @@ impl Agent {
         }
         if !want.is_empty() {
             self.out.push_back((Dest::Neighbour(from), IpamMsg::Pull(want)));
+        }
+    }
+
+    /// Notes that neighbour `from` holds the entries at `stamps` (it
+    /// announced them, or pulled them from us), so the next announcement
+    /// skips it if that is all it would tell.
+    fn note_told(&mut self, from: PeerName, stamps: impl IntoIterator<Item = Stamp>) {
+        let told = self.told.entry(from).or_default();
+        for s in stamps {
+            let st = told.entry(s.token).or_default();
+            *st = (*st).max((s.epoch, s.version));
         }
     }
 
