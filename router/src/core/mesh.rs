@@ -185,11 +185,11 @@ pub struct Mesh {
     dial_queue: VecDeque<SocketAddr>,
     events: VecDeque<Event>,
     next_gossip: Time,
-    /// Entries changed since the last push, with the neighbour each came from.
-    pending: BTreeMap<PeerName, Option<PeerName>>,
+    /// Entries changed since the last push.
+    pending: BTreeSet<PeerName>,
     /// Entry versions each neighbour showed it holds since the last flush
-    /// (it announced them, or sent them): the flush does not announce them
-    /// back to it.
+    /// (it announced them, or sent them, so this includes where each entry
+    /// came from): the flush does not announce them back to it.
     heard: BTreeMap<PeerName, BTreeMap<PeerName, u64>>,
     /// Our own neighbour set changed since the last push.
     own_dirty: bool,
@@ -251,7 +251,7 @@ impl Mesh {
             dial_queue: VecDeque::new(),
             events: VecDeque::new(),
             next_gossip: now + first,
-            pending: BTreeMap::new(),
+            pending: BTreeSet::new(),
             heard: BTreeMap::new(),
             own_dirty: false,
             next_flush: None,
@@ -383,7 +383,7 @@ impl Mesh {
     pub fn set_endpoints(&mut self, now: Time, endpoints: Vec<SocketAddr>) {
         if self.topo.set_endpoints(endpoints) {
             self.events.push_back(Event::TopologyChanged);
-            self.pending.insert(self.topo.me(), None);
+            self.pending.insert(self.topo.me());
             self.schedule_flush(now);
         }
     }
@@ -391,7 +391,7 @@ impl Mesh {
     /// Publishes our data plane (in our own entry).
     pub fn set_data(&mut self, now: Time, data: Option<crate::core::topology::DataPlane>) {
         if self.topo.set_data(data) {
-            self.pending.insert(self.topo.me(), None);
+            self.pending.insert(self.topo.me());
             self.schedule_flush(now);
         }
     }
@@ -399,7 +399,7 @@ impl Mesh {
     /// Publishes our part in creating the address ring (in our own entry).
     pub fn set_ipam(&mut self, now: Time, ipam: crate::core::topology::IpamInit) {
         if self.topo.set_ipam(ipam) {
-            self.pending.insert(self.topo.me(), None);
+            self.pending.insert(self.topo.me());
             self.schedule_flush(now);
         }
     }
@@ -528,13 +528,11 @@ impl Mesh {
         }
         match msg {
             Message::Update(entries) => {
-                let heard = self.heard.entry(from).or_default();
+                self.note_heard(from, entries.iter().map(|e| (e.name, e.version)));
                 for e in &entries {
                     if self.requested.get(&e.name).is_some_and(|(v, _)| *v <= e.version) {
                         self.requested.remove(&e.name);
                     }
-                    let v = heard.entry(e.name).or_default();
-                    *v = (*v).max(e.version);
                 }
                 let changed = self.topo.merge(entries);
                 if !changed.is_empty() {
@@ -542,19 +540,15 @@ impl Mesh {
                     for &name in &changed {
                         self.handle_alive(now, name);
                     }
-                    for name in changed {
-                        self.pending.entry(name).or_insert(Some(from));
-                    }
+                    self.pending.extend(changed);
                     self.schedule_flush(now);
                     self.match_persistent();
                 }
             }
             Message::Announce(versions) => {
+                self.note_heard(from, versions.iter().copied());
                 let mut want = Vec::new();
-                let heard = self.heard.entry(from).or_default();
                 for (n, v) in versions {
-                    let hv = heard.entry(n).or_default();
-                    *hv = (*hv).max(v);
                     let newer = n != self.topo.me() && self.topo.get(n).is_none_or(|e| e.version < v);
                     let asked = self
                         .requested
@@ -606,10 +600,12 @@ impl Mesh {
             self.flush();
         }
         if now >= self.next_gossip {
-            // Forgotten every round, so that it stays small while nothing
-            // is flushed; forgetting costs at most an announcement that
-            // could have been skipped.
-            self.heard.clear();
+            // Forgotten every round while no batch waits, so that it stays
+            // small while nothing is flushed; a batch needs it to skip
+            // where its entries came from.
+            if self.next_flush.is_none() {
+                self.heard.clear();
+            }
             if !self.conns.is_empty() {
                 let k = self.rng.random_range(0..self.conns.len());
                 let to = *self.conns.keys().nth(k).expect("k < len");
@@ -841,27 +837,37 @@ impl Mesh {
         }
     }
 
+    /// Notes that neighbour `from` holds these `(name, version)`s: it
+    /// announced or sent them.
+    fn note_heard(&mut self, from: PeerName, versions: impl IntoIterator<Item = (PeerName, u64)>) {
+        let heard = self.heard.entry(from).or_default();
+        for (name, version) in versions {
+            let v = heard.entry(name).or_default();
+            *v = (*v).max(version);
+        }
+    }
+
     /// Announces the batch: our own entry (one version bump for all neighbour
     /// changes in the window) and every entry learned in the window, to
-    /// `fanout` random neighbours, never back to where an entry came from
-    /// nor to a neighbour that announced it (at that version or newer)
-    /// since the last flush.
+    /// `fanout` random neighbours, never to a neighbour that sent or
+    /// announced it (at that version or newer) since the last flush, so
+    /// never back to where it came from.
     fn flush(&mut self) {
         self.next_flush = None;
         if std::mem::take(&mut self.own_dirty) {
             let me = self.topo.me();
             if self.topo.set_neighbours(self.conns.keys().copied().collect()) {
                 self.events.push_back(Event::TopologyChanged);
-                self.pending.insert(me, None);
+                self.pending.insert(me);
             }
         }
         if self.pending.is_empty() {
             return;
         }
         // Looked up once for the batch, not once per neighbour.
-        let pending: Vec<(PeerName, u64, Option<PeerName>)> = std::mem::take(&mut self.pending)
+        let pending: Vec<(PeerName, u64)> = std::mem::take(&mut self.pending)
             .into_iter()
-            .filter_map(|(name, from)| self.topo.get(name).map(|e| (e.name, e.version, from)))
+            .filter_map(|name| self.topo.get(name).map(|e| (e.name, e.version)))
             .collect();
         let mut targets: Vec<PeerName> = self.conns.keys().copied().collect();
         while targets.len() > self.cfg.fanout {
@@ -873,10 +879,8 @@ impl Mesh {
             let has = heard.get(&n);
             let versions: Vec<(PeerName, u64)> = pending
                 .iter()
-                .filter(|(name, version, from)| {
-                    *from != Some(n) && has.and_then(|h| h.get(name)).is_none_or(|v| v < version)
-                })
-                .map(|(name, version, _)| (*name, *version))
+                .filter(|(name, version)| has.and_then(|h| h.get(name)).is_none_or(|v| v < version))
+                .copied()
                 .collect();
             if !versions.is_empty() {
                 self.transmits.push_back((n, Message::Announce(versions)));
