@@ -8,7 +8,9 @@ use ipnet::IpNet;
 
 use crate::peer::PeerName;
 use crate::pool::{AddrRange, Pool};
-use crate::ring::{CreateError, Entry, MergeError, MergePlan, ReclaimStatus, Removal, Ring, Surrender, Taken, Vote};
+use crate::ring::{
+    CreateError, Entry, MergeError, MergePlan, ReclaimStatus, Removal, Ring, Surrender, Taken, Vote, advertised_free,
+};
 use crate::space::Space;
 
 /// One router's view of the ring and its own allocations. Pure state: no I/O,
@@ -362,7 +364,7 @@ impl Replica {
             }
         };
         self.space.allocate(key, off);
-        self.ring.as_mut().expect("checked above").adjust_free(off, false);
+        self.advertise_free_at(off);
         Ok(Allocation {
             addr: pool.addr_at(off),
             prefix_len,
@@ -372,10 +374,20 @@ impl Replica {
 
     /// Releases `key`'s address. Idempotent: an unknown key returns `None`.
     pub fn release(&mut self, key: &AllocKey) -> Option<IpAddr> {
-        let ring = self.ring.as_mut()?;
+        let ring = self.ring.as_ref()?;
+        let pool = ring.pool;
         let off = self.space.release(key)?;
-        ring.adjust_free(off, true);
-        Some(ring.pool.addr_at(off))
+        self.advertise_free_at(off);
+        Some(pool.addr_at(off))
+    }
+
+    /// Rewrites the advertised free count of the own entry covering `off`
+    /// after an allocation or release there, if its rounded value moved.
+    fn advertise_free_at(&mut self, off: u128) {
+        let ring = self.ring.as_mut().expect("callers checked");
+        let (t, _) = ring.entry_containing(off);
+        let count = self.space.count_free(t, ring.end_of(t));
+        ring.advertise_free(t, count);
     }
 
     /// The router to ask for space: the one advertising the most free
@@ -820,12 +832,15 @@ impl Replica {
             }
             if entry.owner == self.me && !self.deferred.contains(&s) {
                 usable_owned += e - s - pool.reserved_in(s, e);
-                if entry.free != self.space.count_free(s, e) {
+                // The exact count where a donor or the ring's creation wrote
+                // it (or an older version of this router), else the
+                // rounded one.
+                let count = self.space.count_free(s, e);
+                if entry.free != count && entry.free != advertised_free(count) {
                     return Err(violation(format!(
-                        "own entry at {} advertises {} free, space has {}",
+                        "own entry at {} advertises {} free, space has {count}",
                         pool.addr_at(s),
                         entry.free,
-                        self.space.count_free(s, e)
                     )));
                 }
             }
@@ -977,7 +992,7 @@ impl Replica {
         }
         for t in tokens {
             let end = ring.end_of(t);
-            ring.write(t, me, me, self.space.count_free(t, end));
+            ring.write(t, me, me, advertised_free(self.space.count_free(t, end)));
         }
         true
     }
@@ -1022,7 +1037,7 @@ impl Replica {
         }
         for t in mine {
             let end = ring.end_of(t);
-            ring.write(t, me, me, self.space.count_free(t, end));
+            ring.write(t, me, me, advertised_free(self.space.count_free(t, end)));
         }
         ring.members.insert(to);
     }
@@ -1478,7 +1493,11 @@ mod tests {
         }
         let _ = a.merge(b.ring().unwrap()).unwrap();
         assert_eq!(a.choose_donor(), Some(p(3)));
-        assert_eq!(a.choose_donor_where(|d| d != p(3)), Some(p(4)), "255 free beats 246");
+        assert_eq!(
+            a.choose_donor_where(|d| d != p(3)),
+            Some(p(4)),
+            "255 free beats 240 (246 rounded)"
+        );
         assert_eq!(a.choose_donor_where(|d| d == p(2)), Some(p(2)));
         assert_eq!(a.choose_donor_where(|_| false), None);
         a.begin_reclaim(p(3)).unwrap();
@@ -1492,6 +1511,55 @@ mod tests {
         assert_eq!(a.donors().collect::<Vec<_>>(), vec![(p(4), 255)]);
         assert_eq!(a.choose_donor_where(|d| d != p(4)), None);
         assert_eq!(Replica::new(p(9)).choose_donor_where(|_| true), None, "no ring");
+    }
+
+    #[test]
+    fn an_owner_rewrites_its_entry_only_when_the_rounded_free_count_moves() {
+        let exact: Vec<u128> = (0..16).collect();
+        assert_eq!((0..16).map(advertised_free).collect::<Vec<_>>(), exact);
+        let rounded: Vec<u128> = [16, 17, 31, 32, 33, 479, 480, 511, 512].map(advertised_free).into();
+        assert_eq!(rounded, [16, 16, 30, 32, 32, 448, 480, 480, 512]);
+        assert_eq!(advertised_free(u128::MAX), 0xf << 124);
+
+        let (mut a, mut b) = pair();
+        let entry = |a: &Replica| {
+            let e = a.ring().unwrap().entries[&0];
+            (e.version, e.free)
+        };
+        assert_eq!(entry(&a), (1, 511), "the ring's creation states the exact count");
+        a.verify().unwrap();
+        let mut writes = 0;
+        for i in 0..511 {
+            let before = entry(&a);
+            a.allocate(key(&format!("a{i}")), Request::Any).unwrap();
+            a.verify().unwrap();
+            let after = entry(&a);
+            assert_eq!(after.1, advertised_free(a.free()));
+            if after != before {
+                assert_eq!(after.0, before.0 + 1);
+                writes += 1;
+            }
+            match i {
+                0 => assert_eq!(after, (2, 480), "510 free, rounded"),
+                30 => assert_eq!(after, (2, 480), "480 free: no new version"),
+                31 => assert_eq!(after, (3, 448), "479 free"),
+                _ => {}
+            }
+        }
+        // Eight steps an octave from 16 up, one each below.
+        assert_eq!(writes, 16 + 5 * 8);
+        assert_eq!(entry(&a).1, 0, "nothing free is advertised exactly");
+        let _ = b.merge(a.ring().unwrap()).unwrap();
+        assert!(b.donors().all(|(d, _)| d != p(1)));
+        assert!(a.release(&key("a7")).is_some());
+        assert_eq!(entry(&a).1, 1);
+        let _ = b.merge(a.ring().unwrap()).unwrap();
+        assert_eq!(
+            b.choose_donor_where(|d| d == p(1)),
+            Some(p(1)),
+            "one free address makes a donor"
+        );
+        a.verify().unwrap();
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! `[t, next token)`, and token 0 always exists, so every address has exactly
 //! one entry and ownership is disjoint and complete by construction. An entry
 //! carries its owner, its writer, an epoch and version, and the owner's
-//! advertised free count. Only the owner of an entry writes it (donation
+//! advertised free count (see [`advertised_free`]). Only the owner of an entry writes it (donation
 //! hands it over with a version bump); the one exception is the heir of a
 //! completed reclaim, which rewrites the entry one epoch up, see [`crate`]
 //! docs. A token is dropped only when a takeover makes it stale.
@@ -20,6 +20,27 @@ use std::net::IpAddr;
 
 use crate::peer::PeerName;
 use crate::pool::{AddrRange, Pool};
+
+/// Significant bits an owner keeps of its free count when it advertises it.
+const ADVERTISED_BITS: u32 = 4;
+
+/// The free count an owner advertises for a range with `count` free
+/// addresses: exact below 16, otherwise rounded down to its four leading
+/// bits, so at most an eighth below the truth and never 0 while anything is
+/// free.
+///
+/// Other routers use advertised counts only to choose whom to ask for space
+/// and whether a range has any, and every change to an entry crosses the
+/// whole mesh; so an allocation or release rewrites the owner's entry only
+/// when the rounded count moves (a step of 1/16 to 1/8 of the count, and
+/// every step below 16), instead of at each address.
+pub fn advertised_free(count: u128) -> u128 {
+    let bits = u128::BITS - count.leading_zeros();
+    match bits.checked_sub(ADVERTISED_BITS) {
+        Some(shift) if shift > 0 => count >> shift << shift,
+        _ => count,
+    }
+}
 
 /// The replicated address-space ring. See the [crate docs](crate) for the design.
 #[derive(Clone, PartialEq, Eq)]
@@ -654,13 +675,17 @@ impl Ring {
         }
     }
 
-    /// Adjusts the advertised free count of the entry covering `off` by `delta` (+1 / -1), with a version bump.
-    pub(crate) fn adjust_free(&mut self, off: u128, release: bool) {
-        let (t, _) = self.entry_containing(off);
-        let e = self.entries.get_mut(&t).expect("token just found");
-        e.free = if release { e.free + 1 } else { e.free - 1 };
-        e.writer = e.owner;
-        e.version += 1;
+    /// Sets the owner's advertised free count of the entry at `token` to
+    /// [`advertised_free`] of `count`, its free addresses now, with a
+    /// version bump if that changes what the entry says.
+    pub(crate) fn advertise_free(&mut self, token: u128, count: u128) {
+        let e = self.entries.get_mut(&token).expect("caller passes an existing token");
+        let free = advertised_free(count);
+        if e.free != free {
+            e.free = free;
+            e.writer = e.owner;
+            e.version += 1;
+        }
     }
 
     /// The heir a reclaim of `dead` would give the ranges to: the smallest

@@ -226,7 +226,9 @@ pub struct RangeView {
     pub owner: String,
     /// The owner's nickname, if known.
     pub owner_nickname: Option<String>,
-    /// Free addresses, as the owner last advertised.
+    /// Free addresses, as the owner last advertised: exact below 16, else
+    /// rounded down to four significant bits (a range of 510 free shows
+    /// 480), and exact as a donor or the ring's creation wrote it.
     pub free: u64,
 }
 
@@ -239,7 +241,8 @@ pub struct OwnerView {
     pub nickname: Option<String>,
     /// Addresses owned.
     pub owned: u64,
-    /// Free addresses, as advertised.
+    /// Free addresses, as advertised (see [`RangeView::free`]); the local
+    /// router's exact count is the status's `ipam.free`.
     pub free: u64,
     /// Addresses allocated; known only for the local router, `null` for others.
     pub allocated: Option<u64>,
