@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use weft_api::blocking::Client;
 use weft_api::types::{AllocateRequest, ErrorCode, ReleaseRequest};
 use weft_tests::router::{Launch, Router, peer_addr, wait_for, wait_for_rings, workdir, write_secret};
-use weft_tests::testbed_or_skip;
+use weft_tests::{InNamespace, testbed_or_skip};
 
 const SECRET: &str = "correct horse battery staple";
 
@@ -74,7 +74,8 @@ fn the_routers_own_keys_are_refused_by_the_api() {
 
 /// Deleting a stopped router's `ipam` file used to make it start a new ring alone, silently, with every
 /// allocation gone. Now, relaunched alone, it creates no ring and says why, naming the file and both ways out;
-/// relaunched with a PEER of the mesh, it receives the ring, in which it still owns its ranges, and takes them back.
+/// relaunched with a PEER of the mesh, it receives the ring, in which it still owns its ranges, and takes them back,
+/// with the address of the pod still wired on its host: that one is not handed out again.
 #[test]
 fn a_router_whose_ipam_file_is_gone_creates_no_ring_and_recovers_from_a_peer() {
     let tb = testbed_or_skip!(2);
@@ -85,6 +86,25 @@ fn a_router_whose_ipam_file_is_gone_creates_no_ring_and_recovers_from_a_peer() {
     wait_for(&[&h1, &h2], Duration::from_secs(30), "both to have the ring", |s| {
         s.iter().all(|s| s.ipam.problem.is_none())
     });
+    // A pod wired as weft-net wires one: a host veth of its naming, and a /32 route to it. Its address is the lowest
+    // h1 hands out after the host's, so after the loss it would be the next one handed out again.
+    let pod: ipnet::Ipv4Net = h1.allocate("pod").parse().expect("an IPv4 CIDR");
+    let veth = weft_podlink::cni_host_veth("pod", "eth0");
+    let host = tb.host(1);
+    host.exec_ok(["ip", "link", "add", &veth, "type", "veth", "peer", "name", "podpeer"])
+        .unwrap();
+    host.exec_ok(["ip", "link", "set", &veth, "up"]).unwrap();
+    host.exec_ok([
+        "ip",
+        "route",
+        "add",
+        &format!("{}/32", pod.addr()),
+        "dev",
+        &veth,
+        "scope",
+        "link",
+    ])
+    .unwrap();
     h1.allocate("before");
     h2.allocate("before");
     let h1_name = h1.status().unwrap().name;
@@ -157,7 +177,14 @@ fn a_router_whose_ipam_file_is_gone_creates_no_ring_and_recovers_from_a_peer() {
         h1.log().contains("took this router's ranges back"),
         "the log does not say what was lost"
     );
-    h1.allocate("after");
+    let held = h1.allocations();
+    assert!(
+        held.iter()
+            .any(|(id, addr)| id == "weft:recovered" && addr.starts_with(&format!("{}/", pod.addr()))),
+        "the pod's address was not taken back: {held:?}"
+    );
+    let after: ipnet::Ipv4Net = h1.allocate("after").parse().expect("an IPv4 CIDR");
+    assert_ne!(after.addr(), pod.addr(), "the pod's address was handed out again");
 }
 
 /// A router killed before its first change of IPAM state (here, waiting for a second router to create the ring

@@ -70,6 +70,6 @@ mod netlink;
 pub mod reconcile;
 
 pub use error::LinkError;
-pub use names::{cni_host_veth, docker_host_veth};
-pub use netlink::{Attached, Outcome, attach, block_on, check, detach, is_attached};
+pub use names::{cni_host_veth, docker_host_veth, is_host_veth};
+pub use netlink::{Attached, Outcome, PodAddress, attach, block_on, check, detach, is_attached, pod_addresses};
 pub use reconcile::{Difference, GATEWAY_V4, GATEWAY_V6, Gateway, MacAddr, Occupied, Spec, default_routes};

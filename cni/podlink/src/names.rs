@@ -17,6 +17,14 @@ pub fn docker_host_veth(container_id: &str) -> String {
     format!("weftd{:010x}", fnv1a([container_id.as_bytes()]) >> 24)
 }
 
+/// Whether `name` is a host veth this crate names ([`cni_host_veth`] or
+/// [`docker_host_veth`]): `weft` and 11 lowercase hex digits (the proxy's
+/// `d` is one of them).
+pub fn is_host_veth(name: &str) -> bool {
+    name.strip_prefix("weft")
+        .is_some_and(|h| h.len() == 11 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+}
+
 /// FNV-1a 64 of the concatenated `parts`: stable across Rust versions,
 /// unlike std's hasher.
 fn fnv1a<const N: usize>(parts: [&[u8]; N]) -> u64 {
@@ -32,6 +40,22 @@ const PRIME: u64 = 0x0000_0100_0000_01b3;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_veths_are_told_from_other_links() {
+        assert!(is_host_veth(&cni_host_veth("abc", "eth0")));
+        assert!(is_host_veth(&docker_host_veth("abc")));
+        for other in [
+            "weft",
+            "weftd",
+            "eth0",
+            "weft0123456789a0",
+            "weft0123456789A",
+            "weft0123456789g",
+        ] {
+            assert!(!is_host_veth(other), "{other}");
+        }
+    }
 
     #[test]
     fn cni_names_are_short_stable_and_distinct() {

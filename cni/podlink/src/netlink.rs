@@ -158,6 +158,50 @@ pub async fn detach(host_veth: &str) -> Result<bool, LinkError> {
     Side::host()?.delete(host_veth).await
 }
 
+/// An address the host routes to a pod: a route of the address alone
+/// (`/32`, `/128`) to one of this crate's host veths.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodAddress {
+    /// The host veth the route goes to.
+    pub host_veth: String,
+    /// The pod's address.
+    pub addr: IpAddr,
+}
+
+/// Every pod address the host (the caller's namespace) routes to a host
+/// veth of this crate's naming ([`crate::is_host_veth`]): what the pods
+/// wired here hold, as the kernel shows it. The router reads it when its
+/// IPAM state was lost, so that it does not hand those addresses out again.
+///
+/// # Errors
+/// If netlink cannot list the links or the routes.
+pub async fn pod_addresses() -> Result<Vec<PodAddress>, LinkError> {
+    let host = Side::host()?;
+    let mut dump = host.handle.link().get().execute();
+    let mut veths = BTreeMap::new();
+    while let Some(link) = dump.try_next().await.map_err(host.query("links", "the host"))? {
+        let name = link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n),
+            _ => None,
+        });
+        if let Some(name) = name.filter(|n| crate::is_host_veth(n)) {
+            veths.insert(link.header.index, name.clone());
+        }
+    }
+    let routes = host.routes("the host").await?;
+    Ok(routes
+        .iter()
+        .filter_map(route_of)
+        .filter_map(|(oif, r)| {
+            let host_veth = veths.get(&oif)?.clone();
+            (r.via.is_none() && r.dst.prefix_len() == r.dst.max_prefix_len()).then(|| PodAddress {
+                host_veth,
+                addr: r.dst.addr(),
+            })
+        })
+        .collect())
+}
+
 /// Runs `f` (one of this crate's calls) to completion on a new
 /// current-thread runtime: for synchronous callers such as the CNI plugin.
 ///

@@ -589,13 +589,21 @@ pub enum Event {
         pool: Pool,
     },
     /// After its state file was lost ([`Saved::lost`]), this router adopted
-    /// the mesh's ring and took back the `ranges` it still owns there, all
-    /// of them free: the list of what was allocated from them is gone.
+    /// the mesh's ring and took back the `ranges` it still owns there. The
+    /// list of what was allocated from them is gone; the addresses the
+    /// host still routes to pods ([`Saved::with_pods`]) were allocated
+    /// again.
     Recovered {
         /// The state file that was missing.
         file: String,
         /// How many ranges it took back.
         ranges: usize,
+        /// How many pod addresses it allocated again.
+        claimed: usize,
+        /// Pod addresses in the pool that it could not allocate again,
+        /// with why: another router owns them now (a pod holding one may
+        /// share it with a pod elsewhere).
+        elsewhere: Vec<(IpAddr, AllocError)>,
     },
     /// A message could not be decoded and was dropped.
     Malformed {
@@ -640,22 +648,56 @@ fn encode_record(replica: &Replica, init: &IpamInit) -> Vec<u8> {
 pub struct Saved {
     replica: Replica,
     init: IpamInit,
-    /// The file that should have held the state, when it was lost.
-    lost: Option<String>,
+    /// What is known of the state, when it was lost.
+    lost: Option<Lost>,
 }
+
+/// What a router whose state file was lost knows of it ([`Saved::lost`]).
+#[derive(Clone, PartialEq, Eq, Debug)]
+struct Lost {
+    /// The file that should have held the state.
+    file: String,
+    /// The addresses the host routes to its pods, each with its host veth
+    /// ([`Saved::with_pods`]).
+    pods: Vec<(IpAddr, String)>,
+}
+
+/// The container part of the key a pod's address is claimed again under
+/// after lost state ([`Saved::with_pods`]); the interface part is the
+/// pod's host veth. Reserved ([`crate::core::node::RESERVED_PREFIX`]): the
+/// API neither allocates nor releases it.
+pub const RECOVERED_CONTAINER: &str = "weft:recovered";
 
 impl Saved {
     /// Router `me` had IPAM state, but `file` that held it is gone (the
     /// shell saw the router's identity without it). The agent then creates
     /// no ring ([`NoRing::StateLost`]) and only adopts the mesh's, in which
-    /// it still owns its ranges. Its allocation list is lost with the file:
+    /// it still owns its ranges. Its allocation list is lost with the file;
+    /// what the host's pods still hold comes from [`Saved::with_pods`]:
     /// see `docs/control-plane.md` ("Persistence").
     pub fn lost(me: PeerName, file: impl Into<String>) -> Self {
         Self {
             replica: Replica::new(me),
             init: IpamInit::default(),
-            lost: Some(file.into()),
+            lost: Some(Lost {
+                file: file.into(),
+                pods: Vec::new(),
+            }),
         }
+    }
+
+    /// For lost state: the addresses the host routes to its pods, as the
+    /// kernel shows them, each with its host veth. When the router takes
+    /// its ranges back from the mesh's ring, it allocates each of them that
+    /// lies in its ranges again, under the key ([`RECOVERED_CONTAINER`],
+    /// the veth), before it answers anything, so that none is handed out
+    /// twice. No effect on state that was not lost.
+    #[must_use]
+    pub fn with_pods(mut self, pods: impl IntoIterator<Item = (IpAddr, String)>) -> Self {
+        if let Some(lost) = &mut self.lost {
+            lost.pods.extend(pods);
+        }
+        self
     }
 
     /// The record of router `me` before it has done anything: no ring, no
@@ -744,7 +786,7 @@ pub struct Agent {
     /// written (see the [module docs](self)).
     foreign_since: Option<Time>,
     /// The state file was lost ([`Saved::lost`]): adopt a ring, create none.
-    lost: Option<String>,
+    lost: Option<Lost>,
     /// [`ring_hash`] of the current ring, cleared by every change (which
     /// also sets `dirty`, as every change must be persisted).
     hash: Option<u64>,
@@ -1151,9 +1193,11 @@ impl Agent {
             let peer = e.name;
             self.ask_for_ring(peer);
         }
-        if let Some(file) = &self.lost {
+        if let Some(lost) = &self.lost {
             // Never create a ring: adopt the mesh's, which holds our ranges.
-            self.waiting_for = Some(NoRing::StateLost { file: file.clone() });
+            self.waiting_for = Some(NoRing::StateLost {
+                file: lost.file.clone(),
+            });
             return;
         }
         if let Init::Consensus(count) = self.init {
@@ -1221,6 +1265,56 @@ impl Agent {
             Some(Err(e)) => Err(e),
             None => Ok(Progress::Waiting(ticket)),
         }
+    }
+
+    /// After lost state, when the ranges are back: allocates each pod
+    /// address that lies in the pool again, under ([`RECOVERED_CONTAINER`],
+    /// its veth). Returns how many, and those it could not (another router
+    /// owns them now, or two veths route one address).
+    fn claim_pods(&mut self, now: Time, pods: Vec<(IpAddr, String)>) -> (usize, Vec<(IpAddr, AllocError)>) {
+        let mut claimed = 0;
+        let mut elsewhere = Vec::new();
+        for (addr, veth) in pods {
+            let Ok(key) = AllocKey::new(RECOVERED_CONTAINER, &veth) else {
+                continue;
+            };
+            match self.replica.allocate(key, Request::Addr(addr)) {
+                Ok(_) => claimed += 1,
+                // Another network's route, or the family the pool is not.
+                Err(AllocError::OutsidePool { .. }) => {}
+                Err(e) => elsewhere.push((addr, e)),
+            }
+        }
+        if claimed > 0 {
+            self.changed(now);
+        }
+        (claimed, elsewhere)
+    }
+
+    /// Whether addresses allocated again after lost state
+    /// ([`Saved::with_pods`]) are still held: [`Agent::pods_present`] frees
+    /// each as its pod goes. O(allocations).
+    pub fn has_recovered(&self) -> bool {
+        self.replica
+            .allocations()
+            .any(|(k, _)| k.container() == RECOVERED_CONTAINER)
+    }
+
+    /// The pod addresses the host routes now, each with its host veth (as
+    /// for [`Saved::with_pods`]): every address allocated again after lost
+    /// state that its veth no longer routes is released, since its pod is
+    /// gone (its runtime's release named a key the lost file held).
+    /// Returns the addresses released.
+    pub fn pods_present(&mut self, now: Time, present: &[(IpAddr, String)]) -> Vec<IpAddr> {
+        let gone: Vec<AllocKey> = self
+            .replica
+            .allocations()
+            .filter(|(k, addr)| {
+                k.container() == RECOVERED_CONTAINER && !present.iter().any(|(a, veth)| a == addr && veth == k.iface())
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        gone.iter().filter_map(|k| self.release(now, k)).collect()
     }
 
     /// Releases `key`'s address, if it has one here.
@@ -1880,10 +1974,13 @@ impl Agent {
                     // which has it or hears of it the way this router did.
                     self.announced = Some(ring.snapshot());
                     self.ring_asked = None;
-                    if let Some(file) = self.lost.take() {
+                    if let Some(lost) = self.lost.take() {
+                        let (claimed, elsewhere) = self.claim_pods(now, lost.pods);
                         self.events.push_back(Event::Recovered {
-                            file,
+                            file: lost.file,
                             ranges: out.gained.len(),
+                            claimed,
+                            elsewhere,
                         });
                     }
                     self.set_init(IpamInit {

@@ -781,6 +781,27 @@ impl Node {
         self.step(now);
     }
 
+    /// Whether pod addresses allocated again after lost IPAM state are
+    /// still held ([`ipam_agent::Saved::with_pods`]): the shell then reports
+    /// the host's pod routes now and then ([`Node::pods_present`]).
+    pub fn has_recovered_pods(&self) -> bool {
+        self.agent.has_recovered()
+    }
+
+    /// The pod addresses the host routes now, each with its host veth: the
+    /// addresses allocated again after lost state whose pods are gone are
+    /// released ([`ipam_agent::Agent::pods_present`]). Returns them.
+    pub fn pods_present(&mut self, now: Time, present: &[(IpAddr, String)]) -> Vec<IpAddr> {
+        if self.stopped || self.agent.replica().is_removed() {
+            return Vec::new();
+        }
+        let freed = self.agent.pods_present(now, present);
+        if !freed.is_empty() {
+            self.step(now);
+        }
+        freed
+    }
+
     /// `weft ipam release`: answered with [`Reply::Release`], once durable.
     pub fn release(&mut self, now: Time, to: ReplyTo, key: &AllocKey) {
         if self.agent.replica().is_removed() {
@@ -1793,8 +1814,12 @@ mod tests {
 
         // In a mesh: router 1 owns everything, then loses its state and comes back with a PEER.
         let mut net = star(2, &[(1, 2)], false);
-        let got = net.allocate(1, 1, "before");
-        assert!(matches!(got, Some(Ok(_))), "{got:?}");
+        let Some(Ok(mine)) = net.allocate(1, 1, "before") else {
+            panic!("router 1 allocates")
+        };
+        let Some(Ok(theirs)) = net.allocate(2, 3, "theirs") else {
+            panic!("router 2 allocates from a donation")
+        };
         net.run(Duration::from_secs(6));
         let owned = |n: &Node| n.replica().ring().map(|r| r.owners().get(&p(1)).map(|s| s.free));
         let before = owned(net.node(2));
@@ -1804,23 +1829,64 @@ mod tests {
             net.close(c, Failure::Lost("restarted".into()));
         }
         let now = net.now;
-        net.nodes[0] = Node::new(config(1, Init::Consensus(1), false), lost(), now, 9).unwrap();
+        // The kernel shows three pod routes: the pod that had `mine`, one
+        // with an address router 2 owns, one outside the pool.
+        let pods = [
+            (mine.addr, "weft00000000001"),
+            (theirs.addr, "weft00000000002"),
+            ("10.99.0.1".parse().unwrap(), "weft00000000003"),
+        ]
+        .map(|(a, v)| (a, v.to_owned()));
+        let saved = lost().map(|s| s.with_pods(pods.clone()));
+        net.nodes[0] = Node::new(config(1, Init::Consensus(1), false), saved, now, 9).unwrap();
         net.node(1).connect(now, PeerAddr::try_from(addr(2)).unwrap());
         net.run(Duration::from_secs(3));
         assert!(net.node(1).ipam_problem().is_none(), "{:?}", net.node(1).ipam_problem());
+        let recovered = net.events.iter().find_map(|e| match &e.1 {
+            Event::Ipam(ipam_agent::Event::Recovered {
+                ranges,
+                claimed,
+                elsewhere,
+                ..
+            }) if e.0 == 1 => Some((*ranges, *claimed, elsewhere.clone())),
+            _ => None,
+        });
+        let Some((ranges, claimed, elsewhere)) = recovered else {
+            panic!("no recovery: {:?}", net.events)
+        };
+        assert!(ranges > 0);
+        assert_eq!(claimed, 1, "the pod's address in router 1's ranges");
+        assert_eq!(elsewhere.iter().map(|(a, _)| *a).collect::<Vec<_>>(), [theirs.addr]);
+        assert!(matches!(elsewhere[0].1, AllocError::AskPeer { peer, .. } if peer == p(2)));
+        let held: Vec<(String, IpAddr)> = net
+            .node(1)
+            .replica()
+            .allocations()
+            .map(|(k, a)| (format!("{}/{}", k.container(), k.iface()), a))
+            .collect();
         assert!(
-            net.events
-                .iter()
-                .any(|e| e.0 == 1
-                    && matches!(e.1, Event::Ipam(ipam_agent::Event::Recovered { ranges, .. }) if ranges > 0))
+            held.contains(&("weft:recovered/weft00000000001".to_owned(), mine.addr)),
+            "{held:?}"
         );
+        assert!(net.node(1).has_recovered_pods());
         assert_eq!(
             net.node(1).replica().ring().map(|r| r.owners().contains_key(&p(1))),
             Some(true),
             "router 1 owns its ranges again"
         );
         let got = net.allocate(1, 2, "after");
-        assert!(matches!(got, Some(Ok(_))), "{got:?}");
+        assert!(
+            matches!(got, Some(Ok(ref a)) if a.addr != mine.addr),
+            "the pod's address is not handed out again: {got:?}"
+        );
+        // The pod goes: its route with it. Its address is released.
+        let now = net.now;
+        assert_eq!(net.node(1).pods_present(now, &pods[1..]), [mine.addr]);
+        assert!(!net.node(1).has_recovered_pods());
+        assert!(
+            net.node(1).pods_present(now, &[]).is_empty(),
+            "nothing else was taken back"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use ipam_crdt::PeerName;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
-use tracing::{Instrument, debug, info, info_span, trace, warn};
+use tracing::{Instrument, debug, error, info, info_span, trace, warn};
 use weft_api::types::{ApiError, ErrorCode};
 
 use super::backend::{self, Command, Waiting, describe};
@@ -175,6 +175,7 @@ impl Driver {
                     let now = self.clock.now();
                     if now >= self.next_local_scan {
                         self.scan_local_addrs(now);
+                        self.scan_pods();
                     }
                     if now >= self.next_data_check {
                         self.check_data_reach(now);
@@ -235,6 +236,16 @@ impl Driver {
             Input::Persisted(seq, Err(error)) => {
                 self.metrics.ipam_write(false);
                 self.node.handle_persist_failed(now, seq, &error);
+            }
+            Input::Pods(Ok(pods)) => {
+                let present: Vec<(std::net::IpAddr, String)> =
+                    pods.into_iter().map(|p| (p.addr, p.host_veth)).collect();
+                for addr in self.node.pods_present(now, &present) {
+                    info!(%addr, "released an address taken back after lost IPAM state: its pod is gone");
+                }
+            }
+            Input::Pods(Err(error)) => {
+                warn!(%error, "cannot list this host's pod routes; the addresses taken back after lost IPAM state stay held");
             }
         }
     }
@@ -427,14 +438,29 @@ impl Driver {
                         ours = %self.node.pool(),
                         "refused a ring over another range: the routers were launched with different --ipalloc-range"
                     ),
-                    E::Recovered { file, ranges } => warn!(
-                        %file,
+                    E::Recovered {
+                        file,
                         ranges,
-                        "took this router's ranges back from the mesh's ring after its IPAM state was lost; the list \
-                         of addresses allocated from them was lost with the file, so all count as free: addresses \
-                         that pods on this host still hold can be handed out again until their owners claim them \
-                         (see docs/control-plane.md, \"Persistence\")"
-                    ),
+                        claimed,
+                        elsewhere,
+                    } => {
+                        warn!(
+                            %file,
+                            ranges,
+                            claimed,
+                            "took this router's ranges back from the mesh's ring after its IPAM state was lost; the \
+                             addresses the host routes to pods were allocated again (keys weft:recovered/VETH, freed \
+                             when the pod's veth is gone), and the rest of the ranges is free"
+                        );
+                        for (addr, why) in elsewhere {
+                            error!(
+                                %addr,
+                                %why,
+                                "a pod on this host holds an address this router could not take back: another router \
+                                 may hand it out, or has; restart that pod to give it a new address"
+                            );
+                        }
+                    }
                     E::Malformed { from } => {
                         debug!(peer = %from, "malformed ring dropped");
                         self.metrics.malformed_ipam();
@@ -496,6 +522,20 @@ impl Driver {
     /// Lists the host's interface addresses for the core, which chooses
     /// what to advertise; again every [`LOCAL_ADDRS_EVERY`], so an address
     /// added later (DHCP, a second NIC) is advertised too.
+    /// While addresses taken back after lost IPAM state are held, lists
+    /// the host's pod routes off the event loop, so that those whose pods
+    /// went are released ([`Node::pods_present`]).
+    fn scan_pods(&mut self) {
+        if !self.node.has_recovered_pods() {
+            return;
+        }
+        let tx = self.inputs_tx.clone();
+        self.tasks.spawn(async move {
+            let pods = weft_podlink::pod_addresses().await.map_err(|e| e.to_string());
+            let _ = tx.send(Input::Pods(pods)).await;
+        });
+    }
+
     fn scan_local_addrs(&mut self, now: crate::core::Time) {
         self.next_local_scan = now + LOCAL_ADDRS_EVERY;
         match interfaces::local_addrs() {

@@ -179,7 +179,19 @@ impl Daemon {
                 Some(saved)
             }
             None if created == Created::Loaded => {
-                let saved = ipam_agent::Saved::lost(identity.name(), ipam_path.display().to_string());
+                // What the host's pods hold is in the kernel: take it back
+                // with the ranges, or it would be handed out again.
+                let pods = match weft_podlink::pod_addresses().await {
+                    Ok(pods) => pods,
+                    Err(e) => {
+                        return Err(state_error(format!(
+                            "it is missing, and the addresses of this host's pods cannot be listed to take them \
+                             back: {e}"
+                        )));
+                    }
+                };
+                let saved = ipam_agent::Saved::lost(identity.name(), ipam_path.display().to_string())
+                    .with_pods(pods.into_iter().map(|p| (p.addr, p.host_veth)));
                 warn!(
                     path = %ipam_path.display(),
                     "the IPAM state file is missing although this router's identity is there: it ran before and \

@@ -31,6 +31,9 @@ pub(super) enum Input {
     Closed(ConnId, Failure),
     /// A write of the IPAM record finished.
     Persisted(u64, Result<(), String>),
+    /// The host's pod routes were listed (only while addresses allocated
+    /// again after lost state are held).
+    Pods(Result<Vec<weft_podlink::PodAddress>, String>),
 }
 
 /// One authenticated control connection.
