@@ -607,7 +607,14 @@ mod tests {
     fn an_allocation_travels_as_a_small_delta_and_merges_like_the_ring() {
         let mut r = replicas(3);
         let base = r[0].ring().unwrap().snapshot();
-        r[0].allocate(key(1), Request::Any).unwrap();
+        // The owner's entry changes when its free count leaves the band of
+        // the advertised one: more than an eighth of it.
+        let mut allocated = 0;
+        while r[0].ring().unwrap().changes_since(&base).is_none_or(|c| c.is_empty()) {
+            allocated += 1;
+            r[0].allocate(key(allocated), Request::Any).unwrap();
+        }
+        assert!(allocated > 1, "one allocation moved the advertised count");
         let d = r[0].ring().unwrap().delta_since(&base).unwrap();
         // The changed entry and its two neighbours.
         assert_eq!(d.len(), 2, "{d:?}"); // the first entry has no predecessor

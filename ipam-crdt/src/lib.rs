@@ -11,7 +11,7 @@
 //! [`Ring`] cuts the pool at *tokens*. The entry at token `t` covers
 //! `[t, next token)` and records its owner, who wrote it, an epoch and a
 //! version, and the free count the owner advertises
-//! ([rounded](advertised_free)). Token 0 always exists
+//! ([within an eighth](advertised_free_holds)). Token 0 always exists
 //! (only tokens strictly inside a taken-over range are ever dropped), so
 //! ownership is disjoint and covers the pool in every state, by construction.
 //!
@@ -219,4 +219,6 @@ pub use replica::{
     AllocError, AllocKey, Allocation, DonateError, Donation, KeyError, MergeOutcome, ReclaimError, Replica, Request,
     Violation, Want,
 };
-pub use ring::{CreateError, MergeError, OwnerStats, RangeInfo, ReclaimStatus, Ring, RingOrigin, advertised_free};
+pub use ring::{
+    CreateError, MergeError, OwnerStats, RangeInfo, ReclaimStatus, Ring, RingOrigin, advertised_free_holds,
+};

@@ -9,7 +9,8 @@ use ipnet::IpNet;
 use crate::peer::PeerName;
 use crate::pool::{AddrRange, Pool};
 use crate::ring::{
-    CreateError, Entry, MergeError, MergePlan, ReclaimStatus, Removal, Ring, Surrender, Taken, Vote, advertised_free,
+    CreateError, Entry, MergeError, MergePlan, ReclaimStatus, Removal, Ring, Surrender, Taken, Vote,
+    advertised_free_holds,
 };
 use crate::space::Space;
 
@@ -832,11 +833,8 @@ impl Replica {
             }
             if entry.owner == self.me && !self.deferred.contains(&s) {
                 usable_owned += e - s - pool.reserved_in(s, e);
-                // The exact count where a donor or the ring's creation wrote
-                // it (or an older version of this router), else the
-                // rounded one.
                 let count = self.space.count_free(s, e);
-                if entry.free != count && entry.free != advertised_free(count) {
+                if !advertised_free_holds(entry.free, count) {
                     return Err(violation(format!(
                         "own entry at {} advertises {} free, space has {count}",
                         pool.addr_at(s),
@@ -992,7 +990,7 @@ impl Replica {
         }
         for t in tokens {
             let end = ring.end_of(t);
-            ring.write(t, me, me, advertised_free(self.space.count_free(t, end)));
+            ring.write(t, me, me, self.space.count_free(t, end));
         }
         true
     }
@@ -1037,7 +1035,7 @@ impl Replica {
         }
         for t in mine {
             let end = ring.end_of(t);
-            ring.write(t, me, me, advertised_free(self.space.count_free(t, end)));
+            ring.write(t, me, me, self.space.count_free(t, end));
         }
         ring.members.insert(to);
     }
@@ -1488,23 +1486,22 @@ mod tests {
         );
         assert_eq!(a.choose_donor(), Some(p(2)), "lowest name on ties");
         assert_eq!(a.choose_donor_where(|d| d != p(2)), Some(p(3)));
-        for i in 0..10 {
+        // 40 allocations take p(2) out of its advertised count's band: it
+        // advertises 223, the count when it left it.
+        for i in 0..40 {
             b.allocate(key(&format!("b{i}")), Request::Any).unwrap();
         }
         let _ = a.merge(b.ring().unwrap()).unwrap();
+        assert_eq!(a.donors().next(), Some((p(2), 223)));
         assert_eq!(a.choose_donor(), Some(p(3)));
-        assert_eq!(
-            a.choose_donor_where(|d| d != p(3)),
-            Some(p(4)),
-            "255 free beats 240 (246 rounded)"
-        );
+        assert_eq!(a.choose_donor_where(|d| d != p(3)), Some(p(4)), "255 free beats 223");
         assert_eq!(a.choose_donor_where(|d| d == p(2)), Some(p(2)));
         assert_eq!(a.choose_donor_where(|_| false), None);
         a.begin_reclaim(p(3)).unwrap();
         assert!(a.donors().all(|(d, _)| d != p(3)), "a removed router gives nothing");
         assert_eq!(a.choose_donor_where(|d| d != p(4)), Some(p(2)));
         // Drained of free space, a router is no donor either.
-        for i in 0..246 {
+        for i in 0..216 {
             b.allocate(key(&format!("c{i}")), Request::Any).unwrap();
         }
         let _ = a.merge(b.ring().unwrap()).unwrap();
@@ -1514,12 +1511,15 @@ mod tests {
     }
 
     #[test]
-    fn an_owner_rewrites_its_entry_only_when_the_rounded_free_count_moves() {
-        let exact: Vec<u128> = (0..16).collect();
-        assert_eq!((0..16).map(advertised_free).collect::<Vec<_>>(), exact);
-        let rounded: Vec<u128> = [16, 17, 31, 32, 33, 479, 480, 511, 512].map(advertised_free).into();
-        assert_eq!(rounded, [16, 16, 30, 32, 32, 448, 480, 480, 512]);
-        assert_eq!(advertised_free(u128::MAX), 0xf << 124);
+    fn an_owner_rewrites_its_entry_only_when_its_free_count_leaves_the_band() {
+        for c in 0..16 {
+            assert!(advertised_free_holds(c, c));
+            assert!(!advertised_free_holds(c, c + 1) && !advertised_free_holds(c + 1, c));
+        }
+        assert!(advertised_free_holds(16, 18) && !advertised_free_holds(16, 19) && !advertised_free_holds(16, 15));
+        assert!(advertised_free_holds(511, 448) && !advertised_free_holds(511, 447));
+        assert!(advertised_free_holds(511, 574) && !advertised_free_holds(511, 575));
+        assert!(advertised_free_holds(u128::MAX, u128::MAX - (u128::MAX >> 3)));
 
         let (mut a, mut b) = pair();
         let entry = |a: &Replica| {
@@ -1527,27 +1527,26 @@ mod tests {
             (e.version, e.free)
         };
         assert_eq!(entry(&a), (1, 511), "the ring's creation states the exact count");
-        a.verify().unwrap();
         let mut writes = 0;
         for i in 0..511 {
             let before = entry(&a);
             a.allocate(key(&format!("a{i}")), Request::Any).unwrap();
             a.verify().unwrap();
             let after = entry(&a);
-            assert_eq!(after.1, advertised_free(a.free()));
+            assert!(advertised_free_holds(after.1, a.free()));
             if after != before {
-                assert_eq!(after.0, before.0 + 1);
+                assert_eq!(after, (before.0 + 1, a.free()), "a rewrite states the exact count");
                 writes += 1;
             }
             match i {
-                0 => assert_eq!(after, (2, 480), "510 free, rounded"),
-                30 => assert_eq!(after, (2, 480), "480 free: no new version"),
-                31 => assert_eq!(after, (3, 448), "479 free"),
+                62 => assert_eq!(after, (1, 511), "448 free: no rewrite yet"),
+                63 => assert_eq!(after, (2, 447), "447 free"),
                 _ => {}
             }
         }
-        // Eight steps an octave from 16 up, one each below.
-        assert_eq!(writes, 16 + 5 * 8);
+        // Each rewrite more than an eighth below the last, from 511 down to
+        // 16, then one for each of the last 16.
+        assert_eq!(writes, 40);
         assert_eq!(entry(&a).1, 0, "nothing free is advertised exactly");
         let _ = b.merge(a.ring().unwrap()).unwrap();
         assert!(b.donors().all(|(d, _)| d != p(1)));

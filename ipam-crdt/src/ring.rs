@@ -4,7 +4,7 @@
 //! `[t, next token)`, and token 0 always exists, so every address has exactly
 //! one entry and ownership is disjoint and complete by construction. An entry
 //! carries its owner, its writer, an epoch and version, and the owner's
-//! advertised free count (see [`advertised_free`]). Only the owner of an entry writes it (donation
+//! advertised free count (see [`advertised_free_holds`]). Only the owner of an entry writes it (donation
 //! hands it over with a version bump); the one exception is the heir of a
 //! completed reclaim, which rewrites the entry one epoch up, see [`crate`]
 //! docs. A token is dropped only when a takeover makes it stale.
@@ -21,24 +21,25 @@ use std::net::IpAddr;
 use crate::peer::PeerName;
 use crate::pool::{AddrRange, Pool};
 
-/// Significant bits an owner keeps of its free count when it advertises it.
-const ADVERTISED_BITS: u32 = 4;
+/// Below this many free addresses, an owner's advertised count is exact.
+const EXACT_BELOW: u128 = 16;
 
-/// The free count an owner advertises for a range with `count` free
-/// addresses: exact below 16, otherwise rounded down to its four leading
-/// bits, so at most an eighth below the truth and never 0 while anything is
-/// free.
+/// Whether an owner's advertised free count `advertised` still stands for
+/// `count`, the free addresses the range has now: exact below 16 (on
+/// either side), otherwise within an eighth of `advertised`, so never 0
+/// while anything is free.
 ///
 /// Other routers use advertised counts only to choose whom to ask for space
 /// and whether a range has any, and every change to an entry crosses the
-/// whole mesh; so an allocation or release rewrites the owner's entry only
-/// when the rounded count moves (a step of 1/16 to 1/8 of the count, and
-/// every step below 16), instead of at each address.
-pub fn advertised_free(count: u128) -> u128 {
-    let bits = u128::BITS - count.leading_zeros();
-    match bits.checked_sub(ADVERTISED_BITS) {
-        Some(shift) if shift > 0 => count >> shift << shift,
-        _ => count,
+/// whole mesh; so an allocation or release rewrites the owner's entry (with
+/// the exact count) only when the count leaves that band, instead of at
+/// each address: about 40 rewrites to fill a range of 511, and none for the
+/// first 63 allocations from it.
+pub fn advertised_free_holds(advertised: u128, count: u128) -> bool {
+    if advertised < EXACT_BELOW || count < EXACT_BELOW {
+        advertised == count
+    } else {
+        advertised.abs_diff(count) <= advertised / 8
     }
 }
 
@@ -675,14 +676,14 @@ impl Ring {
         }
     }
 
-    /// Sets the owner's advertised free count of the entry at `token` to
-    /// [`advertised_free`] of `count`, its free addresses now, with a
-    /// version bump if that changes what the entry says.
+    /// The entry at `token` has `count` free addresses now (after an
+    /// allocation or release by its owner): rewrites its advertised count,
+    /// exact, with a version bump, if it no longer stands for that
+    /// ([`advertised_free_holds`]).
     pub(crate) fn advertise_free(&mut self, token: u128, count: u128) {
         let e = self.entries.get_mut(&token).expect("caller passes an existing token");
-        let free = advertised_free(count);
-        if e.free != free {
-            e.free = free;
+        if !advertised_free_holds(e.free, count) {
+            e.free = count;
             e.writer = e.owner;
             e.version += 1;
         }

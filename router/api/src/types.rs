@@ -227,8 +227,8 @@ pub struct RangeView {
     /// The owner's nickname, if known.
     pub owner_nickname: Option<String>,
     /// Free addresses, as the owner last advertised: exact below 16, else
-    /// rounded down to four significant bits (a range of 510 free shows
-    /// 480), and exact as a donor or the ring's creation wrote it.
+    /// within an eighth (an owner rewrites it only when its count leaves
+    /// that band).
     pub free: u64,
 }
 

@@ -2527,7 +2527,6 @@ mod consensus_model;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ipam_crdt::advertised_free;
 
     fn p(n: u64) -> PeerName {
         PeerName::from_u64(n)
@@ -2779,6 +2778,20 @@ mod tests {
             self.agents[i].replica().ring().unwrap()
         }
 
+        /// Allocates on agent `i` until its ring changes: its advertised
+        /// free count is rewritten once the count leaves the band of an
+        /// eighth around it. Returns how many allocations that took.
+        fn allocate_until_advertised(&mut self, i: usize) -> usize {
+            let before = self.ring(i).clone();
+            let mut n = 0;
+            while *self.ring(i) == before {
+                n += 1;
+                let got = self.agents[i].allocate(self.now, key(&format!("band-{i}-{n}")), Request::Any);
+                assert!(matches!(got, Ok(Progress::Done(_))), "{got:?}");
+            }
+            n
+        }
+
         fn allocated(&self, ticket: Ticket) -> Option<&Result<Allocation, AllocFailure>> {
             self.events.iter().find_map(|(_, e)| match e {
                 Event::Allocated(t, r) if *t == ticket => Some(r),
@@ -2815,8 +2828,9 @@ mod tests {
         }
         assert_eq!(
             net.ring(0).owners()[&p(2)].free,
-            advertised_free(341 - 10),
-            "a third of 1,024, no reserved address"
+            341,
+            "a third of 1,024, no reserved address; ten allocations stay within an eighth of it, so the advertised \
+             count stands"
         );
     }
 
@@ -2913,9 +2927,10 @@ mod tests {
         net.advance(FREE_COUNTS_EVERY + BATCH * 2);
         let owners = net.ring(0).owners();
         let free: Vec<u128> = (1..=4).map(|i| owners[&p(i)].free).collect();
-        // Rounded where the owner allocated; agent 3 still shows the exact
-        // count the ring's creation wrote.
-        assert_eq!(free, [0, advertised_free(44), advertised_free(54), 63]);
+        // As advertised: an owner rewrites its count when it leaves the band
+        // of an eighth around the last one (64 -> 55 -> 48 for agent 1,
+        // 64 -> 55 for agent 2); agent 3 shows the ring creation's count.
+        assert_eq!(free, [0, 48, 55, 63]);
         net.log.clear();
         net
     }
@@ -3306,8 +3321,8 @@ mod tests {
     fn summaries_repair_a_missed_announcement() {
         let mut net = Net::seeded(pool("10.32.0.0/24"), 2);
         net.mute.insert(0);
-        let _ = net.agents[0].allocate(net.now, key("c"), Request::Any).unwrap();
-        net.advance(BATCH * 2);
+        assert!(net.allocate_until_advertised(0) > 1);
+        net.advance(FREE_COUNTS_EVERY + BATCH);
         assert_ne!(net.ring(0), net.ring(1), "the announcement was lost");
         net.mute.clear();
         net.advance(SUMMARY_EVERY * 2);
@@ -3419,7 +3434,7 @@ mod tests {
             a.next_summary = net.now + Duration::from_secs(3600);
         }
         net.log.clear();
-        let _ = net.agents[0].allocate(net.now, key("c"), Request::Any).unwrap();
+        assert!(net.allocate_until_advertised(0) > 1);
         net.advance(BATCH * 2);
         assert!(net.log.is_empty(), "a change of free counts alone waits: {:?}", net.log);
         net.advance(FREE_COUNTS_EVERY);
