@@ -41,8 +41,12 @@
 //! outside one) had free space then; `max_allocation_ms` is the longest an
 //! allocation took, in virtual time, among those asked for by a router that
 //! had the ring (before it, an allocation waits for the ring);
-//! `ipam_bytes_by_kind` splits `ipam_bytes` by message kind. Exits 1 unless
-//! converged with none of either and no failure with space.
+//! `ipam_bytes_by_kind` splits `ipam_bytes` by message kind, and
+//! `ring_entries` is the size of the largest ring at the end (every router
+//! must learn about each entry, so IPAM bytes per router grow at least
+//! with it). Exits 1 unless
+//! converged with none of either and no failure with space, and with
+//! `--heal-within-secs T`, unless converged within T s of the heal.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -65,7 +69,7 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(msg) => {
             eprintln!(
-                "meshsim: {msg}\nusage: meshsim --routers N --seed S [--loss PERCENT] [--partition-secs T] [--join-ms MS] \\\n               [--init-peer-count N] [--allocs K] [--silent-router I]"
+                "meshsim: {msg}\nusage: meshsim --routers N --seed S [--loss PERCENT] [--partition-secs T] [--join-ms MS] \\\n               [--init-peer-count N] [--allocs K] [--silent-router I] \\\n               [--heal-within-secs T]"
             );
             return ExitCode::from(2);
         }
@@ -125,12 +129,27 @@ fn main() -> ExitCode {
     let converged = first.is_some() && after_heal.is_some() && sim.converged();
     let (duplicates, misplaced) = sim.address_check();
     let converged = converged && duplicates == 0 && misplaced == 0;
-    let ok = converged && sim.failures_with_space == 0;
+    let healed_in_time = args
+        .heal_within
+        .is_none_or(|limit| after_heal.is_some_and(|d| d <= limit));
+    if !healed_in_time {
+        println!(
+            "meshsim: converged {} after the heal: later than --heal-within-secs {}",
+            after_heal.map_or("never".into(), |d| format!("{} ms", d.as_millis())),
+            args.heal_within.map_or(0, |d| d.as_secs())
+        );
+    }
+    let ok = converged && sim.failures_with_space == 0 && healed_in_time;
     let origins: std::collections::BTreeSet<String> = sim
         .routers
         .iter()
         .filter_map(|r| r.node.as_ref()?.replica().ring().map(|g| g.origin().to_string()))
         .collect();
+    let ring_entries = sim
+        .routers
+        .iter()
+        .filter_map(|r| r.node.as_ref()?.replica().ring().map(|g| g.len()))
+        .max();
     let degrees: Vec<usize> = sim
         .routers
         .iter()
@@ -156,6 +175,7 @@ fn main() -> ExitCode {
         "ipam_messages_and_bytes_by_kind": sim.ipam_kinds,
         "ipam_bytes_by_kind": sim.ipam_kinds.iter().map(|(k, (_, b))| (*k, *b)).collect::<BTreeMap<_, _>>(),
         "rings": origins.len(),
+        "ring_entries": ring_entries,
         "allocations": sim.allocations.len(),
         "allocation_failures": sim.failures,
         "allocation_failures_with_space": sim.failures_with_space,
@@ -192,6 +212,8 @@ struct Args {
     allocs: usize,
     /// A router cut off from its launch until a ring exists.
     silent: Option<usize>,
+    /// Fail unless views and rings converge this soon after the heal.
+    heal_within: Option<Duration>,
 }
 
 impl Args {
@@ -205,6 +227,7 @@ impl Args {
             init_peer_count: None,
             allocs: 2,
             silent: None,
+            heal_within: None,
         };
         let (mut routers, mut seed) = (None, None);
         while let Some(flag) = it.next() {
@@ -222,6 +245,7 @@ impl Args {
                 "--init-peer-count" => a.init_peer_count = Some((num(&v)? as usize).max(1)),
                 "--allocs" => a.allocs = num(&v)? as usize,
                 "--silent-router" => a.silent = Some(num(&v)? as usize),
+                "--heal-within-secs" => a.heal_within = Some(Duration::from_secs(num(&v)?)),
                 _ => return Err(format!("unknown flag {flag}")),
             }
         }
