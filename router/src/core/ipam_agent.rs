@@ -1316,7 +1316,13 @@ impl Agent {
             })
             .map(|(k, _)| k.clone())
             .collect();
-        gone.iter().filter_map(|k| self.release(now, k)).collect()
+        let freed: Vec<IpAddr> = gone.iter().filter_map(|k| self.replica.release(k)).collect();
+        if !freed.is_empty() {
+            // As one release: one write, one announcement, one retry.
+            self.changed(now);
+            self.retry_unreachable(now);
+        }
+        freed
     }
 
     /// Releases `key`'s address, if it has one here.

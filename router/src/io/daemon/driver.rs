@@ -237,9 +237,7 @@ impl Driver {
                 self.metrics.ipam_write(false);
                 self.node.handle_persist_failed(now, seq, &error);
             }
-            Input::Pods(Ok(pods)) => {
-                let present: Vec<(std::net::IpAddr, String)> =
-                    pods.into_iter().map(|p| (p.addr, p.host_veth)).collect();
+            Input::Pods(Ok(present)) => {
                 for addr in self.node.pods_present(now, &present) {
                     info!(%addr, "released an address taken back after lost IPAM state: its pod is gone");
                 }
@@ -531,7 +529,7 @@ impl Driver {
         }
         let tx = self.inputs_tx.clone();
         self.tasks.spawn(async move {
-            let pods = weft_podlink::pod_addresses().await.map_err(|e| e.to_string());
+            let pods = super::host_pods().await.map_err(|e| e.to_string());
             let _ = tx.send(Input::Pods(pods)).await;
         });
     }

@@ -146,6 +146,14 @@ pub enum DaemonError {
     },
 }
 
+/// The addresses the host routes to its pods, each with its host veth, as
+/// the router core takes them ([`ipam_agent::Saved::with_pods`],
+/// `Node::pods_present`).
+async fn host_pods() -> Result<Vec<(std::net::IpAddr, String)>, weft_podlink::LinkError> {
+    let pods = weft_podlink::pod_addresses().await?;
+    Ok(pods.into_iter().map(|p| (p.addr, p.host_veth)).collect())
+}
+
 impl Daemon {
     /// Binds the control endpoint to `--listen`, the API socket and the
     /// metrics listener. Must be called inside a tokio runtime. `created`
@@ -181,17 +189,12 @@ impl Daemon {
             None if created == Created::Loaded => {
                 // What the host's pods hold is in the kernel: take it back
                 // with the ranges, or it would be handed out again.
-                let pods = match weft_podlink::pod_addresses().await {
-                    Ok(pods) => pods,
-                    Err(e) => {
-                        return Err(state_error(format!(
-                            "it is missing, and the addresses of this host's pods cannot be listed to take them \
-                             back: {e}"
-                        )));
-                    }
-                };
-                let saved = ipam_agent::Saved::lost(identity.name(), ipam_path.display().to_string())
-                    .with_pods(pods.into_iter().map(|p| (p.addr, p.host_veth)));
+                let pods = host_pods().await.map_err(|e| {
+                    state_error(format!(
+                        "it is missing, and the addresses of this host's pods cannot be listed to take them back: {e}"
+                    ))
+                })?;
+                let saved = ipam_agent::Saved::lost(identity.name(), ipam_path.display().to_string()).with_pods(pods);
                 warn!(
                     path = %ipam_path.display(),
                     "the IPAM state file is missing although this router's identity is there: it ran before and \

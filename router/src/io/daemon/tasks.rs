@@ -33,7 +33,7 @@ pub(super) enum Input {
     Persisted(u64, Result<(), String>),
     /// The host's pod routes were listed (only while addresses allocated
     /// again after lost state are held).
-    Pods(Result<Vec<weft_podlink::PodAddress>, String>),
+    Pods(Result<Vec<(std::net::IpAddr, String)>, String>),
 }
 
 /// One authenticated control connection.
