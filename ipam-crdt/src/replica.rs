@@ -383,7 +383,8 @@ impl Replica {
     }
 
     /// Rewrites the advertised free count of the own entry covering `off`
-    /// after an allocation or release there, if its rounded value moved.
+    /// after an allocation or release there, if the count left its band
+    /// ([`advertised_free_holds`]).
     fn advertise_free_at(&mut self, off: u128) {
         let ring = self.ring.as_mut().expect("callers checked");
         let (t, _) = ring.entry_containing(off);

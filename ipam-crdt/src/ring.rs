@@ -4,10 +4,11 @@
 //! `[t, next token)`, and token 0 always exists, so every address has exactly
 //! one entry and ownership is disjoint and complete by construction. An entry
 //! carries its owner, its writer, an epoch and version, and the owner's
-//! advertised free count (see [`advertised_free_holds`]). Only the owner of an entry writes it (donation
-//! hands it over with a version bump); the one exception is the heir of a
-//! completed reclaim, which rewrites the entry one epoch up, see [`crate`]
-//! docs. A token is dropped only when a takeover makes it stale.
+//! advertised free count (see [`advertised_free_holds`]). Only the owner of
+//! an entry writes it (donation hands it over with a version bump); the one
+//! exception is the heir of a completed reclaim, which rewrites the entry
+//! one epoch up, see [`crate`] docs. A token is dropped only when a takeover
+//! makes it stale.
 //!
 //! [`Ring::merge`] is a join: per token the higher (epoch, version) wins,
 //! members and reclaim records are grow-only or monotone, and stale tokens

@@ -2788,6 +2788,23 @@ mod tests {
             self.agents[i].replica().ring().unwrap()
         }
 
+        /// Lets a batch go by, then keeps every agent from sending its
+        /// periodic summary: those repair what announcements miss, and a test
+        /// of the announcements alone must not see them.
+        fn quiet_summaries(&mut self) {
+            self.advance(BATCH * 2);
+            for a in &mut self.agents {
+                a.next_summary = self.now + Duration::from_secs(3600);
+            }
+        }
+
+        /// Gives `to` a range of agent `i`'s space, as a donation would, and
+        /// announces it.
+        fn donate(&mut self, i: usize, to: PeerName) {
+            let _ = self.agents[i].replica.donate(to, Want::Any).unwrap();
+            self.agents[i].changed(self.now);
+        }
+
         /// Allocates on agent `i` until its ring changes: its advertised
         /// free count is rewritten once the count leaves the band of an
         /// eighth around it. Returns how many allocations that took.
@@ -3347,8 +3364,7 @@ mod tests {
         for round in 0..20 {
             for i in 0..n {
                 let to = (i + 1 + round % (n - 1)) % n;
-                let _ = net.agents[i].replica.donate(p(to as u64 + 1), Want::Any).unwrap();
-                net.agents[i].changed(net.now);
+                net.donate(i, p(to as u64 + 1));
             }
             net.advance(BATCH * 2);
         }
@@ -3361,8 +3377,7 @@ mod tests {
     fn a_large_ring_is_repaired_from_the_buckets_that_differ() {
         let mut net = large_ring(4);
         net.mute.insert(0);
-        let _ = net.agents[0].replica.donate(p(3), Want::Any).unwrap();
-        net.agents[0].changed(net.now);
+        net.donate(0, p(3));
         net.advance(BATCH * 2);
         assert_ne!(net.ring(0), net.ring(1), "the announcement was lost");
         net.mute.clear();
@@ -3428,8 +3443,7 @@ mod tests {
     /// Agent 0 gives agent 1 `n` ranges (halving its largest free range each time), announcing each.
     fn donations(net: &mut Net, n: usize) {
         for _ in 0..n {
-            let _ = net.agents[0].replica.donate(p(2), Want::Any).unwrap();
-            net.agents[0].changed(net.now);
+            net.donate(0, p(2));
             net.advance(BATCH * 2);
         }
     }
@@ -3437,17 +3451,13 @@ mod tests {
     #[test]
     fn an_announcement_goes_to_eight_neighbours_and_the_next_to_the_others_first() {
         let mut net = Net::seeded(pool("10.32.0.0/16"), 13);
-        net.advance(BATCH * 2);
-        for a in &mut net.agents {
-            a.next_summary = net.now + Duration::from_secs(3600);
-        }
+        net.quiet_summaries();
         // Agent 0 changes its ring twice, a batch apart; counted are its own
         // announcements (the others pass the entries on among themselves).
         let mut heard = Vec::new();
         for round in 0..2 {
             net.log.clear();
-            let _ = net.agents[0].replica.donate(p(2 + round), Want::Any).unwrap();
-            net.agents[0].changed(net.now);
+            net.donate(0, p(2 + round));
             net.advance(BATCH * 2);
             let to: BTreeSet<usize> = net
                 .log
@@ -3467,12 +3477,9 @@ mod tests {
     #[test]
     fn changes_travel_as_small_deltas() {
         let mut net = Net::seeded(pool("10.32.0.0/16"), 3);
-        net.advance(BATCH * 2);
-        // The periodic summaries repair what announcements miss; here nothing
-        // is missed, and they would see the change before it is announced.
-        for a in &mut net.agents {
-            a.next_summary = net.now + Duration::from_secs(3600);
-        }
+        // Here nothing is missed, and the summaries would see the change
+        // before it is announced.
+        net.quiet_summaries();
         net.log.clear();
         assert!(net.allocate_until_advertised(0) > 1);
         net.advance(BATCH * 2);
