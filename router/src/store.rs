@@ -64,7 +64,17 @@ impl Kind {
     pub const fn version(self) -> u16 {
         match self {
             Self::Identity => 1,
-            // 2: the IPAM agent's record (replica and ring-creation state); 1 was the bare replica.
+            // 3: ring creation by ballots; 2: the IPAM agent's record (replica and
+            // ring-creation state by acks); 1 was the bare replica.
+            Self::Ipam => 3,
+        }
+    }
+
+    /// The oldest payload format version this build still reads
+    /// ([`read_state_versioned`]); the reader converts it.
+    pub const fn oldest_version(self) -> u16 {
+        match self {
+            Self::Identity => 1,
             Self::Ipam => 2,
         }
     }
@@ -416,7 +426,7 @@ pub fn create_state(path: &Path, kind: Kind, payload: &[u8]) -> Result<(), Store
     create_atomic(path, &framed, STATE_MODE)
 }
 
-/// Read the payload of a state file of `kind`.
+/// Read the payload of a state file of `kind`, in its current format.
 ///
 /// Returns `Ok(None)` only when the file does not exist. Anything else that
 /// is not an intact file of `kind` in its current format is an error.
@@ -425,6 +435,26 @@ pub fn create_state(path: &Path, kind: Kind, payload: &[u8]) -> Result<(), Store
 /// [`StoreError::Read`], [`StoreError::TooLarge`], [`StoreError::Corrupt`],
 /// [`StoreError::WrongKind`], [`StoreError::NewerVersion`] or [`StoreError::OldVersion`].
 pub fn read_state(path: &Path, kind: Kind) -> Result<Option<Vec<u8>>, StoreError> {
+    match read_state_versioned(path, kind)? {
+        None => Ok(None),
+        Some((version, payload)) if version == kind.version() => Ok(Some(payload)),
+        Some((found, _)) => Err(StoreError::OldVersion {
+            path: path.to_owned(),
+            kind,
+            found,
+            supported: kind.version(),
+        }),
+    }
+}
+
+/// Read the payload of a state file of `kind` and its format version, which
+/// is between [`Kind::oldest_version`] and [`Kind::version`]: the caller
+/// converts an older one.
+///
+/// # Errors
+/// As [`read_state`], with [`StoreError::OldVersion`] only below
+/// [`Kind::oldest_version`].
+pub fn read_state_versioned(path: &Path, kind: Kind) -> Result<Option<(u16, Vec<u8>)>, StoreError> {
     let Some(bytes) = read_bounded(path)? else {
         return Ok(None);
     };
@@ -448,7 +478,7 @@ pub fn read_state(path: &Path, kind: Kind) -> Result<Option<Vec<u8>>, StoreError
             supported,
         });
     }
-    if frame.version < supported {
+    if frame.version < kind.oldest_version() {
         return Err(StoreError::OldVersion {
             path: path.to_owned(),
             kind,
@@ -456,7 +486,7 @@ pub fn read_state(path: &Path, kind: Kind) -> Result<Option<Vec<u8>>, StoreError
             supported,
         });
     }
-    Ok(Some(frame.payload.to_vec()))
+    Ok(Some((frame.version, frame.payload.to_vec())))
 }
 
 /// Where the temporary file goes once written.
@@ -622,7 +652,7 @@ mod tests {
         let bytes = frame(b"hi");
         let mut want = Vec::new();
         want.extend_from_slice(b"WEFT");
-        want.extend_from_slice(&[0, 2, 0, 2, 0, 0, 0, 2]);
+        want.extend_from_slice(&[0, 2, 0, 3, 0, 0, 0, 2]);
         want.extend_from_slice(b"hi");
         let sum = Blake2s256::digest(&want);
         want.extend_from_slice(&sum);
@@ -631,7 +661,7 @@ mod tests {
             StateFile::decode(&bytes).unwrap(),
             StateFile {
                 tag: 2,
-                version: 2,
+                version: 3,
                 payload: b"hi"
             }
         );
@@ -743,8 +773,8 @@ mod tests {
         assert!(matches!(
             err,
             StoreError::NewerVersion {
-                found: 3,
-                supported: 2,
+                found: 4,
+                supported: 3,
                 ..
             }
         ));
@@ -756,6 +786,22 @@ mod tests {
         assert!(matches!(
             read_state(&path, Kind::Ipam),
             Err(StoreError::OldVersion { found: 1, .. })
+        ));
+        assert!(matches!(
+            read_state_versioned(&path, Kind::Ipam),
+            Err(StoreError::OldVersion { found: 1, .. })
+        ));
+        // Version 2 (ring creation by acks) is read, with its version, for
+        // the caller to convert; the strict reader refuses it.
+        let previous = StateFile { version: 2, ..newer };
+        fs::write(&path, previous.encode().unwrap()).unwrap();
+        assert_eq!(
+            read_state_versioned(&path, Kind::Ipam).unwrap(),
+            Some((2, b"x".to_vec()))
+        );
+        assert!(matches!(
+            read_state(&path, Kind::Ipam),
+            Err(StoreError::OldVersion { found: 2, .. })
         ));
     }
 

@@ -84,7 +84,7 @@ use serde::{Deserialize, Serialize};
 use super::ipam::{Resolution, resolve_seeds};
 use super::names::PeerRef;
 use super::time::Time;
-use super::topology::{IpamInit, PeerEntry, Topology};
+use super::topology::{Ballot, IpamInit, PeerEntry, Topology};
 
 /// Ring changes are announced at most this often.
 pub const BATCH: Duration = Duration::from_millis(200);
@@ -850,8 +850,6 @@ pub struct Agent {
     /// The latest mesh view while the ring is created by consensus (the
     /// quorum's timer steps with it); `None` once there is a ring.
     consensus_view: Option<Topology>,
-    /// When this router (in this life) first saw its own proposal live.
-    proposed_at: Option<Time>,
     /// The latest time the shell passed in, for the status's "in N s".
     clock: Time,
     out: VecDeque<(Dest, IpamMsg)>,
@@ -922,7 +920,6 @@ impl Agent {
             quorum_since: None,
             quorum_due: None,
             consensus_view: None,
-            proposed_at: None,
             clock: now,
             out: VecDeque::new(),
             events: VecDeque::new(),
@@ -1077,6 +1074,54 @@ impl Agent {
         Ok(Saved {
             replica,
             init: record.init,
+            lost: None,
+        })
+    }
+
+    /// Decodes a record written before ring creation ran by ballots (the
+    /// state file's format version 2, when it ran by acks). Its replica
+    /// reads unchanged. A router that had a ring keeps it; one that had
+    /// done nothing toward creating one starts afresh. One that was in the
+    /// middle of it (it proposed, acked or withdrew) cannot carry that over:
+    /// an ack means nothing to a ballot, and dropping it could count the
+    /// router twice. It has no ring and so no addresses yet, so the error
+    /// says to reset it.
+    ///
+    /// # Errors
+    /// A malformed record, or one in the middle of ring creation.
+    pub fn decode_saved_v2(bytes: &[u8]) -> Result<Saved, String> {
+        /// The ring-creation part of a version 2 record.
+        #[derive(Deserialize)]
+        struct AckInit {
+            has_ring: bool,
+            proposal: Option<Vec<PeerName>>,
+            withdrawn: bool,
+            ack: Option<PeerName>,
+        }
+        #[derive(Deserialize)]
+        struct AckRecord {
+            replica: Vec<u8>,
+            init: AckInit,
+        }
+        let record: AckRecord = postcard::from_bytes(bytes).map_err(|e| format!("malformed: {e}"))?;
+        let replica = Replica::decode(&record.replica).map_err(|e| e.to_string())?;
+        let has_ring = record.init.has_ring || replica.ring().is_some();
+        let midway = record.init.proposal.is_some() || record.init.withdrawn || record.init.ack.is_some();
+        if midway && !has_ring {
+            return Err(
+                "it was written by an earlier weft while this router was helping to create the address \
+                 ring, which this weft cannot continue; the router has no ring and no addresses yet, so nothing is \
+                 lost by starting it afresh: run `weft reset` and launch it again (on every router that has no \
+                 ring yet)"
+                    .to_owned(),
+            );
+        }
+        Ok(Saved {
+            replica,
+            init: IpamInit {
+                has_ring,
+                ..IpamInit::default()
+            },
             lost: None,
         })
     }
@@ -1592,23 +1637,60 @@ impl Agent {
         }
     }
 
-    /// One step of ring creation by consensus (`docs/control-plane.md`,
-    /// "Ring creation by consensus", which gives the argument).
+    /// One step of ring creation by consensus: single-decree Paxos whose
+    /// messages are the routers' own gossiped entries
+    /// (`docs/control-plane.md`, "Ring creation by consensus", which gives
+    /// the argument). Every router with no ring is an acceptor; the leader
+    /// (the lowest-named router, among those known once `count` have met, or
+    /// among those reachable after the quorum's wait) runs ballots; any
+    /// router that sees a quorum accept one seed list under one ballot
+    /// creates the ring from it, and all such rings are the same ring.
     fn consensus(&mut self, now: Time, topo: &Topology, count: usize) {
         let me = self.me;
         let others: Vec<&PeerEntry> = topo.entries().filter(|e| e.name != me).collect();
-        if let Some(e) = others.iter().find(|e| e.ipam.has_ring) {
-            self.waiting_for = Some(NoRing::FromRouter {
-                router: e.name,
-                nickname: e.nickname.clone(),
-            });
-            return;
-        }
         let quorum = quorum(count);
         let mut st = self.init_state.clone();
         let mut known: Vec<PeerName> = others.iter().map(|e| e.name).collect();
         known.push(me);
         known.sort_unstable();
+        // How many routers make a quorum here: a majority of `count`, and
+        // every router known beyond `count` (more routers than `count` void
+        // the argument; this keeps some margin when that happens).
+        let needed = quorum + known.len().saturating_sub(count);
+        let state_of = |p: PeerName, st: &IpamInit| -> Option<IpamInit> {
+            if p == me {
+                Some(st.clone())
+            } else {
+                topo.get(p).map(|e| e.ipam.clone())
+            }
+        };
+        // Learner: a seed list accepted under one ballot by a quorum is
+        // chosen, and every router that sees it may create the ring from it.
+        let chosen = |st: &IpamInit| {
+            let mut tally: BTreeMap<(Ballot, Vec<PeerName>), usize> = BTreeMap::new();
+            for s in known.iter().filter_map(|p| state_of(*p, st)) {
+                if let Some(a) = s.accepted {
+                    *tally.entry(a).or_default() += 1;
+                }
+            }
+            tally
+        };
+        let ready = |tally: &BTreeMap<(Ballot, Vec<PeerName>), usize>| {
+            tally.iter().find(|(_, n)| **n >= needed).map(|((_, v), _)| v.clone())
+        };
+        if let Some(e) = others.iter().find(|e| e.ipam.has_ring) {
+            // Its ring is on its way, unless it died with it: create the
+            // same ring where the acceptances show which it is.
+            if let Some(seeds) = ready(&chosen(&st)) {
+                self.create_chosen(now, seeds);
+            } else {
+                self.waiting_for = Some(NoRing::FromRouter {
+                    router: e.name,
+                    nickname: e.nickname.clone(),
+                });
+            }
+            return;
+        }
         // The routers this one reaches now over confirmed connections (a
         // router that died or is cut off is known but not reachable).
         let mut reachable: Vec<PeerName> = topo.next_hops().into_keys().collect();
@@ -1619,106 +1701,95 @@ impl Agent {
             self.quorum_due = Some(now + QUORUM_WAIT);
         }
         let waited = self.quorum_since.is_some_and(|t| now >= t + QUORUM_WAIT);
-        // Before the wait every router known counts; after it, only the
-        // reachable ones: a router that died or is cut off neither blocks a
-        // proposal nor draws acks. (Which proposals a router makes, acks or
-        // withdraws in favour of is free: the argument rests only on how
-        // acks move and on withdrawals being final.)
-        let counts = |p: PeerName| !waited || reachable.binary_search(&p).is_ok();
-        let live = |e: &&&PeerEntry| counts(e.name) && e.ipam.live_proposal().is_some();
-        // Withdraw in favour of a lower-named live proposal that shares a member with ours.
-        if let Some(mine) = st.proposal.clone()
-            && !st.withdrawn
-            && others.iter().filter(live).any(|e| {
-                e.name < me
-                    && e.ipam
-                        .live_proposal()
-                        .is_some_and(|s| s.iter().any(|m| mine.contains(m)))
-            })
-        {
-            st.withdrawn = true;
-        }
-        // Withdraw a proposal that can no longer gather its quorum: the wait
-        // is over, ours has been live for as long, fewer of its members than
-        // it needs are reachable, and a quorum is reachable without it.
-        if st.live_proposal().is_none() {
-            self.proposed_at = None;
-        } else if self.proposed_at.is_none() {
-            self.proposed_at = Some(now);
-        }
-        if let Some(s) = st.live_proposal()
-            && waited
-            && self.proposed_at.is_some_and(|t| now >= t + QUORUM_WAIT)
-            && reachable.len() >= quorum
-            && s.iter()
-                .filter(|m| reachable.binary_search(m).is_ok() || topo.get(**m).and_then(|e| e.ipam.ack) == Some(me))
-                .count()
-                < (quorum + s.len().saturating_sub(count)).min(s.len())
-        {
-            st.withdrawn = true;
-        }
-        // Propose, while nobody proposes: every router known, once `count`
-        // have met and we are the lowest of them; or, once a quorum has been
-        // reachable for QUORUM_WAIT, the reachable routers, if we are the
-        // lowest of those that have not withdrawn.
-        if st.proposal.is_none() && !others.iter().any(|e| live(&e)) {
-            let fresh = |p: &&PeerName| **p == me || topo.get(**p).is_some_and(|e| !e.ipam.withdrawn);
-            if known.len() >= count && known[0] == me {
-                st.proposal = Some(known.clone());
-            } else if waited && reachable.len() >= quorum && reachable.iter().find(fresh) == Some(&me) {
-                st.proposal = Some(reachable.clone());
-            }
-        }
-        // Ack: keep an ack unless its proposer withdrew; else the lowest live proposal naming us.
-        let withdrawn = |p: PeerName| {
-            if p == me {
-                st.withdrawn
-            } else {
-                topo.get(p).is_some_and(|e| e.ipam.withdrawn)
-            }
-        };
-        if st.ack.is_none_or(withdrawn) {
-            let own = st.live_proposal().is_some_and(|s| s.contains(&me)).then_some(me);
-            let theirs = others
+        // Which routers lead is free: safety rests only on how ballots,
+        // promises and acceptances move. Leading decides who makes progress.
+        let leader =
+            (known.len() >= count && known[0] == me) || (waited && reachable.len() >= quorum && reachable[0] == me);
+
+        // The leader runs a ballot above every ballot it has seen, so that
+        // acceptors promise it.
+        let seen = |st: &IpamInit| {
+            others
                 .iter()
-                .filter(live)
-                .filter(|e| e.ipam.live_proposal().is_some_and(|s| s.contains(&me)))
-                .map(|e| e.name);
-            st.ack = own.into_iter().chain(theirs).min();
-        }
-        // Create once every member of our live proposal acks it, or, after
-        // the wait, a quorum of `count` and every member beyond `count`; the
-        // ring is divided between the routers that acked.
-        let ack_of = |p: PeerName| {
-            if p == me {
-                st.ack
-            } else {
-                topo.get(p).and_then(|e| e.ipam.ack)
-            }
+                .flat_map(|e| [e.ipam.ballot, e.ipam.promised, e.ipam.accepted.as_ref().map(|a| a.0)])
+                .chain([st.promised, st.accepted.as_ref().map(|a| a.0)])
+                .flatten()
+                .max()
         };
+        if leader && (st.ballot.is_none() || seen(&st) > st.ballot) {
+            let round = others
+                .iter()
+                .map(|e| e.ipam.highest_round())
+                .chain([st.highest_round()])
+                .max()
+                .unwrap_or(0)
+                + 1;
+            st.ballot = Some(Ballot { round, proposer: me });
+            st.value = None;
+        }
+        // Acceptor: promise the highest ballot any router runs.
+        let running = others
+            .iter()
+            .filter_map(|e| e.ipam.ballot.filter(|b| b.proposer == e.name))
+            .chain(st.ballot)
+            .max();
+        if running > st.promised {
+            st.promised = running;
+        }
+        // Leader: once a quorum promised its ballot (every router known
+        // before the wait), propose the seed list the highest ballot among
+        // them accepted, or else those routers.
         let mut progress = None;
-        let mut ready = None;
-        if let Some(s) = st.live_proposal() {
-            let accepted: Vec<PeerName> = s.iter().copied().filter(|m| ack_of(*m) == Some(me)).collect();
-            let needed = (quorum + s.len().saturating_sub(count)).min(s.len());
-            debug_assert!(needed >= quorum, "every proposal names a quorum");
-            if accepted.len() == s.len() || (waited && accepted.len() >= needed) {
-                ready = Some(accepted);
+        if leader
+            && let Some(b) = st.ballot
+            && st.value.is_none()
+        {
+            let promisers: Vec<(PeerName, IpamInit)> = known
+                .iter()
+                .filter_map(|p| state_of(*p, &st).map(|s| (*p, s)))
+                .filter(|(_, s)| s.promised == Some(b))
+                .collect();
+            if promisers.len() >= needed && (promisers.len() == known.len() || waited) {
+                let prior = promisers
+                    .iter()
+                    .filter_map(|(_, s)| s.accepted.clone())
+                    .max_by_key(|a| a.0);
+                st.value = Some(match prior {
+                    Some((_, v)) => v,
+                    None => promisers.iter().map(|(p, _)| *p).collect(),
+                });
             } else {
-                progress = Some((s.len(), accepted.len(), needed));
+                progress = Some((known.len(), promisers.len()));
             }
+        }
+        // Acceptor: accept the seed list proposed under the ballot it promised.
+        if let Some(b) = st.promised
+            && st.accepted.as_ref().is_none_or(|a| a.0 < b)
+            && let Some(v) =
+                state_of(b.proposer, &st).and_then(|s| s.proposal().filter(|(pb, _)| *pb == b).map(|(_, v)| v.to_vec()))
+        {
+            st.accepted = Some((b, v));
+        }
+        let tally = chosen(&st);
+        let ready = ready(&tally);
+        if ready.is_none()
+            && leader
+            && let Some((b, _)) = st.proposal()
+        {
+            let accepted = tally.iter().filter(|((ab, _), _)| *ab == b).map(|(_, n)| *n).sum();
+            progress = Some((known.len(), accepted));
         }
         let proceed_in = self.quorum_since.map(|t| (t + QUORUM_WAIT).since(now));
-        self.waiting_for = match (progress, st.ack) {
+        self.waiting_for = match (progress, st.promised) {
             _ if ready.is_some() => None,
-            (Some((members, accepted, needed)), _) => Some(NoRing::Proposed {
+            (Some((members, accepted)), _) => Some(NoRing::Proposed {
                 members,
                 accepted,
                 needed,
                 proceed_in,
             }),
-            (None, Some(proposer)) => Some(NoRing::Accepted { proposer }),
-            (None, None) => Some(NoRing::Meeting {
+            (None, Some(b)) if b.proposer != me => Some(NoRing::Accepted { proposer: b.proposer }),
+            (None, _) => Some(NoRing::Meeting {
                 met: known.len().min(count),
                 count,
                 quorum,
@@ -1727,22 +1798,27 @@ impl Agent {
         };
         self.set_init(st);
         if let Some(seeds) = ready {
-            match Replica::create(me, self.pool, &seeds) {
-                Ok(r) => {
-                    self.replica = r;
-                    self.waiting_for = None;
-                    self.quorum_due = None;
-                    self.mutated();
-                    self.events.push_back(Event::Created(seeds));
-                    self.set_init(IpamInit {
-                        has_ring: true,
-                        ..self.init_state.clone()
-                    });
-                    self.schedule_announce(now);
-                    self.retry_parked(now);
-                }
-                Err(e) => self.waiting_for = Some(NoRing::CannotCreate(e.to_string())),
+            self.create_chosen(now, seeds);
+        }
+    }
+
+    /// Creates the ring from the seed list the consensus chose.
+    fn create_chosen(&mut self, now: Time, seeds: Vec<PeerName>) {
+        match Replica::create(self.me, self.pool, &seeds) {
+            Ok(r) => {
+                self.replica = r;
+                self.waiting_for = None;
+                self.quorum_due = None;
+                self.mutated();
+                self.events.push_back(Event::Created(seeds));
+                self.set_init(IpamInit {
+                    has_ring: true,
+                    ..self.init_state.clone()
+                });
+                self.schedule_announce(now);
+                self.retry_parked(now);
             }
+            Err(e) => self.waiting_for = Some(NoRing::CannotCreate(e.to_string())),
         }
     }
 
@@ -3234,6 +3310,14 @@ mod tests {
         assert_eq!(from_fresh.record(), from_nothing.record());
     }
 
+    /// The seed lists the agents created rings from: all the same one.
+    fn one_seed_list(net: &Net) -> Vec<PeerName> {
+        let created = net.created();
+        let lists: BTreeSet<&Vec<PeerName>> = created.iter().map(|(_, s)| s).collect();
+        assert_eq!(lists.len(), 1, "one seed list was created: {created:?}");
+        lists.into_iter().next().unwrap().clone()
+    }
+
     #[test]
     fn consensus_of_three_creates_one_ring() {
         let mut net = Net::new(pool("10.32.0.0/24"), vec![Init::Consensus(3); 3]);
@@ -3251,14 +3335,14 @@ mod tests {
                 proceed_in: None
             })
         );
+        assert!(
+            net.inits.iter().all(|i| i.ballot.is_none()),
+            "nobody leads before all have met"
+        );
         for _ in 0..4 {
             net.topology_round(&all(3));
         }
-        assert_eq!(
-            net.created(),
-            vec![(0, vec![p(1), p(2), p(3)])],
-            "one router created it"
-        );
+        assert_eq!(one_seed_list(&net), vec![p(1), p(2), p(3)]);
         net.advance(BATCH * 2);
         for i in 0..3 {
             assert_eq!(net.ring(i), net.ring(0));
@@ -3267,20 +3351,30 @@ mod tests {
     }
 
     #[test]
-    fn of_two_overlapping_proposals_the_lower_one_wins() {
+    fn of_two_leaders_that_did_not_know_each_other_the_lower_one_wins() {
         let mut net = Net::new(pool("10.32.0.0/24"), vec![Init::Consensus(2); 3]);
-        // p(2) meets p(3) and proposes; p(3) accepts it. p(1) meets p(3) and proposes too.
+        // p(2) meets p(3) and runs a ballot; p(3) promises it. p(1) meets
+        // p(3) and runs a higher one.
         net.topology_round(&[vec![0], vec![1, 2], vec![1, 2]]);
-        assert_eq!(net.inits[1].proposal, Some(vec![p(2), p(3)]));
-        assert_eq!(net.inits[2].ack, Some(p(2)));
+        let first = Ballot {
+            round: 1,
+            proposer: p(2),
+        };
+        assert_eq!(net.inits[1].ballot, Some(first));
+        assert_eq!(net.inits[2].promised, Some(first));
         net.topology_round(&[vec![0, 2], vec![1], vec![1]]);
-        assert_eq!(net.inits[0].proposal, Some(vec![p(1), p(3)]));
-        // Everyone meets: p(2) withdraws, p(3) moves its ack, p(1) creates.
+        let second = Ballot {
+            round: 2,
+            proposer: p(1),
+        };
+        assert_eq!(net.inits[0].ballot, Some(second), "above every round it saw");
+        // Everyone meets: p(2) no longer leads, everyone promises p(1)'s
+        // ballot, and p(1)'s seed list is chosen.
         for _ in 0..4 {
             net.topology_round(&all(3));
         }
-        assert!(net.inits[1].withdrawn);
-        assert_eq!(net.created(), vec![(0, vec![p(1), p(3)])]);
+        assert_eq!(net.inits[1].value, None, "p(2) never proposed a list");
+        assert_eq!(one_seed_list(&net), vec![p(1), p(2), p(3)]);
         net.advance(BATCH * 2);
         for i in 0..3 {
             assert_eq!(net.ring(i), net.ring(0), "p(2) adopted the one ring");
@@ -3290,8 +3384,8 @@ mod tests {
     #[test]
     fn a_quorum_creates_the_ring_without_a_silent_member_which_then_adopts_it() {
         let mut net = Net::new(pool("10.32.0.0/24"), vec![Init::Consensus(3); 3]);
-        // p(3) was seen, then died before it acked: p(1) proposes the three,
-        // p(2) acks, and they wait for p(3).
+        // p(3) was seen, then died before it promised: p(1) runs a ballot,
+        // p(2) promises it, and they wait for p(3).
         net.mute.insert(2);
         net.deaf.insert(2);
         let pair = [(0, 1)];
@@ -3299,7 +3393,7 @@ mod tests {
             net.connect(0, &pair);
             net.connect(1, &pair);
         }
-        assert_eq!(net.inits[0].proposal, Some(vec![p(1), p(2), p(3)]));
+        assert!(net.inits[0].ballot.is_some() && net.inits[0].value.is_none());
         assert!(net.created().is_empty(), "not before the wait");
         match net.agents[0].no_ring_reason() {
             Some(NoRing::Proposed {
@@ -3312,11 +3406,14 @@ mod tests {
         }
         let text = net.agents[0].no_ring_reason().unwrap().to_string();
         assert!(text.contains("or for 2 (a quorum, reachable now) in 10 s"), "{text}");
-        // The wait ends on a timer, with no new view: the two that acked
-        // create it between them.
+        // The wait ends on a timer, with no new view: p(1) proposes the two
+        // that promised; p(2) accepts, and the two create it between them.
         net.advance(QUORUM_WAIT);
-        assert_eq!(net.created(), vec![(0, vec![p(1), p(2)])], "the quorum created it");
-        // p(3) comes back: it adopts that ring and creates none.
+        assert_eq!(net.inits[0].value, Some(vec![p(1), p(2)]));
+        net.connect(1, &pair);
+        net.connect(0, &pair);
+        assert_eq!(one_seed_list(&net), vec![p(1), p(2)], "the quorum created it");
+        // p(3) comes back: it holds that ring, though it took no part.
         net.mute.clear();
         net.deaf.clear();
         let all = [(0, 1), (0, 2), (1, 2)];
@@ -3325,23 +3422,122 @@ mod tests {
         }
         net.advance(BATCH * 2);
         assert_eq!(net.ring(2), net.ring(0));
-        assert_eq!(net.created().len(), 1);
-        assert!(net.inits[2].has_ring && net.inits[2].proposal.is_none());
+        // (It may create it itself from the acceptances it sees: the same ring.)
+        assert_eq!(one_seed_list(&net), vec![p(1), p(2)]);
+        assert!(net.inits[2].has_ring && net.inits[2].accepted.is_none());
+    }
+
+    /// The limit of the first design (an ack moved only when its proposer
+    /// withdrew): a proposer that died after others took its side held them
+    /// until it came back. With ballots the next leader goes on, and carries
+    /// on the seed list that may already have been chosen.
+    #[test]
+    fn a_leader_that_dies_after_its_list_was_accepted_holds_nobody() {
+        let mut net = Net::new(pool("10.32.0.0/24"), vec![Init::Consensus(5); 5]);
+        let all: Vec<(usize, usize)> = (0..5).flat_map(|i| (i + 1..5).map(move |j| (i, j))).collect();
+        for i in [0, 1, 2, 3, 4] {
+            net.connect(i, &all);
+        }
+        let promised = net.inits[0].clone();
+        net.connect(0, &all);
+        net.connect(1, &all);
+        // p(1) proposed the five; only p(2) heard it and accepted it (with
+        // p(1), two of the three it takes). Then p(1) dies: the others still
+        // hold its entry from before the proposal.
+        net.inits[0] = promised;
+        let first = Ballot {
+            round: 1,
+            proposer: p(1),
+        };
+        let five: Vec<PeerName> = (1..=5).map(p).collect();
+        assert_eq!(net.inits[1].accepted, Some((first, five.clone())));
+        assert!(net.inits[2].accepted.is_none() && net.created().is_empty());
+        net.mute.insert(0);
+        net.deaf.insert(0);
+        let rest: Vec<(usize, usize)> = all.iter().copied().filter(|&(a, _)| a != 0).collect();
+        for i in 1..5 {
+            net.connect(i, &rest);
+        }
+        assert!(net.created().is_empty(), "the others wait for p(1) first");
+        // After the wait p(2) leads: it runs a higher ballot, learns from
+        // its own acceptance that p(1)'s list may have been chosen, and
+        // proposes that same list.
+        net.advance(QUORUM_WAIT);
+        for _ in 0..3 {
+            for i in 1..5 {
+                net.connect(i, &rest);
+            }
+        }
+        assert_eq!(net.inits[1].ballot.map(|b| b.proposer), Some(p(2)));
+        assert!(net.inits[1].ballot > Some(first));
+        assert_eq!(one_seed_list(&net), five, "the list p(1) proposed, not a new one");
+        assert!(net.created().iter().all(|(i, _)| *i != 0));
+    }
+
+    #[test]
+    fn a_record_from_ring_creation_by_acks_reads_unless_it_was_midway() {
+        #[derive(Serialize)]
+        struct AckInit {
+            has_ring: bool,
+            proposal: Option<Vec<PeerName>>,
+            withdrawn: bool,
+            ack: Option<PeerName>,
+        }
+        #[derive(Serialize)]
+        struct AckRecord {
+            replica: Vec<u8>,
+            init: AckInit,
+        }
+        let v2 = |replica: &Replica, ack: Option<PeerName>| {
+            let init = AckInit {
+                has_ring: replica.ring().is_some(),
+                proposal: None,
+                withdrawn: false,
+                ack,
+            };
+            postcard::to_allocvec(&AckRecord {
+                replica: replica.encode(),
+                init,
+            })
+            .unwrap()
+        };
+        // A router with a ring keeps it, allocations and all.
+        let mut with_ring = Replica::create(p(1), pool("10.32.0.0/24"), &[p(1), p(2)]).unwrap();
+        let _ = with_ring
+            .allocate(AllocKey::new("c1", "eth0").unwrap(), Request::Any)
+            .unwrap();
+        let saved = Agent::decode_saved_v2(&v2(&with_ring, Some(p(1)))).unwrap();
+        assert_eq!(saved.replica(), &with_ring);
+        assert_eq!(
+            saved.init,
+            IpamInit {
+                has_ring: true,
+                ..IpamInit::default()
+            }
+        );
+        // One that had done nothing starts afresh.
+        let saved = Agent::decode_saved_v2(&v2(&Replica::new(p(1)), None)).unwrap();
+        assert_eq!(saved.init, IpamInit::default());
+        // One that acked with no ring yet is told to reset.
+        let err = Agent::decode_saved_v2(&v2(&Replica::new(p(1)), Some(p(2)))).unwrap_err();
+        assert!(err.contains("weft reset"), "{err}");
+        // The current format is not the old one.
+        assert!(Agent::decode_saved(&v2(&Replica::new(p(1)), Some(p(2)))).is_err());
     }
 
     #[test]
     fn ring_creation_state_survives_a_restart() {
         let mut net = Net::new(pool("10.32.0.0/24"), vec![Init::Consensus(2); 2]);
         net.topology_round(&[vec![0], vec![0, 1]]);
-        assert_eq!(net.inits[1].ack, None, "nobody proposes yet");
+        assert_eq!(net.inits[1].promised, None, "nobody leads yet");
         net.topology_round(&[vec![0, 1], vec![1]]);
-        assert_eq!(net.inits[0].proposal, Some(vec![p(1), p(2)]));
-        // The ack is on disk before the mesh hears of it: a restart keeps it.
+        let ballot = net.inits[0].ballot.expect("p(1) leads");
+        // The promise is on disk before the mesh hears of it: a restart keeps it.
         net.topology_round(&[vec![0], vec![0, 1]]);
-        assert_eq!(net.inits[1].ack, Some(p(1)));
+        assert_eq!(net.inits[1].promised, Some(ballot));
         let saved = Agent::decode_saved(net.disks[1].as_ref().unwrap()).unwrap();
         let back = Agent::new(p(2), pool("10.32.0.0/24"), Init::Consensus(2), Some(saved), net.now).unwrap();
-        assert_eq!(back.init_state.ack, Some(p(1)));
+        assert_eq!(back.init_state.promised, Some(ballot));
     }
 
     #[test]

@@ -46,24 +46,53 @@ pub struct DataPlane {
 }
 
 /// A router's part in creating the address ring by consensus
-/// (`--init-peer-count`); see `docs/control-plane.md`. Written only by the
-/// router itself, in its own entry.
+/// (`--init-peer-count`): single-decree Paxos carried in the gossiped
+/// entries (`docs/control-plane.md`, "Ring creation by consensus"). Written
+/// only by the router itself, in its own entry, and durable before it is
+/// announced.
 #[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
 pub struct IpamInit {
     /// It has a ring (created or adopted): nobody needs to create one.
     pub has_ring: bool,
-    /// The seed list it proposes, sorted; `None` if it proposes nothing.
-    pub proposal: Option<Vec<PeerName>>,
-    /// It withdrew its proposal. Final: it never creates a ring from it.
-    pub withdrawn: bool,
-    /// The proposer whose proposal it accepts.
-    pub ack: Option<PeerName>,
+    /// As a proposer: the ballot it runs, if any (`ballot.proposer` is this
+    /// router). A ballot is never run twice: a new one takes a round above
+    /// every round its router has seen.
+    pub ballot: Option<Ballot>,
+    /// As a proposer: the seed list (sorted) it asks the routers to accept
+    /// under [`IpamInit::ballot`], once a quorum promised that ballot. Set
+    /// at most once per ballot.
+    pub value: Option<Vec<PeerName>>,
+    /// As an acceptor: the highest ballot it promised; it accepts nothing
+    /// below it.
+    pub promised: Option<Ballot>,
+    /// As an acceptor: the last seed list it accepted, with its ballot.
+    pub accepted: Option<(Ballot, Vec<PeerName>)>,
+}
+
+/// A round of ring creation: a number, and the router that runs it. Ordered
+/// by round, then by router, so two routers never run the same ballot.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct Ballot {
+    /// The round.
+    pub round: u64,
+    /// The router that runs it.
+    pub proposer: PeerName,
 }
 
 impl IpamInit {
-    /// Whether it proposes a list it has not withdrawn.
-    pub fn live_proposal(&self) -> Option<&[PeerName]> {
-        self.proposal.as_deref().filter(|_| !self.withdrawn)
+    /// The seed list this router proposes under its ballot, with the ballot.
+    pub fn proposal(&self) -> Option<(Ballot, &[PeerName])> {
+        Some((self.ballot?, self.value.as_deref()?))
+    }
+
+    /// The highest round anything in this entry names.
+    pub fn highest_round(&self) -> u64 {
+        [self.ballot, self.promised, self.accepted.as_ref().map(|a| a.0)]
+            .into_iter()
+            .flatten()
+            .map(|b| b.round)
+            .max()
+            .unwrap_or(0)
     }
 }
 

@@ -798,8 +798,11 @@ impl ServerCertVerifier for DangerousAcceptAnyServerCert {
     }
 }
 
-/// The TLS ALPN protocol of control connections.
-pub const ALPN: &[u8] = b"weft-control/1";
+/// The TLS ALPN protocol of control connections. The number changes with
+/// any change of the messages' encoding, so that routers of two formats
+/// refuse each other at the TLS handshake instead of misreading each
+/// other's gossip. 2: ring creation by ballots (`IpamInit`).
+pub const ALPN: &[u8] = b"weft-control/2";
 
 /// How long a dial or an inbound connection may take from the first packet
 /// to an authenticated handshake.

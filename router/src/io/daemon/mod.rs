@@ -174,9 +174,16 @@ impl Daemon {
             path: ipam_path.clone(),
             error,
         };
-        let saved_ipam = match store::read_state(&ipam_path, Kind::Ipam).map_err(|e| state_error(e.to_string()))? {
-            Some(bytes) => {
-                let saved = ipam_agent::Agent::decode_saved(&bytes).map_err(state_error)?;
+        let saved_ipam = match store::read_state_versioned(&ipam_path, Kind::Ipam)
+            .map_err(|e| state_error(e.to_string()))?
+        {
+            Some((version, bytes)) => {
+                let saved = if version == Kind::Ipam.version() {
+                    ipam_agent::Agent::decode_saved(&bytes)
+                } else {
+                    ipam_agent::Agent::decode_saved_v2(&bytes)
+                }
+                .map_err(state_error)?;
                 if saved.replica().name() != identity.name() {
                     return Err(state_error(format!(
                         "it belongs to router {}, not to this router {}",
