@@ -6,13 +6,14 @@
 //! arrives late or not at all, lost and delayed IPAM messages, and the
 //! quorum's wait firing wherever it falls.
 //!
-//! Safety, checked after every write: at most one ring origin is ever
-//! durable anywhere. Liveness, checked once the faults stop with a majority
+//! Safety, checked after every write: at most one seed list is ever
+//! chosen (accepted by a quorum under one ballot), and at most one ring
+//! origin is ever durable anywhere. Liveness, checked once the faults stop with a majority
 //! alive and connected: a ring exists within [`QUORUM_WAIT`] and a bound,
 //! and every live router holds it. A failing seed is printed; replay it with
 //! `WEFT_MODEL_SEED=<seed>`; `WEFT_MODEL_SEEDS=<n>` runs `n` seeds.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use ipam_crdt::{PeerName, Pool};
@@ -21,7 +22,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::{Agent, Dest, IpamMsg, QUORUM_WAIT, quorum};
 use crate::core::Time;
-use crate::core::topology::{IpamInit, PeerEntry, Topology};
+use crate::core::topology::{Ballot, IpamInit, PeerEntry, Topology};
 
 fn p(i: usize) -> PeerName {
     PeerName::from_u64(i as u64 + 1)
@@ -62,6 +63,9 @@ struct Model {
     partition_ms: u64,
     /// Every ring origin (its genesis owners) ever written, and by whom first.
     origins: Vec<(Vec<PeerName>, usize)>,
+    /// Every seed list ever written as accepted, by ballot, with the routers
+    /// that wrote it.
+    accepted: BTreeMap<(Ballot, Vec<PeerName>), BTreeSet<usize>>,
     seed: u64,
     /// Routers may crash in the middle of a step (before their write).
     faults: bool,
@@ -92,6 +96,7 @@ impl Model {
             weights,
             partition_ms,
             origins: Vec::new(),
+            accepted: BTreeMap::new(),
             seed,
             faults: true,
         }
@@ -189,6 +194,24 @@ impl Model {
                     self.origins,
                     self.count,
                     self.loss,
+                    self.seed
+                );
+            }
+            // Paxos's own invariant, stronger than one ring: every list a
+            // quorum ever accepted under one ballot (chosen, whether or not
+            // anyone created a ring from it) is the same list.
+            if let Some(a) = saved.init.accepted {
+                self.accepted.entry(a).or_default().insert(i);
+                let chosen: BTreeSet<&Vec<PeerName>> = self
+                    .accepted
+                    .iter()
+                    .filter(|(_, by)| by.len() >= quorum(self.count))
+                    .map(|((_, v), _)| v)
+                    .collect();
+                assert!(
+                    chosen.len() <= 1,
+                    "seed {}: two seed lists were chosen: {chosen:?}; replay with WEFT_MODEL_SEED={}",
+                    self.seed,
                     self.seed
                 );
             }
