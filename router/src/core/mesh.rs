@@ -37,6 +37,7 @@ use std::time::Duration;
 use ipam_crdt::PeerName;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use super::Time;
@@ -190,14 +191,14 @@ pub struct Mesh {
     /// Entry versions each neighbour showed it holds since the last flush
     /// (it announced them, or sent them, so this includes where each entry
     /// came from): the flush does not announce them back to it.
-    heard: BTreeMap<PeerName, BTreeMap<PeerName, u64>>,
+    heard: FxHashMap<PeerName, FxHashMap<PeerName, u64>>,
     /// Our own neighbour set changed since the last push.
     own_dirty: bool,
     /// When the pending changes are pushed, if any are pending.
     next_flush: Option<Time>,
     /// Entries requested after an announcement, with the version and when:
     /// not requested again from other announcers until this one is stale.
-    requested: BTreeMap<PeerName, (u64, Time)>,
+    requested: FxHashMap<PeerName, (u64, Time)>,
 }
 
 /// One established control connection.
@@ -252,10 +253,10 @@ impl Mesh {
             events: VecDeque::new(),
             next_gossip: now + first,
             pending: BTreeSet::new(),
-            heard: BTreeMap::new(),
+            heard: FxHashMap::default(),
             own_dirty: false,
             next_flush: None,
-            requested: BTreeMap::new(),
+            requested: FxHashMap::default(),
         }
     }
 

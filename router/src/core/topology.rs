@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ipam_crdt::PeerName;
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 /// What one router says about itself.
@@ -103,6 +104,10 @@ pub struct Topology {
     /// Shared, so that passing an entry on (gossip) copies a pointer, not
     /// the entry.
     entries: BTreeMap<PeerName, Arc<PeerEntry>>,
+    /// The same entries by name in a hash map: gossip looks one up per
+    /// name it hears of (every announcement lists many), and at 2,000
+    /// routers a tree search per name was a tenth of meshsim's time.
+    index: FxHashMap<PeerName, Arc<PeerEntry>>,
     /// XOR of `mix(name, version)` over all entries: an order-free summary
     /// two routers compare before exchanging digests.
     summary: u64,
@@ -123,6 +128,7 @@ impl Topology {
         let mut t = Self {
             me,
             entries: BTreeMap::new(),
+            index: FxHashMap::default(),
             summary: 0,
         };
         t.put(Arc::new(own));
@@ -136,17 +142,17 @@ impl Topology {
 
     /// This router's own entry.
     pub fn own(&self) -> &PeerEntry {
-        &self.entries[&self.me]
+        &self.index[&self.me]
     }
 
     /// The entry of `name`, if known.
     pub fn get(&self, name: PeerName) -> Option<&PeerEntry> {
-        self.entries.get(&name).map(|e| &**e)
+        self.index.get(&name).map(|e| &**e)
     }
 
     /// The entry of `name` as shared, to pass on.
     pub fn get_shared(&self, name: PeerName) -> Option<&Arc<PeerEntry>> {
-        self.entries.get(&name)
+        self.index.get(&name)
     }
 
     /// Every known entry, by name.
@@ -224,7 +230,7 @@ impl Topology {
                 }
                 continue;
             }
-            if self.entries.get(&e.name).is_none_or(|mine| mine.version < e.version) {
+            if self.index.get(&e.name).is_none_or(|mine| mine.version < e.version) {
                 changed.push(e.name);
                 self.put(e);
             }
@@ -276,7 +282,7 @@ impl Topology {
 
     /// Whether `a` and `b` both list each other: a confirmed connection.
     pub fn confirmed(&self, a: PeerName, b: PeerName) -> bool {
-        let lists = |x: PeerName, y: PeerName| self.entries.get(&x).is_some_and(|e| e.neighbours.contains(&y));
+        let lists = |x: PeerName, y: PeerName| self.index.get(&x).is_some_and(|e| e.neighbours.contains(&y));
         lists(a, b) && lists(b, a)
     }
 
@@ -293,7 +299,7 @@ impl Topology {
         }
         while let Some(x) = queue.pop_front() {
             let via = hops[&x];
-            let Some(e) = self.entries.get(&x) else { continue };
+            let Some(e) = self.index.get(&x) else { continue };
             for &y in &e.neighbours {
                 if y != self.me && !hops.contains_key(&y) && self.confirmed(x, y) {
                     hops.insert(y, via);
@@ -305,10 +311,11 @@ impl Topology {
     }
 
     fn put(&mut self, e: Arc<PeerEntry>) {
-        if let Some(old) = self.entries.get(&e.name) {
+        if let Some(old) = self.index.get(&e.name) {
             self.summary ^= mix(old.name, old.version);
         }
         self.summary ^= mix(e.name, e.version);
+        self.index.insert(e.name, e.clone());
         self.entries.insert(e.name, e);
     }
 }
