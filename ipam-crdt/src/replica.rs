@@ -2135,6 +2135,123 @@ mod tests {
         assert!(!b.ring().unwrap().owners().contains_key(&p(3)));
     }
 
+    /// Two completions of the reclaim of p(4), as in the property test
+    /// `heir_record_relayed_by_a_stopped_router`: p(3) completes it in round
+    /// 1, and its record reaches only p(2), which had stopped; p(3) dies and
+    /// is confirmed gone, and p(1) completes its own reclaim and then p(4)'s,
+    /// in round 2. p(4) stopped when it heard of its removal, with two pods.
+    /// Returns (p(1), p(2), p(4)).
+    fn two_completions() -> (Replica, Replica, Replica) {
+        let pl = pool("10.32.0.0/24");
+        let seeds = [p(1), p(2), p(3), p(4)];
+        let mut a = Replica::create(p(1), pl, &seeds).unwrap();
+        let mut b = Replica::create(p(2), pl, &seeds).unwrap();
+        let mut c = Replica::create(p(3), pl, &seeds).unwrap();
+        let mut d = Replica::create(p(4), pl, &seeds).unwrap();
+        for pod in ["d1", "d2"] {
+            d.allocate(key(pod), Request::Any).unwrap();
+        }
+        c.begin_reclaim(p(4)).unwrap();
+        c.begin_reclaim(p(2)).unwrap();
+        // d and b hear of their removals and stop; a votes p(3) as heir.
+        let _ = d.merge(c.ring().unwrap()).unwrap();
+        let _ = b.merge(d.ring().unwrap()).unwrap();
+        assert!(b.is_removed() && d.is_removed());
+        let _ = a.merge(b.ring().unwrap()).unwrap();
+        let out = c.merge(a.ring().unwrap()).unwrap();
+        assert!(out.reclaimed.contains(&p(4)), "{out:?}");
+        assert!(matches!(
+            c.ring().unwrap().removals[&p(4)],
+            Removal::Done { heir, round: 1, .. } if heir == p(3)
+        ));
+        // Only the stopped b hears of it; then c dies.
+        let _ = b.merge(c.ring().unwrap()).unwrap();
+        drop(c);
+        a.begin_reclaim(p(3)).unwrap();
+        a.confirm_gone(p(3)).unwrap();
+        a.verify().unwrap();
+        // p(3)'s confirmation counts: p(1) completes in round 2, two epochs up.
+        assert!(matches!(
+            &a.ring().unwrap().removals[&p(4)],
+            Removal::Done { heir, round: 2, earlier, .. } if *heir == p(1) && earlier.is_empty()
+        ));
+        assert_eq!(a.ring().unwrap().owner_of(ip("10.32.0.200")), Some(p(1)));
+        assert_eq!(a.held().get(&p(4)).copied(), Some(2), "p(4)'s pods");
+        (a, b, d)
+    }
+
+    /// Two completions of one reclaim join into the same ring in either
+    /// order: the later round's heir and takeover win, the earlier heir is
+    /// kept as earlier, and the latest heir accepts the earlier record.
+    #[test]
+    fn two_completions_of_one_reclaim_join_in_either_order() {
+        let (mut a, b, _) = two_completions();
+        let (ra, rb) = (a.ring().unwrap().clone(), b.ring().unwrap().clone());
+        let mut ab = ra.clone();
+        assert_eq!(ab.merge(&rb), Ok(true));
+        let mut ba = rb.clone();
+        assert_eq!(ba.merge(&ra), Ok(true));
+        assert_eq!(ab, ba, "the join does not depend on the order");
+        let mut again = ab.clone();
+        assert_eq!(again.merge(&ra), Ok(false), "idempotent");
+        assert_eq!(again.merge(&rb), Ok(false));
+        assert!(matches!(
+            &ab.removals[&p(4)],
+            Removal::Done { heir, round: 2, earlier, .. }
+                if *heir == p(1) && *earlier == BTreeMap::from([(1, p(3))])
+        ));
+        assert_eq!(ab.reclaim_status(p(4)), Some(ReclaimStatus::Done { heir: p(1) }));
+        // The later takeover dominates the earlier one's entry, and the
+        // latest heir's range stays whole.
+        let r = ab.ranges().find(|r| r.range.first == ip("10.32.0.192")).unwrap();
+        assert_eq!(
+            (r.owner, r.epoch, r.range.to_string()),
+            (p(1), 2, "10.32.0.192-10.32.0.255".to_owned())
+        );
+        let out = a.merge(&rb).unwrap();
+        assert!(out.changed);
+        a.verify().unwrap();
+        assert_eq!(a.ring(), Some(&ab));
+        assert_eq!(a.held().get(&p(4)).copied(), Some(2), "p(4)'s pods stay held");
+    }
+
+    /// The latest heir frees what it took only where the removed router's
+    /// surrender and every earlier heir's cover it: an earlier heir may have
+    /// freed and allocated those addresses before it stopped. (An earlier
+    /// heir is confirmed gone when a later round completes, so in a real
+    /// history its surrender is total; the rule does not lean on that. The
+    /// earlier heir's surrender is forged here: it kept one of the two.)
+    #[test]
+    fn the_latest_heir_holds_for_an_earlier_heir() {
+        let (mut a, b, mut d) = two_completions();
+        let _ = a.merge(b.ring().unwrap()).unwrap();
+        let held: Vec<AddrRange> = a.held_ranges().map(|(r, _)| r).collect();
+        assert_eq!(held.len(), 1, "p(4)'s two pods, side by side");
+        let (kept, free) = (held[0].first, held[0].last);
+        assert_ne!(kept, free);
+        let off = |addr| a.ring().unwrap().pool().offset_of(addr).unwrap();
+        let spans = BTreeSet::from([(off(free), off(free) + 1)]);
+        a.ring.as_mut().unwrap().surrenders.insert(
+            p(3),
+            Surrender {
+                spans,
+                all: false,
+                by_self: true,
+            },
+        );
+        // p(4) is reset: its pods are gone. p(3)'s may not be.
+        assert_eq!(d.surrender_all(), Ok(true));
+        let _ = a.merge(d.ring().unwrap()).unwrap();
+        a.verify().unwrap();
+        assert_eq!(a.held().get(&p(4)).copied(), Some(1));
+        assert_eq!(
+            a.allocate(key("x"), Request::Addr(kept)),
+            Err(AllocError::Held { addr: kept, from: p(4) })
+        );
+        assert_eq!(a.allocate(key("y"), Request::Addr(free)).unwrap().addr, free);
+        a.verify().unwrap();
+    }
+
     #[test]
     fn split_point_prefers_aligned_halves() {
         assert_eq!(split_point(1, 1023), 512);

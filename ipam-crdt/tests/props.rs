@@ -566,13 +566,12 @@ fn mutual_removals_confirmed_gone_do_not_wait_on_each_other() {
     check_history(&ops, &[]).unwrap();
 }
 
-/// Known open (issue 21): a heir completed a reclaim, the news reached a
-/// removed router that had already surrendered, and the heir died. Its own
-/// reclaim completes without that router's vote, the first reclaim moves on
-/// to a second heir, and the relayed record later conflicts with it. Needs
-/// a join of two completions (or numbered rounds), not a narrower rule.
+/// Issue 21: a heir completed a reclaim, the news reached a removed router
+/// that had already surrendered, and the heir died. Its own reclaim
+/// completes without that router's vote, the first reclaim moves on to a
+/// second heir, and the relayed record later meets it. The two completions
+/// join: the later one has the higher round (see the crate docs, "Rounds").
 #[test]
-#[ignore = "known conflict of two reclaim completions; see issue 21's note"]
 fn heir_record_relayed_by_a_stopped_router() {
     let ops = [
         Op::Rmpeer { r: 2, victim: 0 },
