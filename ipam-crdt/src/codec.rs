@@ -28,11 +28,16 @@ pub const MAX_ENCODED_LEN: usize = 16 << 20;
 pub const MAX_MEMBERS: usize = 1 << 16;
 
 impl Ring {
-    /// The wire form of the ring (what routers gossip). A ring with no
-    /// surrenders is written as V2, byte for byte what routers without
-    /// surrenders write, so they keep reading it; one with surrenders is V3.
+    /// The wire form of the ring (what routers gossip). Each format is
+    /// written only when the ring needs it, so that older routers keep
+    /// reading what they can: a ring with no surrenders and no reclaim
+    /// rounds is V2, byte for byte what routers without them write; one
+    /// with surrenders but no rounds is V3; one with rounds (a vote cast in
+    /// a round, or a completion in a round other than 1) is V4.
     pub fn encode(&self) -> Vec<u8> {
-        let wire = if self.surrenders.is_empty() {
+        let wire = if self.removals.values().any(has_rounds) {
+            RingWire::V4(RingV4::from(self))
+        } else if self.surrenders.is_empty() {
             RingWire::V2(RingV2::from(self))
         } else {
             RingWire::V3(RingV3::from(self))
@@ -49,6 +54,7 @@ impl Ring {
             RingWire::V1(v1) => RingV2::from(v1).into_ring(),
             RingWire::V2(v2) => v2.into_ring(),
             RingWire::V3(v3) => v3.into_ring(),
+            RingWire::V4(v4) => v4.into_ring(),
         }
     }
 }
@@ -57,9 +63,9 @@ impl Replica {
     /// The disk form of the replica: ring, allocations, deferred entries
     /// and held spans.
     pub fn encode(&self) -> Vec<u8> {
-        let v3 = ReplicaV3 {
+        let v4 = ReplicaV4 {
             me: self.me,
-            ring: self.ring.as_ref().map(RingV3::from),
+            ring: self.ring.as_ref().map(RingV4::from),
             allocations: self
                 .space
                 .allocations()
@@ -80,7 +86,7 @@ impl Replica {
                 })
                 .collect(),
         };
-        postcard::to_allocvec(&ReplicaDisk::V3(v3)).expect("encoding to a Vec cannot fail")
+        postcard::to_allocvec(&ReplicaDisk::V4(v4)).expect("encoding to a Vec cannot fail")
     }
 
     /// Decodes and validates a replica from disk. A corrupt file is an error,
@@ -91,21 +97,28 @@ impl Replica {
     /// fit the ring.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let v2 = match decode_bounded::<ReplicaDisk>(bytes, ReplicaDisk::VERSIONS)? {
-            ReplicaDisk::V1(v1) => ReplicaV3 {
+            ReplicaDisk::V1(v1) => ReplicaV4 {
                 me: v1.me,
-                ring: v1.ring.map(|r| RingV3::from_v2(RingV2::from(r))),
+                ring: v1.ring.map(|r| RingV4::from_v3(RingV3::from_v2(RingV2::from(r)))),
                 allocations: v1.allocations,
                 deferred: Vec::new(),
                 held: Vec::new(),
             },
-            ReplicaDisk::V2(v2) => ReplicaV3 {
+            ReplicaDisk::V2(v2) => ReplicaV4 {
                 me: v2.me,
-                ring: v2.ring.map(RingV3::from_v2),
+                ring: v2.ring.map(|r| RingV4::from_v3(RingV3::from_v2(r))),
                 allocations: v2.allocations,
                 deferred: v2.deferred,
                 held: Vec::new(),
             },
-            ReplicaDisk::V3(v3) => v3,
+            ReplicaDisk::V3(v3) => ReplicaV4 {
+                me: v3.me,
+                ring: v3.ring.map(RingV4::from_v3),
+                allocations: v3.allocations,
+                deferred: v3.deferred,
+                held: v3.held,
+            },
+            ReplicaDisk::V4(v4) => v4,
         };
         let me = v2.me;
         let Some(ring) = v2.ring else {
@@ -308,10 +321,11 @@ enum RingWire {
     V1(RingV1),
     V2(RingV2),
     V3(RingV3),
+    V4(RingV4),
 }
 
 impl RingWire {
-    const VERSIONS: u64 = 3;
+    const VERSIONS: u64 = 4;
 }
 
 #[derive(Serialize, Deserialize)]
@@ -319,10 +333,143 @@ enum ReplicaDisk {
     V1(ReplicaV1),
     V2(ReplicaV2),
     V3(ReplicaV3),
+    V4(ReplicaV4),
 }
 
 impl ReplicaDisk {
-    const VERSIONS: u64 = 3;
+    const VERSIONS: u64 = 4;
+}
+
+#[derive(Serialize, Deserialize)]
+struct ReplicaV4 {
+    me: PeerName,
+    ring: Option<RingV4>,
+    allocations: Vec<AllocV1>,
+    /// Own tokens not usable yet, ascending.
+    deferred: Vec<u128>,
+    /// Spans held as heir, ascending and disjoint.
+    held: Vec<HeldV3>,
+}
+
+/// The ring since reclaim rounds: V3 plus the round of every vote and
+/// completion, one [`RoundsV4`] per removal of the base, in its order.
+#[derive(Serialize, Deserialize)]
+struct RingV4 {
+    base: RingV3,
+    rounds: Vec<RoundsV4>,
+}
+
+#[derive(Serialize, Deserialize)]
+enum RoundsV4 {
+    /// The round of each vote, in the order of the removal's votes.
+    Pending(Vec<u32>),
+    /// The round of the latest completion, and the earlier ones it superseded.
+    Done { round: u32, earlier: Vec<EarlierV4> },
+}
+
+/// An earlier completion: its round and its heir's member index.
+#[derive(Serialize, Deserialize)]
+struct EarlierV4 {
+    round: u32,
+    heir: u32,
+}
+
+/// Whether a reclaim record has rounds that V2 and V3 cannot carry: they
+/// decode every completion as round 1 and every vote as round 0.
+fn has_rounds(r: &Removal) -> bool {
+    match r {
+        Removal::Pending { votes, .. } => votes.values().any(|v| v.round != 0),
+        Removal::Done { round, earlier, .. } => *round != 1 || !earlier.is_empty(),
+    }
+}
+
+impl RingV4 {
+    fn from_v3(base: RingV3) -> Self {
+        Self {
+            base,
+            rounds: Vec::new(),
+        }
+    }
+
+    fn into_ring(self) -> Result<Ring, DecodeError> {
+        let members = self.base.base.members.0.clone();
+        let mut ring = self.base.into_ring()?;
+        if self.rounds.is_empty() {
+            // From V1 to V3, or a ring without reclaims.
+            return Ok(ring);
+        }
+        if self.rounds.len() != ring.removals.len() {
+            return Err(invalid("one set of rounds per reclaim record"));
+        }
+        for (rm, rounds) in ring.removals.values_mut().zip(self.rounds) {
+            match (rm, rounds) {
+                (Removal::Pending { votes, .. }, RoundsV4::Pending(rs)) if rs.len() == votes.len() => {
+                    for (v, r) in votes.values_mut().zip(rs) {
+                        v.round = r;
+                    }
+                }
+                (
+                    Removal::Done {
+                        round, earlier, heir, ..
+                    },
+                    RoundsV4::Done { round: r, earlier: e },
+                ) => {
+                    if r == 0
+                        || e.windows(2).any(|w| w[0].round >= w[1].round)
+                        || e.last().is_some_and(|l| l.round >= r)
+                    {
+                        return Err(invalid(
+                            "earlier completions must ascend, before the latest, in rounds from 1",
+                        ));
+                    }
+                    *round = r;
+                    for x in e {
+                        let h = members
+                            .get(x.heir as usize)
+                            .copied()
+                            .ok_or_else(|| invalid(format!("member index {} out of range", x.heir)))?;
+                        if x.round == 0 || h == *heir {
+                            return Err(invalid("an earlier completion has round 0 or the latest heir"));
+                        }
+                        earlier.insert(x.round, h);
+                    }
+                }
+                _ => return Err(invalid("rounds do not match their reclaim record")),
+            }
+        }
+        Ok(ring)
+    }
+}
+
+impl From<&Ring> for RingV4 {
+    fn from(r: &Ring) -> Self {
+        let members: Vec<PeerName> = r.members.iter().copied().collect();
+        let ix = |p: &PeerName| members.binary_search(p).expect("every named peer is a member") as u32;
+        let rounds = if r.removals.values().any(has_rounds) {
+            r.removals
+                .values()
+                .map(|rm| match rm {
+                    Removal::Pending { votes, .. } => RoundsV4::Pending(votes.values().map(|v| v.round).collect()),
+                    Removal::Done { round, earlier, .. } => RoundsV4::Done {
+                        round: *round,
+                        earlier: earlier
+                            .iter()
+                            .map(|(round, h)| EarlierV4 {
+                                round: *round,
+                                heir: ix(h),
+                            })
+                            .collect(),
+                    },
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Self {
+            base: RingV3::from(r),
+            rounds,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -666,7 +813,7 @@ impl From<&Ring> for RingV2 {
             .map(|(d, rm)| RemovalV2 {
                 dead: ix(d),
                 state: match rm {
-                    Removal::Done { heir, taken } => RemovalStateV2::Done {
+                    Removal::Done { heir, taken, .. } => RemovalStateV2::Done {
                         heir: ix(heir),
                         taken: taken
                             .iter()
@@ -785,6 +932,9 @@ impl RingV2 {
                     }
                     Removal::Done {
                         heir: name(heir)?,
+                        // V2 predates rounds: its completions took over one epoch up.
+                        round: 1,
+                        earlier: BTreeMap::new(),
                         taken: taken
                             .into_iter()
                             .map(|k| Taken {
@@ -811,6 +961,8 @@ impl RingV2 {
                             Vote {
                                 seq: v.seq,
                                 heir: name(v.heir)?,
+                                // Cast before rounds: it never counts, and the voter votes again.
+                                round: 0,
                             },
                         ));
                     }
@@ -893,6 +1045,63 @@ mod tests {
         assert_eq!(Ring::decode(&expected).unwrap(), small_ring());
     }
 
+    /// A V2 ring and a V3 replica with reclaim records, as written before
+    /// reclaim rounds (p(1) took p(3)'s range and votes to take p(2)'s):
+    /// they still decode, a completion as round 1 and a vote as round 0,
+    /// which never counts, so the voter votes again. Without rounds to
+    /// carry, the ring is written as V2 again, byte for byte.
+    #[test]
+    fn records_from_before_rounds_still_decode() {
+        #[rustfmt::skip]
+        let ring_v2: Vec<u8> = vec![
+            1, 0, 10, 32, 0, 0, 24, 24, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2,
+            0, 0, 0, 0, 0, 0, 0, 3, 3, 0, 1, 2, 3, 0, 0, 0, 0, 1, 84, 85, 1, 0, 0, 1,
+            85, 85, 0, 0, 1, 1, 0, 2, 1, 0, 1, 0, 1, 0, 1, 0, 2, 1, 0, 1, 170, 1, 128, 2,
+            1,
+        ];
+        #[rustfmt::skip]
+        let replica_v3: Vec<u8> = vec![
+            2, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 10, 32, 0, 0, 24, 24, 0, 0, 0, 0, 0, 0, 0,
+            1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3, 3, 0, 1, 2, 3, 0, 0,
+            0, 0, 1, 84, 85, 1, 0, 0, 1, 85, 85, 0, 0, 1, 1, 0, 2, 1, 0, 1, 0, 1, 0, 1,
+            0, 2, 1, 0, 1, 170, 1, 128, 2, 1, 0, 1, 2, 99, 49, 4, 101, 116, 104, 48, 1, 0, 1, 170,
+            1, 255, 1, 0, 0, 0, 0, 0, 0, 0, 3,
+        ];
+        let ring = Ring::decode(&ring_v2).unwrap();
+        assert!(matches!(
+            &ring.removals[&p(3)],
+            Removal::Done { heir, round: 1, taken, earlier }
+                if *heir == p(1) && taken.len() == 1 && earlier.is_empty()
+        ));
+        let Removal::Pending { votes, .. } = &ring.removals[&p(2)] else {
+            panic!("p(2)'s reclaim is pending")
+        };
+        assert_eq!(votes[&p(1)].round, 0);
+        assert_eq!(ring.encode(), ring_v2);
+        let mut replica = Replica::decode(&replica_v3).unwrap();
+        assert_eq!(replica.ring(), Some(&ring));
+        assert_eq!(replica.held().get(&p(3)).copied(), Some(85));
+        assert_eq!(replica.allocated(), 1);
+        // The old vote does not count; voting again puts the ring in V4.
+        let status = replica.begin_reclaim(p(2)).unwrap();
+        assert_eq!(
+            status,
+            crate::ReclaimStatus::Pending {
+                candidate: Some(p(1)),
+                waiting_for: vec![p(3)],
+            },
+            "p(3) never stopped: it is a voter still"
+        );
+        let Removal::Pending { votes, .. } = &replica.ring().unwrap().removals[&p(2)] else {
+            panic!("p(2)'s reclaim is pending")
+        };
+        assert_eq!((votes[&p(1)].seq, votes[&p(1)].round), (2, 1));
+        let bytes = replica.ring().unwrap().encode();
+        assert_eq!(bytes[0], 3, "RingWire::V4");
+        assert_eq!(Ring::decode(&bytes).as_ref(), Ok(replica.ring().unwrap()));
+        assert_eq!(Replica::decode(&replica.encode()), Ok(replica));
+    }
+
     #[test]
     fn replica_round_trips() {
         let mut r = Replica::create(p(1), small_ring().pool(), &[p(1), p(2)]).unwrap();
@@ -914,8 +1123,8 @@ mod tests {
     #[test]
     fn refuses_newer_versions_oversize_and_trailing_bytes() {
         let mut bytes = small_ring().encode();
-        bytes[0] = 3;
-        assert_eq!(Ring::decode(&bytes), Err(DecodeError::UnsupportedVersion(4)));
+        bytes[0] = 4;
+        assert_eq!(Ring::decode(&bytes), Err(DecodeError::UnsupportedVersion(5)));
         // The largest tag a varint can hold (the input fuzz/ipam_ring found).
         let max_tag = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
         assert_eq!(Ring::decode(&max_tag), Err(DecodeError::UnsupportedVersion(u64::MAX)));
@@ -952,12 +1161,14 @@ mod tests {
     #[test]
     fn refuses_a_stale_token() {
         let mut r = small_ring();
-        let k = r.take(0, p(2));
+        let k = r.take(0, p(2), 1);
         r.removals.insert(
             p(1),
             Removal::Done {
                 heir: p(2),
+                round: 1,
                 taken: BTreeSet::from([k]),
+                earlier: BTreeMap::new(),
             },
         );
         assert_eq!(Ring::decode(&r.encode()).unwrap(), r);

@@ -17,8 +17,10 @@
 //!
 //! The ring is a state-based CRDT. Merge takes, token by token, the entry with
 //! the higher (epoch, version); the member set only grows; reclaim records
-//! only move forward; a token made stale by a takeover is dropped (below). Merge is therefore idempotent, commutative and associative (the
-//! property tests check all three). Two entries with the same version and
+//! only move forward (two completions of one reclaim join, below); a token
+//! made stale by a takeover is dropped (below). Merge is therefore
+//! idempotent, commutative and associative (the property tests check all
+//! three). Two entries with the same version and
 //! different contents cannot arise from a valid history and are refused.
 //!
 //! *Only the owner writes its entries.* A router allocates only inside the
@@ -83,21 +85,26 @@
 //!    reclaim of `D` counts every voter but `D` ([`Ring::voters_for`]).
 //!    Every voter that sees the record votes for the *candidate*: the
 //!    lowest-named proposal that has not stopped. A voter's vote is a
-//!    register only it writes (sequence-numbered). If every proposed heir
-//!    has stopped, a voter that sees this proposes itself, so a reclaim never
-//!    stalls on a stopped heir.
+//!    register only it writes (sequence-numbered), cast in a *round*
+//!    ([`Ring::round_for`]: one more than the number of members other than
+//!    `D` that surrendered everything); a vote counts only in the round it
+//!    was cast in, and a voter votes again when its round moves. If every
+//!    proposed heir has stopped, a voter that sees this proposes itself, so
+//!    a reclaim never stalls on a stopped heir.
 //! 4. **Act, holding.** Only the candidate acts, and only once its own view
-//!    shows every voter voting for it. It then rewrites every entry of `D` as
-//!    its own, **one epoch up**, with nothing free: it *holds* the space
-//!    (neither free nor allocated, not advertised, refused to requests with
-//!    [`AllocError::Held`]), and marks the record done, listing the ranges it
-//!    took. Done is final (only its list of taken ranges can grow) and
-//!    dominates on merge.
+//!    shows every voter voting for it in its current round. It then rewrites
+//!    every entry of `D` as its own, **as many epochs up as the round**, with
+//!    nothing free: it *holds* the space (neither free nor allocated, not
+//!    advertised, refused to requests with [`AllocError::Held`]), and marks
+//!    the record done, listing the ranges it took and the round. Done is
+//!    final (only its list of taken ranges can grow, and a completion of a
+//!    later round supersedes it, see "Rounds") and dominates on merge.
 //! 5. **Free what was surrendered.** The heir frees the parts of the space
 //!    it holds from `D` that `D`'s surrender covers (all of it if `D` left,
-//!    was reset or was confirmed gone), as soon as it sees the surrender.
-//!    The rest stays held: `D`'s pods' addresses, and anything `D` gave away
-//!    in a state the heir never saw.
+//!    was reset or was confirmed gone), as soon as it sees the surrender,
+//!    and that the surrender of every earlier heir of `D`'s reclaim covers
+//!    too ("Rounds"). The rest stays held: `D`'s pods' addresses, and
+//!    anything `D` gave away in a state the heir never saw.
 //!
 //! A leave and an `rmpeer` of the same router started elsewhere join into
 //! one record instead of racing.
@@ -115,15 +122,15 @@
 //! heir: what an heir holds it can never give away, and if the heir is
 //! removed in turn, its own heir holds those ranges from it.
 //!
-//! **Why two routers can never both take `D`'s ranges.** Suppose heirs
+//! **Why a second heir acts only once the first is gone.** Suppose heirs
 //! `H1 != H2` both act, `H1` first. When `H1` acts, its record becomes done,
 //! so its vote is frozen on `H1` forever. `H2` acts only when its view shows
 //! every voter voting `H2`. `H1` is a member in `H2`'s view (below). If `H1`
 //! has stopped in that view, `H2`'s view holds `H1`'s surrender, written
 //! after `H1` acted (a stopped router never acts), so it holds `H1`'s done
 //! record too and `H2` does not act; unless an operator confirmed `H1` gone,
-//! which is true only if `H1` died, and then only a done record it made and
-//! nobody received before it died can be missing (see Limits). Otherwise
+//! which is true only if `H1` died: then `H2` may act without having seen
+//! `H1`'s done record, and the two completions join (see "Rounds"). Otherwise
 //! `H1` is a voter there, and its vote in that view must be `H2`. A vote for
 //! `H2` by `H1` was made before `H1` acted (after that it is frozen on `H1`),
 //! and `H1` later voted for itself, which it does only when `H2` has stopped
@@ -140,6 +147,61 @@
 //! no live member at all, one of those votes came from a router that knew
 //! `H1`. (Two groups that have never shared a live router cannot coordinate
 //! by any protocol; that case needs an operator, not an algorithm.)
+//!
+//! **Rounds: two completions of one reclaim join.** `H1`'s done record can
+//! outlive `H1` where `H2`'s voters never saw it: `H1` sent it before it died
+//! to a router that was no voter of `H2`'s (a removed router that had
+//! already stopped and still relays rings, or another router that died and
+//! was confirmed gone), and it surfaces later. So merge must join two
+//! completions of one reclaim, the same way in every order, and without
+//! handing out an address twice.
+//!
+//! *The later completion has the higher round.* Let `H1` complete in round
+//! `r1` on its view `V1`, and `H2` later in round `r2` on `V2`; call `A(V)`
+//! the members other than `D` whose surrender in `V` is total, so that
+//! `r = 1 + |A(V)|`. `A` only grows along a view's history. `H1` is in
+//! `A(V2)`: it has stopped there (above), not by its own surrender (that
+//! carries its done record, and `H2` would not have acted), so by an
+//! operator's confirmation, which is total. `H1` is not in `A(V1)`: a
+//! removed router never acts. Let `X` be a voter whose votes are in both
+//! views (above: unless the two sides never shared a live router). A vote
+//! counts only in the heir's round, and a view holds the voter's state at
+//! its vote, so `A` of `X`'s state at each vote equals `A(V1)` and `A(V2)`
+//! (a subset of equal size). If `X` voted in `V1` first, `A(V2)` holds
+//! `A(V1)` and `H1` besides: `r2 > r1`. If it voted in `V2` first, `X` knew
+//! `H1` confirmed gone before `H1` acted: the operator confirmed gone a
+//! router that still ran, which the argument excludes (Limits). Hence two
+//! completions of one reclaim never share a round, and the later one, in
+//! time, has the higher round.
+//!
+//! *The join.* A done record keeps its latest completion (heir, round, the
+//! ranges taken) and the heirs of earlier rounds. Two records join by
+//! keeping the completion of the higher round (in one round, the heir is
+//! the same and the taken ranges join) and the union of all other (round,
+//! heir) pairs as earlier; two heirs in one round are refused. That is a
+//! max and a union, so merge stays idempotent, commutative and associative.
+//! At a token both took from `D`'s same entry, the later takeover's entry
+//! is `r2 - r1` epochs above the earlier one's, so it dominates everything
+//! the earlier heir wrote there (it writes in its takeover's epoch), and
+//! tokens the earlier heir cut inside the later heir's ranges are stale. The
+//! earlier completion's taken ranges go with it: they make nothing stale
+//! any more. Leftovers of `D` are taken in the record's round, so they too
+//! dominate what an earlier round's line took of them.
+//!
+//! *Why no address is handed out twice.* Only the latest heir (or its own
+//! heir, for what it left) frees anything of `D`'s ranges. It holds what it
+//! took for `D` *and for every earlier heir*: it frees an address only once
+//! `D`'s surrender and every earlier heir's surrender cover it, because an
+//! earlier heir may have freed the address (by `D`'s surrender) and
+//! allocated it before it stopped, exactly as `D` may have. (By the
+//! argument above an earlier heir was confirmed gone before the later one
+//! acted, so its surrender is total and its pods are gone; the rule does
+//! not lean on that.) The earlier heir, stopped, allocates nothing more.
+//! A router whose own entries the join rewrites refuses the ring
+//! ([`MergeError::OwnEntryChanged`]) rather than lose its addresses.
+//! Before the join, the two records made every merge between their sides
+//! fail for ever: the join changes which rings merge, and makes an heir
+//! free less, never more.
 //!
 //! **Why the heir never takes a range `D` gave to a live router.** A vote
 //! carries the voter's state, so a donation its recipient knew of when it
@@ -186,14 +248,25 @@
 //! must reset the newcomer. If `D` is then confirmed gone (or left), the
 //! heir frees that range while the newcomer may still use it. The router
 //! narrows the window by refusing `rmpeer` while it still sees a connection
-//! to `D`.
+//! to `D`. The same holds for what an earlier heir, confirmed gone, gave
+//! out of `D`'s ranges before it died to a router that voted in the later
+//! round before it heard of the gift (a donation delivered late, or what
+//! the earlier heir's own heir took of it): the later takeover does not
+//! know it and rewrites it, that router refuses the ring, and the later
+//! heir frees it by `D`'s surrender. That was so before the join too (the
+//! two records then kept the sides apart instead). The join is also exact
+//! only where the two heirs saw `D`'s entries alike (the same tokens and
+//! epochs); two views that disagree about `D`'s ranges are a case of the
+//! same kind.
 //!
 //! The property tests check all of this on random histories of six replicas
 //! with allocations, donations, crashes, deaths, leaves, concurrent reclaims
 //! and wrong `rmpeer`s of live routers (which go on allocating until they
 //! hear of it, and whose pods' addresses must never be handed out again),
 //! including the relayed-late-state histories that the fence and
-//! epochs were added for (`late_state_through_a_dead_relay_is_fenced`).
+//! epochs were added for (`late_state_through_a_dead_relay_is_fenced`) and
+//! the relayed done record that rounds were added for
+//! (`heir_record_relayed_by_a_stopped_router`).
 //!
 //! ## Wire and disk form
 //! [`Ring::encode`] / [`Ring::decode`] and [`Replica::encode`] /

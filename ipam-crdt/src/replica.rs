@@ -934,34 +934,24 @@ impl Replica {
         if self.held.is_empty() || ring.is_removed(me) {
             return false;
         }
-        // Per held span, the parts its router's surrender frees.
+        // Per held span, the parts its router's surrender frees, and the
+        // surrenders of the heirs of earlier rounds of its reclaim too: such
+        // an heir may have freed and allocated them before it stopped.
         // (held start, held end, its router, the freed parts).
         type Freed = (u128, u128, PeerName, Vec<(u128, u128)>);
         let mut plan: Vec<Freed> = Vec::new();
         for (s, (e, from)) in &self.held {
-            let Some(sur) = ring.surrender_of(*from) else { continue };
-            let mut parts: Vec<(u128, u128)> = if sur.all {
-                vec![(*s, *e)]
-            } else {
-                sur.spans
-                    .iter()
-                    .map(|(a, b)| ((*a).max(*s), (*b).min(*e)))
-                    .filter(|(x, y)| x < y)
-                    .collect()
-            };
+            let mut parts = surrendered_parts(ring, *from, *s, *e);
+            for earlier in ring.earlier_heirs(*from) {
+                if parts.is_empty() {
+                    break;
+                }
+                parts = intersect(&parts, &surrendered_parts(ring, earlier, *s, *e));
+            }
             if parts.is_empty() {
                 continue;
             }
-            // Surrendered spans may overlap (a grow-only set): merge them.
-            parts.sort_unstable();
-            let mut merged: Vec<(u128, u128)> = Vec::with_capacity(parts.len());
-            for (x, y) in parts {
-                match merged.last_mut() {
-                    Some(last) if x <= last.1 => last.1 = last.1.max(y),
-                    _ => merged.push((x, y)),
-                }
-            }
-            plan.push((*s, *e, *from, merged));
+            plan.push((*s, *e, *from, parts));
         }
         if plan.is_empty() {
             return false;
@@ -1072,14 +1062,23 @@ impl Replica {
                     me
                 }
             };
+            // A vote counts only in its round: vote again when it moved.
+            let round = ring.round_for(dead);
             let Some(Removal::Pending { votes, .. }) = ring.removals.get_mut(&dead) else {
                 continue;
             };
             match votes.get(&me) {
-                Some(v) if v.heir == candidate => {}
+                Some(v) if v.heir == candidate && v.round == round => {}
                 other => {
                     let seq = other.map_or(1, |v| v.seq + 1);
-                    votes.insert(me, Vote { seq, heir: candidate });
+                    votes.insert(
+                        me,
+                        Vote {
+                            seq,
+                            heir: candidate,
+                            round,
+                        },
+                    );
                     changed = true;
                 }
             }
@@ -1091,9 +1090,9 @@ impl Replica {
             };
             if ring
                 .voters_for(dead)
-                .all(|v| votes.get(&v).is_some_and(|x| x.heir == me))
+                .all(|v| votes.get(&v).is_some_and(|x| x.heir == me && x.round == round))
             {
-                take_over(ring, &mut self.held, me, dead);
+                take_over(ring, &mut self.held, me, dead, round);
                 reclaimed.push(dead);
                 changed = true;
             }
@@ -1113,7 +1112,12 @@ impl Replica {
             .map(|e| e.owner)
             .collect();
         for dead in leftovers {
-            let more = take_all(ring, &mut self.held, me, dead);
+            // In the record's round, so that they dominate whatever an
+            // earlier round's line took of them.
+            let Some(&Removal::Done { round, .. }) = ring.removals.get(&dead) else {
+                continue;
+            };
+            let more = take_all(ring, &mut self.held, me, dead, round);
             if let Some(Removal::Done { taken, .. }) = ring.removals.get_mut(&dead) {
                 taken.extend(more);
             }
@@ -1135,12 +1139,20 @@ impl fmt::Debug for Replica {
 }
 
 /// The heir's act: every entry of `dead` becomes `heir`'s, held (not free:
-/// `dead` may be alive and cut off, with pods on its addresses), one epoch
-/// up, and the record is final with the ranges taken. `dead`'s surrender
-/// frees what it may ([`Replica::free_surrendered`]).
-fn take_over(ring: &mut Ring, held: &mut BTreeMap<u128, (u128, PeerName)>, heir: PeerName, dead: PeerName) {
-    let taken = take_all(ring, held, heir, dead);
-    ring.removals.insert(dead, Removal::Done { heir, taken });
+/// `dead` may be alive and cut off, with pods on its addresses), `round`
+/// epochs up, and the record is final with the ranges taken. `dead`'s
+/// surrender frees what it may ([`Replica::free_surrendered`]).
+fn take_over(ring: &mut Ring, held: &mut BTreeMap<u128, (u128, PeerName)>, heir: PeerName, dead: PeerName, round: u32) {
+    let taken = take_all(ring, held, heir, dead, round);
+    ring.removals.insert(
+        dead,
+        Removal::Done {
+            heir,
+            round,
+            taken,
+            earlier: BTreeMap::new(),
+        },
+    );
 }
 
 /// Whether `e` is `dead`'s and may be taken now. Not while it was written by
@@ -1152,13 +1164,14 @@ fn takeable(ring: &Ring, e: &Entry, dead: PeerName) -> bool {
     e.owner == dead && (e.writer == dead || !ring.is_pending_removal(e.writer))
 }
 
-/// Rewrites every [takeable](takeable) entry of `dead` as `taker`'s
-/// ([`Ring::take`]) and adds it to `held`.
+/// Rewrites every [takeable](takeable) entry of `dead` as `taker`'s,
+/// `round` epochs up ([`Ring::take`]), and adds it to `held`.
 fn take_all(
     ring: &mut Ring,
     held: &mut BTreeMap<u128, (u128, PeerName)>,
     taker: PeerName,
     dead: PeerName,
+    round: u32,
 ) -> BTreeSet<Taken> {
     let pool = ring.pool;
     let tokens: Vec<u128> = ring
@@ -1169,7 +1182,7 @@ fn take_all(
         .collect();
     let mut taken = BTreeSet::new();
     for t in tokens {
-        let k = ring.take(t, taker);
+        let k = ring.take(t, taker, round);
         let s = if k.start == 0 { 1 } else { k.start };
         let e = if k.end == pool.size() { k.end - 1 } else { k.end };
         if s < e {
@@ -1178,6 +1191,48 @@ fn take_all(
         taken.insert(k);
     }
     taken
+}
+
+/// The parts of `[s, e)` that `who`'s surrender covers (everything if it
+/// surrendered all), ascending, disjoint and not adjacent; empty without a
+/// surrender.
+fn surrendered_parts(ring: &Ring, who: PeerName, s: u128, e: u128) -> Vec<(u128, u128)> {
+    let Some(sur) = ring.surrender_of(who) else {
+        return Vec::new();
+    };
+    if sur.all {
+        return vec![(s, e)];
+    }
+    // Surrendered spans may overlap (a grow-only set): merge them.
+    let mut merged: Vec<(u128, u128)> = Vec::new();
+    for (x, y) in sur.spans.iter().map(|(a, b)| ((*a).max(s), (*b).min(e))) {
+        if x >= y {
+            continue;
+        }
+        match merged.last_mut() {
+            Some(last) if x <= last.1 => last.1 = last.1.max(y),
+            _ => merged.push((x, y)),
+        }
+    }
+    merged
+}
+
+/// The intersection of two ascending, disjoint lists of spans.
+fn intersect(a: &[(u128, u128)], b: &[(u128, u128)]) -> Vec<(u128, u128)> {
+    let (mut i, mut j) = (0, 0);
+    let mut out = Vec::new();
+    while i < a.len() && j < b.len() {
+        let (x, y) = (a[i].0.max(b[j].0), a[i].1.min(b[j].1));
+        if x < y {
+            out.push((x, y));
+        }
+        if a[i].1 < b[j].1 {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    out
 }
 
 /// Adds newly owned `[s, e)` to `space` as free, minus the reserved addresses.
@@ -2078,6 +2133,123 @@ mod tests {
         assert_eq!(a.ring(), b.ring());
         assert_eq!(a.ring().unwrap().owner_of(d.range.first), Some(p(1)));
         assert!(!b.ring().unwrap().owners().contains_key(&p(3)));
+    }
+
+    /// Two completions of the reclaim of p(4), as in the property test
+    /// `heir_record_relayed_by_a_stopped_router`: p(3) completes it in round
+    /// 1, and its record reaches only p(2), which had stopped; p(3) dies and
+    /// is confirmed gone, and p(1) completes its own reclaim and then p(4)'s,
+    /// in round 2. p(4) stopped when it heard of its removal, with two pods.
+    /// Returns (p(1), p(2), p(4)).
+    fn two_completions() -> (Replica, Replica, Replica) {
+        let pl = pool("10.32.0.0/24");
+        let seeds = [p(1), p(2), p(3), p(4)];
+        let mut a = Replica::create(p(1), pl, &seeds).unwrap();
+        let mut b = Replica::create(p(2), pl, &seeds).unwrap();
+        let mut c = Replica::create(p(3), pl, &seeds).unwrap();
+        let mut d = Replica::create(p(4), pl, &seeds).unwrap();
+        for pod in ["d1", "d2"] {
+            d.allocate(key(pod), Request::Any).unwrap();
+        }
+        c.begin_reclaim(p(4)).unwrap();
+        c.begin_reclaim(p(2)).unwrap();
+        // d and b hear of their removals and stop; a votes p(3) as heir.
+        let _ = d.merge(c.ring().unwrap()).unwrap();
+        let _ = b.merge(d.ring().unwrap()).unwrap();
+        assert!(b.is_removed() && d.is_removed());
+        let _ = a.merge(b.ring().unwrap()).unwrap();
+        let out = c.merge(a.ring().unwrap()).unwrap();
+        assert!(out.reclaimed.contains(&p(4)), "{out:?}");
+        assert!(matches!(
+            c.ring().unwrap().removals[&p(4)],
+            Removal::Done { heir, round: 1, .. } if heir == p(3)
+        ));
+        // Only the stopped b hears of it; then c dies.
+        let _ = b.merge(c.ring().unwrap()).unwrap();
+        drop(c);
+        a.begin_reclaim(p(3)).unwrap();
+        a.confirm_gone(p(3)).unwrap();
+        a.verify().unwrap();
+        // p(3)'s confirmation counts: p(1) completes in round 2, two epochs up.
+        assert!(matches!(
+            &a.ring().unwrap().removals[&p(4)],
+            Removal::Done { heir, round: 2, earlier, .. } if *heir == p(1) && earlier.is_empty()
+        ));
+        assert_eq!(a.ring().unwrap().owner_of(ip("10.32.0.200")), Some(p(1)));
+        assert_eq!(a.held().get(&p(4)).copied(), Some(2), "p(4)'s pods");
+        (a, b, d)
+    }
+
+    /// Two completions of one reclaim join into the same ring in either
+    /// order: the later round's heir and takeover win, the earlier heir is
+    /// kept as earlier, and the latest heir accepts the earlier record.
+    #[test]
+    fn two_completions_of_one_reclaim_join_in_either_order() {
+        let (mut a, b, _) = two_completions();
+        let (ra, rb) = (a.ring().unwrap().clone(), b.ring().unwrap().clone());
+        let mut ab = ra.clone();
+        assert_eq!(ab.merge(&rb), Ok(true));
+        let mut ba = rb.clone();
+        assert_eq!(ba.merge(&ra), Ok(true));
+        assert_eq!(ab, ba, "the join does not depend on the order");
+        let mut again = ab.clone();
+        assert_eq!(again.merge(&ra), Ok(false), "idempotent");
+        assert_eq!(again.merge(&rb), Ok(false));
+        assert!(matches!(
+            &ab.removals[&p(4)],
+            Removal::Done { heir, round: 2, earlier, .. }
+                if *heir == p(1) && *earlier == BTreeMap::from([(1, p(3))])
+        ));
+        assert_eq!(ab.reclaim_status(p(4)), Some(ReclaimStatus::Done { heir: p(1) }));
+        // The later takeover dominates the earlier one's entry, and the
+        // latest heir's range stays whole.
+        let r = ab.ranges().find(|r| r.range.first == ip("10.32.0.192")).unwrap();
+        assert_eq!(
+            (r.owner, r.epoch, r.range.to_string()),
+            (p(1), 2, "10.32.0.192-10.32.0.255".to_owned())
+        );
+        let out = a.merge(&rb).unwrap();
+        assert!(out.changed);
+        a.verify().unwrap();
+        assert_eq!(a.ring(), Some(&ab));
+        assert_eq!(a.held().get(&p(4)).copied(), Some(2), "p(4)'s pods stay held");
+    }
+
+    /// The latest heir frees what it took only where the removed router's
+    /// surrender and every earlier heir's cover it: an earlier heir may have
+    /// freed and allocated those addresses before it stopped. (An earlier
+    /// heir is confirmed gone when a later round completes, so in a real
+    /// history its surrender is total; the rule does not lean on that. The
+    /// earlier heir's surrender is forged here: it kept one of the two.)
+    #[test]
+    fn the_latest_heir_holds_for_an_earlier_heir() {
+        let (mut a, b, mut d) = two_completions();
+        let _ = a.merge(b.ring().unwrap()).unwrap();
+        let held: Vec<AddrRange> = a.held_ranges().map(|(r, _)| r).collect();
+        assert_eq!(held.len(), 1, "p(4)'s two pods, side by side");
+        let (kept, free) = (held[0].first, held[0].last);
+        assert_ne!(kept, free);
+        let off = |addr| a.ring().unwrap().pool().offset_of(addr).unwrap();
+        let spans = BTreeSet::from([(off(free), off(free) + 1)]);
+        a.ring.as_mut().unwrap().surrenders.insert(
+            p(3),
+            Surrender {
+                spans,
+                all: false,
+                by_self: true,
+            },
+        );
+        // p(4) is reset: its pods are gone. p(3)'s may not be.
+        assert_eq!(d.surrender_all(), Ok(true));
+        let _ = a.merge(d.ring().unwrap()).unwrap();
+        a.verify().unwrap();
+        assert_eq!(a.held().get(&p(4)).copied(), Some(1));
+        assert_eq!(
+            a.allocate(key("x"), Request::Addr(kept)),
+            Err(AllocError::Held { addr: kept, from: p(4) })
+        );
+        assert_eq!(a.allocate(key("y"), Request::Addr(free)).unwrap().addr, free);
+        a.verify().unwrap();
     }
 
     #[test]

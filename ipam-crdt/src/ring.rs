@@ -7,13 +7,14 @@
 //! advertised free count (see [`advertised_free_holds`]). Only the owner of
 //! an entry writes it (donation hands it over with a version bump); the one
 //! exception is the heir of a completed reclaim, which rewrites the entry
-//! one epoch up, see [`crate`] docs. A token is dropped only when a takeover
-//! makes it stale.
+//! its round's number of epochs up, see [`crate`] docs. A token is dropped
+//! only when a takeover makes it stale.
 //!
 //! [`Ring::merge`] is a join: per token the higher (epoch, version) wins,
-//! members and reclaim records are grow-only or monotone, and stale tokens
-//! go. Equal stamps with different contents can only come from a broken
-//! invariant, and are refused.
+//! members and reclaim records are grow-only or monotone (two completions of
+//! one reclaim join: the later round wins), and stale tokens go. Equal
+//! stamps with different contents can only come from a broken invariant,
+//! and are refused.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -100,9 +101,10 @@ pub(crate) struct Entry {
     /// Who wrote this version: the owner, a donor handing the range over, or
     /// the heir of a reclaim.
     pub(crate) writer: PeerName,
-    /// Raised by one at each takeover of the entry by an heir; ordered before
-    /// `version`, so a takeover dominates every version the removed router
-    /// wrote, seen or not.
+    /// Raised at each takeover of the entry by an heir, by the round of the
+    /// reclaim ([`Ring::round_for`]); ordered before `version`, so a takeover
+    /// dominates every version the removed router wrote, seen or not, and a
+    /// later round's takeover dominates an earlier one's.
     pub(crate) epoch: u32,
     pub(crate) version: u64,
     /// Free addresses in the range, as last advertised by the owner.
@@ -127,11 +129,20 @@ pub(crate) enum Removal {
         votes: BTreeMap<PeerName, Vote>,
     },
     /// The heir took the removed router's ranges. Final, except that ranges
-    /// of the removed router learned later are taken too (a grow-only set).
+    /// of the removed router learned later are taken too (a grow-only set),
+    /// and that a completion of a later round supersedes it (see the
+    /// [crate docs](crate), "Rounds").
     Done {
+        /// The heir of the latest completion known: it holds the ranges.
         heir: PeerName,
-        /// The ranges taken, as the taker's view showed them.
+        /// The round it completed in; its takeover wrote each entry this many epochs up.
+        round: u32,
+        /// The ranges it took, as the taker's view showed them.
         taken: BTreeSet<Taken>,
+        /// Earlier completions of this reclaim that the latest superseded,
+        /// round -> heir (grow-only; empty but for a relayed record, see
+        /// the crate docs). The heir holds what it took for these too.
+        earlier: BTreeMap<u32, PeerName>,
     },
 }
 
@@ -154,11 +165,15 @@ impl Taken {
     }
 }
 
-/// A voter's vote on a removal: which heir it accepts.
+/// A voter's vote on a removal: which heir it accepts, in which round. It
+/// counts only while the round is the current one ([`Ring::round_for`]).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) struct Vote {
     pub(crate) seq: u64,
     pub(crate) heir: PeerName,
+    /// The voter's round when it voted; 0 for a vote decoded from a format
+    /// without rounds (it never counts, so the voter votes again).
+    pub(crate) round: u32,
 }
 
 /// Where a ring came from: its pool and genesis owners. Rings of different
@@ -196,7 +211,8 @@ pub struct RangeInfo {
     pub owner: PeerName,
     /// Free addresses, as the owner last advertised.
     pub free: u128,
-    /// The entry's takeover epoch: how many times an heir took it over.
+    /// The entry's takeover epoch: 0 until an heir takes it over, raised by
+    /// each takeover (by the reclaim's round).
     pub epoch: u32,
     /// The entry's version within its epoch.
     pub version: u64,
@@ -412,6 +428,33 @@ impl Ring {
         self.voters().filter(move |v| *v != dead)
     }
 
+    /// The round of the reclaim of `dead` in this view: one more than the
+    /// number of members other than `dead` that surrendered everything
+    /// (they left, were reset, or were confirmed gone). A vote counts only
+    /// in the round it was cast in, and a takeover raises epochs by its
+    /// round, so of two completions of one reclaim the later one has the
+    /// higher round and dominates (the argument is in the [crate docs](crate),
+    /// "Rounds"). Grows with the view, never shrinks.
+    pub fn round_for(&self, dead: PeerName) -> u32 {
+        let total = self.surrenders.iter().filter(|(m, s)| **m != dead && s.all).count();
+        // At most MAX_MEMBERS surrenders in a decoded ring.
+        u32::try_from(total).map_or(u32::MAX, |n| n.saturating_add(1))
+    }
+
+    /// The heirs of earlier completions of the reclaim of `dead` that a
+    /// later one superseded: the latest heir holds what it took for them
+    /// too. Empty unless two completions met.
+    pub(crate) fn earlier_heirs(&self, dead: PeerName) -> impl Iterator<Item = PeerName> + '_ {
+        self.removals
+            .get(&dead)
+            .into_iter()
+            .flat_map(|r| match r {
+                Removal::Done { earlier, .. } => Some(earlier.values().copied()),
+                Removal::Pending { .. } => None,
+            })
+            .flatten()
+    }
+
     /// The reclaim of each removed router.
     pub fn reclaims(&self) -> BTreeMap<PeerName, ReclaimStatus> {
         self.removals
@@ -426,9 +469,12 @@ impl Ring {
             Removal::Done { heir, .. } => ReclaimStatus::Done { heir: *heir },
             Removal::Pending { votes, .. } => {
                 let candidate = self.candidate(dead);
+                let round = self.round_for(dead);
                 let waiting_for = self
                     .voters_for(dead)
-                    .filter(|v| candidate.is_none() || votes.get(v).map(|x| x.heir) != candidate)
+                    .filter(|v| {
+                        candidate.is_none() || votes.get(v).map(|x| (x.heir, x.round)) != candidate.map(|c| (c, round))
+                    })
                     .collect();
                 ReclaimStatus::Pending { candidate, waiting_for }
             }
@@ -461,27 +507,35 @@ impl Ring {
         // Removals first: the takeovers the merged ring will hold decide
         // which tokens are stale.
         let mut removals = Vec::new();
-        let mut new_taken: Vec<&'a Taken> = Vec::new();
         for (d, theirs) in &other.removals {
-            let mine = self.removals.get(d);
-            let grows = match mine {
-                Some(mine) => mine
-                    .check_join(theirs)
-                    .map_err(|heirs| MergeError::ConflictingReclaim { dead: *d, heirs })?,
-                None => true,
+            let joined = match self.removals.get(d) {
+                Some(mine) => {
+                    let grows = mine
+                        .check_join(theirs)
+                        .map_err(|heirs| MergeError::ConflictingReclaim { dead: *d, heirs })?;
+                    if !grows {
+                        continue;
+                    }
+                    let mut joined = mine.clone();
+                    joined.join(theirs);
+                    joined
+                }
+                None => theirs.clone(),
             };
-            if !grows {
-                continue;
-            }
-            if let Removal::Done { taken, .. } = theirs {
-                match mine {
+            removals.push((*d, joined));
+        }
+        // The takeovers in force after the merge (a later round's supersede
+        // an earlier one's), and those of them that are new here.
+        let mut new_taken: Vec<Taken> = Vec::new();
+        for (d, joined) in &removals {
+            if let Removal::Done { taken, .. } = joined {
+                match self.removals.get(d) {
                     Some(Removal::Done { taken: known, .. }) => {
                         new_taken.extend(taken.iter().filter(|k| !known.contains(k)));
                     }
                     _ => new_taken.extend(taken),
                 }
             }
-            removals.push((*d, theirs));
         }
         // Entries: O(n + m) in lockstep when both are whole rings, O(m log n)
         // by lookup for a small part (a delta).
@@ -505,7 +559,12 @@ impl Ring {
             }
         }
         if !entries.is_empty() || !conflicts.is_empty() {
-            let taken: Vec<&Taken> = self.taken().chain(new_taken.iter().copied()).collect();
+            let kept = self
+                .removals
+                .iter()
+                .filter(|(d, _)| removals.binary_search_by_key(*d, |(x, _)| *x).is_err())
+                .flat_map(|(_, r)| r.taken());
+            let taken: Vec<&Taken> = kept.chain(removals.iter().flat_map(|(_, r)| r.taken())).collect();
             let stale = |t: u128, epoch: u32| taken.iter().any(|k| k.makes_stale(t, epoch));
             if let Some(&(t, (epoch, version))) = conflicts.iter().find(|(t, (epoch, _))| !stale(*t, *epoch)) {
                 return Err(MergeError::ConflictingEntry {
@@ -568,13 +627,8 @@ impl Ring {
         for t in plan.dropped {
             self.entries.remove(&t);
         }
-        for (d, theirs) in plan.removals {
-            match self.removals.get_mut(&d) {
-                Some(mine) => mine.join(theirs),
-                None => {
-                    self.removals.insert(d, theirs.clone());
-                }
-            }
+        for (d, joined) in plan.removals {
+            self.removals.insert(d, joined);
         }
         for (d, theirs) in plan.surrenders {
             self.surrenders.entry(d).or_default().join(theirs);
@@ -583,15 +637,10 @@ impl Ring {
         changed
     }
 
-    /// Every range taken over by an heir, over all completed reclaims.
+    /// Every range taken over by an heir in force, over all completed
+    /// reclaims (an earlier round's takeovers are superseded).
     pub(crate) fn taken(&self) -> impl Iterator<Item = &Taken> + '_ {
-        self.removals
-            .values()
-            .flat_map(|r| match r {
-                Removal::Done { taken, .. } => Some(taken.iter()),
-                Removal::Pending { .. } => None,
-            })
-            .flatten()
+        self.removals.values().flat_map(Removal::taken)
     }
 
     // ---- crate-internal helpers used by the replica ----
@@ -657,16 +706,16 @@ impl Ring {
     }
 
     /// The heir's rewrite of a removed router's entry at `token`: the heir
-    /// owns it, one epoch up, with nothing free (it holds the range until
-    /// the removed router's surrender frees it). Returns what was taken.
-    pub(crate) fn take(&mut self, token: u128, heir: PeerName) -> Taken {
+    /// owns it, `round` epochs up, with nothing free (it holds the range
+    /// until the removed router's surrender frees it). Returns what was taken.
+    pub(crate) fn take(&mut self, token: u128, heir: PeerName, round: u32) -> Taken {
         let end = self.end_of(token);
         let free = 0;
         let e = self.entries.get_mut(&token).expect("caller passes an existing token");
         *e = Entry {
             owner: heir,
             writer: heir,
-            epoch: e.epoch + 1,
+            epoch: e.epoch.saturating_add(round.max(1)),
             version: 1,
             free,
         };
@@ -711,7 +760,9 @@ impl Ring {
     /// or its own reclaim is done: every voter's state, with any record of
     /// `p`'s it carried, was in that heir's view). Or `p`'s reclaim waits,
     /// through heirs stopped the same way, on `dead`'s (routers removed in a
-    /// ring and confirmed gone): someone must move first.
+    /// ring and confirmed gone): someone must move first. A record of `p`'s
+    /// that only a router with no vote carried can still surface later; the
+    /// two completions then join (crate docs, "Rounds").
     fn passed_over(&self, p: PeerName, dead: PeerName) -> bool {
         self.has_stopped(p) && (!self.stopped_unseen(p) || self.waits_on(p, dead))
     }
@@ -762,14 +813,65 @@ impl fmt::Debug for Ring {
 }
 
 impl Removal {
+    /// The takeovers in force: those of the latest completion.
+    pub(crate) fn taken(&self) -> impl Iterator<Item = &Taken> + '_ {
+        match self {
+            Self::Done { taken, .. } => Some(taken.iter()),
+            Self::Pending { .. } => None,
+        }
+        .into_iter()
+        .flatten()
+    }
+
+    /// Every completion a done record knows, round -> heir: the latest and
+    /// the earlier ones.
+    fn completions(&self) -> impl Iterator<Item = (u32, PeerName)> + '_ {
+        match self {
+            Self::Done {
+                heir, round, earlier, ..
+            } => Some(earlier.iter().map(|(r, h)| (*r, *h)).chain([(*round, *heir)])),
+            Self::Pending { .. } => None,
+        }
+        .into_iter()
+        .flatten()
+    }
+
     /// Checks that `other` can be joined into `self`, without allocating.
     /// Returns whether the join would change `self`; errs with the two heirs
-    /// where they disagree as they cannot (two completions, or one voter's two
-    /// different votes under one sequence number).
+    /// where they disagree as they cannot (two completions in one round, or
+    /// one voter's two different votes under one sequence number).
     fn check_join(&self, other: &Self) -> Result<bool, Vec<PeerName>> {
         match (self, other) {
-            (Self::Done { heir: a, .. }, Self::Done { heir: b, .. }) if a != b => Err(vec![*a, *b]),
-            (Self::Done { taken: mine, .. }, Self::Done { taken: theirs, .. }) => Ok(!theirs.is_subset(mine)),
+            (
+                Self::Done {
+                    heir: ha,
+                    round: ra,
+                    taken: ta,
+                    earlier: ea,
+                },
+                Self::Done {
+                    heir: hb,
+                    round: rb,
+                    taken: tb,
+                    earlier: eb,
+                },
+            ) => {
+                // Two heirs in one round cannot both have acted (see the
+                // crate docs, "Rounds"); the rounds of both records together
+                // must name one heir each, whichever order they meet in.
+                for (r, h) in other.completions() {
+                    let mine = if r == *ra { Some(ha) } else { ea.get(&r) };
+                    if let Some(m) = mine.filter(|m| **m != h) {
+                        return Err(vec![*m, h]);
+                    }
+                }
+                let earlier_grows = !eb.iter().all(|(r, h)| ea.get(r) == Some(h));
+                Ok(match rb.cmp(ra) {
+                    std::cmp::Ordering::Greater => true,
+                    std::cmp::Ordering::Equal => earlier_grows || !tb.is_subset(ta),
+                    std::cmp::Ordering::Less => earlier_grows || ea.get(rb) != Some(hb),
+                })
+            }
             (Self::Done { .. }, _) => Ok(false),
             (_, Self::Done { .. }) => Ok(true),
             (
@@ -789,7 +891,7 @@ impl Removal {
                     while mine.next_if(|(v, _)| *v < voter).is_some() {}
                     match mine.peek() {
                         Some(&(v, m)) if v == voter => {
-                            if m.seq == theirs.seq && m.heir != theirs.heir {
+                            if m.seq == theirs.seq && m != theirs {
                                 return Err(vec![m.heir, theirs.heir]);
                             }
                             changes |= m.seq < theirs.seq;
@@ -803,9 +905,39 @@ impl Removal {
     }
 
     /// Joins `other` into `self`; [`Removal::check_join`] has passed.
+    ///
+    /// Two done records keep the completion of the higher round, with its
+    /// taken ranges (joined, in one round), and every other completion as
+    /// earlier: max on rounds and union on the rest, so a join.
     fn join(&mut self, other: &Self) {
         match (&mut *self, other) {
-            (Self::Done { taken: mine, .. }, Self::Done { taken: theirs, .. }) => mine.extend(theirs.iter().copied()),
+            (
+                Self::Done {
+                    heir,
+                    round,
+                    taken,
+                    earlier,
+                },
+                Self::Done {
+                    heir: hb,
+                    round: rb,
+                    taken: tb,
+                    earlier: eb,
+                },
+            ) => {
+                earlier.extend(eb.iter().map(|(r, h)| (*r, *h)));
+                if *rb > *round {
+                    earlier.insert(*round, *heir);
+                    *heir = *hb;
+                    *round = *rb;
+                    taken.clone_from(tb);
+                } else if *rb == *round {
+                    taken.extend(tb.iter().copied());
+                } else {
+                    earlier.insert(*rb, *hb);
+                }
+                earlier.remove(&*round);
+            }
             (Self::Done { .. }, _) => {}
             (_, Self::Done { .. }) => *self = other.clone(),
             (
@@ -834,7 +966,8 @@ impl Removal {
 #[derive(Debug)]
 pub(crate) struct MergePlan<'a> {
     pub(crate) entries: Vec<(u128, &'a Entry)>,
-    pub(crate) removals: Vec<(PeerName, &'a Removal)>,
+    /// Each reclaim record that changes, as it will be after the merge.
+    pub(crate) removals: Vec<(PeerName, Removal)>,
     pub(crate) surrenders: Vec<(PeerName, &'a Surrender)>,
     pub(crate) members: Vec<PeerName>,
     /// Our tokens that new takeovers make stale.
