@@ -462,8 +462,9 @@ pub enum NoRing {
         /// may now); `None` while fewer than a quorum are reachable.
         proceed_in: Option<Duration>,
     },
-    /// This router accepted another's proposal and waits for it to create the ring.
-    #[error("accepted router {proposer}'s proposal; waiting for it to create the ring")]
+    /// This router promised (or accepted) another router's ballot and waits
+    /// for a quorum to accept its proposal.
+    #[error("follows router {proposer}'s proposal; waiting for a quorum of the routers to accept it")]
     Accepted {
         /// The proposer.
         proposer: PeerName,
