@@ -515,6 +515,16 @@ impl NoRing {
     }
 }
 
+/// Router `p`'s part in creating the ring: `st` for this router `me`
+/// (its state in the making), else its entry in `topo`.
+fn init_of<'a>(topo: &'a Topology, me: PeerName, st: &'a IpamInit, p: PeerName) -> Option<&'a IpamInit> {
+    if p == me {
+        Some(st)
+    } else {
+        topo.get(p).map(|e| &e.ipam)
+    }
+}
+
 /// The part of a [`NoRing`] text that says when a quorum proceeds.
 fn quorum_text(quorum: usize, proceed_in: Option<Duration>) -> String {
     match proceed_in {
@@ -1658,20 +1668,13 @@ impl Agent {
         // every router known beyond `count` (more routers than `count` void
         // the argument; this keeps some margin when that happens).
         let needed = quorum + known.len().saturating_sub(count);
-        let state_of = |p: PeerName, st: &IpamInit| -> Option<IpamInit> {
-            if p == me {
-                Some(st.clone())
-            } else {
-                topo.get(p).map(|e| e.ipam.clone())
-            }
-        };
         // Learner: a seed list accepted under one ballot by a quorum is
         // chosen, and every router that sees it may create the ring from it.
         let chosen = |st: &IpamInit| {
             let mut tally: BTreeMap<(Ballot, Vec<PeerName>), usize> = BTreeMap::new();
-            for s in known.iter().filter_map(|p| state_of(*p, st)) {
-                if let Some(a) = s.accepted {
-                    *tally.entry(a).or_default() += 1;
+            for s in known.iter().filter_map(|p| init_of(topo, me, st, *p)) {
+                if let Some(a) = &s.accepted {
+                    *tally.entry(a.clone()).or_default() += 1;
                 }
             }
             tally
@@ -1709,23 +1712,12 @@ impl Agent {
 
         // The leader runs a ballot above every ballot it has seen, so that
         // acceptors promise it.
-        let seen = |st: &IpamInit| {
-            others
-                .iter()
-                .flat_map(|e| [e.ipam.ballot, e.ipam.promised, e.ipam.accepted.as_ref().map(|a| a.0)])
-                .chain([st.promised, st.accepted.as_ref().map(|a| a.0)])
-                .flatten()
-                .max()
-        };
-        if leader && (st.ballot.is_none() || seen(&st) > st.ballot) {
-            let round = others
-                .iter()
-                .map(|e| e.ipam.highest_round())
-                .chain([st.highest_round()])
-                .max()
-                .unwrap_or(0)
-                + 1;
-            st.ballot = Some(Ballot { round, proposer: me });
+        let seen = others.iter().flat_map(|e| e.ipam.ballots()).chain(st.ballots()).max();
+        if leader && (st.ballot.is_none() || seen > st.ballot) {
+            st.ballot = Some(Ballot {
+                round: seen.map_or(0, |b| b.round) + 1,
+                proposer: me,
+            });
             st.value = None;
         }
         // Acceptor: promise the highest ballot any router runs.
@@ -1745,20 +1737,21 @@ impl Agent {
             && let Some(b) = st.ballot
             && st.value.is_none()
         {
-            let promisers: Vec<(PeerName, IpamInit)> = known
+            let promisers: Vec<(PeerName, &IpamInit)> = known
                 .iter()
-                .filter_map(|p| state_of(*p, &st).map(|s| (*p, s)))
+                .filter_map(|p| init_of(topo, me, &st, *p).map(|s| (*p, s)))
                 .filter(|(_, s)| s.promised == Some(b))
                 .collect();
             if promisers.len() >= needed && (promisers.len() == known.len() || waited) {
                 let prior = promisers
                     .iter()
-                    .filter_map(|(_, s)| s.accepted.clone())
+                    .filter_map(|(_, s)| s.accepted.as_ref())
                     .max_by_key(|a| a.0);
-                st.value = Some(match prior {
-                    Some((_, v)) => v,
+                let value = match prior {
+                    Some((_, v)) => v.clone(),
                     None => promisers.iter().map(|(p, _)| *p).collect(),
-                });
+                };
+                st.value = Some(value);
             } else {
                 progress = Some((known.len(), promisers.len()));
             }
@@ -1766,8 +1759,8 @@ impl Agent {
         // Acceptor: accept the seed list proposed under the ballot it promised.
         if let Some(b) = st.promised
             && st.accepted.as_ref().is_none_or(|a| a.0 < b)
-            && let Some(v) =
-                state_of(b.proposer, &st).and_then(|s| s.proposal().filter(|(pb, _)| *pb == b).map(|(_, v)| v.to_vec()))
+            && let Some(v) = init_of(topo, me, &st, b.proposer)
+                .and_then(|s| s.proposal().filter(|(pb, _)| *pb == b).map(|(_, v)| v.to_vec()))
         {
             st.accepted = Some((b, v));
         }

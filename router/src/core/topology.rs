@@ -86,14 +86,12 @@ impl IpamInit {
         Some((self.ballot?, self.value.as_deref()?))
     }
 
-    /// The highest round anything in this entry names.
-    pub fn highest_round(&self) -> u64 {
+    /// Every ballot this entry names: the one it runs, the one it
+    /// promised, the one it accepted under.
+    pub fn ballots(&self) -> impl Iterator<Item = Ballot> {
         [self.ballot, self.promised, self.accepted.as_ref().map(|a| a.0)]
             .into_iter()
             .flatten()
-            .map(|b| b.round)
-            .max()
-            .unwrap_or(0)
     }
 }
 
